@@ -1,0 +1,83 @@
+"""Plain containers passed between stages (sources → kNN graph → forward → reverse → sinks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class KnnGraph:
+    """Directed kNN lists in pool order.
+
+    ``neighbors[i]`` holds the ``k`` nearest *other* points of ``i`` (int64, ``-1`` where fewer
+    exist), sorted by (distance, index); ``distances`` are Euclidean (float32, ``inf`` where
+    ``neighbors`` is ``-1``).
+    """
+
+    neighbors: np.ndarray
+    distances: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.neighbors.shape[0])
+
+    @property
+    def k(self) -> int:
+        return int(self.neighbors.shape[1])
+
+
+@dataclass(frozen=True)
+class CsrGraph:
+    """The symmetrised neighbourhood ``N(i) = kNN(i) ∪ {j : i ∈ kNN(j)}`` in CSR form.
+
+    Row ``i`` is ``indices[indptr[i]:indptr[i+1]]`` (int32, sorted ascending, no self, no
+    duplicates) with Euclidean ``distances`` (float32) aligned to it.
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    distances: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.indptr.shape[0] - 1)
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.indices.shape[0])
+
+
+@runtime_checkable
+class EmbeddingBlocks(Protocol):
+    """Out-of-core embeddings: ``len(sizes)`` row blocks in pool order (one per partition).
+
+    ``load(i)`` returns block ``i`` as float32 ``(sizes[i], dim)``, L2-normalised per
+    modality and validated (finite, non-zero). Implementations are picklable so that Dask
+    workers can load their own blocks from storage.
+    """
+
+    sizes: list[int]
+    dim: int
+
+    def load(self, i: int) -> np.ndarray: ...
+
+
+@dataclass
+class ArrayBlocks:
+    """:class:`EmbeddingBlocks` over an in-memory array, split into blocks of ``block_rows``."""
+
+    array: np.ndarray
+    block_rows: int = 65536
+
+    def __post_init__(self) -> None:
+        self.array = np.ascontiguousarray(self.array, dtype=np.float32)
+        n = self.array.shape[0]
+        self.sizes = [min(self.block_rows, n - s) for s in range(0, n, self.block_rows)] or [0]
+        self.dim = int(self.array.shape[1])
+
+    def load(self, i: int) -> np.ndarray:
+        start = i * self.block_rows
+        return self.array[start : start + self.sizes[i]]
