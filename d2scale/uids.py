@@ -35,8 +35,12 @@ def encode_uids(uids, *, where: str = "input") -> np.ndarray:
     bad = np.flatnonzero((lengths == 0) | (lengths > 32))
     if bad.size == 0:
         padded = pc.utf8_lpad(arr, 32, "0")
-        raw = np.frombuffer(padded.buffers()[2], dtype=np.uint8, count=32 * n, offset=32 * padded.offset)
-        offs = np.frombuffer(padded.buffers()[1], dtype=np.int32, count=n + 1, offset=4 * padded.offset)
+        raw = np.frombuffer(
+            padded.buffers()[2], dtype=np.uint8, count=32 * n, offset=32 * padded.offset
+        )
+        offs = np.frombuffer(
+            padded.buffers()[1], dtype=np.int32, count=n + 1, offset=4 * padded.offset
+        )
         if n and (offs[-1] - offs[0] != 32 * n):  # multi-byte characters
             bad = np.flatnonzero(np.diff(offs) != 32)
         else:
@@ -58,7 +62,7 @@ def encode_uids(uids, *, where: str = "input") -> np.ndarray:
 
 def decode_uids(arr: np.ndarray) -> list[str]:
     """Inverse of :func:`encode_uids`: 32 lowercase hex chars per record."""
-    return [f"{int(a):016x}{int(b):016x}" for a, b in zip(arr["f0"], arr["f1"])]
+    return [f"{int(a):016x}{int(b):016x}" for a, b in zip(arr["f0"], arr["f1"], strict=True)]
 
 
 def check_unique(encoded: np.ndarray, *, where: str = "pool") -> None:
