@@ -284,9 +284,9 @@ def _add_synth(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--layout",
-        choices=("f16-compressed", "f32-stored", "mixed"),
+        choices=("f16-compressed", "f16-stored", "f32-compressed", "f32-stored", "mixed"),
         default="f16-compressed",
-        help="npz layout (mixed alternates by shard)",
+        help="npz member dtype and zip storage (mixed cycles through all four by shard)",
     )
     p.set_defaults(run=_run_synth)
 

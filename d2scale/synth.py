@@ -23,7 +23,7 @@ from d2scale.errors import D2ScaleError
 from d2scale.sinks import atomic_path
 
 LATENT_DIM = 48
-LAYOUTS = ("f16-compressed", "f32-stored", "mixed")
+LAYOUTS = ("f16-compressed", "f32-stored", "f16-stored", "f32-compressed")  # "mixed" cycles
 _WORDS = [
     "photo",
     "of",
@@ -105,8 +105,8 @@ def write_pool(
     """
     if rows < 1 or shards < 1 or shards > rows:
         raise D2ScaleError(f"need rows ≥ shards ≥ 1, got rows={rows}, shards={shards}")
-    if layout not in LAYOUTS:
-        raise D2ScaleError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if layout not in (*LAYOUTS, "mixed"):
+        raise D2ScaleError(f"layout must be one of {', '.join(LAYOUTS)}, mixed; got {layout!r}")
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(seed)
     n_clusters = max(8, rows // 150)
@@ -118,7 +118,7 @@ def write_pool(
     names = []
     for s in range(shards):
         name = f"{s:08d}"
-        shard_layout = layout if layout != "mixed" else LAYOUTS[s % 2]
+        shard_layout = layout if layout != "mixed" else LAYOUTS[s % len(LAYOUTS)]
         srng = np.random.default_rng([seed, s])
         n = int(bounds[s + 1] - bounds[s])
         cluster = srng.choice(n_clusters, size=n, p=weights)
@@ -192,11 +192,11 @@ def _hex_strings(rng: np.random.Generator, n: int, n_bytes: int) -> list[str]:
 
 
 def _write_shard(out: str, name: str, table: pa.Table, arrays: dict, layout: str) -> None:
+    dtype_name, storage = layout.split("-")
+    dtype = np.float16 if dtype_name == "f16" else np.float32
+    save = np.savez_compressed if storage == "compressed" else np.savez
     with atomic_path(os.path.join(out, f"{name}.npz")) as tmp, open(tmp, "wb") as f:
-        if layout == "f16-compressed":
-            np.savez_compressed(f, **{k: v.astype(np.float16) for k, v in arrays.items()})
-        else:
-            np.savez(f, **arrays)
+        save(f, **{k: v.astype(dtype) for k, v in arrays.items()})
     with atomic_path(os.path.join(out, f"{name}.parquet")) as tmp:
         pq.write_table(table, tmp)
 

@@ -5,9 +5,9 @@ from d2scale.synth import write_pool
 
 @pytest.fixture(scope="session")
 def small_pool(tmp_path_factory) -> str:
-    """A 3-shard, 3,000-row synthetic pool mixing both npz layouts (built once per session)."""
+    """A 4-shard, 3,000-row synthetic pool with all four npz layouts (built once per session)."""
     path = str(tmp_path_factory.mktemp("pool"))
-    write_pool(path, rows=3000, shards=3, seed=11, layout="mixed")
+    write_pool(path, rows=3000, shards=4, seed=11, layout="mixed")
     return path
 
 
