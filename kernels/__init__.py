@@ -76,7 +76,8 @@ def load_cupy_module() -> Any:
 def _default_cache_dir() -> Path:
     import platformdirs
 
-    return Path(platformdirs.user_cache_dir("d2scale")) / "kernels"
+    root = os.environ.get("D2SCALE_CACHE_DIR") or platformdirs.user_cache_dir("d2scale")
+    return Path(root) / "kernels"
 
 
 def build_host_library(cache_dir: str | os.PathLike | None = None, compiler: str = "g++") -> Path:
