@@ -163,13 +163,16 @@ class HostEmulation:
     def launch(self, kernel: str, n: int, *args: Any) -> None:
         if n == 0:
             return
+        self.run(kernel, _grid(n, self.block, self.max_grid), self.block, (n, *args))
+
+    def run(self, kernel: str, grid: int, block: int, args: tuple) -> None:
+        """Run ``kernel`` over ``grid`` × ``block`` threads, like ``RawKernel.__call__``."""
         params = self._signatures[kernel]
-        values = _checked_args(params, (n, *args), lambda a: isinstance(a, np.ndarray))
+        values = _checked_args(params, args, lambda a: isinstance(a, np.ndarray))
         boxes = [ctypes.c_void_p(v.ctypes.data) if p.pointer else _CTYPES[p.dtype](v)
                  for p, v in zip(params, values, strict=True)]
         pointers = (ctypes.c_void_p * len(boxes))(*[ctypes.addressof(b) for b in boxes])
-        grid = _grid(n, self.block, self.max_grid)
-        if self._lib.d2_emu_launch(kernel.encode(), grid, self.block, pointers) != 0:
+        if self._lib.d2_emu_launch(kernel.encode(), grid, block, pointers) != 0:
             raise KeyError(f"kernel {kernel!r} is missing from kernels/host_launch.cpp")
 
 

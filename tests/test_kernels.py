@@ -12,6 +12,8 @@ import importlib.util
 import re
 import shutil
 import subprocess
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -47,8 +49,18 @@ TAIL = None if importlib.util.find_spec("d2scale.reverse") else oracle_tail
 
 
 def knn_csr(rng, n: int, k: int, dim: int = 4) -> CsrGraph:
+    """Symmetrised exact kNN graph of ``n`` Gaussian points (dense: n up to a few thousand)."""
     x = rng.normal(size=(n, dim))
-    return CsrGraph(*to_csr(symmetric_lists(knn_bruteforce(x, min(k, n - 1)))))
+    if n <= 60:  # the oracle's plain construction on small graphs
+        return CsrGraph(*to_csr(symmetric_lists(knn_bruteforce(x, min(k, n - 1)))))
+    d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)).astype(np.float32)
+    np.fill_diagonal(d, np.inf)
+    nn = np.argsort(d, axis=1, kind="stable")[:, :k]
+    a = np.zeros((n, n), dtype=bool)
+    a[np.repeat(np.arange(n), k), nn.ravel()] = True
+    rows, cols = np.nonzero(a | a.T)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))]).astype(np.int64)
+    return CsrGraph(indptr, cols.astype(np.int32), d[rows, cols])
 
 
 def random_edges_csr(rng, n: int, n_edges: int, hubs: int = 0, dist: float | None = None):
@@ -288,3 +300,34 @@ def test_cuda_device_without_a_gpu_is_a_clear_error():
     csr = CsrGraph(np.zeros(2, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
     with pytest.raises(D2ScaleError, match="device='cpu'"):
         _cuda.forward_scores_cuda(csr, np.ones(1), np.zeros(0), "sum", 1e-7)
+
+
+def fake_cupy(emu: _cuda.HostEmulation) -> types.ModuleType:
+    """A cupy stand-in: NumPy arrays, RawModule kernels run by the host emulation."""
+    mod = types.ModuleType("cupy")
+    mod.__getattr__ = lambda name: getattr(np, name)
+    mod.asnumpy = np.asarray
+    mod.cuda = types.SimpleNamespace(is_available=lambda: True)
+
+    class RawModule:
+        def __init__(self, code: str, options: tuple[str, ...]) -> None:
+            assert "--fmad=false" in options
+            self.names = set(re.findall(r'extern "C" __global__ void (\w+)', code))
+
+        def get_function(self, name: str):
+            assert name in self.names
+            return lambda grid, block, args: emu.run(name, grid[0], block[0], args)
+
+    mod.RawModule = RawModule
+    return mod
+
+
+def test_cupy_backend_code_path_through_a_fake_cupy(emu, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(emu))
+    monkeypatch.setattr(_cuda, "_cupy_backend", _cuda._cupy_backend.__wrapped__)
+    assert _cuda.cuda_available()
+    backend = _cuda.default_backend()
+    assert isinstance(backend, _cuda.CupyBackend)
+    backend.block, backend.max_grid = 32, 5
+    check_forward(backend, seed=1)
+    assert check_reverse(backend, seed=1)["picks_from_rounds"] > 0
