@@ -58,6 +58,7 @@ import ctypes
 import functools
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -282,16 +283,22 @@ def _run_rounds(be: Backend, indptr: Any, indices: Any, wt: Any, g0: Any, budget
     return cur, status, rounds, settled
 
 
-def reverse_order_cuda(csr: CsrGraph, forward: np.ndarray, weights: np.ndarray, budget: int,
-                       *, backend: Backend | None = None, tail: Tail | None = None,
-                       max_rounds: int | None = None,
-                       stats: dict[str, Any] | None = None) -> np.ndarray:
-    """Exact greedy pick order (int64, ``min(budget, N)`` nodes) of the reverse pass.
+@dataclass
+class SettledPrefix:
+    """First greedy picks found by rounds; ``values``/``selected`` are the exact greedy state
+    after ``order`` (``None`` when ``order`` already holds the whole budget)."""
 
-    Rounds on ``backend`` (default: GPU) settle the non-negative phase; ``tail`` (default
-    :func:`d2scale.reverse.greedy_continue`) finishes on the CPU from the exact state.
-    ``stats`` (and :func:`last_reverse_stats`) receive rounds and where the picks came from.
-    """
+    order: np.ndarray
+    values: np.ndarray | None
+    selected: np.ndarray | None
+    info: dict[str, Any]
+
+
+def settle_prefix(csr: CsrGraph, forward: np.ndarray, weights: np.ndarray, budget: int, *,
+                  backend: Backend | None = None,
+                  max_rounds: int | None = None) -> SettledPrefix:
+    """Rounds on ``backend`` (default: GPU): the exact greedy order up to ``budget`` picks, or
+    its whole non-negative phase when that is shorter (or ``max_rounds`` ran out)."""
     n, budget = csr.n, max(0, min(int(budget), csr.n))
     forward = np.asarray(forward, dtype=np.float64)
     weights = np.asarray(weights, dtype=np.float64)
@@ -300,10 +307,9 @@ def reverse_order_cuda(csr: CsrGraph, forward: np.ndarray, weights: np.ndarray, 
         raise D2ScaleError("Reverse message passing needs finite forward scores and weights.")
     be = backend if backend is not None else default_backend()
     info: dict[str, Any] = {"backend": be.name, "budget": budget, "rounds": 0,
-                            "settled_in_rounds": 0, "picks_from_rounds": 0, "picks_cpu_tail": 0}
+                            "settled_in_rounds": 0, "picks_from_rounds": 0}
     started = time.perf_counter()
-    order = np.empty(0, dtype=np.int64)
-    values, selected = forward.copy(), np.zeros(n, dtype=bool)
+    prefix = SettledPrefix(np.empty(0, dtype=np.int64), forward.copy(), np.zeros(n, bool), info)
     if budget > 0 and (weights >= 0).all():  # the proof needs non-negative weights
         indptr = be.asarray(csr.indptr.astype(np.int64, copy=False))
         indices = be.asarray(csr.indices.astype(np.int32, copy=False))
@@ -313,14 +319,36 @@ def reverse_order_cuda(csr: CsrGraph, forward: np.ndarray, weights: np.ndarray, 
                                                     be.asarray(forward), budget, limit)
         picked = np.flatnonzero(be.to_host(status) >= 0)
         values = np.array(be.to_host(cur), dtype=np.float64)
-        selected[picked] = True
-        order = picked[np.lexsort((picked, -values[picked]))][:budget].astype(np.int64)
-        info.update(rounds=rounds, settled_in_rounds=settled, picks_from_rounds=len(order))
+        prefix.selected[picked] = True
+        prefix.order = picked[np.lexsort((picked, -values[picked]))][:budget].astype(np.int64)
+        prefix.values = values
+        info.update(rounds=rounds, settled_in_rounds=settled,
+                    picks_from_rounds=len(prefix.order))
+    if len(prefix.order) == budget:
+        prefix.values = prefix.selected = None
     info["seconds_rounds"] = time.perf_counter() - started
-    if len(order) < budget:
+    return prefix
+
+
+def reverse_order_cuda(csr: CsrGraph, forward: np.ndarray, weights: np.ndarray, budget: int,
+                       *, backend: Backend | None = None, tail: Tail | None = None,
+                       max_rounds: int | None = None,
+                       stats: dict[str, Any] | None = None) -> np.ndarray:
+    """Exact greedy pick order (int64, ``min(budget, N)`` nodes) of the reverse pass.
+
+    :func:`settle_prefix` settles the non-negative phase on ``backend`` (default: GPU);
+    ``tail`` (default :func:`d2scale.reverse.greedy_continue`) finishes on the CPU from the
+    exact state. ``stats`` (and :func:`last_reverse_stats`) receive rounds and where the
+    picks came from.
+    """
+    started = time.perf_counter()
+    prefix = settle_prefix(csr, forward, weights, budget, backend=backend,
+                           max_rounds=max_rounds)
+    order, info = prefix.order, dict(prefix.info, picks_cpu_tail=0)
+    if prefix.values is not None:
         continue_greedy = tail if tail is not None else _default_tail()
-        rest = continue_greedy(csr.indptr, csr.indices, weights, values, selected,
-                               budget - len(order))
+        rest = continue_greedy(csr.indptr, csr.indices, np.asarray(weights, dtype=np.float64),
+                               prefix.values, prefix.selected, info["budget"] - len(order))
         order = np.concatenate([order, np.asarray(rest, dtype=np.int64)])
         info["picks_cpu_tail"] = len(rest)
     info["seconds_total"] = time.perf_counter() - started
