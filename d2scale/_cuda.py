@@ -256,31 +256,41 @@ def _count(xp: Any, mask: Any) -> int:
 
 
 def _run_rounds(be: Backend, indptr: Any, indices: Any, wt: Any, g0: Any, budget: int,
-                max_rounds: int) -> tuple[Any, Any, int, int]:
-    """Settle rounds until none settles, ``max_rounds`` ran, or ``budget`` picks are final.
+                max_rounds: int, min_settled: int) -> tuple[Any, Any, dict[str, Any]]:
+    """Settle rounds until none settles, ``budget`` picks are final, ``max_rounds`` ran or a
+    round settles fewer than ``min_settled`` nodes (then the CPU is faster).
 
-    Returns ``(cur, status, rounds, settled)``.
+    Returns ``(cur, status, info)``; if it stopped early, the state is rolled back to the
+    exact greedy state after the final prefix F (consequence (c) above).
     """
     xp, n = be.xp, g0.shape[0]
     cur, status = g0.copy(), xp.full(n, -1, dtype=np.int32)
     flag, scratch = xp.zeros(n, dtype=np.int32), xp.empty(indices.shape[0], dtype=np.int32)
-    rounds = settled = 0
-    while settled < n and rounds < max_rounds:
+    per_round: list[int] = []
+    while sum(per_round) < n and len(per_round) < max_rounds:
         be.launch("d2_mark_settled", n, indptr, indices, cur, status, flag)
         new = _count(xp, flag)
         if new == 0:
             break
-        be.launch("d2_commit_settled", n, flag, rounds, status)
-        be.launch("d2_recompute", n, indptr, indices, wt, g0, status, rounds, scratch, cur)
-        rounds, settled = rounds + 1, settled + new
-        if budget <= settled < n and _count(xp, _final_mask(xp, cur, status)) >= budget:
+        be.launch("d2_commit_settled", n, flag, len(per_round), status)
+        be.launch("d2_recompute", n, indptr, indices, wt, g0, status, len(per_round), scratch,
+                  cur)
+        per_round.append(new)
+        settled = sum(per_round)
+        if new < min_settled or (budget <= settled < n
+                                 and _count(xp, _final_mask(xp, cur, status)) >= budget):
             break
+    settled = sum(per_round)
     final = _final_mask(xp, cur, status)
     n_final = _count(xp, final)
+    rolled_back = 0
     if n_final < min(settled, budget):  # stopped early, tail needed: roll back to prefix F
         status = xp.where(final, status, -1).astype(np.int32)
         be.launch("d2_recompute", n, indptr, indices, wt, g0, status, -1, scratch, cur)
-    return cur, status, rounds, settled
+        rolled_back = settled - n_final
+    info = {"rounds": len(per_round), "settled_per_round": per_round,
+            "settled_in_rounds": settled, "rolled_back": rolled_back}
+    return cur, status, info
 
 
 @dataclass
@@ -295,10 +305,15 @@ class SettledPrefix:
 
 
 def settle_prefix(csr: CsrGraph, forward: np.ndarray, weights: np.ndarray, budget: int, *,
-                  backend: Backend | None = None,
-                  max_rounds: int | None = None) -> SettledPrefix:
+                  backend: Backend | None = None, max_rounds: int | None = None,
+                  min_settled: int | None = None) -> SettledPrefix:
     """Rounds on ``backend`` (default: GPU): the exact greedy order up to ``budget`` picks, or
-    its whole non-negative phase when that is shorter (or ``max_rounds`` ran out)."""
+    the part of it the rounds proved (at most the non-negative phase).
+
+    Rounds stop after ``max_rounds`` (default: no limit) or once a round settles fewer than
+    ``min_settled`` nodes (default ``max(1, N // 10000)``: long chains of dependent picks
+    are cheaper on the CPU than one kernel round each).
+    """
     n, budget = csr.n, max(0, min(int(budget), csr.n))
     forward = np.asarray(forward, dtype=np.float64)
     weights = np.asarray(weights, dtype=np.float64)
@@ -307,7 +322,8 @@ def settle_prefix(csr: CsrGraph, forward: np.ndarray, weights: np.ndarray, budge
         raise D2ScaleError("Reverse message passing needs finite forward scores and weights.")
     be = backend if backend is not None else default_backend()
     info: dict[str, Any] = {"backend": be.name, "budget": budget, "rounds": 0,
-                            "settled_in_rounds": 0, "picks_from_rounds": 0}
+                            "settled_per_round": [], "settled_in_rounds": 0, "rolled_back": 0,
+                            "picks_from_rounds": 0}
     started = time.perf_counter()
     prefix = SettledPrefix(np.empty(0, dtype=np.int64), forward.copy(), np.zeros(n, bool), info)
     if budget > 0 and (weights >= 0).all():  # the proof needs non-negative weights
@@ -315,15 +331,15 @@ def settle_prefix(csr: CsrGraph, forward: np.ndarray, weights: np.ndarray, budge
         indices = be.asarray(csr.indices.astype(np.int32, copy=False))
         wt = _transposed_weights(be, indptr, indices, be.asarray(weights))
         limit = n if max_rounds is None else max_rounds
-        cur, status, rounds, settled = _run_rounds(be, indptr, indices, wt,
-                                                    be.asarray(forward), budget, limit)
+        least = max(1, n // 10_000) if min_settled is None else min_settled
+        cur, status, rounds_info = _run_rounds(be, indptr, indices, wt, be.asarray(forward),
+                                               budget, limit, least)
         picked = np.flatnonzero(be.to_host(status) >= 0)
         values = np.array(be.to_host(cur), dtype=np.float64)
         prefix.selected[picked] = True
         prefix.order = picked[np.lexsort((picked, -values[picked]))][:budget].astype(np.int64)
         prefix.values = values
-        info.update(rounds=rounds, settled_in_rounds=settled,
-                    picks_from_rounds=len(prefix.order))
+        info.update(rounds_info, picks_from_rounds=len(prefix.order))
     if len(prefix.order) == budget:
         prefix.values = prefix.selected = None
     info["seconds_rounds"] = time.perf_counter() - started
@@ -332,18 +348,18 @@ def settle_prefix(csr: CsrGraph, forward: np.ndarray, weights: np.ndarray, budge
 
 def reverse_order_cuda(csr: CsrGraph, forward: np.ndarray, weights: np.ndarray, budget: int,
                        *, backend: Backend | None = None, tail: Tail | None = None,
-                       max_rounds: int | None = None,
+                       max_rounds: int | None = None, min_settled: int | None = None,
                        stats: dict[str, Any] | None = None) -> np.ndarray:
     """Exact greedy pick order (int64, ``min(budget, N)`` nodes) of the reverse pass.
 
     :func:`settle_prefix` settles the non-negative phase on ``backend`` (default: GPU);
     ``tail`` (default :func:`d2scale.reverse.greedy_continue`) finishes on the CPU from the
-    exact state. ``stats`` (and :func:`last_reverse_stats`) receive rounds and where the
-    picks came from.
+    exact state. ``max_rounds``/``min_settled``: see :func:`settle_prefix`. ``stats`` (and
+    :func:`last_reverse_stats`) receive rounds and where the picks came from.
     """
     started = time.perf_counter()
     prefix = settle_prefix(csr, forward, weights, budget, backend=backend,
-                           max_rounds=max_rounds)
+                           max_rounds=max_rounds, min_settled=min_settled)
     order, info = prefix.order, dict(prefix.info, picks_cpu_tail=0)
     if prefix.values is not None:
         continue_greedy = tail if tail is not None else _default_tail()

@@ -275,6 +275,7 @@ def test_state_handed_to_the_tail_after_any_round_is_the_exact_greedy_state(emu,
     np.testing.assert_array_equal(got, expected)
     assert stats["rounds"] == max_rounds and seen["head"] == stats["picks_from_rounds"]
     assert (seen["head"] > 0) == (max_rounds > 0)
+    assert (stats["rolled_back"] > 0) == (max_rounds > 0)  # the rollback path ran
 
 
 def test_negative_weights_skip_the_rounds_and_stay_exact(emu):
@@ -331,3 +332,18 @@ def test_cupy_backend_code_path_through_a_fake_cupy(emu, monkeypatch):
     backend.block, backend.max_grid = 32, 5
     check_forward(backend, seed=1)
     assert check_reverse(backend, seed=1)["picks_from_rounds"] > 0
+
+
+def test_a_chain_of_dependent_picks_goes_to_the_cpu_after_a_thin_round(emu):
+    n = 300  # path graph, scores rising along it: every round settles exactly one node
+    indptr = np.concatenate([[0], np.cumsum([1] + [2] * (n - 2) + [1])]).astype(np.int64)
+    indices = np.array([j for i in range(n) for j in (i - 1, i + 1) if 0 <= j < n], np.int32)
+    csr = CsrGraph(indptr, indices, np.ones(len(indices), np.float32))
+    g0, w = np.arange(1.0, n + 1), np.full(len(indices), 1e-6)
+    expected, _ = oracle_greedy(indptr, indices, w, g0)
+    for least, rounds in ((1, n), (2, 1)):
+        stats: dict = {}
+        got = _cuda.reverse_order_cuda(csr, g0, w, n, backend=emu, tail=oracle_tail,
+                                       min_settled=least, stats=stats)
+        np.testing.assert_array_equal(got, expected)
+        assert stats["rounds"] == rounds and stats["settled_per_round"] == [1] * rounds
