@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,10 +116,9 @@ def write_pool(
     weights /= weights.sum()
     spaces = {name: _Space.make(rng, d) for name, d in (("l14", 768), ("b32", 512))}
     bounds = np.linspace(0, rows, shards + 1).astype(int)
-    names = []
-    for s in range(shards):
-        name = f"{s:08d}"
-        shard_layout = layout if layout != "mixed" else LAYOUTS[s % len(LAYOUTS)]
+    names = [f"{s:08d}" for s in range(shards)]
+
+    def shard(s: int) -> None:
         srng = np.random.default_rng([seed, s])
         n = int(bounds[s + 1] - bounds[s])
         cluster = srng.choice(n_clusters, size=n, p=weights)
@@ -126,8 +126,12 @@ def write_pool(
         arrays = _embeddings(z, spaces, srng)
         _plant_duplicates(arrays, srng)
         table = _metadata(arrays, cluster, srng)
-        _write_shard(out, name, table, arrays, shard_layout)
-        names.append(name)
+        shard_layout = layout if layout != "mixed" else LAYOUTS[s % len(LAYOUTS)]
+        _write_shard(out, names[s], table, arrays, shard_layout)
+
+    # zlib and BLAS release the GIL: two shards at a time use both cores
+    with ThreadPoolExecutor(max_workers=min(2, shards)) as ex:
+        list(ex.map(shard, range(shards)))
     return names
 
 
