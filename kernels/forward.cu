@@ -21,7 +21,7 @@ extern "C" __global__ void d2_forward(long long n, const long long* indptr, cons
         double acc = 0.0;
         for (long long e = indptr[i]; e < indptr[i + 1]; ++e) {
             double s = scores[indices[e]];
-            double m = s < eps ? eps : s;  // max(s_j, eps); NaN stays NaN, as np.maximum
+            double m = s > eps ? s : eps;  // max(s_j, eps), as d2scale/forward.py writes it
             acc = __dadd_rn(acc, __dmul_rn(weights[e], m));
         }
         out[i] = product ? __dmul_rn(scores[i], acc) : __dadd_rn(scores[i], acc);

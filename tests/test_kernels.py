@@ -44,8 +44,13 @@ def oracle_tail(indptr, indices, weights, values, selected, budget):
     return oracle_greedy(indptr, indices, weights, values, budget, selected)[0]
 
 
-# The colleague's compiled greedy once it exists (the driver's default), else the oracle.
+# The CPU engine where it exists: its greedy is the driver's default tail, its forward pass
+# a second reference. Without it, the oracle stands in.
 TAIL = None if importlib.util.find_spec("d2scale.reverse") else oracle_tail
+if importlib.util.find_spec("d2scale.forward"):
+    from d2scale.forward import forward_scores as CPU_FORWARD
+else:
+    CPU_FORWARD = None
 
 
 def knn_csr(rng, n: int, k: int, dim: int = 4) -> CsrGraph:
@@ -135,6 +140,9 @@ def check_forward(backend, seed: int = 0) -> None:
             got = _cuda.forward_scores_cuda(csr, s, kernel_weights(csr.distances, 0.7), mode,
                                             1e-7, backend=backend)
             np.testing.assert_array_equal(got.view(np.uint64), expected.view(np.uint64))
+            if CPU_FORWARD is not None:
+                cpu = CPU_FORWARD(csr, s, gamma_forward=0.7, mode=mode, eps=1e-7, device="cpu")
+                np.testing.assert_array_equal(got.view(np.uint64), cpu.view(np.uint64))
 
 
 def check_reverse(backend, seed: int = 0) -> dict[str, int]:
