@@ -117,6 +117,7 @@ class CupyBackend:
         self.xp = cupy
         self.block, self.max_grid = block, max_grid
         self._module = load_cupy_module()
+        self._functions: dict[str, Any] = {}
         self._signatures = kernel_signatures()
 
     def asarray(self, a: np.ndarray) -> Any:
@@ -130,8 +131,10 @@ class CupyBackend:
             return
         values = _checked_args(self._signatures[kernel], (n, *args),
                                lambda a: isinstance(a, self.xp.ndarray))
+        if kernel not in self._functions:
+            self._functions[kernel] = self._module.get_function(kernel)
         grid = _grid(n, self.block, self.max_grid)
-        self._module.get_function(kernel)((grid,), (self.block,), tuple(values))
+        self._functions[kernel]((grid,), (self.block,), tuple(values))
 
 
 _CTYPES = {np.dtype(np.int64): ctypes.c_longlong, np.dtype(np.int32): ctypes.c_int,

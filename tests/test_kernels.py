@@ -108,11 +108,12 @@ def cases(seed: int = 0):
         mode = "product" if t % 4 == 3 else "sum"
         g0 = oracle_forward(csr.indptr, csr.indices, csr.distances, s, 1.0, mode)
         yield f"knn-{t}-k{k}-g{gamma}", csr, g0, kernel_weights(csr.distances, gamma)
-    for t in range(10):  # integer scores, equal distances or dyadic weights: many exact ties
+    for t in range(12):  # integer scores; equal distances, dyadic or 'absolute' weights: ties
         n = int(rng.integers(5, 120))
         csr = random_edges_csr(rng, n, 2 * n, dist=1.0)
         g0 = rng.integers(-2, 6, n).astype(np.float64)
-        w = dyadic_weights(csr) if t % 2 else kernel_weights(csr.distances, 0.1)
+        w = (kernel_weights(csr.distances, 0.1), dyadic_weights(csr),
+             kernel_weights(csr.distances, 0.1, "absolute"))[t % 3]
         yield f"ties-{t}", csr, g0, w
     for t in range(6):  # isolated nodes
         csr = isolate(knn_csr(rng, 80, 3), rng.choice(80, 15, replace=False))
