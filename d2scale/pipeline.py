@@ -25,7 +25,7 @@ def select(params: SelectParams, progress: ProgressFn | None = None) -> dict:
     check_writable(params.out)
     timings: dict[str, float] = {}
     started = time.time()
-    pool = _open(params, progress)
+    pool = open_pool_or_sample(params.metadata_dir, progress)
     progress(f"pool {pool.url}: {pool.n:,} rows in {len(pool.shards)} shards")
     with dask_client(params.scheduler, params.workers) as client:
         with stage("read metadata", timings, progress):
@@ -86,12 +86,13 @@ def select(params: SelectParams, progress: ProgressFn | None = None) -> dict:
     return record
 
 
-def _open(params: SelectParams, progress: ProgressFn) -> Pool:
-    if params.metadata_dir:
-        return open_pool(params.metadata_dir)
+def open_pool_or_sample(metadata_dir: str | None, progress: ProgressFn) -> Pool:
+    """The pool at ``metadata_dir``, or the built-in sample pool when it is None."""
+    if metadata_dir:
+        return open_pool(metadata_dir)
     from d2scale.synth import sample_pool_dir
 
-    progress("no --metadata-dir given: using the built-in 100k-row sample pool")
+    progress("no --metadata-dir given: using the built-in 100k-row sample pool (made on first use)")
     return open_pool(sample_pool_dir())
 
 
