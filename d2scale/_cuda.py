@@ -260,8 +260,9 @@ def _count(xp: Any, mask: Any) -> int:
 
 def _run_rounds(be: Backend, indptr: Any, indices: Any, wt: Any, g0: Any, budget: int,
                 max_rounds: int, min_settled: int) -> tuple[Any, Any, dict[str, Any]]:
-    """Settle rounds until none settles, ``budget`` picks are final, ``max_rounds`` ran or a
-    round settles fewer than ``min_settled`` nodes (then the CPU is faster).
+    """Settle rounds until none settles, ``budget`` picks are final, ``max_rounds`` ran, or
+    a round settles fewer than ``min_settled`` nodes while every settled pick is final (a
+    chain of dependent picks: one per round is slower than the CPU, and stopping loses none).
 
     Returns ``(cur, status, info)``; if it stopped early, the state is rolled back to the
     exact greedy state after the final prefix F (consequence (c) above).
@@ -270,7 +271,7 @@ def _run_rounds(be: Backend, indptr: Any, indices: Any, wt: Any, g0: Any, budget
     cur, status = g0.copy(), xp.full(n, -1, dtype=np.int32)
     flag, scratch = xp.zeros(n, dtype=np.int32), xp.empty(indices.shape[0], dtype=np.int32)
     per_round: list[int] = []
-    while sum(per_round) < n and len(per_round) < max_rounds:
+    while len(per_round) < max_rounds:
         be.launch("d2_mark_settled", n, indptr, indices, cur, status, flag)
         new = _count(xp, flag)
         if new == 0:
@@ -279,9 +280,8 @@ def _run_rounds(be: Backend, indptr: Any, indices: Any, wt: Any, g0: Any, budget
         be.launch("d2_recompute", n, indptr, indices, wt, g0, status, len(per_round), scratch,
                   cur)
         per_round.append(new)
-        settled = sum(per_round)
-        if new < min_settled or (budget <= settled < n
-                                 and _count(xp, _final_mask(xp, cur, status)) >= budget):
+        n_final = _count(xp, _final_mask(xp, cur, status))
+        if n_final >= budget or (new < min_settled and n_final == sum(per_round)):
             break
     settled = sum(per_round)
     final = _final_mask(xp, cur, status)
@@ -313,9 +313,9 @@ def settle_prefix(csr: CsrGraph, forward: np.ndarray, weights: np.ndarray, budge
     """Rounds on ``backend`` (default: GPU): the exact greedy order up to ``budget`` picks, or
     the part of it the rounds proved (at most the non-negative phase).
 
-    Rounds stop after ``max_rounds`` (default: no limit) or once a round settles fewer than
-    ``min_settled`` nodes (default ``max(1, N // 10000)``: long chains of dependent picks
-    are cheaper on the CPU than one kernel round each).
+    Rounds stop after ``max_rounds`` (default: no limit), or after a round that settles
+    fewer than ``min_settled`` nodes (default ``max(1, N // 10000)``) when all settled picks
+    are final: a long chain of dependent picks is cheaper on the CPU than a round per pick.
     """
     n, budget = csr.n, max(0, min(int(budget), csr.n))
     forward = np.asarray(forward, dtype=np.float64)
