@@ -58,7 +58,9 @@ def knn_csr(rng, n: int, k: int, dim: int = 4) -> CsrGraph:
     x = rng.normal(size=(n, dim))
     if n <= 60:  # the oracle's plain construction on small graphs
         return CsrGraph(*to_csr(symmetric_lists(knn_bruteforce(x, min(k, n - 1)))))
-    d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)).astype(np.float32)
+    sq = (x * x).sum(1)
+    d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0))
+    d = np.minimum(d, d.T).astype(np.float32)
     np.fill_diagonal(d, np.inf)
     nn = np.argsort(d, axis=1, kind="stable")[:, :k]
     a = np.zeros((n, n), dtype=bool)
