@@ -69,7 +69,7 @@ def reverse_order(csr: CsrGraph, forward: np.ndarray, *, gamma: float, budget: i
     (``client``, else threads). Both are approximations of the exact default and CPU-only.
     """
     forward = np.array(forward, dtype=np.float64)  # a copy: the greedy consumes it
-    budget = _checked_budget(budget, csr.n)
+    budget = checked_budget(budget, csr.n)
     if greedy not in GREEDIES:
         raise D2ScaleError(f"greedy must be one of {GREEDIES}; got {greedy!r}.")
     if forward.shape != (csr.n,) or not np.isfinite(forward).all():
@@ -93,12 +93,14 @@ def reverse_order(csr: CsrGraph, forward: np.ndarray, *, gamma: float, budget: i
     return greedy_continue(csr.indptr, csr.indices, weights, forward, selected, budget)
 
 
-def _checked_budget(budget: int | None, n: int) -> int:
+def checked_budget(budget: int | None, n: int) -> int:
+    """``budget`` as an int in [0, n] (None → n), else a one-sentence error."""
     if budget is None:
         return n
     is_int = isinstance(budget, (int, np.integer)) and not isinstance(budget, bool)
     if not is_int or not 0 <= budget <= n:
-        raise D2ScaleError(f"budget must be an integer in [0, {n}]; got {budget!r}.")
+        raise D2ScaleError(f"budget must be an integer in [0, {n}] (the number of nodes); "
+                           f"got {budget!r}.")
     return int(budget)
 
 
