@@ -1,0 +1,185 @@
+"""Exact nearest neighbours: float32 candidates from faiss, float64 re-ranking, certified rows.
+
+faiss computes squared L2 distances as ‖x‖² + ‖y‖² − 2x·y in float32, which loses precision
+for close pairs and orders near-ties by rounding noise that depends on how queries were
+batched. Here every search fetches a few candidates more than it keeps, recomputes their
+squared distances in float64 from the float32 vectors (:func:`sq_dists`), ranks them by
+(distance, id), and *certifies* each row: the kept entries are provably the exact top ones
+when the last kept distance lies below the worst fetched float32 distance minus the float32
+error bound (:func:`l2_error_bound`). Rows that fail (duplicate vectors, near-ties) are
+searched again with more candidates. Results are therefore exact and do not depend on
+batching, sharding or thread counts.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import faiss
+import numpy as np
+from numba import njit, prange
+
+KnnFn = Callable[..., tuple[np.ndarray, np.ndarray]]  # faiss.knn(xq, xb, k) -> (D, I)
+MARGIN = 4  # candidates fetched beyond those kept
+_NO_ID = np.iinfo(np.int64).max  # sorts padding after every real id
+_U = 2.0**-24  # float32 unit roundoff
+
+
+@njit(cache=True, inline="always")
+def _sqdist(x, y):
+    # float64 sum of squares in a fixed order (eight interleaved partial sums, then a tree):
+    # the same value whatever the batch, thread or machine, and vectorisable without fastmath.
+    d = x.shape[0]
+    d8 = d - d % 8
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+    for t in range(0, d8, 8):
+        v0 = np.float64(x[t]) - np.float64(y[t])
+        v1 = np.float64(x[t + 1]) - np.float64(y[t + 1])
+        v2 = np.float64(x[t + 2]) - np.float64(y[t + 2])
+        v3 = np.float64(x[t + 3]) - np.float64(y[t + 3])
+        v4 = np.float64(x[t + 4]) - np.float64(y[t + 4])
+        v5 = np.float64(x[t + 5]) - np.float64(y[t + 5])
+        v6 = np.float64(x[t + 6]) - np.float64(y[t + 6])
+        v7 = np.float64(x[t + 7]) - np.float64(y[t + 7])
+        a0 += v0 * v0
+        a1 += v1 * v1
+        a2 += v2 * v2
+        a3 += v3 * v3
+        a4 += v4 * v4
+        a5 += v5 * v5
+        a6 += v6 * v6
+        a7 += v7 * v7
+    s = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+    for t in range(d8, d):
+        v = np.float64(x[t]) - np.float64(y[t])
+        s += v * v
+    return s
+
+
+@njit(parallel=True, cache=True)
+def _sq_dists(xq, xb, cand, out):
+    nq, c = cand.shape
+    for i in prange(nq):
+        for j in range(c):
+            p = cand[i, j]
+            out[i, j] = _sqdist(xq[i], xb[p]) if p >= 0 else np.inf
+
+
+def sq_dists(xq: np.ndarray, xb: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """Exact float64 squared distances ``‖xq[i] − xb[cand[i, j]]‖²`` (``inf`` where ``cand < 0``)."""
+    out = np.empty(cand.shape, dtype=np.float64)
+    if cand.size:
+        _sq_dists(_f32(xq), _f32(xb), np.ascontiguousarray(cand, dtype=np.int64), out)
+    return out
+
+
+def l2_error_bound(dim: int, norms_q: np.ndarray, max_norm_b: float) -> np.ndarray:
+    """Per-query bound on |faiss float32 squared L2 − exact| (expansion or direct sum).
+
+    Each of ‖x‖², ‖y‖², x·y carries at most γ_d = d·u/(1 − d·u) relative error (u = 2⁻²⁴) and
+    three roundings combine them, so the error is at most γ_{d+3}·(‖x‖ + ‖y‖)².
+    """
+    gamma = (dim + 3) * _U / (1 - (dim + 3) * _U)
+    return gamma * (np.asarray(norms_q, dtype=np.float64) + max_norm_b) ** 2 * 1.01
+
+
+def row_norms(x: np.ndarray) -> np.ndarray:
+    """Euclidean norms of the rows, in float64."""
+    x64 = x.astype(np.float64)
+    return np.sqrt(np.einsum("ij,ij->i", x64, x64))
+
+
+def rank_certified(
+    approx: np.ndarray,
+    cand: np.ndarray,
+    exact: np.ndarray,
+    keep: int,
+    eps: np.ndarray,
+    ids: np.ndarray | None = None,
+    complete: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep the best ``keep`` candidates of each row by (exact distance, id), and certify them.
+
+    ``approx``/``cand`` are one faiss result (ascending float32 distances, positions, ``-1``
+    padding), ``exact`` the float64 distances of the same candidates, ``ids`` the global id of
+    each position (default: the position). A row is certified when it was not full (every
+    point was fetched), when ``complete`` is set, or when its last kept distance is below the
+    worst fetched approximate distance minus ``eps``. Returns (positions, distances, ok).
+    """
+    gid = np.where(cand >= 0, cand if ids is None else ids[np.maximum(cand, 0)], _NO_ID)
+    order = np.lexsort((gid, exact), axis=1)[:, :keep]
+    pos = np.take_along_axis(cand, order, axis=1)
+    dist = np.take_along_axis(exact, order, axis=1)
+    if pos.shape[1] < keep:  # fewer candidates than kept slots
+        pad = keep - pos.shape[1]
+        pos = np.pad(pos, ((0, 0), (0, pad)), constant_values=-1)
+        dist = np.pad(dist, ((0, 0), (0, pad)), constant_values=np.inf)
+    if complete or cand.shape[1] == 0:
+        return pos, dist, np.ones(len(cand), dtype=bool)
+    full = cand[:, -1] >= 0
+    ok = ~full | (dist[:, keep - 1] < approx[:, -1].astype(np.float64) - eps)
+    return pos, dist, ok
+
+
+def flat_search(
+    xq: np.ndarray,
+    xb: np.ndarray,
+    keep: int,
+    *,
+    ids: np.ndarray | None = None,
+    knn: KnnFn = faiss.knn,
+    margin: int = MARGIN,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``keep`` of each query in ``xb`` by (squared distance, id), certified.
+
+    Returns positions into ``xb`` (int64, ``-1`` padding) and float64 squared distances
+    (``inf`` padding). Ties are broken by ``ids[position]`` (default: the position).
+    """
+    xq, xb = _f32(xq), _f32(xb)
+    nq, nb = xq.shape[0], xb.shape[0]
+    pos = np.full((nq, keep), -1, dtype=np.int64)
+    dist = np.full((nq, keep), np.inf)
+    if nq == 0 or nb == 0:
+        return pos, dist
+    eps = l2_error_bound(xq.shape[1], row_norms(xq), float(row_norms(xb).max()))
+    rows, c = np.arange(nq), keep + margin
+    while rows.size:
+        c = min(c, nb)
+        q = xq[rows]
+        approx, cand = knn(q, xb, c)
+        p, d, ok = rank_certified(approx, cand, sq_dists(q, xb, cand), keep, eps[rows], ids, c == nb)
+        pos[rows[ok]], dist[rows[ok]] = p[ok], d[ok]
+        rows, c = rows[~ok], 4 * c
+    return pos, dist
+
+
+def merge_sorted(
+    ids: list[np.ndarray], dists: list[np.ndarray], keep: int, *extra: list[np.ndarray]
+) -> tuple[np.ndarray, ...]:
+    """Merge per-block top lists (global ids, float64 distances) into the top ``keep`` rows.
+
+    Arrays in ``extra`` (one list per array, aligned with ``ids``) are carried along.
+    """
+    i = np.concatenate(ids, axis=1)
+    d = np.concatenate(dists, axis=1)
+    order = np.lexsort((np.where(i >= 0, i, _NO_ID), d), axis=1)[:, :keep]
+    picked = [np.concatenate(e, axis=1) for e in (ids, dists, *extra)]
+    return tuple(np.take_along_axis(a, order, axis=1) for a in picked)
+
+
+class GpuKnn:
+    """``faiss.knn`` on GPU 0 (one ``StandardGpuResources`` per process, used under a lock)."""
+
+    _res = None
+    _lock = threading.Lock()
+
+    def __call__(self, xq: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        with GpuKnn._lock:
+            if GpuKnn._res is None:
+                GpuKnn._res = faiss.StandardGpuResources()
+            return faiss.knn_gpu(GpuKnn._res, _f32(xq), _f32(xb), k)
+
+
+def _f32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)

@@ -1,0 +1,239 @@
+"""IVF search for kNN graphs: PCA search space, k-means lists, bucketed scans, certified ranks.
+
+The index follows faiss's ``PCA,IVF,Flat`` + refine recipe with the queries being the database:
+
+* an optional PCA rotation (:func:`fit_pca`) gives a smaller *search space*; candidates are
+  ranked there, then re-ranked with exact full-dimensional distances;
+* k-means centroids (:func:`train_centroids`) define ``nlist`` inverted lists; every point is
+  assigned to, and every query probes, its nearest lists by exact, certified distances
+  (:func:`probe`), so lists and probes never depend on batching;
+* :func:`bucket_scan` is faiss's ``big_batch_search`` over arrays: each inverted list is
+  scanned once for all the queries that probe it, into a :class:`faiss.ResultHeap`;
+* :func:`ivf_search` certifies the candidate ranks like :mod:`d2scale.graph.exact`, so the
+  result is the exact (search-space) top-m of the probed lists and then the exact top
+  entries by full distance — identical for any partitioning or sharding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+from numba import njit, prange
+
+from d2scale.graph.exact import (
+    MARGIN,
+    KnnFn,
+    flat_search,
+    l2_error_bound,
+    rank_certified,
+    row_norms,
+    sq_dists,
+)
+
+MIN_POINTS_PER_LIST = 39  # faiss warns below this many training points per centroid
+KMEANS_ITER = 10
+
+
+def choose_nlist(n: int) -> int:
+    """About 4·√n lists rounded to a power of two, at most n/39 (training) and 65,536."""
+    target = 4 * math.sqrt(n)
+    nlist = 2 ** round(math.log2(max(target, 1)))
+    return int(max(1, min(nlist, n // MIN_POINTS_PER_LIST, 65536)))
+
+
+def nprobe_grid(nlist: int) -> list[int]:
+    """Candidate ``nprobe`` values tried by the recall tuning, ascending."""
+    grid = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512]
+    return [p for p in grid if p < nlist] + [nlist]
+
+
+# ---------------------------------------------------------------- PCA search space
+
+
+@dataclass(frozen=True)
+class Projection:
+    """``y = (x − mean) @ components`` computed in float64, rounded to float32."""
+
+    mean: np.ndarray  # (d,) float64
+    components: np.ndarray  # (d, d') float64, orthonormal columns
+
+    @property
+    def dim(self) -> int:
+        return int(self.components.shape[1])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        out = np.empty((x.shape[0], self.dim), dtype=np.float32)
+        if x.shape[0]:
+            _project(np.ascontiguousarray(x, dtype=np.float32), self.mean, self.components, out)
+        return out
+
+
+@njit(parallel=True, cache=True)
+def _project(x, mean, w, out):
+    # accumulate over input dims in a fixed order, vectorised across output dims
+    n, d = x.shape
+    dp = w.shape[1]
+    for i in prange(n):
+        acc = np.zeros(dp)
+        for t in range(d):
+            v = np.float64(x[i, t]) - mean[t]
+            for j in range(dp):
+                acc[j] += v * w[t, j]
+        for j in range(dp):
+            out[i, j] = np.float32(acc[j])
+
+
+def fit_pca(sample: np.ndarray, energy: float, multiple: int = 16) -> Projection | None:
+    """PCA keeping ``energy`` of the variance (dims rounded up to ``multiple``).
+
+    Returns None when that needs more than half the dimensions (no speed-up worth the loss).
+    """
+    x = sample.astype(np.float64)
+    mean = x.mean(axis=0)
+    evals, evecs = np.linalg.eigh(np.cov(x - mean, rowvar=False))
+    evals, evecs = evals[::-1].clip(0), evecs[:, ::-1]
+    share = np.cumsum(evals) / max(evals.sum(), 1e-300)
+    dim = int(np.searchsorted(share, energy) + 1)
+    dim = min(x.shape[1], multiple * math.ceil(dim / multiple))
+    if dim > x.shape[1] // 2:
+        return None
+    return Projection(mean, np.ascontiguousarray(evecs[:, :dim]))
+
+
+def pca_of_dim(sample: np.ndarray, dim: int) -> Projection:
+    """PCA with exactly ``dim`` components."""
+    x = sample.astype(np.float64)
+    mean = x.mean(axis=0)
+    _, evecs = np.linalg.eigh(np.cov(x - mean, rowvar=False))
+    return Projection(mean, np.ascontiguousarray(evecs[:, ::-1][:, :dim]))
+
+
+# ---------------------------------------------------------------- coarse quantiser
+
+
+def train_centroids(sample: np.ndarray, nlist: int, seed: int) -> np.ndarray:
+    """k-means centroids (float32, ``nlist`` × d) of a training sample, seeded."""
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    km = faiss.Kmeans(
+        sample.shape[1],
+        nlist,
+        niter=KMEANS_ITER,
+        seed=seed,
+        max_points_per_centroid=max(256, sample.shape[0] // nlist + 1),
+        min_points_per_centroid=1,
+    )
+    km.train(sample)
+    return np.ascontiguousarray(km.centroids, dtype=np.float32)
+
+
+def probe(y: np.ndarray, centroids: np.ndarray, nprobe: int, knn: KnnFn = faiss.knn) -> np.ndarray:
+    """The ``nprobe`` nearest lists of each row (int32), by exact distance then list id."""
+    pos, _ = flat_search(y, centroids, min(nprobe, centroids.shape[0]), knn=knn)
+    return pos.astype(np.int32)
+
+
+# ---------------------------------------------------------------- list storage and scans
+
+
+@dataclass
+class Lists:
+    """Inverted lists over arrays: rows sorted by (list, global id).
+
+    ``ids`` are global ids, ``x`` full vectors, ``y`` search-space vectors (``None``: search
+    in ``x``), ``lims[l]:lims[l+1]`` the rows of list ``l``.
+    """
+
+    ids: np.ndarray
+    x: np.ndarray
+    y: np.ndarray | None
+    lims: np.ndarray
+
+    @property
+    def search(self) -> np.ndarray:
+        return self.x if self.y is None else self.y
+
+    @property
+    def nbytes(self) -> int:
+        extra = 0 if self.y is None else self.y.nbytes
+        return self.ids.nbytes + self.x.nbytes + extra + self.lims.nbytes
+
+
+def list_order(lists: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stable order of rows by list, and the list boundaries (``nlist + 1``)."""
+    order = np.argsort(lists, kind="stable")
+    lims = np.searchsorted(lists[order], np.arange(nlist + 1)).astype(np.int64)
+    return order, lims
+
+
+def bucket_scan(
+    yq: np.ndarray, probes: np.ndarray, yb: np.ndarray, lims: np.ndarray, c: int, knn: KnnFn
+) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate top-``c`` of each query over its probed lists (float32 D, positions in yb).
+
+    Like ``faiss.contrib.big_batch_search`` (method ``knn_function``): the (query, list)
+    pairs are bucket-sorted by list and every list is scanned once, with one ``knn`` call,
+    for all the queries that probe it; no inverted-list copies are made.
+    """
+    nq = yq.shape[0]
+    heap = faiss.ResultHeap(nq, c)
+    if nq:
+        flat = probes.ravel()
+        order = np.argsort(flat, kind="stable")
+        qids = order // probes.shape[1]  # query ids grouped by list
+        blims = np.searchsorted(flat[order], np.arange(len(lims)))
+        for lst in np.flatnonzero((np.diff(blims) > 0) & (np.diff(lims) > 0)):
+            q = qids[blims[lst] : blims[lst + 1]]
+            b0, b1 = int(lims[lst]), int(lims[lst + 1])
+            dist, pos = knn(yq[q], yb[b0:b1], min(c, b1 - b0))
+            heap.add_result_subset(q, dist, pos + b0)
+    heap.finalize()
+    return heap.D, heap.I
+
+
+def ivf_search(
+    xq: np.ndarray,
+    yq: np.ndarray | None,
+    probes: np.ndarray,
+    lists: Lists,
+    m: int,
+    knn: KnnFn = faiss.knn,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact search-space top-``m`` of each query among its probed lists, by (distance, id).
+
+    Returns global ids (``-1`` padding), their float64 squared search-space distances and
+    their float64 squared full distances, sorted by (search distance, id).
+    """
+    yq = xq if yq is None else yq
+    yb = lists.search
+    eps = l2_error_bound(yb.shape[1], row_norms(yq), float(row_norms(yb).max(initial=0.0)))
+    sizes = np.diff(lists.lims)[probes].sum(axis=1)
+    nq = yq.shape[0]
+    pos = np.full((nq, m), -1, dtype=np.int64)
+    key = np.full((nq, m), np.inf)
+    rows, c = np.arange(nq), m + MARGIN
+    while rows.size:
+        approx, cand = bucket_scan(yq[rows], probes[rows], yb, lists.lims, c, knn)
+        complete = sizes[rows] <= c  # every probed point was fetched
+        p, d, ok = rank_certified(approx, cand, sq_dists(yq[rows], yb, cand), m, eps[rows], lists.ids)
+        ok |= complete
+        pos[rows[ok]], key[rows[ok]] = p[ok], d[ok]
+        rows, c = rows[~ok], 4 * c
+    full = key if lists.y is None else sq_dists(xq, lists.x, pos)
+    ids = np.where(pos >= 0, lists.ids[np.maximum(pos, 0)], -1)
+    return ids, key, full
+
+
+# ---------------------------------------------------------------- recall
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of each row's true neighbours (``-1`` ignored) present in ``found``."""
+    hits = total = 0
+    for f, t in zip(found, truth, strict=True):
+        t = t[t >= 0]
+        hits += np.intersect1d(f, t).size
+        total += t.size
+    return hits / total if total else 1.0
