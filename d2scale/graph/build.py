@@ -127,8 +127,10 @@ class _Build:
         return fingerprint, at(train), at(eval_ids), eval_ids
 
     def _take(self, rows: np.ndarray) -> np.ndarray:
-        futs = [self.submit(shards.take_rows, self.bf, p, local)
-                for p, local in shards.part_rows(self.offsets, rows).items()]  # fmt: skip
+        futs = [
+            self.submit(shards.take_rows, self.bf, p, local)
+            for p, local in shards.part_rows(self.offsets, rows).items()
+        ]
         got = self.client.gather(futs)
         return np.concatenate(got) if got else np.empty((0, self.dim), np.float32)
 
@@ -159,22 +161,26 @@ class _Build:
         params = self.params("ivf", {"nlist": nlist, "nprobe": nprobe, "pca_dim": pca_dim})
         plan = self.begin(fingerprint, params, plan)
         model = self.store.load_model() if self.store else None
-        if model is None:
+        if model is not None:
+            projection, centroids, tuned = _restore(model)
+            with self.stage("assign"):
+                assigned = self.assign(projection, centroids, None, self.todo())
+                self._wait(list(assigned.values()), "assign")
+        else:
             with self.stage("train"):
                 projection = _projection(x_train, pca_dim)
-                y_train = x_train if projection is None else projection(x_train)
-                centroids = ivf.train_centroids(y_train, nlist, self.seed)
-            tuned = None
-        else:
-            projection, centroids, tuned = _restore(model)
-        todo = self.todo()
-        with self.stage("assign"):
-            assigned = self.assign(projection, centroids, x_eval if tuned is None else None, todo)
-        if tuned is None:
-            with self.stage("tune"):
-                truth = self.truth(assigned, eval_ids)
-                tuned = self.tune(plan, assigned, projection, centroids, x_eval, eval_ids,
-                                  truth, nprobe)  # fmt: skip
+            while True:
+                centroids, assigned, tuned = self.fit(
+                    plan, projection, x_train, x_eval, eval_ids, nlist, nprobe
+                )
+                if tuned["recall_reached"] or projection is None or pca_dim != "auto":
+                    break
+                self.say(
+                    "knn graph: the PCA search space misses the recall target; retrying "
+                    "in the full space"
+                )
+                projection = None
+                self.kept.clear()
             if self.store is not None:
                 self.store.save_model(_model_arrays(projection, centroids), tuned)
         with self.stage("search"):
@@ -183,13 +189,29 @@ class _Build:
                 return [assigned[p] for p in _overlapping(self.offsets, a, b)], nlist
 
             def probes(p):
-                return self.submit(shards.probe_part, self.bf, p, assigned[p], centroids,
-                                   tuned["nprobe"], self.knn)  # fmt: skip
+                return self.submit(
+                    shards.probe_part, self.bf, p, assigned[p], centroids, tuned["nprobe"], self.knn
+                )
 
             graph = self.search(plan, tuned["candidates"], build, probes, assigned)
         info = {**tuned, "nlist": nlist, "pca_dim": None if projection is None else projection.dim}
         self.lists_parts = {p: assigned[p] for p in assigned}
         return graph, {**info, **self.describe(plan, fingerprint)}
+
+    def fit(self, plan, projection, x_train, x_eval, eval_ids, nlist, nprobe):
+        """Train the lists, assign every row, measure and tune recall."""
+        with self.stage("train"):
+            y_train = x_train if projection is None else projection(x_train)
+            centroids = ivf.train_centroids(y_train, nlist, self.seed)
+        with self.stage("assign"):
+            assigned = self.assign(projection, centroids, x_eval, self.todo())
+            self._wait(list(assigned.values()), "assign")
+        with self.stage("tune"):
+            truth = self.truth(assigned, eval_ids)
+            tuned = self.tune(
+                plan, assigned, projection, centroids, x_eval, eval_ids, truth, nprobe
+            )
+        return centroids, assigned, tuned
 
     def assign(self, projection, centroids, x_eval, todo) -> dict:
         """Assignment futures of every partition (all are needed once any is still to do)."""
@@ -197,10 +219,21 @@ class _Build:
             return {}
         x_eval = np.empty((0, self.dim), np.float32) if x_eval is None else x_eval
         c_f = self.client.scatter(centroids, broadcast=True, hash=False)
-        return {p: self.submit(shards.assign_part, self.bf, p, int(self.offsets[p]), projection,
-                               c_f, x_eval, self.k + 1, self.knn,
-                               self.store.lists_path(p) if self.store else None)
-                for p in range(len(self.sizes))}  # fmt: skip
+        return {
+            p: self.submit(
+                shards.assign_part,
+                self.bf,
+                p,
+                int(self.offsets[p]),
+                projection,
+                c_f,
+                x_eval,
+                self.k + 1,
+                self.knn,
+                self.store.lists_path(p) if self.store else None,
+            )
+            for p in range(len(self.sizes))
+        }
 
     def truth(self, assigned: dict, eval_ids: np.ndarray) -> np.ndarray:
         """Exact top-k ids of the evaluation rows (merged from every partition)."""
@@ -219,17 +252,31 @@ class _Build:
         m_opts = [k1] if projection is None else [2 * k1, 4 * k1, 8 * k1]
         per_shard = []
         for a, b in plan:
-            lists_f = self.submit(shards.build_shard, self.bf, self.offsets, a, b,
-                                  [assigned[p] for p in _overlapping(self.offsets, a, b)], nlist)  # fmt: skip
-            per_shard.append(self.submit(shards.tune_search, lists_f, x_eval, y_eval, probes,
-                                         grid, max(m_opts), self.knn).result())  # fmt: skip
+            lists_f = self.submit(
+                shards.build_shard,
+                self.bf,
+                self.offsets,
+                a,
+                b,
+                [assigned[p] for p in _overlapping(self.offsets, a, b)],
+                nlist,
+            )
+            per_shard.append(
+                self.submit(
+                    shards.tune_search, lists_f, x_eval, y_eval, probes, grid, max(m_opts), self.knn
+                ).result()
+            )
             if len(plan) == 1:
                 self.kept[0] = lists_f
             del lists_f
         curve = {}
         for p in grid:
-            ids, key, full = merge_sorted([r[p][0] for r in per_shard], [r[p][1] for r in per_shard],
-                                          max(m_opts), [r[p][2] for r in per_shard])  # fmt: skip
+            ids, key, full = merge_sorted(
+                [r[p][0] for r in per_shard],
+                [r[p][1] for r in per_shard],
+                max(m_opts),
+                [r[p][2] for r in per_shard],
+            )
             for m in m_opts:
                 nbr, d2 = merge_sorted([ids[:, :m]], [full[:, :m]], m)
                 found = shards.drop_self(nbr, d2, eval_ids, self.k)[0]
@@ -247,7 +294,9 @@ class _Build:
             "recall_method": f"recall@{self.k} of {len(eval_ids)} held-out seeded rows against "
             "exact search, measured on the built index",
             "n_eval": len(eval_ids),
-            "recall_curve": {f"nprobe={p},candidates={m}": round(r, 5) for (p, m), r in curve.items()},
+            "recall_curve": {
+                f"nprobe={p},candidates={m}": round(r, 5) for (p, m), r in curve.items()
+            },
         }
 
     # ------------------------------------------------------------ search and write
@@ -274,14 +323,33 @@ class _Build:
                 if probes is not None and p not in probe_f:
                     probe_f[p] = probes(p)
                 path = self.store.shard_part_path(p, s) if multi and self.store else None
-                cands[p].append(self.submit(shards.search_part, lists_f, self.bf, p,
-                                            assigned.get(p), probe_f.get(p), m, self.knn, path))  # fmt: skip
+                cands[p].append(
+                    self.submit(
+                        shards.search_part,
+                        lists_f,
+                        self.bf,
+                        p,
+                        assigned.get(p),
+                        probe_f.get(p),
+                        m,
+                        self.knn,
+                        path,
+                    )
+                )
             if multi:
-                self._wait([cands[p][-1] for p in need], f"shard {s + 1}/{len(plan)}")
+                self._wait([cands[p][-1] for p in need], f"search shard {s + 1}/{len(plan)}")
             del lists_f
-        merges = {p: self.submit(shards.merge_part, cands[p], m, self.k, int(self.offsets[p]),
-                                 self.store.part_path(p) if self.store else None)
-                  for p in todo}  # fmt: skip
+        merges = {
+            p: self.submit(
+                shards.merge_part,
+                cands[p],
+                m,
+                self.k,
+                int(self.offsets[p]),
+                self.store.part_path(p) if self.store else None,
+            )
+            for p in todo
+        }
         return self._assemble(merges)
 
     def _have(self, p: int, s: int) -> bool:
@@ -294,7 +362,7 @@ class _Build:
 
         for i, f in enumerate(as_completed(futs, loop=self.client.loop), 1):
             f.result()
-            self.say(f"knn graph: search {what}: {i}/{len(futs)} partitions")
+            self.say(f"knn graph: {what}: {i}/{len(futs)} partitions")
 
     def _assemble(self, merges: dict) -> KnnGraph:
         from distributed import as_completed
@@ -335,12 +403,25 @@ class _Build:
 
     # ------------------------------------------------------------ descriptions
     def params(self, kind: str, extra: dict) -> dict:
-        return {"index": kind, "n_neighbors": self.k, "recall": self.recall, "seed": self.seed,
-                "sizes": self.sizes, "dim": self.dim, **extra}  # fmt: skip
+        return {
+            "index": kind,
+            "n_neighbors": self.k,
+            "recall": self.recall,
+            "seed": self.seed,
+            "sizes": self.sizes,
+            "dim": self.dim,
+            **extra,
+        }
 
     def describe(self, plan: list[list[int]], fingerprint: str) -> dict:
-        return {"n": self.n, "k": self.k, "dim": self.dim, "partitions": len(self.sizes),
-                "shards": plan, "fingerprint": fingerprint}  # fmt: skip
+        return {
+            "n": self.n,
+            "k": self.k,
+            "dim": self.dim,
+            "partitions": len(self.sizes),
+            "shards": plan,
+            "fingerprint": fingerprint,
+        }
 
 
 # ---------------------------------------------------------------- helpers
@@ -413,9 +494,7 @@ def _validate(blocks, k, index, recall, device, memory_limit, nprobe, pca_dim) -
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise D2ScaleError(f"the 'n_neighbors' parameter must be an int ≥ 1; got {k!r}")
     if k >= n:
-        raise D2ScaleError(
-            f"n_neighbors ({k}) must be smaller than the number of samples ({n})"
-        )
+        raise D2ScaleError(f"n_neighbors ({k}) must be smaller than the number of samples ({n})")
     for name, value, options in (("index", index, INDEXES), ("device", device, DEVICES)):
         if value not in options:
             raise D2ScaleError(
@@ -428,5 +507,7 @@ def _validate(blocks, k, index, recall, device, memory_limit, nprobe, pca_dim) -
     if nprobe is not None and not (isinstance(nprobe, int) and nprobe >= 1):
         raise D2ScaleError(f"the 'nprobe' parameter must be an int ≥ 1; got {nprobe!r}")
     if not (pca_dim in (None, "auto") or (isinstance(pca_dim, int) and pca_dim >= 1)):
-        raise D2ScaleError(f"the 'pca_dim' parameter must be 'auto', None or an int ≥ 1; got {pca_dim!r}")
+        raise D2ScaleError(
+            f"the 'pca_dim' parameter must be 'auto', None or an int ≥ 1; got {pca_dim!r}"
+        )
     return n, int(k)

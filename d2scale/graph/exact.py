@@ -67,7 +67,7 @@ def _sq_dists(xq, xb, cand, out):
 
 
 def sq_dists(xq: np.ndarray, xb: np.ndarray, cand: np.ndarray) -> np.ndarray:
-    """Exact float64 squared distances ``‖xq[i] − xb[cand[i, j]]‖²`` (``inf`` where ``cand < 0``)."""
+    """Float64 squared distances ``‖xq[i] − xb[cand[i, j]]‖²`` (``inf`` where ``cand < 0``)."""
     out = np.empty(cand.shape, dtype=np.float64)
     if cand.size:
         _sq_dists(_f32(xq), _f32(xb), np.ascontiguousarray(cand, dtype=np.int64), out)
@@ -148,7 +148,8 @@ def flat_search(
         c = min(c, nb)
         q = xq[rows]
         approx, cand = knn(q, xb, c)
-        p, d, ok = rank_certified(approx, cand, sq_dists(q, xb, cand), keep, eps[rows], ids, c == nb)
+        exact = sq_dists(q, xb, cand)
+        p, d, ok = rank_certified(approx, cand, exact, keep, eps[rows], ids, c == nb)
         pos[rows[ok]], dist[rows[ok]] = p[ok], d[ok]
         rows, c = rows[~ok], 4 * c
     return pos, dist

@@ -217,7 +217,8 @@ def ivf_search(
     while rows.size:
         approx, cand = bucket_scan(yq[rows], probes[rows], yb, lists.lims, c, knn)
         complete = sizes[rows] <= c  # every probed point was fetched
-        p, d, ok = rank_certified(approx, cand, sq_dists(yq[rows], yb, cand), m, eps[rows], lists.ids)
+        exact = sq_dists(yq[rows], yb, cand)
+        p, d, ok = rank_certified(approx, cand, exact, m, eps[rows], lists.ids)
         ok |= complete
         pos[rows[ok]], key[rows[ok]] = p[ok], d[ok]
         rows, c = rows[~ok], 4 * c

@@ -119,10 +119,11 @@ def build_shard(
     the partitions overlapping the range, in order; None: one flat list)."""
     spans = _spans(offsets, start, end)
     if assigned is None:
-        x = np.concatenate([blocks.load(p)[a:b] for p, a, b in spans]) if spans else None
+        x = np.concatenate([blocks.load(p)[a:b] for p, a, b in spans])
         ids = np.arange(start, end, dtype=np.int64)
-        return ivf.Lists(ids, np.ascontiguousarray(x, dtype=np.float32), None, np.array([0, end - start]))
-    lists = np.concatenate([a["lists"][s:e] for a, (_, s, e) in zip(assigned, spans, strict=True)])
+        return ivf.Lists(ids, _f32(x), None, np.array([0, end - start]))
+    pieces = list(zip(assigned, spans, strict=True))
+    lists = np.concatenate([a["lists"][s:e] for a, (_, s, e) in pieces])
     order, lims = ivf.list_order(lists, nlist)
     dest = np.empty_like(order)
     dest[order] = np.arange(order.size)
@@ -133,7 +134,7 @@ def build_shard(
         at += b - a
     y = None
     if assigned[0]["y"] is not None:
-        y = np.concatenate([a["y"][s:e] for a, (_, s, e) in zip(assigned, spans, strict=True)])[order]
+        y = np.concatenate([a["y"][s:e] for a, (_, s, e) in pieces])[order]
     return ivf.Lists(order.astype(np.int64) + start, x, y, lims)
 
 
@@ -199,6 +200,10 @@ def drop_self(
 def _load_candidates(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     with np.load(path) as z:
         return z["ids"], z["key"], z["full"]
+
+
+def _f32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def _spans(offsets: np.ndarray, start: int, end: int) -> list[tuple[int, int, int]]:

@@ -89,7 +89,8 @@ class GraphStore:
             if old.get("fingerprint") != fingerprint:
                 raise D2ScaleError(
                     f"{self.gdir} holds a graph build of a different input (fingerprint "
-                    f"{old.get('fingerprint')} vs {fingerprint}); use another directory or delete it"
+                    f"{old.get('fingerprint')} vs {fingerprint}); use another directory or "
+                    "delete it"
                 )
             diff = _param_diff(old.get("params", {}), _jsonable(params))
             if diff:
@@ -234,8 +235,9 @@ def _read_json(path: str) -> dict:
 
 def _param_diff(old: dict, new: dict) -> str:
     keys = sorted(set(old) | set(new))
-    return ", ".join(f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in keys
-                     if old.get(k) != new.get(k))  # fmt: skip
+    return ", ".join(
+        f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)
+    )
 
 
 def _jsonable(obj: dict) -> dict:
