@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -13,7 +14,14 @@ from d2scale.errors import D2ScaleError
 from d2scale.params import SelectParams, budget_for
 from d2scale.runner import Progress, ProgressFn, dask_client, stage
 from d2scale.sinks import check_writable, save_json
-from d2scale.sources import Pool, PoolEmbeddings, feature_keys, open_pool, read_columns
+from d2scale.sources import (
+    Pool,
+    PoolEmbeddings,
+    check_npz,
+    feature_keys,
+    open_pool,
+    read_columns,
+)
 from d2scale.types import KnnGraph
 from d2scale.uids import check_unique, encode_uids
 
@@ -28,8 +36,9 @@ def select(params: SelectParams, progress: ProgressFn | None = None) -> dict:
     pool = open_pool_or_sample(params.metadata_dir, progress)
     progress(f"pool {pool.url}: {pool.n:,} rows in {len(pool.shards)} shards")
     with dask_client(params.scheduler, params.workers) as client:
+        keys = feature_keys(params.embedding_model, params.feature_type)
         with stage("read metadata", timings, progress):
-            uids, scores = read_metadata(pool, params.resolved_score_column, client)
+            uids, scores = read_metadata(pool, params.resolved_score_column, client, keys)
         scores = scores + params.score_shift
         budgets = {f: budget_for(f, pool.n) for f in params.fractions}
         _check_sizes(params, pool.n, budgets)
@@ -96,14 +105,16 @@ def open_pool_or_sample(metadata_dir: str | None, progress: ProgressFn) -> Pool:
     return open_pool(sample_pool_dir())
 
 
-def read_metadata(pool: Pool, score_column: str, client) -> tuple[np.ndarray, np.ndarray]:
-    """Encoded uids and float64 scores for the whole pool, one Dask task per shard."""
+def read_metadata(
+    pool: Pool, score_column: str, client, npz_keys: list[str] = ()
+) -> tuple[np.ndarray, np.ndarray]:
+    """Encoded uids and float64 scores for the whole pool, one Dask task per shard.
+
+    Also checks the npz headers for ``npz_keys`` so that a bad shard fails in seconds.
+    """
+    n = len(pool.shards)
     futures = client.map(
-        _read_shard,
-        [pool] * len(pool.shards),
-        pool.shards,
-        [score_column] * len(pool.shards),
-        pure=False,
+        _read_shard, [pool] * n, pool.shards, [score_column] * n, [list(npz_keys)] * n, pure=False
     )
     parts = client.gather(futures)
     uids = np.concatenate([p[0] for p in parts])
@@ -112,7 +123,8 @@ def read_metadata(pool: Pool, score_column: str, client) -> tuple[np.ndarray, np
     return uids, scores
 
 
-def _read_shard(pool: Pool, shard, score_column: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_shard(pool: Pool, shard, score_column: str, npz_keys: list[str]):
+    check_npz(pool, shard, npz_keys)
     table = read_columns(pool, shard, ["uid", score_column])
     uids = encode_uids(table.column("uid"), where=shard.parquet)
     scores = table.column(score_column).to_numpy(zero_copy_only=False).astype(np.float64)
@@ -136,7 +148,7 @@ def _check_sizes(params: SelectParams, n: int, budgets: dict[float, int]) -> Non
 
 
 def _graph(params: SelectParams, pool: Pool, client, progress) -> tuple[KnnGraph, dict]:
-    from d2scale.graph import build_knn_graph, load_graph
+    from d2scale.graph import load_graph
 
     if params.graph:
         knn, meta = load_graph(params.graph)
@@ -144,8 +156,10 @@ def _graph(params: SelectParams, pool: Pool, client, progress) -> tuple[KnnGraph
             raise D2ScaleError(
                 f"graph {params.graph} has {knn.n} rows but the pool has {pool.n} samples"
             )
-        if meta.get("fingerprint") not in (None, pool.fingerprint):
-            raise D2ScaleError(f"graph {params.graph} was built from a different pool")
+        if meta.get("pool_fingerprint") not in (None, pool.fingerprint):
+            raise D2ScaleError(
+                f"graph {params.graph} was built from a different pool than {pool.url}"
+            )
         if params.n_neighbors > knn.k:
             raise D2ScaleError(
                 f"n_neighbors ({params.n_neighbors}) exceeds the graph's k ({knn.k})"
@@ -154,9 +168,21 @@ def _graph(params: SelectParams, pool: Pool, client, progress) -> tuple[KnnGraph
             knn.neighbors[:, : params.n_neighbors], knn.distances[:, : params.n_neighbors]
         )
         return knn, {"source": params.graph, **meta}
-    blocks = PoolEmbeddings(pool, feature_keys(params.embedding_model, params.feature_type))
-    return build_knn_graph(
-        blocks,
+    gdir = os.path.join(params.out, "graph")
+    return build_graph(pool, params, gdir, client, progress)
+
+
+def build_graph(pool: Pool, params, gdir: str, client, progress) -> tuple[KnnGraph, dict]:
+    """Build (or resume) the kNN graph of ``pool`` into ``gdir``; stamp its meta.json.
+
+    ``params`` needs the reader and kNN fields of :class:`SelectParams` (CLI args work too).
+    """
+    from d2scale.graph import build_knn_graph
+    from d2scale.graph.store import write_json
+
+    keys = feature_keys(params.embedding_model, params.feature_type)
+    knn, info = build_knn_graph(
+        PoolEmbeddings(pool, keys),
         n_neighbors=params.n_neighbors,
         index=params.index,
         recall=params.recall,
@@ -164,9 +190,21 @@ def _graph(params: SelectParams, pool: Pool, client, progress) -> tuple[KnnGraph
         device=params.device,
         seed=params.seed,
         client=client,
-        workdir=os.path.join(params.out, "graph"),
+        workdir=gdir,
         progress=progress,
     )
+    info = {
+        **info,
+        "pool_fingerprint": pool.fingerprint,
+        "metadata_dir": pool.url,
+        "embedding_model": params.embedding_model,
+        "feature_type": params.feature_type,
+    }
+    meta_path = os.path.join(gdir, "meta.json")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    write_json(meta_path, {**meta, **{k: v for k, v in info.items() if k not in meta}})
+    return knn, info
 
 
 def environment() -> dict:

@@ -48,6 +48,8 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
 
     for name in ("distributed", "bokeh", "tornado"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # a failed task's exception is re-raised to the caller, which reports it in one line
+    logging.getLogger("distributed.worker").setLevel(logging.CRITICAL)
     if scheduler:
         try:
             client = Client(scheduler, timeout="20s")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import zipfile
 from dataclasses import dataclass, field
 
 import fsspec
@@ -128,6 +129,7 @@ class PoolEmbeddings:
     def __post_init__(self) -> None:
         self.sizes = [s.rows for s in self.pool.shards]
         self.dim = sum(_DIMS[k.split("_")[0]] for k in self.keys)
+        self.fingerprint = f"{self.pool.fingerprint}:{'+'.join(self.keys)}"
 
     def load(self, i: int) -> np.ndarray:
         shard = self.pool.shards[i]
@@ -151,6 +153,32 @@ class PoolEmbeddings:
                 f"{shard.npz}: embeddings have {col} dimensions, expected {self.dim}"
             )
         return out
+
+
+def check_npz(pool: Pool, shard: Shard, keys: list[str]) -> None:
+    """Fail fast, from the .npy headers only: every key present, 2-D, one row per parquet row."""
+    try:
+        with pool.fs.open(shard.npz, "rb") as f, zipfile.ZipFile(f) as z:
+            names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+            for key in keys:
+                if key not in names:
+                    raise D2ScaleError(
+                        f"{shard.npz} has no array {key!r} (has: {', '.join(names)})"
+                    )
+                with z.open(f"{key}.npy") as member:
+                    shape = _npy_shape(member)
+                if shape is not None:
+                    _check_shape(np.empty(shape[:1] + (0,) * (len(shape) - 1)), shard, key)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise D2ScaleError(f"cannot read embeddings from {shard.npz}: {e}") from None
+
+
+def _npy_shape(member) -> tuple[int, ...] | None:
+    """Shape from a .npy header (formats 1.0 and 2.0; None for others: checked at load)."""
+    fmt = np.lib.format
+    readers = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+    reader = readers.get(fmt.read_magic(member))
+    return None if reader is None else reader(member)[0]
 
 
 def _check_shape(arr: np.ndarray, shard: Shard, key: str) -> None:
