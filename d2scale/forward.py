@@ -21,8 +21,19 @@ EPS = 1e-7
 
 
 def forward_weights(csr: CsrGraph, gamma_forward: float) -> np.ndarray:
-    """``exp(−γf·d)`` per edge, float64, computed by NumPy (the CPU and GPU paths share it)."""
-    return np.exp(-gamma_forward * csr.distances.astype(np.float64))
+    """``exp(−γf·d)`` per edge, float64, computed by NumPy (the CPU and GPU paths share it).
+
+    Same values as ``np.exp(-gamma_forward * d.astype(np.float64))``, computed in place
+    to hold one float64 array instead of three.
+    """
+    return kernel_weights(csr.distances, gamma_forward)
+
+
+def kernel_weights(distances: np.ndarray, gamma: float) -> np.ndarray:
+    """``exp(−γ·d)`` as float64, in one array (``−γ·d`` is an exact negation of ``γ·d``)."""
+    w = distances.astype(np.float64)
+    np.multiply(w, -gamma, out=w)
+    return np.exp(w, out=w)
 
 
 def forward_scores(csr: CsrGraph, scores: np.ndarray, *, gamma_forward: float = 1.0,

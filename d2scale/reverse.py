@@ -17,7 +17,7 @@ import numpy as np
 
 from d2scale._reverse_numba import greedy_kernel
 from d2scale.errors import D2ScaleError
-from d2scale.forward import resolve_device
+from d2scale.forward import kernel_weights, resolve_device
 from d2scale.types import CsrGraph, KnnGraph
 
 SAMPLINGS = ("weighted", "absolute")
@@ -30,7 +30,7 @@ def reverse_weights(csr: CsrGraph, gamma: float, sampling: str = "weighted") -> 
         raise D2ScaleError(f"sampling must be one of {SAMPLINGS}; got {sampling!r}.")
     if sampling == "absolute":
         return np.ones(csr.n_edges, dtype=np.float64)
-    return np.exp(-gamma * csr.distances.astype(np.float64))
+    return kernel_weights(csr.distances, gamma)
 
 
 def greedy_continue(indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray,

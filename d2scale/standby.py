@@ -21,6 +21,7 @@ import numpy as np
 from numba import njit
 
 from d2scale.errors import D2ScaleError
+from d2scale.forward import kernel_weights
 from d2scale.reverse import SAMPLINGS, checked_budget
 from d2scale.types import KnnGraph
 
@@ -40,7 +41,7 @@ def standby_order(knn: KnnGraph, forward: np.ndarray, *, gamma: float, budget: i
     if sampling == "absolute":
         weights = np.ones(neighbors.shape, dtype=np.float64)
     else:
-        weights = np.exp(-gamma * np.asarray(knn.distances).astype(np.float64))
+        weights = kernel_weights(np.asarray(knn.distances), gamma)
     static = np.argsort(-forward, kind="stable")
     return _standby(neighbors, weights, forward, static, budget)
 

@@ -155,3 +155,28 @@ def standby(knn: KnnGraph, forward_scores, gamma, budget, sampling="weighted"):
                 take(c)
         cursor += 1
     return np.array(picks, dtype=np.int64)
+
+
+# --- random cases for tests ---------------------------------------------------------------
+
+def grid_knn(rng: np.random.Generator, n: int, k: int, side: int = 3) -> KnnGraph:
+    """kNN lists of n points on a small integer grid: many equal distances (ties)."""
+    return knn_bruteforce(rng.integers(0, side, size=(n, 2)).astype(np.float64), k)
+
+
+def random_symmetric_csr(rng: np.random.Generator, n: int, n_pairs: int):
+    """(indptr, indices) of a random undirected simple graph, rows sorted."""
+    rows: list[set[int]] = [set() for _ in range(n)]
+    for _ in range(n_pairs if n > 1 else 0):
+        a, b = (int(v) for v in rng.choice(n, size=2, replace=False))
+        rows[a].add(b)
+        rows[b].add(a)
+    indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
+    indices = np.array([j for r in rows for j in sorted(r)], dtype=np.int32)
+    return indptr, indices
+
+
+def dyadic(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Weights in {1/8, 1/4, 1/2, 1}: products and differences with small integers stay
+    exact, so equal scores really are equal and the tie rule decides."""
+    return 2.0 ** -rng.integers(0, 4, size=size).astype(np.float64)

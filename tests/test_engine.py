@@ -1,0 +1,86 @@
+"""d2_order end to end against the oracle pipeline; validation; the graph loader."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from oracle import d2_order as oracle_d2_order
+from oracle import knn_bruteforce
+
+from d2scale.engine import D2Result, d2_order, load_graph_arrays
+from d2scale.errors import D2ScaleError
+from d2scale.types import KnnGraph
+
+
+@pytest.mark.parametrize("mode", ["sum", "product"])
+@pytest.mark.parametrize("sampling", ["weighted", "absolute"])
+@pytest.mark.parametrize("gamma", [0.1, 1.0])
+def test_pipeline_equals_oracle(mode, sampling, gamma):
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        n = int(rng.integers(2, 40))
+        knn = knn_bruteforce(rng.integers(0, 4, size=(n, 3)).astype(float), int(rng.integers(1, 8)))
+        scores = rng.integers(-1, 5, size=n).astype(float)
+        budget = int(rng.integers(0, n + 1))
+        expected, g = oracle_d2_order(knn, scores, gamma=gamma, gamma_forward=0.5, mode=mode,
+                                      sampling=sampling, budget=budget)
+        result = d2_order(knn, scores, gamma=gamma, gamma_forward=0.5, mode=mode,
+                          sampling=sampling, budget=budget)
+        assert isinstance(result, D2Result)
+        np.testing.assert_array_equal(result.order, expected)
+        np.testing.assert_array_equal(result.forward, g)
+
+
+def small_knn():
+    rng = np.random.default_rng(1)
+    return knn_bruteforce(rng.normal(size=(30, 2)), 4), rng.random(30)
+
+
+def test_variants_and_timings():
+    knn, scores = small_knn()
+    timings = {}
+    result = d2_order(knn, scores, gamma=1.0, timings=timings)
+    assert set(timings) == {"symmetrize", "forward", "reverse"}
+    assert result.order.dtype == np.int64 and sorted(result.order) == list(range(30))
+    assert 30 * 4 <= result.n_edges <= 2 * 30 * 4  # CSR entries: both directions
+    for kwargs in ({"greedy": "standby"}, {"buckets": 3}, {"buckets": np.arange(30) % 2}):
+        order = d2_order(knn, scores, gamma=1.0, budget=10, **kwargs).order
+        assert len(set(order.tolist())) == 10
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"scores": np.zeros(29)}, "30 numbers"), ({"scores": np.full(30, np.nan)}, "finite"),
+    ({"budget": 31}, "budget"), ({"gamma": -1.0}, "gamma"), ({"gamma_forward": np.inf}, "gamma"),
+    ({"mode": "max"}, "mode"), ({"sampling": "x"}, "sampling"), ({"greedy": "lazy"}, "greedy")])
+def test_bad_arguments_raise_one_sentence(kwargs, match):
+    knn, scores = small_knn()
+    args = {"scores": scores, "gamma": 1.0, **kwargs}
+    with pytest.raises(D2ScaleError, match=match):
+        d2_order(knn, args.pop("scores"), **args)
+
+
+def test_load_graph_arrays(tmp_path):
+    knn, _ = small_knn()
+    np.save(tmp_path / "neighbors.npy", knn.neighbors)
+    with pytest.raises(D2ScaleError, match="distances.npy is missing"):
+        load_graph_arrays(str(tmp_path))
+    np.save(tmp_path / "distances.npy", knn.distances[:, :2])
+    with pytest.raises(D2ScaleError, match="same N×k shape"):
+        load_graph_arrays(str(tmp_path))
+    np.save(tmp_path / "distances.npy", knn.distances)
+    loaded = load_graph_arrays(str(tmp_path))
+    assert isinstance(loaded, KnnGraph)
+    np.testing.assert_array_equal(loaded.neighbors, knn.neighbors)
+    (tmp_path / "distances.npy").write_bytes(b"not npy")
+    with pytest.raises(D2ScaleError, match="cannot read"):
+        load_graph_arrays(str(tmp_path))
+
+
+def test_engine_import_is_lean():
+    code = ("import sys, d2scale.engine; "
+            "print(sorted(m for m in ('dask', 'faiss', 'pyarrow', 'distributed') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
