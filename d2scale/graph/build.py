@@ -27,7 +27,7 @@ import numpy as np
 
 from d2scale.errors import D2ScaleError
 from d2scale.graph import ivf, shards
-from d2scale.graph.exact import GpuKnn, KnnFn, merge_sorted
+from d2scale.graph.exact import merge_sorted
 from d2scale.graph.store import GraphStore, save_graph
 from d2scale.types import EmbeddingBlocks, KnnGraph
 
@@ -36,8 +36,9 @@ PCA_ENERGY = 0.9  # variance kept by the automatic PCA search space
 TRAIN_ROWS_PER_LIST = 39  # k-means sample size per list (faiss's minimum)
 PCA_ROWS = 50_000  # rows used to fit the PCA
 EVAL_ROWS = (200, 1000)  # held-out rows for recall tuning: bounds ...
-EVAL_BUDGET = 3e8  # ... and their share of exact work (rows × n)
+EVAL_BUDGET = 2e8  # ... and their share of exact work (rows × n)
 FINGERPRINT_ROWS = 256
+MULTI_SHARD_MAX_NPROBE = 256  # tuning grid bound when shards must be rebuilt to be searched
 INDEXES = ("auto", "exact", "ivf")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -69,9 +70,9 @@ def build_knn_graph(
     in-process one); ``workdir`` makes the build resumable and writes the graph directory.
     """
     n, k = _validate(blocks, n_neighbors, index, recall, device, memory_limit, nprobe, pca_dim)
-    knn, device_used = _device(device)
+    kernels, device_used = _device(device)
     kind = index if index != "auto" else ("exact" if n <= AUTO_EXACT_MAX else "ivf")
-    build = _Build(blocks, k, recall, seed, knn, progress, workdir)
+    build = _Build(blocks, k, recall, seed, kernels, progress, workdir)
     limit = memory_limit or shards.default_memory_limit()
     with shards.task_client(client) as cl:
         build.client = cl
@@ -90,8 +91,8 @@ def build_knn_graph(
 class _Build:
     """State of one build: inputs, Dask client, store, timings."""
 
-    def __init__(self, blocks, k, recall, seed, knn, progress, workdir):
-        self.blocks, self.k, self.recall, self.seed, self.knn = blocks, k, recall, seed, knn
+    def __init__(self, blocks, k, recall, seed, kernels, progress, workdir):
+        self.blocks, self.k, self.recall, self.seed, self.kernels = blocks, k, recall, seed, kernels
         self.sizes = [int(s) for s in blocks.sizes]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         self.n, self.dim = int(self.offsets[-1]), int(blocks.dim)
@@ -190,7 +191,13 @@ class _Build:
 
             def probes(p):
                 return self.submit(
-                    shards.probe_part, self.bf, p, assigned[p], centroids, tuned["nprobe"], self.knn
+                    shards.probe_part,
+                    self.bf,
+                    p,
+                    assigned[p],
+                    centroids,
+                    tuned["nprobe"],
+                    self.kernels,
                 )
 
             graph = self.search(plan, tuned["candidates"], build, probes, assigned)
@@ -229,7 +236,7 @@ class _Build:
                 c_f,
                 x_eval,
                 self.k + 1,
-                self.knn,
+                self.kernels,
                 self.store.lists_path(p) if self.store else None,
             )
             for p in range(len(self.sizes))
@@ -244,43 +251,33 @@ class _Build:
     def tune(self, plan, assigned, projection, centroids, x_eval, eval_ids, truth, nprobe):
         """Measure recall@k of the evaluation rows over an (nprobe, candidates) grid; pick the
         cheapest setting reaching the target."""
-        nlist = centroids.shape[0]
+        nlist, multi = centroids.shape[0], len(plan) > 1
         grid = [nprobe] if nprobe else ivf.nprobe_grid(nlist)
+        if multi:  # every shard is built once: evaluate a bounded grid in one pass
+            grid = [p for p in grid if p <= MULTI_SHARD_MAX_NPROBE] or grid[:1]
         y_eval = None if projection is None else projection(x_eval)
-        probes = ivf.probe(x_eval if y_eval is None else y_eval, centroids, max(grid), self.knn)
+        y = x_eval if y_eval is None else y_eval
+        probes = ivf.probe(y, centroids, max(grid), self.kernels.knn_small)
         k1 = self.k + 1
         m_opts = [k1] if projection is None else [2 * k1, 4 * k1, 8 * k1]
-        per_shard = []
-        for a, b in plan:
-            lists_f = self.submit(
-                shards.build_shard,
-                self.bf,
-                self.offsets,
-                a,
-                b,
-                [assigned[p] for p in _overlapping(self.offsets, a, b)],
-                nlist,
-            )
-            per_shard.append(
-                self.submit(
-                    shards.tune_search, lists_f, x_eval, y_eval, probes, grid, max(m_opts), self.knn
-                ).result()
-            )
-            if len(plan) == 1:
-                self.kept[0] = lists_f
-            del lists_f
-        curve = {}
-        for p in grid:
-            ids, key, full = merge_sorted(
-                [r[p][0] for r in per_shard],
-                [r[p][1] for r in per_shard],
-                max(m_opts),
-                [r[p][2] for r in per_shard],
-            )
-            for m in m_opts:
-                nbr, d2 = merge_sorted([ids[:, :m]], [full[:, :m]], m)
-                found = shards.drop_self(nbr, d2, eval_ids, self.k)[0]
-                curve[(p, m)] = ivf.recall_at_k(found, truth)
+        sent = self.client.scatter([x_eval, y_eval, probes], hash=False)
+        curve: dict[tuple[int, int], float] = {}
+        for chunk in [grid] if multi else [grid[i : i + 3] for i in range(0, len(grid), 3)]:
+            per_shard = []
+            for s, (a, b) in enumerate(plan):
+                lists_f = self.kept.get(s) or self.submit(
+                    shards.build_shard, self.bf, self.offsets, a, b,
+                    [assigned[p] for p in _overlapping(self.offsets, a, b)], nlist,
+                )  # fmt: skip
+                res = self.submit(shards.tune_search, lists_f, *sent, chunk, max(m_opts),
+                                  self.kernels)  # fmt: skip
+                per_shard.append(res.result())
+                if not multi:
+                    self.kept[0] = lists_f
+                del lists_f
+            curve |= self._recalls(per_shard, chunk, m_opts, eval_ids, truth)
+            if any(curve[(p, m_opts[0])] >= self.recall for p in chunk):
+                break  # any larger nprobe costs more than this one with the fewest candidates
         dim_s = x_eval.shape[1] if y_eval is None else y_eval.shape[1]
         cost = {pm: pm[0] * self.n / nlist * dim_s + 4 * pm[1] * self.dim for pm in curve}
         ok = [pm for pm in curve if curve[pm] >= self.recall]
@@ -298,6 +295,21 @@ class _Build:
                 f"nprobe={p},candidates={m}": round(r, 5) for (p, m), r in curve.items()
             },
         }
+
+    def _recalls(self, per_shard, grid, m_opts, eval_ids, truth) -> dict:
+        curve = {}
+        for p in grid:
+            ids, _, full = merge_sorted(
+                [r[p][0] for r in per_shard],
+                [r[p][1] for r in per_shard],
+                max(m_opts),
+                [r[p][2] for r in per_shard],
+            )
+            for m in m_opts:
+                nbr, d2 = merge_sorted([ids[:, :m]], [full[:, :m]], m)
+                found = shards.drop_self(nbr, d2, eval_ids, self.k)[0]
+                curve[(p, m)] = ivf.recall_at_k(found, truth)
+        return curve
 
     # ------------------------------------------------------------ search and write
     def todo(self) -> list[int]:
@@ -332,7 +344,7 @@ class _Build:
                         assigned.get(p),
                         probe_f.get(p),
                         m,
-                        self.knn,
+                        self.kernels,
                         path,
                     )
                 )
@@ -432,7 +444,7 @@ def _truth_of(assigned: dict):
 
 
 def _lists_of(assigned: dict) -> np.ndarray:
-    return assigned["lists"]
+    return assigned["probes"][:, 0]
 
 
 def _overlapping(offsets: np.ndarray, a: int, b: int) -> list[int]:
@@ -473,7 +485,7 @@ def _fingerprint(blocks: EmbeddingBlocks, rows: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-def _device(device: str) -> tuple[KnnFn, str]:
+def _device(device: str) -> tuple[ivf.Kernels, str]:
     n_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
     if device == "cuda" and n_gpus == 0:
         raise D2ScaleError(
@@ -481,8 +493,8 @@ def _device(device: str) -> tuple[KnnFn, str]:
             "(pip install 'd2scale[gpu]'); use device='cpu' or 'auto'"
         )
     if device != "cpu" and n_gpus > 0:
-        return GpuKnn(), "cuda"
-    return faiss.knn, "cpu"
+        return ivf.Kernels.cuda(), "cuda"
+    return ivf.Kernels.cpu(), "cpu"
 
 
 def _validate(blocks, k, index, recall, device, memory_limit, nprobe, pca_dim) -> tuple[int, int]:

@@ -16,7 +16,9 @@ The index follows faiss's ``PCA,IVF,Flat`` + refine recipe with the queries bein
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import faiss
@@ -24,7 +26,9 @@ import numpy as np
 from numba import njit, prange
 
 from d2scale.graph.exact import (
+    FASTMATH,
     MARGIN,
+    GpuKnn,
     KnnFn,
     flat_search,
     l2_error_bound,
@@ -38,8 +42,12 @@ KMEANS_ITER = 10
 
 
 def choose_nlist(n: int) -> int:
-    """About 4·√n lists rounded to a power of two, at most n/39 (training) and 65,536."""
-    target = 4 * math.sqrt(n)
+    """About 2·√n lists rounded to a power of two, at most n/39 (training) and 65,536.
+
+    Coarse assignment costs n·nlist distances and the scan n·nprobe·n/nlist, so the sum is
+    smallest near nlist = √(nprobe·n); nprobe ≈ 4–8 on CLIP-like data gives ~2·√n.
+    """
+    target = 2 * math.sqrt(n)
     nlist = 2 ** round(math.log2(max(target, 1)))
     return int(max(1, min(nlist, n // MIN_POINTS_PER_LIST, 65536)))
 
@@ -129,8 +137,11 @@ def train_centroids(sample: np.ndarray, nlist: int, seed: int) -> np.ndarray:
     return np.ascontiguousarray(km.centroids, dtype=np.float32)
 
 
-def probe(y: np.ndarray, centroids: np.ndarray, nprobe: int, knn: KnnFn = faiss.knn) -> np.ndarray:
+def probe(
+    y: np.ndarray, centroids: np.ndarray, nprobe: int, knn: KnnFn | None = None
+) -> np.ndarray:
     """The ``nprobe`` nearest lists of each row (int32), by exact distance then list id."""
+    knn = knn or knn_small
     pos, _ = flat_search(y, centroids, min(nprobe, centroids.shape[0]), knn=knn)
     return pos.astype(np.int32)
 
@@ -168,10 +179,93 @@ def list_order(lists: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray]:
     return order, lims
 
 
-def bucket_scan(
-    yq: np.ndarray, probes: np.ndarray, yb: np.ndarray, lims: np.ndarray, c: int, knn: KnnFn
+ScanFn = Callable[..., tuple[np.ndarray, np.ndarray]]  # (yq, probes, yb, lims, c) -> (D, I)
+
+
+@njit(inline="always")
+def _push(hd, hi, s, r):
+    # insert (s, r) into ascending hd/hi of fixed size, dropping the last entry
+    j = hd.shape[0] - 1
+    while j > 0 and hd[j - 1] > s:
+        hd[j] = hd[j - 1]
+        hi[j] = hi[j - 1]
+        j -= 1
+    hd[j] = s
+    hi[j] = r
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _l2(x, y):
+    s = np.float32(0.0)
+    for t in range(x.shape[0]):
+        v = x[t] - y[t]
+        s += v * v
+    return s
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _scan(yq, probes, order, yb, lims, out_d, out_i):
+    for ii in prange(order.shape[0]):
+        i = order[ii]
+        hd, hi = out_d[i], out_i[i]
+        hd[:] = np.inf
+        hi[:] = -1
+        for j in range(probes.shape[1]):
+            lst = probes[i, j]
+            for r in range(lims[lst], lims[lst + 1]):
+                s = _l2(yq[i], yb[r])
+                if s < hd[-1]:
+                    _push(hd, hi, s, r)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _brute(xq, xb, out_d, out_i):
+    for i in prange(xq.shape[0]):
+        hd, hi = out_d[i], out_i[i]
+        hd[:] = np.inf
+        hi[:] = -1
+        for r in range(xb.shape[0]):
+            s = _l2(xq[i], xb[r])
+            if s < hd[-1]:
+                _push(hd, hi, s, r)
+
+
+def scan_lists(
+    yq: np.ndarray, probes: np.ndarray, yb: np.ndarray, lims: np.ndarray, c: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Approximate top-``c`` of each query over its probed lists (float32 D, positions in yb).
+
+    A compiled per-query scan (queries taken in list order, so neighbouring queries share
+    cached lists); no distance matrix is materialised, which suits small search spaces.
+    """
+    nq = yq.shape[0]
+    out_d = np.empty((nq, c), dtype=np.float32)
+    out_i = np.empty((nq, c), dtype=np.int64)
+    if nq:
+        order = np.argsort(probes[:, 0], kind="stable") if probes.shape[1] else np.arange(nq)
+        _scan(_f32(yq), np.ascontiguousarray(probes, dtype=np.int64), order, _f32(yb), lims,
+              out_d, out_i)  # fmt: skip
+    return out_d, out_i
+
+
+def knn_small(xq: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``faiss.knn`` for small databases or dimensions (centroids, PCA space), compiled."""
+    out_d = np.empty((xq.shape[0], k), dtype=np.float32)
+    out_i = np.empty((xq.shape[0], k), dtype=np.int64)
+    if xq.shape[0]:
+        _brute(_f32(xq), _f32(xb), out_d, out_i)
+    return out_d, out_i
+
+
+def bucket_scan(
+    yq: np.ndarray,
+    probes: np.ndarray,
+    yb: np.ndarray,
+    lims: np.ndarray,
+    c: int,
+    knn: KnnFn = faiss.knn,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`scan_lists` through a ``knn`` kernel, one call per list (GPU path).
 
     Like ``faiss.contrib.big_batch_search`` (method ``knn_function``): the (query, list)
     pairs are bucket-sorted by list and every list is scanned once, with one ``knn`` call,
@@ -193,13 +287,36 @@ def bucket_scan(
     return heap.D, heap.I
 
 
+@dataclass(frozen=True)
+class Kernels:
+    """The search kernels of one device: flat search (full space), small brute force
+    (centroids, PCA space) and the inverted-list scan."""
+
+    knn: KnnFn
+    knn_small: KnnFn
+    scan: ScanFn
+
+    @classmethod
+    def cpu(cls) -> Kernels:
+        return cls(faiss.knn, knn_small, scan_lists)
+
+    @classmethod
+    def cuda(cls) -> Kernels:
+        gpu = GpuKnn()
+        return cls(gpu, gpu, functools.partial(bucket_scan, knn=gpu))
+
+
+def _f32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
 def ivf_search(
     xq: np.ndarray,
     yq: np.ndarray | None,
     probes: np.ndarray,
     lists: Lists,
     m: int,
-    knn: KnnFn = faiss.knn,
+    scan: ScanFn = scan_lists,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact search-space top-``m`` of each query among its probed lists, by (distance, id).
 
@@ -215,7 +332,7 @@ def ivf_search(
     key = np.full((nq, m), np.inf)
     rows, c = np.arange(nq), m + MARGIN
     while rows.size:
-        approx, cand = bucket_scan(yq[rows], probes[rows], yb, lists.lims, c, knn)
+        approx, cand = scan(yq[rows], probes[rows], yb, lists.lims, c)
         complete = sizes[rows] <= c  # every probed point was fetched
         exact = sq_dists(yq[rows], yb, cand)
         p, d, ok = rank_certified(approx, cand, exact, m, eps[rows], lists.ids)

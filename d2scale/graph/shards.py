@@ -22,11 +22,12 @@ import numpy as np
 import psutil
 
 from d2scale.graph import ivf
-from d2scale.graph.exact import KnnFn, flat_search, merge_sorted
+from d2scale.graph.exact import flat_search, merge_sorted
 from d2scale.graph.store import write_npy, write_npz
 from d2scale.types import EmbeddingBlocks
 
 MEMORY_FRACTION = 0.5  # default budget: this share of the currently available memory
+STORED_PROBES = 32  # lists per row kept from the assignment pass (larger nprobe: probe again)
 
 
 def default_memory_limit() -> int:
@@ -89,22 +90,25 @@ def assign_part(
     centroids: np.ndarray,
     x_eval: np.ndarray,
     keep: int,
-    knn: KnnFn,
+    kernels: ivf.Kernels,
     lists_path: str | None = None,
 ) -> dict:
     """IVF assignment of one partition, and its exact top-``keep`` for the evaluation queries.
 
-    Returns ``y`` (search-space rows, None without PCA), ``lists`` (int32) and ``truth``
-    (global ids and squared distances of the evaluation queries' best rows in this partition).
+    Returns ``y`` (search-space rows, None without PCA), ``probes`` (the nearest
+    ``STORED_PROBES`` lists of each row, int32; the first is the row's list) and ``truth``
+    (global ids and squared distances of the evaluation queries' best rows here).
     """
     x = blocks.load(part)
     y = None if projection is None else projection(x)
-    lists = ivf.probe(x if y is None else y, centroids, 1, knn)[:, 0]
+    probes = ivf.probe(x if y is None else y, centroids, STORED_PROBES, kernels.knn_small)
     if lists_path is not None:
-        write_npy(lists_path, lists)
-    pos, d2 = flat_search(x_eval, x, keep, knn=knn) if x_eval.size else (None, None)
-    truth = None if pos is None else (np.where(pos >= 0, pos + offset, -1), d2)
-    return {"y": y, "lists": lists, "truth": truth}
+        write_npy(lists_path, probes[:, 0])
+    truth = None
+    if x_eval.size:
+        pos, d2 = flat_search(x_eval, x, keep, knn=kernels.knn)
+        truth = (np.where(pos >= 0, pos + offset, -1), d2)
+    return {"y": y, "probes": probes, "truth": truth}
 
 
 def build_shard(
@@ -123,7 +127,7 @@ def build_shard(
         ids = np.arange(start, end, dtype=np.int64)
         return ivf.Lists(ids, _f32(x), None, np.array([0, end - start]))
     pieces = list(zip(assigned, spans, strict=True))
-    lists = np.concatenate([a["lists"][s:e] for a, (_, s, e) in pieces])
+    lists = np.concatenate([a["probes"][s:e, 0] for a, (_, s, e) in pieces])
     order, lims = ivf.list_order(lists, nlist)
     dest = np.empty_like(order)
     dest[order] = np.arange(order.size)
@@ -139,11 +143,13 @@ def build_shard(
 
 
 def probe_part(
-    blocks: EmbeddingBlocks, part: int, assigned: dict | None, centroids, nprobe: int, knn: KnnFn
+    blocks: EmbeddingBlocks, part: int, assigned: dict, centroids, nprobe: int, kernels
 ) -> np.ndarray:
-    """The lists each query of partition ``part`` probes."""
-    y = blocks.load(part) if assigned is None or assigned["y"] is None else assigned["y"]
-    return ivf.probe(y, centroids, nprobe, knn)
+    """The ``nprobe`` lists each query of partition ``part`` probes."""
+    if nprobe <= assigned["probes"].shape[1]:
+        return assigned["probes"][:, :nprobe]
+    y = blocks.load(part) if assigned["y"] is None else assigned["y"]
+    return ivf.probe(y, centroids, nprobe, kernels.knn_small)
 
 
 def search_part(
@@ -153,17 +159,17 @@ def search_part(
     assigned: dict | None,
     probes: np.ndarray | None,
     m: int,
-    knn: KnnFn,
+    kernels: ivf.Kernels,
     path: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidates of partition ``part`` in one shard: (global ids, search d², full d²)."""
     x = blocks.load(part)
     if probes is None:  # exact shard
-        pos, d2 = flat_search(x, lists.x, m, ids=lists.ids, knn=knn)
+        pos, d2 = flat_search(x, lists.x, m, ids=lists.ids, knn=kernels.knn)
         out = (np.where(pos >= 0, lists.ids[np.maximum(pos, 0)], -1), d2, d2)
     else:
         y = None if assigned is None else assigned["y"]
-        out = ivf.ivf_search(x, y, probes, lists, m, knn)
+        out = ivf.ivf_search(x, y, probes, lists, m, kernels.scan)
     if path is not None:
         write_npz(path, ids=out[0], key=out[1], full=out[2])
     return out
@@ -223,7 +229,7 @@ def tune_search(
     probes: np.ndarray,
     grid: list[int],
     m: int,
-    knn: KnnFn,
+    kernels: ivf.Kernels,
 ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Candidates of the evaluation queries in one shard for every ``nprobe`` of ``grid``."""
-    return {p: ivf.ivf_search(x_eval, y_eval, probes[:, :p], lists, m, knn) for p in grid}
+    return {p: ivf.ivf_search(x_eval, y_eval, probes[:, :p], lists, m, kernels.scan) for p in grid}

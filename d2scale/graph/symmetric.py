@@ -73,16 +73,40 @@ def symmetrize(graph: KnnGraph, n_chunks: int | None = None) -> CsrGraph:
     buf_row = np.empty(starts[-1], np.int32)
     buf_src = np.empty(starts[-1], np.int32)
     buf_dist = np.empty(starts[-1], np.float32)
-    run_chunks(_scatter_blocks, n, n_chunks, neighbors, distances, shift, cursors, buf_row,
-               buf_src, buf_dist)
+    run_chunks(
+        _scatter_blocks,
+        n,
+        n_chunks,
+        neighbors,
+        distances,
+        shift,
+        cursors,
+        buf_row,
+        buf_src,
+        buf_dist,
+    )
     del cursors
     # merged rows, packed per block at an upper bound of the block's size, then compacted
     out_start = np.concatenate([[0], np.cumsum(rev_hist.sum(0) + own_hist.sum(0))])
     indptr = np.zeros(n + 1, np.int64)
     indices = np.empty(out_start[-1], np.int32)
     dists = np.empty(out_start[-1], np.float32)
-    run_chunks(_merge_blocks, n_blocks, n_chunks, neighbors, distances, shift, block_start,
-               buf_row, buf_src, buf_dist, out_start.astype(np.int64), indptr, indices, dists)
+    run_chunks(
+        _merge_blocks,
+        n_blocks,
+        n_chunks,
+        neighbors,
+        distances,
+        shift,
+        block_start,
+        buf_row,
+        buf_src,
+        buf_dist,
+        out_start.astype(np.int64),
+        indptr,
+        indices,
+        dists,
+    )
     del buf_row, buf_src, buf_dist
     np.cumsum(indptr, out=indptr)
     _compact(shift, out_start.astype(np.int64), indptr, indices, dists)
@@ -158,8 +182,22 @@ def _scatter_blocks(lo, hi, c, neighbors, distances, shift, cursors, buf_row, bu
 
 
 @njit(cache=True, nogil=True)
-def _merge_blocks(lo, hi, c, neighbors, distances, shift, block_start, buf_row, buf_src,
-                  buf_dist, out_start, indptr, indices, dists):
+def _merge_blocks(
+    lo,
+    hi,
+    c,
+    neighbors,
+    distances,
+    shift,
+    block_start,
+    buf_row,
+    buf_src,
+    buf_dist,
+    out_start,
+    indptr,
+    indices,
+    dists,
+):
     """Blocks lo..hi: sort each block's reverse edges by row, merge them with the rows' own
     lists; rows packed from out_start[b], their sizes stored in indptr[i + 1]."""
     n, k = neighbors.shape
@@ -175,13 +213,33 @@ def _merge_blocks(lo, hi, c, neighbors, distances, shift, block_start, buf_row, 
     for b in range(lo, hi):
         r0 = b << shift
         r1 = min(n, r0 + rows)
-        _sort_block(buf_row, buf_src, buf_dist, block_start[b], block_start[b + 1], r0, r1,
-                    rev_ptr, rev_src, rev_dist)
+        _sort_block(
+            buf_row,
+            buf_src,
+            buf_dist,
+            block_start[b],
+            block_start[b + 1],
+            r0,
+            r1,
+            rev_ptr,
+            rev_src,
+            rev_dist,
+        )
         p = out_start[b]
         for i in range(r0, r1):
             m = _sorted_own_list(neighbors, distances, i, own_col, own_dist)
-            size = _merge_row(own_col, own_dist, m, rev_src, rev_dist, rev_ptr[i - r0],
-                              rev_ptr[i - r0 + 1], indices, dists, p)
+            size = _merge_row(
+                own_col,
+                own_dist,
+                m,
+                rev_src,
+                rev_dist,
+                rev_ptr[i - r0],
+                rev_ptr[i - r0 + 1],
+                indices,
+                dists,
+                p,
+            )
             indptr[i + 1] = size
             p += size
 
