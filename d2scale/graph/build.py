@@ -33,10 +33,10 @@ from d2scale.types import EmbeddingBlocks, KnnGraph
 
 AUTO_EXACT_MAX = 20_000  # "auto" picks exact search up to this many rows (see bench_knn.py)
 PCA_ENERGY = 0.9  # variance kept by the automatic PCA search space
-TRAIN_ROWS_PER_LIST = 39  # k-means sample size per list (faiss's minimum)
-PCA_ROWS = 50_000  # rows used to fit the PCA
+TRAIN_ROWS_PER_LIST = 32  # k-means sample size per list
+PCA_ROWS = 20_000  # rows used to fit the PCA
 EVAL_ROWS = (200, 1000)  # held-out rows for recall tuning: bounds ...
-EVAL_BUDGET = 2e8  # ... and their share of exact work (rows × n)
+EVAL_BUDGET = 1e8  # ... and their share of exact work (rows × n)
 FINGERPRINT_ROWS = 256
 MULTI_SHARD_MAX_NPROBE = 256  # tuning grid bound when shards must be rebuilt to be searched
 INDEXES = ("auto", "exact", "ivf")
@@ -225,7 +225,7 @@ class _Build:
         if not todo and x_eval is None:
             return {}
         x_eval = np.empty((0, self.dim), np.float32) if x_eval is None else x_eval
-        c_f = self.client.scatter(centroids, broadcast=True, hash=False)
+        c_f, e_f = self.client.scatter([centroids, x_eval], broadcast=True, hash=False)
         return {
             p: self.submit(
                 shards.assign_part,
@@ -234,7 +234,7 @@ class _Build:
                 int(self.offsets[p]),
                 projection,
                 c_f,
-                x_eval,
+                e_f,
                 self.k + 1,
                 self.kernels,
                 self.store.lists_path(p) if self.store else None,

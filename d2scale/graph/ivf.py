@@ -31,14 +31,16 @@ from d2scale.graph.exact import (
     GpuKnn,
     KnnFn,
     flat_search,
+    knn_cpu,
     l2_error_bound,
+    push,
     rank_certified,
     row_norms,
     sq_dists,
 )
 
 MIN_POINTS_PER_LIST = 39  # faiss warns below this many training points per centroid
-KMEANS_ITER = 10
+KMEANS_ITER = 8
 
 
 def choose_nlist(n: int) -> int:
@@ -99,24 +101,28 @@ def fit_pca(sample: np.ndarray, energy: float, multiple: int = 16) -> Projection
 
     Returns None when that needs more than half the dimensions (no speed-up worth the loss).
     """
-    x = sample.astype(np.float64)
-    mean = x.mean(axis=0)
-    evals, evecs = np.linalg.eigh(np.cov(x - mean, rowvar=False))
-    evals, evecs = evals[::-1].clip(0), evecs[:, ::-1]
+    mean, evals, evecs = _eig(sample)
     share = np.cumsum(evals) / max(evals.sum(), 1e-300)
-    dim = int(np.searchsorted(share, energy) + 1)
-    dim = min(x.shape[1], multiple * math.ceil(dim / multiple))
-    if dim > x.shape[1] // 2:
+    d = sample.shape[1]
+    dim = min(d, multiple * math.ceil(int(np.searchsorted(share, energy) + 1) / multiple))
+    if dim > d // 2:
         return None
     return Projection(mean, np.ascontiguousarray(evecs[:, :dim]))
 
 
 def pca_of_dim(sample: np.ndarray, dim: int) -> Projection:
     """PCA with exactly ``dim`` components."""
-    x = sample.astype(np.float64)
-    mean = x.mean(axis=0)
-    _, evecs = np.linalg.eigh(np.cov(x - mean, rowvar=False))
-    return Projection(mean, np.ascontiguousarray(evecs[:, ::-1][:, :dim]))
+    mean, _, evecs = _eig(sample)
+    return Projection(mean, np.ascontiguousarray(evecs[:, :dim]))
+
+
+def _eig(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and descending eigen-decomposition of the sample covariance (float32 product)."""
+    mean = sample.mean(axis=0, dtype=np.float64)
+    xc = (sample - mean).astype(np.float32)
+    cov = (xc.T @ xc).astype(np.float64) / max(1, xc.shape[0] - 1)
+    evals, evecs = np.linalg.eigh(cov)
+    return mean, evals[::-1].clip(0), evecs[:, ::-1]
 
 
 # ---------------------------------------------------------------- coarse quantiser
@@ -182,18 +188,6 @@ def list_order(lists: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray]:
 ScanFn = Callable[..., tuple[np.ndarray, np.ndarray]]  # (yq, probes, yb, lims, c) -> (D, I)
 
 
-@njit(inline="always")
-def _push(hd, hi, s, r):
-    # insert (s, r) into ascending hd/hi of fixed size, dropping the last entry
-    j = hd.shape[0] - 1
-    while j > 0 and hd[j - 1] > s:
-        hd[j] = hd[j - 1]
-        hi[j] = hi[j - 1]
-        j -= 1
-    hd[j] = s
-    hi[j] = r
-
-
 @njit(inline="always", fastmath=FASTMATH)
 def _l2(x, y):
     s = np.float32(0.0)
@@ -215,7 +209,7 @@ def _scan(yq, probes, order, yb, lims, out_d, out_i):
             for r in range(lims[lst], lims[lst + 1]):
                 s = _l2(yq[i], yb[r])
                 if s < hd[-1]:
-                    _push(hd, hi, s, r)
+                    push(hd, hi, s, r)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -227,7 +221,7 @@ def _brute(xq, xb, out_d, out_i):
         for r in range(xb.shape[0]):
             s = _l2(xq[i], xb[r])
             if s < hd[-1]:
-                _push(hd, hi, s, r)
+                push(hd, hi, s, r)
 
 
 def scan_lists(
@@ -298,7 +292,7 @@ class Kernels:
 
     @classmethod
     def cpu(cls) -> Kernels:
-        return cls(faiss.knn, knn_small, scan_lists)
+        return cls(knn_cpu, knn_small, scan_lists)
 
     @classmethod
     def cuda(cls) -> Kernels:

@@ -61,7 +61,7 @@ def task_client(client=None):
             threads_per_worker=1,
             processes=False,
             dashboard_address=None,
-            silence_logs=logging.ERROR,
+            silence_logs=logging.CRITICAL,
         ) as cluster,
         Client(cluster, set_as_default=False) as local,
     ):
