@@ -276,23 +276,27 @@ class _Build:
                     self.kept[0] = lists_f
                 del lists_f
             curve |= self._recalls(per_shard, chunk, m_opts, eval_ids, truth)
-            if any(curve[(p, m_opts[0])] >= self.recall for p in chunk):
+            if any(
+                curve[(p, m_opts[0])][0] - curve[(p, m_opts[0])][1] >= self.recall for p in chunk
+            ):
                 break  # any larger nprobe costs more than this one with the fewest candidates
         dim_s = x_eval.shape[1] if y_eval is None else y_eval.shape[1]
-        cost = {pm: pm[0] * self.n / nlist * dim_s + 4 * pm[1] * self.dim for pm in curve}
-        ok = [pm for pm in curve if curve[pm] >= self.recall]
+        cost = {pm: pm[0] * self.n / nlist * dim_s + 3 * pm[1] * self.dim for pm in curve}
+        ok = [pm for pm in curve if curve[pm][0] - curve[pm][1] >= self.recall]
         best = min(ok, key=cost.get) if ok else max(curve, key=lambda pm: (curve[pm], -cost[pm]))
         return {
             "nprobe": best[0],
             "candidates": best[1],
-            "recall": round(curve[best], 5),
+            "recall": round(curve[best][0], 5),
+            "recall_se": round(curve[best][1], 5),
             "recall_target": self.recall,
             "recall_reached": bool(ok),
             "recall_method": f"recall@{self.k} of {len(eval_ids)} held-out seeded rows against "
-            "exact search, measured on the built index",
+            "exact search, measured on the built index; the cheapest setting whose recall minus "
+            "one standard error reaches the target",
             "n_eval": len(eval_ids),
             "recall_curve": {
-                f"nprobe={p},candidates={m}": round(r, 5) for (p, m), r in curve.items()
+                f"nprobe={p},candidates={m}": round(r[0], 5) for (p, m), r in curve.items()
             },
         }
 
@@ -317,51 +321,44 @@ class _Build:
         return [p for p in range(len(self.sizes)) if p not in done]
 
     def search(self, plan, m, build, probes, assigned=None) -> KnnGraph:
-        """Run the (partition, shard) searches and per-partition merges; assemble the graph."""
+        """Run the (partition, shard) searches and per-partition merges; assemble the graph.
+
+        Each partition's merge is submitted right after its last search, so candidates stream
+        through memory; with several shards and a store, earlier shards' candidates wait on disk.
+        """
         assigned = assigned or {}
         todo, multi = self.todo(), len(plan) > 1
         cands: dict[int, list] = {p: [] for p in todo}
         probe_f: dict[int, object] = {}
+        merges: dict[int, object] = {}
         for s, (a, b) in enumerate(plan):
+            last = s == len(plan) - 1
             need = [p for p in todo if not (multi and self._have(p, s))]
             for p in set(todo) - set(need):
                 cands[p].append(self.store.shard_part_path(p, s))
-            if not need:
-                continue
-            lists_f = self.kept.pop(s, None) or self.submit(
-                shards.build_shard, self.bf, self.offsets, a, b, *build(a, b)
-            )
-            for p in need:
-                if probes is not None and p not in probe_f:
-                    probe_f[p] = probes(p)
-                path = self.store.shard_part_path(p, s) if multi and self.store else None
-                cands[p].append(
-                    self.submit(
-                        shards.search_part,
-                        lists_f,
-                        self.bf,
-                        p,
-                        assigned.get(p),
-                        probe_f.get(p),
-                        m,
-                        self.kernels,
-                        path,
-                    )
+            lists_f = None
+            if need:
+                lists_f = self.kept.pop(s, None) or self.submit(
+                    shards.build_shard, self.bf, self.offsets, a, b, *build(a, b)
                 )
-            if multi:
+            for p in todo:
+                if p in need:
+                    if probes is not None and p not in probe_f:
+                        probe_f[p] = probes(p)
+                    path = self.store.shard_part_path(p, s) if multi and self.store else None
+                    cands[p].append(self.submit(shards.search_part, lists_f, self.bf, p,
+                                                assigned.get(p), probe_f.get(p), m, self.kernels,
+                                                path))  # fmt: skip
+                if last:
+                    part_path = self.store.part_path(p) if self.store else None
+                    merges[p] = self.submit(shards.merge_part, cands.pop(p), m, self.k,
+                                            int(self.offsets[p]), part_path)  # fmt: skip
+            if multi and not last and need:
                 self._wait([cands[p][-1] for p in need], f"search shard {s + 1}/{len(plan)}")
+                if self.store is not None:  # keep the candidates on disk only
+                    for p in need:
+                        cands[p][-1] = self.store.shard_part_path(p, s)
             del lists_f
-        merges = {
-            p: self.submit(
-                shards.merge_part,
-                cands[p],
-                m,
-                self.k,
-                int(self.offsets[p]),
-                self.store.part_path(p) if self.store else None,
-            )
-            for p in todo
-        }
         return self._assemble(merges)
 
     def _have(self, p: int, s: int) -> bool:

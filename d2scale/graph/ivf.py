@@ -168,6 +168,9 @@ class Lists:
     y: np.ndarray | None
     lims: np.ndarray
 
+    def __post_init__(self) -> None:
+        self.max_norm = float(row_norms(self.search).max(initial=0.0))  # for error bounds
+
     @property
     def search(self) -> np.ndarray:
         return self.x if self.y is None else self.y
@@ -319,7 +322,7 @@ def ivf_search(
     """
     yq = xq if yq is None else yq
     yb = lists.search
-    eps = l2_error_bound(yb.shape[1], row_norms(yq), float(row_norms(yb).max(initial=0.0)))
+    eps = l2_error_bound(yb.shape[1], row_norms(yq), lists.max_norm)
     sizes = np.diff(lists.lims)[probes].sum(axis=1)
     nq = yq.shape[0]
     pos = np.full((nq, m), -1, dtype=np.int64)
@@ -341,11 +344,14 @@ def ivf_search(
 # ---------------------------------------------------------------- recall
 
 
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean fraction of each row's true neighbours (``-1`` ignored) present in ``found``."""
-    hits = total = 0
-    for f, t in zip(found, truth, strict=True):
-        t = t[t >= 0]
-        hits += np.intersect1d(f, t).size
-        total += t.size
-    return hits / total if total else 1.0
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """Recall@k — the mean over rows of the fraction of true neighbours (``-1`` ignored)
+    present in ``found`` — and its standard error."""
+    per_row = [
+        np.intersect1d(f, t[t >= 0]).size / max(1, (t >= 0).sum())
+        for f, t in zip(found, truth, strict=True)
+    ]
+    if not per_row:
+        return 1.0, 0.0
+    r = np.asarray(per_row)
+    return float(r.mean()), float(r.std(ddof=1) / np.sqrt(r.size)) if r.size > 1 else 0.0

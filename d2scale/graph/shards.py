@@ -20,6 +20,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import psutil
+from numba import njit, prange
 
 from d2scale.graph import ivf
 from d2scale.graph.exact import flat_search, merge_sorted
@@ -134,7 +135,7 @@ def build_shard(
     x = np.empty((end - start, blocks.dim), dtype=np.float32)
     at = 0
     for p, a, b in spans:
-        x[dest[at : at + b - a]] = blocks.load(p)[a:b]
+        _scatter_rows(x, dest[at : at + b - a], _f32(blocks.load(p)[a:b]))
         at += b - a
     y = None
     if assigned[0]["y"] is not None:
@@ -206,6 +207,12 @@ def drop_self(
 def _load_candidates(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     with np.load(path) as z:
         return z["ids"], z["key"], z["full"]
+
+
+@njit(parallel=True, cache=True)
+def _scatter_rows(dst, rows, src):
+    for i in prange(rows.shape[0]):
+        dst[rows[i], :] = src[i, :]
 
 
 def _f32(x: np.ndarray) -> np.ndarray:

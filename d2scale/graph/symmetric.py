@@ -24,36 +24,49 @@ from d2scale.errors import D2ScaleError
 from d2scale.types import CsrGraph, KnnGraph
 
 MIN_ROWS_PER_THREAD = 65536  # below this, thread start-up costs more than it saves
+CHUNKS_PER_THREAD = 4  # work items per thread: a preempted thread delays the end less
 BLOCK_ROWS = 1024  # smallest row block; blocks grow so that there are at most MAX_BLOCKS
 MAX_BLOCKS = 4096
 
 
+def cpu_threads() -> int:
+    """Threads available: the CPUs of this process, or ``NUMBA_NUM_THREADS`` if set."""
+    return max(1, int(os.environ.get("NUMBA_NUM_THREADS", len(os.sched_getaffinity(0)))))
+
+
 def n_threads(n_rows: int) -> int:
-    """Threads worth using for ``n_rows`` rows (``NUMBA_NUM_THREADS`` caps the count)."""
-    cap = int(os.environ.get("NUMBA_NUM_THREADS", len(os.sched_getaffinity(0))))
-    return max(1, min(cap, n_rows // MIN_ROWS_PER_THREAD))
+    """Threads worth using for ``n_rows`` rows."""
+    return max(1, min(cpu_threads(), n_rows // MIN_ROWS_PER_THREAD))
+
+
+def n_chunks_for(n_rows: int) -> int:
+    """Work items for ``n_rows`` rows: 1 when one thread is used."""
+    threads = n_threads(n_rows)
+    return 1 if threads == 1 else CHUNKS_PER_THREAD * threads
 
 
 def run_chunks(kernel: Callable, n: int, n_chunks: int, *args) -> list:
     """Call ``kernel(lo, hi, c, *args)`` on ``n_chunks`` contiguous slices of ``range(n)``.
 
-    The slices run in threads, so ``kernel`` must release the GIL (numba ``nogil=True``).
+    The slices are work items for a pool of :func:`cpu_threads` threads, so ``kernel`` must
+    release the GIL (numba ``nogil=True``).
     """
     bounds = [(c * n // n_chunks, (c + 1) * n // n_chunks, c) for c in range(n_chunks)]
-    if n_chunks == 1:
-        return [kernel(0, n, 0, *args)]
-    with ThreadPoolExecutor(n_chunks) as pool:
+    threads = min(n_chunks, cpu_threads())
+    if threads == 1:
+        return [kernel(*b, *args) for b in bounds]
+    with ThreadPoolExecutor(threads) as pool:
         return list(pool.map(lambda b: kernel(*b, *args), bounds))
 
 
 def symmetrize(graph: KnnGraph, n_chunks: int | None = None) -> CsrGraph:
     """The symmetrised neighbourhood of ``graph`` (int32 indices, rows sorted ascending).
 
-    ``n_chunks``: threads (default: by size); the result is the same for any value.
+    ``n_chunks``: work items (default: by size); the result is the same for any value.
     """
     neighbors, distances = _checked_arrays(graph)
     n = neighbors.shape[0]
-    n_chunks = n_threads(n) if n_chunks is None else n_chunks
+    n_chunks = n_chunks_for(n) if n_chunks is None else n_chunks
     shift = _block_shift(n)
     n_blocks = max(1, -(-n // (1 << shift)))
     rev_hist = np.zeros((n_chunks, n_blocks), np.int64)
@@ -70,9 +83,7 @@ def symmetrize(graph: KnnGraph, n_chunks: int | None = None) -> CsrGraph:
     starts = np.concatenate([[0], np.cumsum(rev_hist.T.ravel())]).astype(np.int64)
     cursors = starts[:-1].reshape(n_blocks, n_chunks).T.copy()  # advanced by the scatter
     block_start = starts[::n_chunks].copy()
-    buf_row = np.empty(starts[-1], np.int32)
-    buf_src = np.empty(starts[-1], np.int32)
-    buf_dist = np.empty(starts[-1], np.float32)
+    buf = np.empty((starts[-1], 3), np.int32)  # (row in block, source, distance bits)
     run_chunks(
         _scatter_blocks,
         n,
@@ -81,13 +92,13 @@ def symmetrize(graph: KnnGraph, n_chunks: int | None = None) -> CsrGraph:
         distances,
         shift,
         cursors,
-        buf_row,
-        buf_src,
-        buf_dist,
+        buf,
+        buf.view(np.float32),
     )
     del cursors
     # merged rows, packed per block at an upper bound of the block's size, then compacted
     out_start = np.concatenate([[0], np.cumsum(rev_hist.sum(0) + own_hist.sum(0))])
+    out_start = out_start.astype(np.int64)
     indptr = np.zeros(n + 1, np.int64)
     indices = np.empty(out_start[-1], np.int32)
     dists = np.empty(out_start[-1], np.float32)
@@ -99,17 +110,16 @@ def symmetrize(graph: KnnGraph, n_chunks: int | None = None) -> CsrGraph:
         distances,
         shift,
         block_start,
-        buf_row,
-        buf_src,
-        buf_dist,
-        out_start.astype(np.int64),
+        buf,
+        buf.view(np.float32),
+        out_start,
         indptr,
         indices,
         dists,
     )
-    del buf_row, buf_src, buf_dist
+    del buf
     np.cumsum(indptr, out=indptr)
-    _compact(shift, out_start.astype(np.int64), indptr, indices, dists)
+    _compact(shift, out_start, indptr, indices, dists)
     indices.resize(indptr[-1], refcheck=False)  # shrinks in place (realloc)
     dists.resize(indptr[-1], refcheck=False)
     return CsrGraph(indptr=indptr, indices=indices, distances=dists)
@@ -166,18 +176,20 @@ def _count_blocks(lo, hi, c, neighbors, distances, shift, rev_hist, own_hist, ba
 
 
 @njit(cache=True, nogil=True)
-def _scatter_blocks(lo, hi, c, neighbors, distances, shift, cursors, buf_row, buf_src, buf_dist):
-    """Sources lo..hi: append every edge i → j to the buffer of j's block."""
+def _scatter_blocks(lo, hi, c, neighbors, distances, shift, cursors, buf, buf_f):
+    """Sources lo..hi: append every edge i → j to the buffer of j's block, as one record
+    (j's row within the block, i, distance); ``buf_f`` is ``buf`` viewed as float32."""
     cursor = cursors[c]
+    mask = (1 << shift) - 1
     for i in range(lo, hi):
         for t in range(neighbors.shape[1]):
             j = neighbors[i, t]
             if j >= 0 and j != i:
                 b = j >> shift
                 p = cursor[b]
-                buf_row[p] = j
-                buf_src[p] = i
-                buf_dist[p] = distances[i, t]
+                buf[p, 0] = j & mask
+                buf[p, 1] = i
+                buf_f[p, 2] = distances[i, t]
                 cursor[b] = p + 1
 
 
@@ -190,9 +202,8 @@ def _merge_blocks(
     distances,
     shift,
     block_start,
-    buf_row,
-    buf_src,
-    buf_dist,
+    buf,
+    buf_f,
     out_start,
     indptr,
     indices,
@@ -214,16 +225,7 @@ def _merge_blocks(
         r0 = b << shift
         r1 = min(n, r0 + rows)
         _sort_block(
-            buf_row,
-            buf_src,
-            buf_dist,
-            block_start[b],
-            block_start[b + 1],
-            r0,
-            r1,
-            rev_ptr,
-            rev_src,
-            rev_dist,
+            buf, buf_f, block_start[b], block_start[b + 1], r1 - r0, rev_ptr, rev_src, rev_dist
         )
         p = out_start[b]
         for i in range(r0, r1):
@@ -258,20 +260,20 @@ def _compact(shift, out_start, indptr, indices, dists):
 
 
 @njit(cache=True, nogil=True)
-def _sort_block(buf_row, buf_src, buf_dist, e0, e1, r0, r1, rev_ptr, rev_src, rev_dist):
-    """Stable counting sort of the block's edges e0..e1 by row (r0..r1)."""
-    rev_ptr[: r1 - r0 + 1] = 0
+def _sort_block(buf, buf_f, e0, e1, n_rows, rev_ptr, rev_src, rev_dist):
+    """Stable counting sort of the block's edge records e0..e1 by row (0..n_rows)."""
+    rev_ptr[: n_rows + 1] = 0
     for e in range(e0, e1):
-        rev_ptr[buf_row[e] - r0 + 1] += 1
-    for t in range(r1 - r0):
+        rev_ptr[buf[e, 0] + 1] += 1
+    for t in range(n_rows):
         rev_ptr[t + 1] += rev_ptr[t]
     for e in range(e0, e1):
-        t = buf_row[e] - r0
+        t = buf[e, 0]
         p = rev_ptr[t]
-        rev_src[p] = buf_src[e]
-        rev_dist[p] = buf_dist[e]
+        rev_src[p] = buf[e, 1]
+        rev_dist[p] = buf_f[e, 2]
         rev_ptr[t] = p + 1
-    for t in range(r1 - r0, 0, -1):  # the fill advanced every start to the next row's
+    for t in range(n_rows, 0, -1):  # the fill advanced every start to the next row's
         rev_ptr[t] = rev_ptr[t - 1]
     rev_ptr[0] = 0
 
