@@ -18,6 +18,7 @@ from numba import njit
 
 from d2scale._reverse_numba import greedy_kernel
 from d2scale.errors import D2ScaleError
+from d2scale.graph.symmetric import cpu_threads
 from d2scale.reverse import checked_budget
 from d2scale.types import CsrGraph
 
@@ -72,18 +73,12 @@ def bucketed_order(csr: CsrGraph, forward: np.ndarray, weights: np.ndarray, labe
 def _task_ranges(starts: np.ndarray, indptr: np.ndarray, client: Any) -> list[tuple[int, int]]:
     """Consecutive bucket ranges of about equal work (nodes + edges), a few per worker."""
     n_buckets = len(starts) - 1
-    workers = len(client.nthreads()) if client is not None else _local_threads()
+    workers = sum(client.nthreads().values()) if client is not None else cpu_threads()
     n_tasks = max(1, min(n_buckets, TASKS_PER_WORKER * workers))
     work = starts + indptr[starts]  # cumulative nodes + edges at each bucket start
     cuts = np.searchsorted(work, np.linspace(0, work[-1], n_tasks + 1)[1:-1], side="right")
     bounds = np.unique(np.clip(np.concatenate([[0], cuts, [n_buckets]]), 0, n_buckets))
     return [(int(bounds[t]), int(bounds[t + 1])) for t in range(len(bounds) - 1)]
-
-
-def _local_threads() -> int:
-    from d2scale.graph.symmetric import n_threads
-
-    return n_threads(2**62)
 
 
 def _run_tasks(ranges, starts, indptr, indices, weights, values, budget, client) -> list:

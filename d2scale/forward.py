@@ -12,12 +12,13 @@ import numpy as np
 from numba import njit
 
 from d2scale.errors import D2ScaleError
-from d2scale.graph.symmetric import n_threads, run_chunks
+from d2scale.graph.symmetric import cpu_threads, n_chunks_for, run_chunks
 from d2scale.types import CsrGraph
 
 FORWARD_MODES = ("sum", "product")
 DEVICES = ("cpu", "cuda", "auto")
 EPS = 1e-7
+WEIGHT_SLICE = 1 << 20  # elements per threaded slice of the weight computation
 
 
 def forward_weights(csr: CsrGraph, gamma_forward: float) -> np.ndarray:
@@ -30,10 +31,21 @@ def forward_weights(csr: CsrGraph, gamma_forward: float) -> np.ndarray:
 
 
 def kernel_weights(distances: np.ndarray, gamma: float) -> np.ndarray:
-    """``exp(−γ·d)`` as float64, in one array (``−γ·d`` is an exact negation of ``γ·d``)."""
-    w = distances.astype(np.float64)
-    np.multiply(w, -gamma, out=w)
-    return np.exp(w, out=w)
+    """``exp(−γ·d)`` as float64 in one array, element for element the same NumPy operations
+    as ``np.exp(-gamma * d.astype(np.float64))``, in threads over slices of whole
+    ``WEIGHT_SLICE`` elements (NumPy releases the GIL)."""
+    w = np.empty(distances.shape, dtype=np.float64)
+    flat_d, flat_w = distances.reshape(-1), w.reshape(-1)
+    n_slices = -(-flat_w.size // WEIGHT_SLICE)
+
+    def fill(lo: int, hi: int, _: int) -> None:
+        part = flat_w[lo * WEIGHT_SLICE : hi * WEIGHT_SLICE]
+        part[:] = flat_d[lo * WEIGHT_SLICE : hi * WEIGHT_SLICE]
+        np.multiply(part, -gamma, out=part)
+        np.exp(part, out=part)
+
+    run_chunks(fill, n_slices, max(1, min(n_slices, cpu_threads())))
+    return w
 
 
 def forward_scores(csr: CsrGraph, scores: np.ndarray, *, gamma_forward: float = 1.0,
@@ -52,7 +64,7 @@ def forward_scores(csr: CsrGraph, scores: np.ndarray, *, gamma_forward: float = 
     out = np.empty(csr.n, dtype=np.float64)
     indptr = np.asarray(csr.indptr, dtype=np.int64)
     indices = np.asarray(csr.indices, dtype=np.int32)
-    run_chunks(_forward_rows, csr.n, n_threads(csr.n), indptr, indices, weights, scores,
+    run_chunks(_forward_rows, csr.n, n_chunks_for(csr.n), indptr, indices, weights, scores,
                float(eps), mode == "product", out)
     return out
 
