@@ -61,7 +61,7 @@ def task_client(client=None):
             n_workers=1,
             threads_per_worker=1,
             processes=False,
-            dashboard_address=None,
+            dashboard_address=":0",  # no fixed port: several builds may run at once
             silence_logs=logging.CRITICAL,
         ) as cluster,
         Client(cluster, set_as_default=False) as local,
