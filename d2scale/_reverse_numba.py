@@ -48,6 +48,8 @@ def greedy_kernel(indptr, indices, weights, values, selected, budget):
     count = 0
     while count < m:
         u = int(rec[_OFF, 1])
+        e0 = indptr[u]  # loaded before the stale test: the two cache misses overlap
+        e1 = indptr[u + 1]
         cur = work[u]
         if cur < rec[_OFF, 0]:  # stale root: u's score dropped since its record was made
             _refresh(rec, work, n_internal, u)
@@ -57,7 +59,7 @@ def greedy_kernel(indptr, indices, weights, values, selected, budget):
         picked_values[count] = cur
         count += 1
         _refresh(rec, work, n_internal, u)
-        n_raised = _update_neighbours(indptr, indices, weights, work, u, cur, raised)
+        n_raised = _update_neighbours(e0, e1, indices, weights, work, cur, raised)
         for r in range(n_raised):
             _climb(rec, n_internal, raised[r], work[raised[r]])
     for i in range(n):
@@ -70,10 +72,11 @@ def greedy_kernel(indptr, indices, weights, values, selected, budget):
 
 
 @njit(cache=True, nogil=True)
-def _update_neighbours(indptr, indices, weights, work, u, cur, raised):
-    """``work[v] -= w_uv·cur`` over row u, without branches; list the raised nodes."""
+def _update_neighbours(e0, e1, indices, weights, work, cur, raised):
+    """``work[v] -= w_uv·cur`` over the edges e0..e1 of the pick, without branches; list
+    the raised nodes."""
     n_raised = 0
-    for e in range(indptr[u], indptr[u + 1]):
+    for e in range(e0, e1):
         v = indices[e]
         old = work[v]
         new = old - weights[e] * cur
