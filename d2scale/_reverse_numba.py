@@ -30,8 +30,9 @@ _OFF = 3  # record slot of tree node a is a + _OFF: the children 4a+1..4a+4 shar
 
 
 @njit(cache=True, nogil=True)
-def greedy_kernel(indptr, indices, weights, values, selected, budget):
-    """Next ``min(budget, unselected)`` picks and their scores; updates the state in place."""
+def greedy_kernel(indptr, indices, weights, values, selected, budget, write_back):
+    """Next ``min(budget, unselected)`` picks and their scores. With ``write_back`` the state
+    (``values``, ``selected``) is updated in place; otherwise it is left untouched."""
     n = values.shape[0]
     work = values.copy()
     remaining = 0
@@ -62,6 +63,8 @@ def greedy_kernel(indptr, indices, weights, values, selected, budget):
         n_raised = _update_neighbours(e0, e1, indices, weights, work, cur, raised)
         for r in range(n_raised):
             _climb(rec, n_internal, raised[r], work[raised[r]])
+    if not write_back:
+        return picks, picked_values
     for i in range(n):
         if not selected[i]:
             values[i] = work[i]

@@ -105,8 +105,8 @@ def _greedy_buckets(starts, indptr, indices, weights, values, budget, offset):
         lo, hi = starts[b], starts[b + 1]
         e0 = indptr[lo]
         p, v = greedy_kernel(indptr[lo:hi + 1] - e0, indices[e0:indptr[hi]],
-                             weights[e0:indptr[hi]], values[lo:hi].copy(),
-                             np.zeros(hi - lo, np.uint8), min(budget, hi - lo))
+                             weights[e0:indptr[hi]], values[lo:hi],
+                             np.zeros(hi - lo, np.uint8), min(budget, hi - lo), False)
         picks.append(p + lo + offset)
         picked.append(v)
         lengths[b] = len(p)

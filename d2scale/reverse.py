@@ -53,7 +53,7 @@ def greedy_continue(indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray
     picks, _ = greedy_kernel(np.asarray(indptr, dtype=np.int64),
                              np.asarray(indices, dtype=np.int32),
                              np.asarray(weights, dtype=np.float64), values,
-                             selected.view(np.uint8), int(budget))
+                             selected.view(np.uint8), int(budget), True)
     return picks
 
 
@@ -68,7 +68,7 @@ def reverse_order(csr: CsrGraph, forward: np.ndarray, *, gamma: float, budget: i
     greedy on the graph without cross-bucket edges, bucket by bucket, as Dask tasks
     (``client``, else threads). Both are approximations of the exact default and CPU-only.
     """
-    forward = np.array(forward, dtype=np.float64)  # a copy: the greedy consumes it
+    forward = np.ascontiguousarray(forward, dtype=np.float64)
     budget = checked_budget(budget, csr.n)
     if greedy not in GREEDIES:
         raise D2ScaleError(f"greedy must be one of {GREEDIES}; got {greedy!r}.")
@@ -89,8 +89,10 @@ def reverse_order(csr: CsrGraph, forward: np.ndarray, *, gamma: float, budget: i
         from d2scale._cuda import reverse_order_cuda
 
         return reverse_order_cuda(csr, forward, weights, budget)
-    selected = np.zeros(csr.n, dtype=np.uint8)
-    return greedy_continue(csr.indptr, csr.indices, weights, forward, selected, budget)
+    picks, _ = greedy_kernel(np.asarray(csr.indptr, dtype=np.int64),
+                             np.asarray(csr.indices, dtype=np.int32), weights, forward,
+                             np.zeros(csr.n, dtype=np.uint8), budget, False)
+    return picks
 
 
 def checked_budget(budget: int | None, n: int) -> int:
