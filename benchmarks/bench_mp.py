@@ -38,6 +38,7 @@ SIZES = {"1M": 1_000_000, "2M": 2_000_000, "4M": 4_000_000, "12.8M": 12_800_000}
 
 # --- synthetic graph ------------------------------------------------------------------------
 
+
 @njit(cache=True)
 def _knn_lists(n, k, seed):
     """Directed kNN lists on the latent line (ids not yet shuffled)."""
@@ -99,13 +100,21 @@ def make_graph(gdir: str, n: int, seed: int = 0) -> dict:
     scores = 0.115 + np.clip(rng.normal(0.3, 0.05, n), 0.0, 0.6)  # CLIP-score-like, shifted
     latent = np.empty(n, np.int64)
     latent[perm] = np.arange(n)
-    for name, arr in (("neighbors", neighbors), ("distances", distances), ("scores", scores),
-                      ("latent", latent)):
+    for name, arr in (
+        ("neighbors", neighbors),
+        ("distances", distances),
+        ("scores", scores),
+        ("latent", latent),
+    ):
         np.save(os.path.join(gdir, f"{name}.npy"), arr)
     in_deg = np.bincount(neighbors.ravel(), minlength=n)
-    info = {"seconds_generate": round(time.perf_counter() - t0, 1),
-            "in_degree_quantiles": {q: int(np.quantile(in_deg, float(q)))
-                                    for q in ("0.01", "0.25", "0.5", "0.75", "0.99", "1.0")}}
+    info = {
+        "seconds_generate": round(time.perf_counter() - t0, 1),
+        "in_degree_quantiles": {
+            q: int(np.quantile(in_deg, float(q)))
+            for q in ("0.01", "0.25", "0.5", "0.75", "0.99", "1.0")
+        },
+    }
     with open(done, "w") as f:
         json.dump(info, f)
     return info
@@ -113,13 +122,25 @@ def make_graph(gdir: str, n: int, seed: int = 0) -> dict:
 
 # --- `d2scale mp` as a subprocess -----------------------------------------------------------
 
+
 def mp_command(gdir: str, out: str, extra: list[str]) -> list[str]:
     script = shutil.which("d2scale") or os.path.join(os.path.dirname(sys.executable), "d2scale")
-    args = ["mp", "--graph", gdir, "--scores", os.path.join(gdir, "scores.npy"),
-            "--gamma", str(GAMMA), "--out", out, "--quiet", *extra]
+    args = [
+        "mp",
+        "--graph",
+        gdir,
+        "--scores",
+        os.path.join(gdir, "scores.npy"),
+        "--gamma",
+        str(GAMMA),
+        "--out",
+        out,
+        "--quiet",
+        *extra,
+    ]
     if os.path.exists(script):
         return [script, *args]
-    code = ("import sys; from d2scale.cli.main import main; sys.exit(main(sys.argv[1:]))")
+    code = "import sys; from d2scale.cli.main import main; sys.exit(main(sys.argv[1:]))"
     return [sys.executable, "-c", code, *args]
 
 
@@ -147,16 +168,27 @@ def time_mp(gdir: str, n: int, repeats: int, workdir: str, base_rss_mb: float | 
     order = np.load(out)
     assert order.shape == (n,) and len(np.unique(order)) == n
     rss = max((r["peak_rss_mb"] or 0) for r in runs) or None
-    files_mb = sum(os.path.getsize(os.path.join(gdir, f"{name}.npy"))
-                   for name in ("neighbors", "distances", "scores")) / 2**20
-    return {"wall_s": walls, "median_us_per_node": round(walls[len(walls) // 2] / n * 1e6, 3),
-            "peak_rss_mb": rss, "input_files_mb": round(files_mb, 1),
-            "peak_rss_above_small_run_and_files_mb": rss and base_rss_mb
-            and round(rss - base_rss_mb - files_mb, 1),
-            "load_average_after": round(os.getloadavg()[0], 2)}
+    files_mb = (
+        sum(
+            os.path.getsize(os.path.join(gdir, f"{name}.npy"))
+            for name in ("neighbors", "distances", "scores")
+        )
+        / 2**20
+    )
+    return {
+        "wall_s": walls,
+        "median_us_per_node": round(walls[len(walls) // 2] / n * 1e6, 3),
+        "peak_rss_mb": rss,
+        "input_files_mb": round(files_mb, 1),
+        "peak_rss_above_small_run_and_files_mb": rss
+        and base_rss_mb
+        and round(rss - base_rss_mb - files_mb, 1),
+        "load_average_after": round(os.getloadavg()[0], 2),
+    }
 
 
 # --- in process -----------------------------------------------------------------------------
+
 
 def in_process(gdir: str) -> tuple[dict, np.ndarray]:
     """Stage times of the library calls behind `d2scale mp`; returns them and the order."""
@@ -168,17 +200,22 @@ def in_process(gdir: str) -> tuple[dict, np.ndarray]:
     result = d2_order(knn, scores, gamma=GAMMA, timings=timings)
     n = knn.n
     stats = {f"{k}_s": round(v, 3) for k, v in timings.items()}
-    stats.update(edges_symmetric=result.n_edges, edges_per_node=round(result.n_edges / n, 2),
-                 forward_nodes_per_s=round(n / timings["forward"]),
-                 reverse_nodes_per_s=round(n / timings["reverse"]),
-                 reverse_us_per_node=round(timings["reverse"] / n * 1e6, 3))
+    stats.update(
+        edges_symmetric=result.n_edges,
+        edges_per_node=round(result.n_edges / n, 2),
+        forward_nodes_per_s=round(n / timings["forward"]),
+        reverse_nodes_per_s=round(n / timings["reverse"]),
+        reverse_us_per_node=round(timings["reverse"] / n * 1e6, 3),
+    )
     return stats, result.order
 
 
 # --- baselines at 20k nodes -----------------------------------------------------------------
 
-def heapq_greedy(indptr: list, indices: list, weights: list, values: list,
-                 budget: int | None = None) -> list[int]:
+
+def heapq_greedy(
+    indptr: list, indices: list, weights: list, values: list, budget: int | None = None
+) -> list[int]:
     """Plain-Python exact greedy on lists with a lazy heapq (stale entries re-pushed or
     dropped); ``values`` is consumed."""
     heap = [(-v, i) for i, v in enumerate(values)]
@@ -242,8 +279,12 @@ def heapq_partial(gdir: str, picks: int) -> dict:
     order = heapq_greedy(*lists, budget=picks)
     seconds = time.perf_counter() - t0
     expected = reverse_order(csr, g, gamma=GAMMA, budget=picks)
-    return {"n": csr.n, "picks": picks, "heapq_us_per_pick": round(seconds / picks * 1e6, 2),
-            "order_equals_d2scale": bool(np.array_equal(order, expected))}
+    return {
+        "n": csr.n,
+        "picks": picks,
+        "heapq_us_per_pick": round(seconds / picks * 1e6, 2),
+        "order_equals_d2scale": bool(np.array_equal(order, expected)),
+    }
 
 
 def baselines(gdir: str, n: int) -> dict:
@@ -258,15 +299,19 @@ def baselines(gdir: str, n: int) -> dict:
     t2 = time.perf_counter()
     dense_reference(csr, g)
     t3 = time.perf_counter()
-    return {"n": n, "heapq_us_per_node": round((t1 - t0) / n * 1e6, 2),
-            "heapq": "plain Python lists + heapq, exact lazy greedy (same order as d2scale)",
-            "dense_reference": "dense n×n float32 matrix, argmax + row scan per pick",
-            "dense_reference_us_per_node": round((t3 - t2) / n * 1e6, 2),
-            "d2scale_reverse_us_per_node": round((t2 - t1) / n * 1e6, 3),
-            "heapq_order_equals_d2scale": bool(np.array_equal(expected, order))}
+    return {
+        "n": n,
+        "heapq_us_per_node": round((t1 - t0) / n * 1e6, 2),
+        "heapq": "plain Python lists + heapq, exact lazy greedy (same order as d2scale)",
+        "dense_reference": "dense n×n float32 matrix, argmax + row scan per pick",
+        "dense_reference_us_per_node": round((t3 - t2) / n * 1e6, 2),
+        "d2scale_reverse_us_per_node": round((t2 - t1) / n * 1e6, 3),
+        "heapq_order_equals_d2scale": bool(np.array_equal(expected, order)),
+    }
 
 
 # --- agreement of the approximate variants --------------------------------------------------
+
 
 def agreement(gdir: str, exact: np.ndarray, bucket_counts: list[int]) -> dict:
     """Jaccard of the selected sets against the exact order at 10/30/50% budgets."""
@@ -284,9 +329,10 @@ def agreement(gdir: str, exact: np.ndarray, bucket_counts: list[int]) -> dict:
     for name, kwargs in variants.items():
         t0 = time.perf_counter()
         order = d2_order(knn, scores, gamma=GAMMA, **kwargs).order
-        out[name] = {"seconds": round(time.perf_counter() - t0, 2),
-                     **{f"jaccard_{p}pct": jaccard(exact, order, n * p // 100)
-                        for p in (10, 30, 50)}}
+        out[name] = {
+            "seconds": round(time.perf_counter() - t0, 2),
+            **{f"jaccard_{p}pct": jaccard(exact, order, n * p // 100) for p in (10, 30, 50)},
+        }
     return out
 
 
@@ -297,20 +343,27 @@ def jaccard(a: np.ndarray, b: np.ndarray, budget: int) -> float:
 
 # --- main -----------------------------------------------------------------------------------
 
+
 def speedups(report: dict) -> dict:
     """Per-node speed of `d2scale mp` (end to end) over the heapq greedy's."""
     bases = {"heapq_20k": report["baseline"]["heapq_us_per_node"]}
     if "heapq_large" in report:
         bases[f"heapq_{report['heapq_large']['n']}"] = report["heapq_large"]["heapq_us_per_pick"]
-    return {f"{label}_vs_{name}": round(us / e["mp"]["median_us_per_node"], 1)
-            for label, e in report["sizes"].items() for name, us in bases.items()}
+    return {
+        f"{label}_vs_{name}": round(us / e["mp"]["median_us_per_node"], 1)
+        for label, e in report["sizes"].items()
+        for name, us in bases.items()
+    }
 
 
 def versions() -> dict:
     import numba
 
-    return {"numpy": np.__version__, "numba": numba.__version__,
-            "numba_threads": numba.config.NUMBA_NUM_THREADS}
+    return {
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "numba_threads": numba.config.NUMBA_NUM_THREADS,
+    }
 
 
 def main() -> None:
@@ -320,17 +373,29 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="mp runs per size (median reported)")
     p.add_argument("--buckets", default="4,64,1024", help="bucket counts for the agreement")
     p.add_argument("--baseline-n", type=int, default=20_000)
-    p.add_argument("--heapq-picks", type=int, default=100_000,
-                   help="picks of the heapq greedy on the graph of the first size")
+    p.add_argument(
+        "--heapq-picks",
+        type=int,
+        default=100_000,
+        help="picks of the heapq greedy on the graph of the first size",
+    )
     args = p.parse_args()
     small = os.path.join(args.workdir, f"graph-{args.baseline_n}")
     make_graph(small, args.baseline_n)
     run_mp(small, os.path.join(args.workdir, "warmup.npy"))  # compiles and caches the kernels
     base_rss = run_mp(small, os.path.join(args.workdir, "warmup.npy"))["peak_rss_mb"]
-    report = {"benchmark": "bench_mp", "host": host_info(), "versions": versions(),
-              "gamma": GAMMA, "k": K, "numba_cache": "warm (a small mp run came first)",
-              "small_run_peak_rss_mb": base_rss, "load_average_start": os.getloadavg()[0],
-              "baseline": baselines(small, args.baseline_n), "sizes": {}}
+    report = {
+        "benchmark": "bench_mp",
+        "host": host_info(),
+        "versions": versions(),
+        "gamma": GAMMA,
+        "k": K,
+        "numba_cache": "warm (a small mp run came first)",
+        "small_run_peak_rss_mb": base_rss,
+        "load_average_start": os.getloadavg()[0],
+        "baseline": baselines(small, args.baseline_n),
+        "sizes": {},
+    }
     first = None
     for label in args.sizes.split(","):
         n = SIZES[label]
@@ -338,10 +403,14 @@ def main() -> None:
         entry = {"graph": make_graph(gdir, n)}
         entry["mp"] = time_mp(gdir, n, args.repeats, args.workdir, base_rss)
         entry["in_process"], order = in_process(gdir)
-        entry["mp"]["bytes_per_edge_above_small_run_and_files"] = (
+        entry["mp"]["bytes_per_edge_above_small_run_and_files"] = entry["mp"][
+            "peak_rss_above_small_run_and_files_mb"
+        ] and round(
             entry["mp"]["peak_rss_above_small_run_and_files_mb"]
-            and round(entry["mp"]["peak_rss_above_small_run_and_files_mb"] * 2**20
-                      / entry["in_process"]["edges_symmetric"], 1))
+            * 2**20
+            / entry["in_process"]["edges_symmetric"],
+            1,
+        )
         report["sizes"][label] = entry
         first = first or (gdir, order)
     if first is not None and args.heapq_picks:
@@ -349,8 +418,10 @@ def main() -> None:
     report["speedup_mp_vs_heapq"] = speedups(report)
     if first is not None:
         counts = [int(b) for b in args.buckets.split(",")]
-        report["agreement"] = {"graph": os.path.basename(first[0]),
-                               **agreement(first[0], first[1], counts)}
+        report["agreement"] = {
+            "graph": os.path.basename(first[0]),
+            **agreement(first[0], first[1], counts),
+        }
     print(json.dumps(report, indent=1))
 
 

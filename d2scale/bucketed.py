@@ -27,8 +27,7 @@ TASKS_PER_WORKER = 4  # buckets are grouped into about this many tasks per worke
 
 def contiguous_buckets(n: int, n_buckets: int) -> np.ndarray:
     """Labels (int64[n]) cutting the node ids into ``n_buckets`` near-equal ranges."""
-    if isinstance(n_buckets, bool) or not isinstance(n_buckets, (int, np.integer)) \
-            or n_buckets < 1:
+    if isinstance(n_buckets, bool) or not isinstance(n_buckets, (int, np.integer)) or n_buckets < 1:
         raise D2ScaleError(f"the number of buckets must be an integer ≥ 1; got {n_buckets!r}.")
     return np.arange(n, dtype=np.int64) * int(n_buckets) // max(n, 1)
 
@@ -39,13 +38,21 @@ def bucket_labels(buckets: int | np.ndarray, n: int) -> np.ndarray:
         return contiguous_buckets(n, buckets)
     labels = np.asarray(buckets)
     if labels.shape != (n,) or labels.dtype.kind not in "iu":
-        raise D2ScaleError(f"buckets must be a count or {n} integer labels (one per node); got "
-                           f"{labels.dtype} {labels.shape}.")
+        raise D2ScaleError(
+            f"buckets must be a count or {n} integer labels (one per node); got "
+            f"{labels.dtype} {labels.shape}."
+        )
     return labels
 
 
-def bucketed_order(csr: CsrGraph, forward: np.ndarray, weights: np.ndarray, labels: np.ndarray,
-                   budget: int | None, client: Any = None) -> np.ndarray:
+def bucketed_order(
+    csr: CsrGraph,
+    forward: np.ndarray,
+    weights: np.ndarray,
+    labels: np.ndarray,
+    budget: int | None,
+    client: Any = None,
+) -> np.ndarray:
     """Greedy pick order (int64) on ``csr`` without its cross-bucket edges.
 
     ``labels[i]`` is the bucket of node i (any integers). Buckets run as Dask tasks on
@@ -60,10 +67,19 @@ def bucketed_order(csr: CsrGraph, forward: np.ndarray, weights: np.ndarray, labe
     perm = np.argsort(dense, kind="stable")  # bucket by bucket, ascending ids inside
     starts = np.concatenate([[0], np.cumsum(np.bincount(dense))]).astype(np.int64)
     indptr, indices, sub_weights = _bucket_graph(
-        csr.indptr, csr.indices, np.asarray(weights, dtype=np.float64), dense, perm, starts)
+        csr.indptr, csr.indices, np.asarray(weights, dtype=np.float64), dense, perm, starts
+    )
     values = forward[perm]
-    seqs = _run_tasks(_task_ranges(starts, indptr, client), starts, indptr, indices,
-                      sub_weights, values, budget, client)
+    seqs = _run_tasks(
+        _task_ranges(starts, indptr, client),
+        starts,
+        indptr,
+        indices,
+        sub_weights,
+        values,
+        budget,
+        client,
+    )
     picks = np.concatenate([s[0] for s in seqs] + [np.empty(0, np.int64)])
     picked = np.concatenate([s[1] for s in seqs] + [np.empty(0, np.float64)])
     lengths = np.concatenate([s[2] for s in seqs] + [np.empty(0, np.int64)])
@@ -89,9 +105,17 @@ def _run_tasks(ranges, starts, indptr, indices, weights, values, budget, client)
     for b0, b1 in ranges:
         lo, hi = starts[b0], starts[b1]
         e0, e1 = indptr[lo], indptr[hi]
-        tasks.append(dask.delayed(_greedy_buckets, pure=True)(
-            starts[b0:b1 + 1] - lo, indptr[lo:hi + 1] - e0, indices[e0:e1], weights[e0:e1],
-            values[lo:hi], budget, lo))
+        tasks.append(
+            dask.delayed(_greedy_buckets, pure=True)(
+                starts[b0 : b1 + 1] - lo,
+                indptr[lo : hi + 1] - e0,
+                indices[e0:e1],
+                weights[e0:e1],
+                values[lo:hi],
+                budget,
+                lo,
+            )
+        )
     if client is not None:
         return client.gather(client.compute(tasks))
     return list(dask.compute(*tasks, scheduler="threads"))
@@ -104,9 +128,15 @@ def _greedy_buckets(starts, indptr, indices, weights, values, budget, offset):
     for b in range(len(starts) - 1):
         lo, hi = starts[b], starts[b + 1]
         e0 = indptr[lo]
-        p, v = greedy_kernel(indptr[lo:hi + 1] - e0, indices[e0:indptr[hi]],
-                             weights[e0:indptr[hi]], values[lo:hi],
-                             np.zeros(hi - lo, np.uint8), min(budget, hi - lo), False)
+        p, v = greedy_kernel(
+            indptr[lo : hi + 1] - e0,
+            indices[e0 : indptr[hi]],
+            weights[e0 : indptr[hi]],
+            values[lo:hi],
+            np.zeros(hi - lo, np.uint8),
+            min(budget, hi - lo),
+            False,
+        )
         picks.append(p + lo + offset)
         picked.append(v)
         lengths[b] = len(p)

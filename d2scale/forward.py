@@ -48,8 +48,15 @@ def kernel_weights(distances: np.ndarray, gamma: float) -> np.ndarray:
     return w
 
 
-def forward_scores(csr: CsrGraph, scores: np.ndarray, *, gamma_forward: float = 1.0,
-                   mode: str = "sum", eps: float = EPS, device: str = "cpu") -> np.ndarray:
+def forward_scores(
+    csr: CsrGraph,
+    scores: np.ndarray,
+    *,
+    gamma_forward: float = 1.0,
+    mode: str = "sum",
+    eps: float = EPS,
+    device: str = "cpu",
+) -> np.ndarray:
     """Forward scores ``g`` (float64[N]) of ``scores`` on the symmetrised graph ``csr``."""
     if mode not in FORWARD_MODES:
         raise D2ScaleError(f"the forward mode must be one of {FORWARD_MODES}; got {mode!r}.")
@@ -64,8 +71,18 @@ def forward_scores(csr: CsrGraph, scores: np.ndarray, *, gamma_forward: float = 
     out = np.empty(csr.n, dtype=np.float64)
     indptr = np.asarray(csr.indptr, dtype=np.int64)
     indices = np.asarray(csr.indices, dtype=np.int32)
-    run_chunks(_forward_rows, csr.n, n_chunks_for(csr.n), indptr, indices, weights, scores,
-               float(eps), mode == "product", out)
+    run_chunks(
+        _forward_rows,
+        csr.n,
+        n_chunks_for(csr.n),
+        indptr,
+        indices,
+        weights,
+        scores,
+        float(eps),
+        mode == "product",
+        out,
+    )
     return out
 
 

@@ -33,8 +33,14 @@ def reverse_weights(csr: CsrGraph, gamma: float, sampling: str = "weighted") -> 
     return kernel_weights(csr.distances, gamma)
 
 
-def greedy_continue(indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray,
-                    values: np.ndarray, selected: np.ndarray, budget: int) -> np.ndarray:
+def greedy_continue(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    weights: np.ndarray,
+    values: np.ndarray,
+    selected: np.ndarray,
+    budget: int,
+) -> np.ndarray:
     """Continue the exact greedy from a state; return the next ``min(budget, remaining)``
     picks (int64) in order.
 
@@ -42,25 +48,47 @@ def greedy_continue(indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray
     in place, so a caller (the GPU driver) can hand over a partial state and read it back.
     """
     n = indptr.shape[0] - 1
-    if not (isinstance(values, np.ndarray) and values.dtype == np.float64
-            and values.flags.c_contiguous and values.shape == (n,)):
+    if not (
+        isinstance(values, np.ndarray)
+        and values.dtype == np.float64
+        and values.flags.c_contiguous
+        and values.shape == (n,)
+    ):
         raise D2ScaleError(f"values must be a C-contiguous float64 array of {n} scores.")
-    if not (isinstance(selected, np.ndarray) and selected.dtype in (np.bool_, np.uint8)
-            and selected.flags.c_contiguous and selected.shape == (n,)):
+    if not (
+        isinstance(selected, np.ndarray)
+        and selected.dtype in (np.bool_, np.uint8)
+        and selected.flags.c_contiguous
+        and selected.shape == (n,)
+    ):
         raise D2ScaleError(f"selected must be a C-contiguous bool or uint8 array of {n} flags.")
     if not np.isfinite(values).all():
         raise D2ScaleError("values must be finite (no NaN or inf).")
-    picks, _ = greedy_kernel(np.asarray(indptr, dtype=np.int64),
-                             np.asarray(indices, dtype=np.int32),
-                             np.asarray(weights, dtype=np.float64), values,
-                             selected.view(np.uint8), int(budget), True)
+    picks, _ = greedy_kernel(
+        np.asarray(indptr, dtype=np.int64),
+        np.asarray(indices, dtype=np.int32),
+        np.asarray(weights, dtype=np.float64),
+        values,
+        selected.view(np.uint8),
+        int(budget),
+        True,
+    )
     return picks
 
 
-def reverse_order(csr: CsrGraph, forward: np.ndarray, *, gamma: float, budget: int | None = None,
-                  sampling: str = "weighted", device: str = "cpu", greedy: str = "exact",
-                  buckets: int | np.ndarray | None = None, knn: KnnGraph | None = None,
-                  client: Any = None) -> np.ndarray:
+def reverse_order(
+    csr: CsrGraph,
+    forward: np.ndarray,
+    *,
+    gamma: float,
+    budget: int | None = None,
+    sampling: str = "weighted",
+    device: str = "cpu",
+    greedy: str = "exact",
+    buckets: int | np.ndarray | None = None,
+    knn: KnnGraph | None = None,
+    client: Any = None,
+) -> np.ndarray:
     """Pick order (int64, ``budget`` or N nodes) of the reverse pass from forward scores.
 
     ``greedy="standby"`` runs the DataComp script's heuristic on the directed ``knn``;
@@ -89,9 +117,15 @@ def reverse_order(csr: CsrGraph, forward: np.ndarray, *, gamma: float, budget: i
         from d2scale._cuda import reverse_order_cuda
 
         return reverse_order_cuda(csr, forward, weights, budget)
-    picks, _ = greedy_kernel(np.asarray(csr.indptr, dtype=np.int64),
-                             np.asarray(csr.indices, dtype=np.int32), weights, forward,
-                             np.zeros(csr.n, dtype=np.uint8), budget, False)
+    picks, _ = greedy_kernel(
+        np.asarray(csr.indptr, dtype=np.int64),
+        np.asarray(csr.indices, dtype=np.int32),
+        weights,
+        forward,
+        np.zeros(csr.n, dtype=np.uint8),
+        budget,
+        False,
+    )
     return picks
 
 
@@ -101,13 +135,21 @@ def checked_budget(budget: int | None, n: int) -> int:
         return n
     is_int = isinstance(budget, (int, np.integer)) and not isinstance(budget, bool)
     if not is_int or not 0 <= budget <= n:
-        raise D2ScaleError(f"budget must be an integer in [0, {n}] (the number of nodes); "
-                           f"got {budget!r}.")
+        raise D2ScaleError(
+            f"budget must be an integer in [0, {n}] (the number of nodes); got {budget!r}."
+        )
     return int(budget)
 
 
-def _standby(knn: KnnGraph | None, n: int, forward: np.ndarray, gamma: float, budget: int,
-             sampling: str, buckets: Any) -> np.ndarray:
+def _standby(
+    knn: KnnGraph | None,
+    n: int,
+    forward: np.ndarray,
+    gamma: float,
+    budget: int,
+    sampling: str,
+    buckets: Any,
+) -> np.ndarray:
     if knn is None or knn.n != n:
         raise D2ScaleError("greedy='standby' needs the directed kNN graph (knn=) of these nodes.")
     if buckets is not None:

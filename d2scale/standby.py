@@ -26,8 +26,14 @@ from d2scale.reverse import SAMPLINGS, checked_budget
 from d2scale.types import KnnGraph
 
 
-def standby_order(knn: KnnGraph, forward: np.ndarray, *, gamma: float, budget: int | None,
-                  sampling: str = "weighted") -> np.ndarray:
+def standby_order(
+    knn: KnnGraph,
+    forward: np.ndarray,
+    *,
+    gamma: float,
+    budget: int | None,
+    sampling: str = "weighted",
+) -> np.ndarray:
     """Pick order (int64, ``budget`` nodes) of the standby heuristic on the directed ``knn``."""
     forward = np.array(forward, dtype=np.float64)
     if forward.shape != (knn.n,) or not np.isfinite(forward).all():

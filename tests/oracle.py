@@ -159,6 +159,7 @@ def standby(knn: KnnGraph, forward_scores, gamma, budget, sampling="weighted"):
 
 # --- random cases for tests ---------------------------------------------------------------
 
+
 def grid_knn(rng: np.random.Generator, n: int, k: int, side: int = 3) -> KnnGraph:
     """kNN lists of n points on a small integer grid: many equal distances (ties)."""
     return knn_bruteforce(rng.integers(0, side, size=(n, 2)).astype(np.float64), k)

@@ -50,8 +50,9 @@ def test_equals_oracle_on_the_graph_without_cross_edges(gamma):
 
 def test_one_bucket_is_the_exact_greedy():
     for _, csr, g, _ in bucket_cases(2, 10):
-        np.testing.assert_array_equal(reverse_order(csr, g, gamma=1.0, buckets=1),
-                                      reverse_order(csr, g, gamma=1.0))
+        np.testing.assert_array_equal(
+            reverse_order(csr, g, gamma=1.0, buckets=1), reverse_order(csr, g, gamma=1.0)
+        )
 
 
 def test_same_order_whatever_the_task_split(monkeypatch):
@@ -72,10 +73,12 @@ def test_distributed_client_gives_the_same_order():
     _, csr, g, labels = list(bucket_cases(4, 3))[-1]
     w = reverse_weights(csr, 1.0)
     expected = bucketed_order(csr, g, w, labels, None)
-    with distributed.Client(processes=False, n_workers=2, threads_per_worker=1,
-                            dashboard_address=":0") as client:
-        np.testing.assert_array_equal(bucketed_order(csr, g, w, labels, None, client=client),
-                                      expected)
+    with distributed.Client(
+        processes=False, n_workers=2, threads_per_worker=1, dashboard_address=":0"
+    ) as client:
+        np.testing.assert_array_equal(
+            bucketed_order(csr, g, w, labels, None, client=client), expected
+        )
 
 
 def test_contiguous_buckets_are_near_equal_id_ranges():

@@ -23,10 +23,12 @@ def test_pipeline_equals_oracle(mode, sampling, gamma):
         knn = knn_bruteforce(rng.integers(0, 4, size=(n, 3)).astype(float), int(rng.integers(1, 8)))
         scores = rng.integers(-1, 5, size=n).astype(float)
         budget = int(rng.integers(0, n + 1))
-        expected, g = oracle_d2_order(knn, scores, gamma=gamma, gamma_forward=0.5, mode=mode,
-                                      sampling=sampling, budget=budget)
-        result = d2_order(knn, scores, gamma=gamma, gamma_forward=0.5, mode=mode,
-                          sampling=sampling, budget=budget)
+        expected, g = oracle_d2_order(
+            knn, scores, gamma=gamma, gamma_forward=0.5, mode=mode, sampling=sampling, budget=budget
+        )
+        result = d2_order(
+            knn, scores, gamma=gamma, gamma_forward=0.5, mode=mode, sampling=sampling, budget=budget
+        )
         assert isinstance(result, D2Result)
         np.testing.assert_array_equal(result.order, expected)
         np.testing.assert_array_equal(result.forward, g)
@@ -49,10 +51,19 @@ def test_variants_and_timings():
         assert len(set(order.tolist())) == 10
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"scores": np.zeros(29)}, "30 numbers"), ({"scores": np.full(30, np.nan)}, "finite"),
-    ({"budget": 31}, "budget"), ({"gamma": -1.0}, "gamma"), ({"gamma_forward": np.inf}, "gamma"),
-    ({"mode": "max"}, "mode"), ({"sampling": "x"}, "sampling"), ({"greedy": "lazy"}, "greedy")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"scores": np.zeros(29)}, "30 numbers"),
+        ({"scores": np.full(30, np.nan)}, "finite"),
+        ({"budget": 31}, "budget"),
+        ({"gamma": -1.0}, "gamma"),
+        ({"gamma_forward": np.inf}, "gamma"),
+        ({"mode": "max"}, "mode"),
+        ({"sampling": "x"}, "sampling"),
+        ({"greedy": "lazy"}, "greedy"),
+    ],
+)
 def test_bad_arguments_raise_one_sentence(kwargs, match):
     knn, scores = small_knn()
     args = {"scores": scores, "gamma": 1.0, **kwargs}
@@ -78,9 +89,12 @@ def test_load_graph_arrays(tmp_path):
 
 
 def test_engine_import_is_lean():
-    code = ("import sys, d2scale.engine; "
-            "print(sorted(m for m in ('dask', 'faiss', 'pyarrow', 'distributed') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    code = (
+        "import sys, d2scale.engine; "
+        "print(sorted(m for m in ('dask', 'faiss', 'pyarrow', 'distributed') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "[]"

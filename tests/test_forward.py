@@ -25,19 +25,20 @@ def test_bit_identical_to_oracle(mode, gamma_forward):
 
 
 def test_eps_clamps_neighbour_scores_and_isolated_nodes_keep_theirs():
-    csr = CsrGraph(np.array([0, 1, 2, 2]), np.array([1, 0], np.int32),
-                   np.array([0.0, 0.0], np.float32))  # weights exactly 1
+    csr = CsrGraph(
+        np.array([0, 1, 2, 2]), np.array([1, 0], np.int32), np.array([0.0, 0.0], np.float32)
+    )  # weights exactly 1
     s = np.array([-3.0, 2.0, 5.0])
     np.testing.assert_array_equal(forward_scores(csr, s), [-3.0 + 2.0, 2.0 + 1e-7, 5.0])
-    np.testing.assert_array_equal(forward_scores(csr, s, mode="product", eps=0.5),
-                                  [-3.0 * 2.0, 2.0 * 0.5, 0.0])
+    np.testing.assert_array_equal(
+        forward_scores(csr, s, mode="product", eps=0.5), [-3.0 * 2.0, 2.0 * 0.5, 0.0]
+    )
 
 
 def test_weights_are_the_documented_numpy_expression():
     d = np.random.default_rng(1).random(1000).astype(np.float32) * 4
     csr = CsrGraph(np.array([0, 1000]), np.zeros(1000, np.int32), d)
-    np.testing.assert_array_equal(forward_weights(csr, 0.7),
-                                  np.exp(-0.7 * d.astype(np.float64)))
+    np.testing.assert_array_equal(forward_weights(csr, 0.7), np.exp(-0.7 * d.astype(np.float64)))
 
 
 def test_many_rows_in_threads_match_one_thread():
@@ -51,8 +52,9 @@ def test_many_rows_in_threads_match_one_thread():
     for i in rows:
         lo, hi = csr.indptr[i], csr.indptr[i + 1]
         acc = 0.0
-        for w, j in zip(np.exp(-csr.distances[lo:hi].astype(np.float64)), csr.indices[lo:hi],
-                        strict=True):
+        for w, j in zip(
+            np.exp(-csr.distances[lo:hi].astype(np.float64)), csr.indices[lo:hi], strict=True
+        ):
             acc = acc + w * max(s[j], 1e-7)
         assert got[i] == s[i] + acc
 
@@ -67,8 +69,10 @@ def test_auto_device_without_gpu_is_the_cpu_path():
         forward_scores(csr, s, device="cuda")
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"mode": "mean"}, "mode"), ({"device": "tpu"}, "device"), ({"n": 3}, "expected 4 scores")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"mode": "mean"}, "mode"), ({"device": "tpu"}, "device"), ({"n": 3}, "expected 4 scores")],
+)
 def test_bad_arguments_raise(kwargs, match):
     csr = CsrGraph(np.zeros(5, np.int64), np.empty(0, np.int32), np.empty(0, np.float32))
     scores = np.zeros(kwargs.pop("n", 4))

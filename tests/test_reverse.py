@@ -38,8 +38,9 @@ def test_full_order_equals_oracle(gamma, sampling):
     for csr, g in knn_cases(0, 40):
         w = kernel_weights(csr.distances, gamma, sampling)
         expected, picked = greedy(csr.indptr, csr.indices, w, g)
-        np.testing.assert_array_equal(reverse_order(csr, g, gamma=gamma, sampling=sampling),
-                                      expected)
+        np.testing.assert_array_equal(
+            reverse_order(csr, g, gamma=gamma, sampling=sampling), expected
+        )
         negative_picks += int((picked < 0).sum())
     assert negative_picks > 0  # the regime where updates raise neighbours is covered
 
@@ -48,8 +49,9 @@ def test_every_budget_is_a_prefix():
     for csr, g in knn_cases(1, 15):
         full = reverse_order(csr, g, gamma=0.1)
         for budget in range(csr.n + 1):
-            np.testing.assert_array_equal(reverse_order(csr, g, gamma=0.1, budget=budget),
-                                          full[:budget])
+            np.testing.assert_array_equal(
+                reverse_order(csr, g, gamma=0.1, budget=budget), full[:budget]
+            )
 
 
 def test_dyadic_weights_and_integer_scores_exercise_ties():
@@ -78,8 +80,9 @@ def test_continuing_from_a_partial_state_gives_the_tail():
         values, selected = g.copy(), np.zeros(n, np.uint8 if trial % 2 else bool)
         cut = int(rng.integers(0, n + 1))
         head = greedy_continue(indptr, indices, w, values, selected, cut)
-        assert int(selected.sum()) == cut and np.array_equal(np.flatnonzero(selected),
-                                                             np.sort(head))
+        assert int(selected.sum()) == cut and np.array_equal(
+            np.flatnonzero(selected), np.sort(head)
+        )
         tail = greedy_continue(indptr, indices, w, values, selected, n)  # more than is left
         np.testing.assert_array_equal(np.concatenate([head, tail]), expected)
         np.testing.assert_array_equal(values[expected], picked)  # picks keep their scores
@@ -122,13 +125,23 @@ def test_forward_scores_are_not_modified():
     np.testing.assert_array_equal(g, kept)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"budget": 7}, "budget"), ({"budget": -1}, "budget"), ({"budget": 2.0}, "budget"),
-    ({"sampling": "both"}, "sampling"), ({"greedy": "fast"}, "greedy"),
-    ({"greedy": "standby"}, "knn"), ({"device": "cuda", "buckets": 2}, "CPU")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"budget": 7}, "budget"),
+        ({"budget": -1}, "budget"),
+        ({"budget": 2.0}, "budget"),
+        ({"sampling": "both"}, "sampling"),
+        ({"greedy": "fast"}, "greedy"),
+        ({"greedy": "standby"}, "knn"),
+        ({"device": "cuda", "buckets": 2}, "CPU"),
+    ],
+)
 def test_bad_arguments_raise(kwargs, match):
-    csr, g = CsrGraph(np.zeros(7, np.int64), np.empty(0, np.int32),
-                      np.empty(0, np.float32)), np.zeros(6)
+    csr, g = (
+        CsrGraph(np.zeros(7, np.int64), np.empty(0, np.int32), np.empty(0, np.float32)),
+        np.zeros(6),
+    )
     with pytest.raises(D2ScaleError, match=match):
         reverse_order(csr, g, gamma=1.0, **kwargs)
 

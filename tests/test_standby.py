@@ -29,8 +29,7 @@ def test_equals_the_reference_loop(sampling):
 
 def test_deferred_node_is_picked_from_standby():
     # 0 → 1 (weight 1): picking 0 drops 1 below 2, so 1 waits in standby, then 2 is taken
-    knn = KnnGraph(np.array([[1], [-1], [-1]]), np.array([[0.0], [np.inf], [np.inf]],
-                                                          np.float32))
+    knn = KnnGraph(np.array([[1], [-1], [-1]]), np.array([[0.0], [np.inf], [np.inf]], np.float32))
     order = standby_order(knn, np.array([5.0, 4.0, 3.0]), gamma=1.0, budget=3)
     np.testing.assert_array_equal(order, [0, 2, 1])
 

@@ -54,8 +54,10 @@ def test_many_blocks_and_threads_give_the_same_graph(monkeypatch):
 
 
 def test_isolated_nodes_have_empty_rows():
-    knn = KnnGraph(np.array([[1, -1], [0, -1], [-1, -1], [3, -1]]),
-                   np.array([[1, np.inf], [2, np.inf], [np.inf] * 2, [5, np.inf]], np.float32))
+    knn = KnnGraph(
+        np.array([[1, -1], [0, -1], [-1, -1], [3, -1]]),
+        np.array([[1, np.inf], [2, np.inf], [np.inf] * 2, [5, np.inf]], np.float32),
+    )
     csr = symmetrize(knn)
     np.testing.assert_array_equal(csr.indptr, [0, 1, 2, 2, 2])  # 3's self-loop is dropped
     np.testing.assert_array_equal(csr.distances, [1, 1])  # the smaller of 1 and 2
