@@ -65,9 +65,18 @@ def symmetrize(graph: KnnGraph, n_chunks: int | None = None) -> CsrGraph:
     ``n_chunks``: work items (default: by size); the result is the same for any value.
     """
     neighbors, distances = _checked_arrays(graph)
+    n_chunks = n_chunks_for(neighbors.shape[0]) if n_chunks is None else n_chunks
+    shift = _block_shift(neighbors.shape[0])
+    rev_hist, own_hist = _histograms(neighbors, distances, shift, n_chunks)
+    upper = rev_hist.sum(axis=0) + own_hist.sum(axis=0)  # block sizes before de-duplication
+    routed = _route_to_blocks(neighbors, distances, shift, rev_hist, n_chunks)
+    return _merge(neighbors, distances, shift, routed, upper, n_chunks)
+
+
+def _histograms(neighbors, distances, shift, n_chunks):
+    """Per chunk and block: reverse edges by target block, own edges by source block.
+    Raises on out-of-range ids and unusable distances."""
     n = neighbors.shape[0]
-    n_chunks = n_chunks_for(n) if n_chunks is None else n_chunks
-    shift = _block_shift(n)
     n_blocks = max(1, -(-n // (1 << shift)))
     rev_hist = np.zeros((n_chunks, n_blocks), np.int64)
     own_hist = np.zeros((n_chunks, n_blocks), np.int64)
@@ -79,45 +88,34 @@ def symmetrize(graph: KnnGraph, n_chunks: int | None = None) -> CsrGraph:
             f"the kNN graph has {n_bad_ids} neighbour ids outside [-1, {n}) and "
             f"{n_bad_dists} non-finite or negative distances: rebuild it."
         )
-    # block-major, then chunk: block b's reverse edges in ascending source order
+    return rev_hist, own_hist
+
+
+def _route_to_blocks(neighbors, distances, shift, rev_hist, n_chunks):
+    """The reverse edges as (row in block, source, distance bits) int32 records, block by
+    block, each block's in ascending source order; and the blocks' start offsets."""
+    n_blocks = rev_hist.shape[1]
     starts = np.concatenate([[0], np.cumsum(rev_hist.T.ravel())]).astype(np.int64)
     cursors = starts[:-1].reshape(n_blocks, n_chunks).T.copy()  # advanced by the scatter
-    block_start = starts[::n_chunks].copy()
-    buf = np.empty((starts[-1], 3), np.int32)  # (row in block, source, distance bits)
-    run_chunks(
-        _scatter_blocks,
-        n,
-        n_chunks,
-        neighbors,
-        distances,
-        shift,
-        cursors,
-        buf,
-        buf.view(np.float32),
-    )
-    del cursors
-    # merged rows, packed per block at an upper bound of the block's size, then compacted
-    out_start = np.concatenate([[0], np.cumsum(rev_hist.sum(0) + own_hist.sum(0))])
-    out_start = out_start.astype(np.int64)
+    buf = np.empty((starts[-1], 3), np.int32)
+    args = (neighbors, distances, shift, cursors, buf, buf.view(np.float32))
+    run_chunks(_scatter_blocks, neighbors.shape[0], n_chunks, *args)
+    return [buf, starts[::n_chunks].copy()]
+
+
+def _merge(neighbors, distances, shift, routed, upper, n_chunks) -> CsrGraph:
+    """Merged rows, packed per block from an upper bound of its offset, then compacted.
+    ``routed`` (a list: this function frees the buffer) is [records, block starts]."""
+    buf, block_start = routed
+    routed.clear()
+    n = neighbors.shape[0]
+    out_start = np.concatenate([[0], np.cumsum(upper)]).astype(np.int64)
     indptr = np.zeros(n + 1, np.int64)
     indices = np.empty(out_start[-1], np.int32)
     dists = np.empty(out_start[-1], np.float32)
-    run_chunks(
-        _merge_blocks,
-        n_blocks,
-        n_chunks,
-        neighbors,
-        distances,
-        shift,
-        block_start,
-        buf,
-        buf.view(np.float32),
-        out_start,
-        indptr,
-        indices,
-        dists,
-    )
-    del buf
+    args = (neighbors, distances, shift, block_start, buf, buf.view(np.float32), out_start)
+    run_chunks(_merge_blocks, len(upper), n_chunks, *args, indptr, indices, dists)
+    del buf, args
     np.cumsum(indptr, out=indptr)
     _compact(shift, out_start, indptr, indices, dists)
     indices.resize(indptr[-1], refcheck=False)  # shrinks in place (realloc)
