@@ -146,15 +146,33 @@ def _merge_children(rec, a):
 
 @njit(cache=True, nogil=True)
 def _refresh(rec, work, n_internal, v):
-    """Re-scan v's group and recompute the records on its path to the root."""
+    """Re-scan v's group and recompute the records on its path to the root.
+    (:func:`_group_best` and :func:`_merge_children`, inlined by hand: this is the hot
+    path, and a call per level measured ~10% slower.)"""
     g = v // GROUP
-    key, node = _group_best(work, g)
+    key = -np.inf
+    node = g * GROUP
+    for x in range(g * GROUP, min(g * GROUP + GROUP, work.shape[0])):
+        s = work[x]
+        better = s > key
+        key = s if better else key
+        node = x if better else node
     a = n_internal + g
     rec[a + _OFF, 0] = key
-    rec[a + _OFF, 1] = node
+    rec[a + _OFF, 1] = float(node)
     while a > 0:
         a = (a - 1) // 4
-        _merge_children(rec, a)
+        base = 4 * a + 1 + _OFF
+        key = rec[base, 0]
+        best = rec[base, 1]
+        for q in range(base + 1, base + 4):
+            kq = rec[q, 0]
+            nq = rec[q, 1]
+            better = (kq > key) | ((kq == key) & (nq < best))
+            key = kq if better else key
+            best = nq if better else best
+        rec[a + _OFF, 0] = key
+        rec[a + _OFF, 1] = best
 
 
 @njit(cache=True, nogil=True)
