@@ -62,8 +62,8 @@ def greedy_continue(
         and selected.shape == (n,)
     ):
         raise D2ScaleError(f"selected must be a C-contiguous bool or uint8 array of {n} flags.")
-    if not np.isfinite(values).all():
-        raise D2ScaleError("values must be finite (no NaN or inf).")
+    if not np.isfinite(values[~selected.astype(bool)]).all():
+        raise D2ScaleError("the values of unselected nodes must be finite (no NaN or inf).")
     picks, _ = greedy_kernel(
         np.asarray(indptr, dtype=np.int64),
         np.asarray(indices, dtype=np.int32),

@@ -154,3 +154,8 @@ def test_greedy_continue_rejects_unusable_state():
         greedy_continue(indptr, indices, w, np.zeros(3), np.zeros(3, np.int64), 1)
     with pytest.raises(D2ScaleError, match="finite"):
         greedy_continue(indptr, indices, w, np.array([0, np.nan, 1]), np.zeros(3, bool), 1)
+    # selected nodes may hold anything
+    picks = greedy_continue(
+        indptr, indices, w, np.array([0, -np.inf, 1]), np.array([0, 1, 0], bool), 3
+    )
+    np.testing.assert_array_equal(picks, [2, 0])
