@@ -31,7 +31,7 @@ from d2scale.graph.exact import merge_sorted
 from d2scale.graph.store import GraphStore, save_graph
 from d2scale.types import EmbeddingBlocks, KnnGraph
 
-AUTO_EXACT_MAX = 20_000  # "auto" picks exact search up to this many rows (see bench_knn.py)
+AUTO_EXACT_MAX = 15_000  # "auto" picks exact search up to this many rows (measured crossover)
 PCA_ENERGY = 0.9  # variance kept by the automatic PCA search space
 TRAIN_ROWS_PER_LIST = 32  # k-means sample size per list
 PCA_ROWS = 20_000  # rows used to fit the PCA
