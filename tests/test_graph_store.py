@@ -146,6 +146,14 @@ def test_other_input_or_parameters_are_refused(tmp_path):
     np.testing.assert_array_equal(again.neighbors, load_graph(gdir)[0].neighbors)
 
 
+def test_a_source_fingerprint_is_used_as_is(tmp_path):
+    class Tagged(ArrayBlocks):
+        fingerprint = "pool-1234"
+
+    _, info = build_knn_graph(Tagged(X[:600]), n_neighbors=3, workdir=str(tmp_path / "g"))
+    assert info["fingerprint"] == "pool-1234" == load_graph(str(tmp_path / "g"))[1]["fingerprint"]
+
+
 def test_save_load_and_errors(tmp_path):
     gdir = str(tmp_path / "g")
     graph = KnnGraph(

@@ -116,7 +116,9 @@ class _Build:
     # ------------------------------------------------------------ common stages
     def sample(self, n_train: int, n_eval: int) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
         """Fingerprint, training rows, evaluation rows (held out when possible) and their ids."""
-        fp_rows = np.random.default_rng(0).choice(self.n, min(self.n, FINGERPRINT_ROWS), False)
+        own = getattr(self.blocks, "fingerprint", None)
+        n_fp = 0 if own is not None else min(self.n, FINGERPRINT_ROWS)
+        fp_rows = np.random.default_rng(0).choice(self.n, n_fp, replace=False)
         perm = np.random.default_rng(self.seed).permutation(self.n)
         train = np.sort(perm[:n_train])
         held = perm[n_train:] if self.n - n_train >= n_eval else perm
@@ -473,11 +475,12 @@ def _restore(model) -> tuple[ivf.Projection | None, np.ndarray, dict]:
 
 
 def _fingerprint(blocks: EmbeddingBlocks, rows: np.ndarray) -> str:
-    """Sizes, dim, the source's own fingerprint if it has one, and seeded sample rows."""
-    h = hashlib.sha256(json.dumps([list(map(int, blocks.sizes)), int(blocks.dim)]).encode())
+    """The source's own ``fingerprint`` if it has one, else a hash of sizes, dim and seeded
+    sample rows."""
     own = getattr(blocks, "fingerprint", None)
     if own is not None:
-        h.update(str(own).encode())
+        return str(own)
+    h = hashlib.sha256(json.dumps([list(map(int, blocks.sizes)), int(blocks.dim)]).encode())
     h.update(np.ascontiguousarray(rows, dtype=np.float32).tobytes())
     return h.hexdigest()[:16]
 
