@@ -143,3 +143,15 @@ def test_choose_nlist_bounds():
     assert ivf.choose_nlist(200_000) == 1024
     assert ivf.choose_nlist(1000) == 1000 // 39
     assert ivf.choose_nlist(10) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(faiss.get_num_gpus() == 0, reason="needs faiss with a visible GPU")
+@pytest.mark.parametrize("index", ["exact", "ivf"])
+def test_gpu_kernels_give_the_cpu_graph(pool, index):
+    x, _ = pool
+    cpu, _ = build_knn_graph(ArrayBlocks(x, 5000), n_neighbors=10, index=index, device="cpu")
+    gpu, info = build_knn_graph(ArrayBlocks(x, 5000), n_neighbors=10, index=index, device="cuda")
+    assert info["device"] == "cuda"
+    np.testing.assert_array_equal(gpu.neighbors, cpu.neighbors)
+    np.testing.assert_array_equal(gpu.distances, cpu.distances)
