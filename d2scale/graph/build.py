@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -63,7 +64,7 @@ def build_knn_graph(
 
     ``index``: "exact", "ivf", or "auto" (exact up to ``AUTO_EXACT_MAX`` rows). IVF tunes
     ``nprobe`` on held-out rows until recall@k reaches ``recall`` (``nprobe`` fixes it
-    instead); ``nlist`` defaults to ~4·√N; ``pca_dim`` ("auto": keep 90% of the variance,
+    instead); ``nlist`` defaults to ~2·√N; ``pca_dim`` ("auto": keep 90% of the variance,
     None: search in the full space) sets the candidate search space — candidates are always
     re-ranked by exact float64 distances. ``memory_limit`` (bytes, default half the
     available memory) bounds the shards; ``client`` is a ``distributed.Client`` (None: an
@@ -263,7 +264,7 @@ class _Build:
         k1 = self.k + 1
         m_opts = [k1] if projection is None else [2 * k1, 4 * k1, 8 * k1]
         sent = self.client.scatter([x_eval, y_eval, probes], hash=False)
-        curve: dict[tuple[int, int], float] = {}
+        curve: dict[tuple[int, int], tuple[float, float]] = {}  # (nprobe, m) → (recall, se)
         for chunk in [grid] if multi else [grid[i : i + 3] for i in range(0, len(grid), 3)]:
             per_shard = []
             for s, (a, b) in enumerate(plan):
@@ -364,8 +365,6 @@ class _Build:
         return self._assemble(merges)
 
     def _have(self, p: int, s: int) -> bool:
-        import os
-
         return self.store is not None and os.path.exists(self.store.shard_part_path(p, s))
 
     def _wait(self, futs: list, what: str) -> None:
