@@ -56,7 +56,9 @@ def choose_nlist(n: int) -> int:
 
 def nprobe_grid(nlist: int) -> list[int]:
     """Candidate ``nprobe`` values tried by the recall tuning, ascending."""
-    grid = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512]
+    grid = [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32]  # then steps of ~1/8
+    while grid[-1] < nlist:
+        grid.append(grid[-1] + max(1, grid[-1] // 8))
     return [p for p in grid if p < nlist] + [nlist]
 
 
