@@ -167,6 +167,9 @@ def test_save_load_and_errors(tmp_path):
 
     with pytest.raises(D2ScaleError, match="not a graph directory"):
         load_graph(str(tmp_path / "nowhere"))
+    np.save(os.path.join(gdir, "neighbors.npy"), np.array([[1, 5], [0, -1]]))
+    with pytest.raises(D2ScaleError, match=r"ids outside \[-1, 2\)"):
+        load_graph(gdir)
     np.save(os.path.join(gdir, "distances.npy"), np.zeros((2, 3), np.float32))
     with pytest.raises(D2ScaleError, match=r"distances.npy must be float32 of shape \(2, 2\)"):
         load_graph(gdir)

@@ -180,8 +180,8 @@ def load_graph(gdir: str) -> tuple[KnnGraph, dict]:
     if not os.path.exists(meta_path):
         raise D2ScaleError(f"{gdir} is not a graph directory (no meta.json)")
     meta = _read_json(meta_path)
-    nbr = _load_npy(os.path.join(gdir, "neighbors.npy"), mmap=True)
-    dist = _load_npy(os.path.join(gdir, "distances.npy"), mmap=True)
+    nbr = _load_npy(os.path.join(gdir, "neighbors.npy"))
+    dist = _load_npy(os.path.join(gdir, "distances.npy"))
     if nbr.dtype != np.int64 or nbr.ndim != 2:
         raise D2ScaleError(f"{gdir}/neighbors.npy must be a 2-D int64 array, got {nbr.dtype}")
     if dist.dtype != np.float32 or dist.shape != nbr.shape:
@@ -193,7 +193,9 @@ def load_graph(gdir: str) -> tuple[KnnGraph, dict]:
         raise D2ScaleError(
             f"{gdir}: meta.json says {meta['n']} × {meta['k']} but neighbors.npy is {nbr.shape}"
         )
-    return KnnGraph(np.asarray(nbr), np.asarray(dist)), meta
+    if nbr.size and (nbr.min() < -1 or nbr.max() >= nbr.shape[0]):
+        raise D2ScaleError(f"{gdir}/neighbors.npy holds ids outside [-1, {nbr.shape[0]})")
+    return KnnGraph(nbr, dist), meta
 
 
 def load_lists(gdir: str) -> np.ndarray | None:
@@ -220,9 +222,9 @@ def _reading(path: str):
         raise D2ScaleError(f"corrupt graph file {path}: {e}") from None
 
 
-def _load_npy(path: str, mmap: bool = False) -> np.ndarray:
+def _load_npy(path: str) -> np.ndarray:
     with _reading(path):
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        return np.load(path, allow_pickle=False)
 
 
 def _read_json(path: str) -> dict:
