@@ -65,7 +65,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
             n_workers=1,
             threads_per_worker=threads,
             processes=False,
-            dashboard_address=None,
+            dashboard_address=":0",  # a free port: concurrent runs must not collide on 8787
         ) as cluster,
         Client(cluster) as client,
     ):
