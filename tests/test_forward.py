@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from oracle import forward, grid_knn
 
+from d2scale import forward as forward_module
 from d2scale._cuda import cuda_available
 from d2scale.errors import D2ScaleError
-from d2scale.forward import forward_scores, forward_weights
+from d2scale.forward import forward_scores, forward_weights, kernel_weights
 from d2scale.graph.symmetric import symmetrize
 from d2scale.types import CsrGraph, KnnGraph
 
@@ -39,6 +40,15 @@ def test_weights_are_the_documented_numpy_expression():
     d = np.random.default_rng(1).random(1000).astype(np.float32) * 4
     csr = CsrGraph(np.array([0, 1000]), np.zeros(1000, np.int32), d)
     np.testing.assert_array_equal(forward_weights(csr, 0.7), np.exp(-0.7 * d.astype(np.float64)))
+
+
+def test_weights_computed_in_slices_equal_one_numpy_call(monkeypatch):
+    monkeypatch.setattr(forward_module, "WEIGHT_SLICE", 1000)
+    d = np.random.default_rng(4).random(3_517).astype(np.float32) * 3
+    for gamma in (0.1, 1.0):
+        np.testing.assert_array_equal(
+            kernel_weights(d, gamma), np.exp(-gamma * d.astype(np.float64))
+        )
 
 
 def test_many_rows_in_threads_match_one_thread():
