@@ -135,7 +135,7 @@ def run_d2scale(data: str, k: int, recall: float, workdir: str) -> tuple[dict, n
 def recall_with_ties(x: np.ndarray, q: np.ndarray, found: np.ndarray, kth: np.ndarray) -> float:
     """Share of found neighbours (self excluded, at most k per row) within each query's true
     k-th distance: exact ties (duplicates) count whichever of them was found."""
-    k, hits = K, 0
+    k, hits = K[0], 0
     for row, f, dk in zip(q, found, kth, strict=True):
         f = f[(f >= 0) & (f != row)][:k]
         d = np.linalg.norm(x[f].astype(np.float64) - x[row].astype(np.float64), axis=1)
@@ -210,7 +210,7 @@ def faiss_ivf(x, q, kth, k, nlist, target, n_ivf, n_bbs) -> dict:
 # ---------------------------------------------------------------- main
 
 
-K = 10
+K = [10]  # k of the run (set from --k)
 
 
 def bench_size(n: int, args, workdir: str) -> dict:
@@ -272,7 +272,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="100000,1000000")
     p.add_argument("--dim", type=int, default=768)
-    p.add_argument("--k", type=int, default=K)
+    p.add_argument("--k", type=int, default=K[0])
     p.add_argument("--recall", type=float, default=0.95)
     p.add_argument("--data", choices=("synth", "hard"), default="synth")
     p.add_argument("--ivf-queries", type=int, default=20000)
@@ -282,6 +282,7 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         return child(json.loads(args.child))
+    K[0] = args.k
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench-knn-")
     os.makedirs(workdir, exist_ok=True)
     results = [bench_size(int(s), args, workdir) for s in args.sizes.split(",")]

@@ -4,7 +4,7 @@ import faiss
 import numpy as np
 import pytest
 
-from d2scale.graph import build_knn_graph, ivf
+from d2scale.graph import build_knn_graph, ivf, shards
 from d2scale.graph.exact import flat_search
 from d2scale.types import ArrayBlocks
 
@@ -64,6 +64,10 @@ def test_fixed_nprobe_is_used_and_measured(pool):
     assert info1["nprobe"] == 1 and info8["nprobe"] == 8
     assert info1["recall"] < info8["recall"]
     assert overall_recall(g1.neighbors, truth) < overall_recall(g8.neighbors, truth)
+    # more lists than the assignment pass keeps per row: probed again
+    g20, info20 = build_knn_graph(ArrayBlocks(x, 4000), n_neighbors=10, index="ivf", nprobe=20)
+    assert info20["nprobe"] == 20 > shards.STORED_PROBES
+    assert overall_recall(g20.neighbors, truth) >= overall_recall(g8.neighbors, truth)
 
 
 def test_auto_picks_exact_for_small_pools():

@@ -28,7 +28,7 @@ from d2scale.graph.store import write_npy, write_npz
 from d2scale.types import EmbeddingBlocks
 
 MEMORY_FRACTION = 0.5  # default budget: this share of the currently available memory
-STORED_PROBES = 32  # lists per row kept from the assignment pass (larger nprobe: probe again)
+STORED_PROBES = 16  # lists per row kept from the assignment pass (larger nprobe: probe again)
 
 
 def default_memory_limit() -> int:
