@@ -178,7 +178,6 @@ def build_graph(pool: Pool, params, gdir: str, client, progress) -> tuple[KnnGra
     ``params`` needs the reader and kNN fields of :class:`SelectParams` (CLI args work too).
     """
     from d2scale.graph import build_knn_graph
-    from d2scale.graph.store import write_json
 
     keys = feature_keys(params.embedding_model, params.feature_type)
     knn, info = build_knn_graph(
@@ -203,7 +202,7 @@ def build_graph(pool: Pool, params, gdir: str, client, progress) -> tuple[KnnGra
     meta_path = os.path.join(gdir, "meta.json")
     with open(meta_path) as f:
         meta = json.load(f)
-    write_json(meta_path, {**meta, **{k: v for k, v in info.items() if k not in meta}})
+    save_json(meta_path, {**meta, **{k: v for k, v in info.items() if k not in meta}})
     return knn, info
 
 

@@ -48,14 +48,21 @@ def save_npy(path: str, array: np.ndarray) -> None:
         np.save(f, array)
 
 
+def save_npz(path: str, **arrays: np.ndarray) -> None:
+    """``np.savez`` (stored, not deflated) to ``path`` atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
 def save_json(path: str, obj: dict) -> None:
     """Pretty JSON to ``path`` atomically."""
     with atomic_path(path) as tmp, open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=_jsonable)
+        json.dump(obj, f, indent=2, sort_keys=False, default=json_default)
         f.write("\n")
 
 
-def _jsonable(o):
+def json_default(o):
+    """``json.dump`` fallback for NumPy scalars and arrays."""
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):

@@ -24,7 +24,7 @@ from numba import njit, prange
 
 from d2scale.graph import ivf
 from d2scale.graph.exact import flat_search, merge_sorted
-from d2scale.graph.store import write_npy, write_npz
+from d2scale.sinks import save_npy, save_npz
 from d2scale.types import EmbeddingBlocks
 
 MEMORY_FRACTION = 0.5  # default budget: this share of the currently available memory
@@ -104,7 +104,7 @@ def assign_part(
     y = None if projection is None else projection(x)
     probes = ivf.probe(x if y is None else y, centroids, STORED_PROBES, kernels.knn_small)
     if lists_path is not None:
-        write_npy(lists_path, probes[:, 0])
+        save_npy(lists_path, probes[:, 0])
     truth = None
     if x_eval.size:
         pos, d2 = flat_search(x_eval, x, keep, knn=kernels.knn)
@@ -172,7 +172,7 @@ def search_part(
         y = None if assigned is None else assigned["y"]
         out = ivf.ivf_search(x, y, probes, lists, m, kernels.scan)
     if path is not None:
-        write_npz(path, ids=out[0], key=out[1], full=out[2])
+        save_npz(path, ids=out[0], key=out[1], full=out[2])
     return out
 
 
@@ -191,7 +191,7 @@ def merge_part(
     nbr, d2 = drop_self(nbr, d2, offset + np.arange(nbr.shape[0]), k)
     dist = np.sqrt(d2).astype(np.float32)
     if path is not None:
-        write_npz(path, neighbors=nbr, distances=dist)
+        save_npz(path, neighbors=nbr, distances=dist)
     return nbr, dist
 
 

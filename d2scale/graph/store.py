@@ -21,45 +21,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from contextlib import contextmanager
 
 import numpy as np
 
 from d2scale.errors import D2ScaleError
+from d2scale.sinks import json_default, save_json, save_npy, save_npz
 from d2scale.types import KnnGraph
 
 MANIFEST_VERSION = 1
-
-
-@contextmanager
-def atomic(path: str, suffix: str = ""):
-    """Yield a temporary path next to ``path``; move it into place when the block succeeds."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=d)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_json(path: str, obj: dict) -> None:
-    with atomic(path) as tmp, open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True, default=_json_default)
-
-
-def write_npy(path: str, arr: np.ndarray) -> None:
-    with atomic(path, ".npy") as tmp:
-        np.save(tmp, arr)
-
-
-def write_npz(path: str, **arrays: np.ndarray) -> None:
-    with atomic(path, ".npz") as tmp:
-        np.savez(tmp, **arrays)
 
 
 class GraphStore:
@@ -107,13 +77,13 @@ class GraphStore:
             "parts_done": [],
         }
         os.makedirs(self.parts_dir, exist_ok=True)
-        write_json(self.manifest_path, manifest)
+        save_json(self.manifest_path, manifest)
         return shards
 
     def mark_done(self, parts: list[int]) -> None:
         manifest = self.read_manifest() or {}
         manifest["parts_done"] = sorted(set(manifest.get("parts_done", [])) | set(parts))
-        write_json(self.manifest_path, manifest)
+        save_json(self.manifest_path, manifest)
 
     # -- parts -----------------------------------------------------------------------
     def part_path(self, part: int) -> str:
@@ -140,7 +110,7 @@ class GraphStore:
         return os.path.join(self.gdir, "model.npz")
 
     def save_model(self, arrays: dict[str, np.ndarray], info: dict) -> None:
-        write_npz(self.model_path, info=np.array(json.dumps(info, default=_json_default)), **arrays)
+        save_npz(self.model_path, info=np.array(json.dumps(info, default=json_default)), **arrays)
 
     def load_model(self) -> tuple[dict[str, np.ndarray], dict] | None:
         if not os.path.exists(self.model_path):
@@ -171,7 +141,7 @@ def save_graph(gdir: str, graph: KnnGraph, meta: dict, lists: np.ndarray | None 
     """Write ``neighbors.npy``, ``distances.npy`` (``lists.npy``) and ``meta.json`` atomically."""
     _write_arrays(gdir, graph, lists)
     meta = {**meta, "n": graph.n, "k": graph.k}
-    write_json(os.path.join(gdir, "meta.json"), meta)
+    save_json(os.path.join(gdir, "meta.json"), meta)
 
 
 def load_graph(gdir: str) -> tuple[KnnGraph, dict]:
@@ -206,10 +176,10 @@ def load_lists(gdir: str) -> np.ndarray | None:
 
 def _write_arrays(gdir: str, graph: KnnGraph, lists: np.ndarray | None) -> None:
     os.makedirs(gdir, exist_ok=True)
-    write_npy(os.path.join(gdir, "neighbors.npy"), np.asarray(graph.neighbors, dtype=np.int64))
-    write_npy(os.path.join(gdir, "distances.npy"), np.asarray(graph.distances, dtype=np.float32))
+    save_npy(os.path.join(gdir, "neighbors.npy"), np.asarray(graph.neighbors, dtype=np.int64))
+    save_npy(os.path.join(gdir, "distances.npy"), np.asarray(graph.distances, dtype=np.float32))
     if lists is not None:
-        write_npy(os.path.join(gdir, "lists.npy"), np.asarray(lists, dtype=np.int32))
+        save_npy(os.path.join(gdir, "lists.npy"), np.asarray(lists, dtype=np.int32))
 
 
 @contextmanager
@@ -243,14 +213,4 @@ def _param_diff(old: dict, new: dict) -> str:
 
 
 def _jsonable(obj: dict) -> dict:
-    return json.loads(json.dumps(obj, default=_json_default))
-
-
-def _json_default(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o)}")
+    return json.loads(json.dumps(obj, default=json_default))
