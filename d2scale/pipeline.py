@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -173,14 +172,20 @@ def _graph(params: SelectParams, pool: Pool, client, progress) -> tuple[KnnGraph
 
 
 def build_graph(pool: Pool, params, gdir: str, client, progress) -> tuple[KnnGraph, dict]:
-    """Build (or resume) the kNN graph of ``pool`` into ``gdir``; stamp its meta.json.
+    """Build (or resume) the kNN graph of ``pool`` into ``gdir``, recording its source.
 
     ``params`` needs the reader and kNN fields of :class:`SelectParams` (CLI args work too).
     """
     from d2scale.graph import build_knn_graph
 
     keys = feature_keys(params.embedding_model, params.feature_type)
-    knn, info = build_knn_graph(
+    source = {
+        "pool_fingerprint": pool.fingerprint,
+        "metadata_dir": pool.url,
+        "embedding_model": params.embedding_model,
+        "feature_type": params.feature_type,
+    }
+    return build_knn_graph(
         PoolEmbeddings(pool, keys),
         n_neighbors=params.n_neighbors,
         index=params.index,
@@ -191,19 +196,8 @@ def build_graph(pool: Pool, params, gdir: str, client, progress) -> tuple[KnnGra
         client=client,
         workdir=gdir,
         progress=progress,
+        meta=source,
     )
-    info = {
-        **info,
-        "pool_fingerprint": pool.fingerprint,
-        "metadata_dir": pool.url,
-        "embedding_model": params.embedding_model,
-        "feature_type": params.feature_type,
-    }
-    meta_path = os.path.join(gdir, "meta.json")
-    with open(meta_path) as f:
-        meta = json.load(f)
-    save_json(meta_path, {**meta, **{k: v for k, v in info.items() if k not in meta}})
-    return knn, info
 
 
 def environment() -> dict:

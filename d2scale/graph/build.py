@@ -59,6 +59,7 @@ def build_knn_graph(
     nlist: int | None = None,
     nprobe: int | None = None,
     pca_dim: int | str | None = "auto",
+    meta: dict | None = None,
 ) -> tuple[KnnGraph, dict]:
     """The directed kNN graph of ``blocks`` (SPEC §1) and a dict describing how it was built.
 
@@ -69,6 +70,8 @@ def build_knn_graph(
     re-ranked by exact float64 distances. ``memory_limit`` (bytes, default half the
     available memory) bounds the shards; ``client`` is a ``distributed.Client`` (None: an
     in-process one); ``workdir`` makes the build resumable and writes the graph directory.
+    ``meta`` (facts about the source, e.g. its path) is added to the returned dict and to
+    ``meta.json``.
     """
     n, k = _validate(blocks, n_neighbors, index, recall, device, memory_limit, nprobe, pca_dim)
     kernels, device_used = _device(device)
@@ -83,7 +86,7 @@ def build_knn_graph(
         else:
             nlist = nlist or ivf.choose_nlist(n)
             graph, info = build.ivf(limit, min(nlist, n), nprobe, pca_dim)
-        info = {"index": kind, "device": device_used, **info}
+        info = {"index": kind, "device": device_used, **info, **(meta or {})}
         if build.store is not None:
             build.write(graph, info)
     return graph, {**info, "timings": build.timings}
