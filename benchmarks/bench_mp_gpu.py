@@ -35,7 +35,8 @@ def clustered_points(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
     """Gaussian clusters of ~100 points each, float32."""
     centers = rng.normal(size=(max(1, n // 100), dim))
     return (centers[rng.integers(0, len(centers), n)] + 0.3 * rng.normal(size=(n, dim))).astype(
-        np.float32)
+        np.float32
+    )
 
 
 def knn_graph(x: np.ndarray, k: int) -> tuple[CsrGraph, str]:
@@ -70,10 +71,10 @@ def bench_forward(csr: CsrGraph, scores: np.ndarray, backend) -> dict:
     if importlib.util.find_spec("d2scale.forward"):
         from d2scale.forward import forward_scores
 
-        cpu, out["seconds_cpu"] = timed(forward_scores, csr, scores, gamma_forward=1.0,
-                                        mode="sum", eps=EPS, device="cpu")
-        out["bit_identical_to_cpu"] = bool(np.array_equal(g.view(np.uint64),
-                                                          cpu.view(np.uint64)))
+        cpu, out["seconds_cpu"] = timed(
+            forward_scores, csr, scores, gamma_forward=1.0, mode="sum", eps=EPS, device="cpu"
+        )
+        out["bit_identical_to_cpu"] = bool(np.array_equal(g.view(np.uint64), cpu.view(np.uint64)))
     return out, g
 
 
@@ -83,21 +84,27 @@ def bench_reverse(csr: CsrGraph, g0: np.ndarray, gamma: float, fractions, backen
     for fraction in fractions:
         budget = int(fraction * csr.n)
         prefix, seconds = timed(_cuda.settle_prefix, csr, g0, w, budget, backend=backend)
-        out["budgets"].append({"fraction": fraction, "budget": budget,
-                               "rounds": prefix.info["rounds"],
-                               "settled_in_rounds": prefix.info["settled_in_rounds"],
-                               "picks_from_rounds": len(prefix.order),
-                               "picks_for_cpu_tail": budget - len(prefix.order),
-                               "seconds_rounds": seconds})
+        out["budgets"].append(
+            {
+                "fraction": fraction,
+                "budget": budget,
+                "rounds": prefix.info["rounds"],
+                "settled_in_rounds": prefix.info["settled_in_rounds"],
+                "picks_from_rounds": len(prefix.order),
+                "picks_for_cpu_tail": budget - len(prefix.order),
+                "seconds_rounds": seconds,
+            }
+        )
     if importlib.util.find_spec("d2scale.reverse"):
         from d2scale.reverse import greedy_continue
 
         stats: dict = {}
-        order, out["seconds_full_order"] = timed(_cuda.reverse_order_cuda, csr, g0, w, csr.n,
-                                                 backend=backend, stats=stats)
+        order, out["seconds_full_order"] = timed(
+            _cuda.reverse_order_cuda, csr, g0, w, csr.n, backend=backend, stats=stats
+        )
         cpu, out["seconds_full_order_cpu"] = timed(
-            greedy_continue, csr.indptr, csr.indices, w, g0.copy(), np.zeros(csr.n, bool),
-            csr.n)
+            greedy_continue, csr.indptr, csr.indices, w, g0.copy(), np.zeros(csr.n, bool), csr.n
+        )
         out["full_order_identical_to_cpu"] = bool(np.array_equal(order, cpu))
         out["full_order_stats"] = stats
     return out
@@ -129,14 +136,20 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     doc["runs"] = []
     for n in args.sizes:
-        (csr, how), seconds = timed(knn_graph, clustered_points(n, args.dim, rng),
-                                    args.n_neighbors)
+        (csr, how), seconds = timed(knn_graph, clustered_points(n, args.dim, rng), args.n_neighbors)
         degree = np.diff(csr.indptr)
-        run = {"n": n, "knn": how, "seconds_graph": seconds, "edges": csr.n_edges,
-               "max_degree": int(degree.max()), "mean_degree": float(degree.mean())}
+        run = {
+            "n": n,
+            "knn": how,
+            "seconds_graph": seconds,
+            "edges": csr.n_edges,
+            "max_degree": int(degree.max()),
+            "mean_degree": float(degree.mean()),
+        }
         run["forward"], g0 = bench_forward(csr, rng.random(n), backend)
-        run["reverse"] = [bench_reverse(csr, g0, gamma, args.fractions, backend)
-                          for gamma in args.gammas]
+        run["reverse"] = [
+            bench_reverse(csr, g0, gamma, args.fractions, backend) for gamma in args.gammas
+        ]
         doc["runs"].append(run)
         print(f"n={n} done", file=sys.stderr)
     json.dump(doc, sys.stdout, indent=1)

@@ -73,6 +73,7 @@ Tail = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int
 
 # --- backends -------------------------------------------------------------------------------
 
+
 class Backend(Protocol):
     """Where kernels run: ``xp`` is the array module (numpy or cupy) of its arrays."""
 
@@ -129,16 +130,20 @@ class CupyBackend:
     def launch(self, kernel: str, n: int, *args: Any) -> None:
         if n == 0:
             return
-        values = _checked_args(self._signatures[kernel], (n, *args),
-                               lambda a: isinstance(a, self.xp.ndarray))
+        values = _checked_args(
+            self._signatures[kernel], (n, *args), lambda a: isinstance(a, self.xp.ndarray)
+        )
         if kernel not in self._functions:
             self._functions[kernel] = self._module.get_function(kernel)
         grid = _grid(n, self.block, self.max_grid)
         self._functions[kernel]((grid,), (self.block,), tuple(values))
 
 
-_CTYPES = {np.dtype(np.int64): ctypes.c_longlong, np.dtype(np.int32): ctypes.c_int,
-           np.dtype(np.float64): ctypes.c_double}
+_CTYPES = {
+    np.dtype(np.int64): ctypes.c_longlong,
+    np.dtype(np.int32): ctypes.c_int,
+    np.dtype(np.float64): ctypes.c_double,
+}
 
 
 class HostEmulation:
@@ -153,8 +158,12 @@ class HostEmulation:
     def __init__(self, block: int = 64, max_grid: int = 8, library: str | None = None) -> None:
         self.block, self.max_grid = block, max_grid
         self._lib = ctypes.CDLL(str(library or build_host_library()))
-        self._lib.d2_emu_launch.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint,
-                                            ctypes.POINTER(ctypes.c_void_p)]
+        self._lib.d2_emu_launch.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.POINTER(ctypes.c_void_p),
+        ]
         self._lib.d2_emu_launch.restype = ctypes.c_int
         self._signatures = kernel_signatures()
 
@@ -173,8 +182,10 @@ class HostEmulation:
         """Run ``kernel`` over ``grid`` × ``block`` threads, like ``RawKernel.__call__``."""
         params = self._signatures[kernel]
         values = _checked_args(params, args, lambda a: isinstance(a, np.ndarray))
-        boxes = [ctypes.c_void_p(v.ctypes.data) if p.pointer else _CTYPES[p.dtype](v)
-                 for p, v in zip(params, values, strict=True)]
+        boxes = [
+            ctypes.c_void_p(v.ctypes.data) if p.pointer else _CTYPES[p.dtype](v)
+            for p, v in zip(params, values, strict=True)
+        ]
         pointers = (ctypes.c_void_p * len(boxes))(*[ctypes.addressof(b) for b in boxes])
         if self._lib.d2_emu_launch(kernel.encode(), grid, block, pointers) != 0:
             raise KeyError(f"kernel {kernel!r} is missing from kernels/host_launch.cpp")
@@ -198,26 +209,42 @@ def _cupy_backend() -> CupyBackend:
 def default_backend() -> Backend:
     """The GPU backend; a one-sentence error where no GPU can be used."""
     if not cuda_available():
-        raise D2ScaleError("device='cuda' needs cupy (pip install 'd2scale[gpu]') and a CUDA "
-                           "GPU; none was found, use device='cpu'.")
+        raise D2ScaleError(
+            "device='cuda' needs cupy (pip install 'd2scale[gpu]') and a CUDA "
+            "GPU; none was found, use device='cpu'."
+        )
     return _cupy_backend()
 
 
 # --- forward --------------------------------------------------------------------------------
 
-def forward_scores_cuda(csr: CsrGraph, scores: np.ndarray, weights: np.ndarray, mode: str,
-                        eps: float, *, backend: Backend | None = None) -> np.ndarray:
+
+def forward_scores_cuda(
+    csr: CsrGraph,
+    scores: np.ndarray,
+    weights: np.ndarray,
+    mode: str,
+    eps: float,
+    *,
+    backend: Backend | None = None,
+) -> np.ndarray:
     """Forward pass on ``backend`` (default: GPU); bit-identical to the CPU pass."""
     if mode not in FORWARD_MODES:
         raise D2ScaleError(f"The forward mode must be one of {FORWARD_MODES}; got {mode!r}.")
     be = backend if backend is not None else default_backend()
     xp = be.xp
     out = xp.empty(csr.n, dtype=np.float64)
-    be.launch("d2_forward", csr.n, be.asarray(csr.indptr.astype(np.int64, copy=False)),
-              be.asarray(csr.indices.astype(np.int32, copy=False)),
-              be.asarray(np.asarray(weights, dtype=np.float64)),
-              be.asarray(np.asarray(scores, dtype=np.float64)), float(eps),
-              int(mode == "product"), out)
+    be.launch(
+        "d2_forward",
+        csr.n,
+        be.asarray(csr.indptr.astype(np.int64, copy=False)),
+        be.asarray(csr.indices.astype(np.int32, copy=False)),
+        be.asarray(np.asarray(weights, dtype=np.float64)),
+        be.asarray(np.asarray(scores, dtype=np.float64)),
+        float(eps),
+        int(mode == "product"),
+        out,
+    )
     return be.to_host(out)
 
 
@@ -242,8 +269,10 @@ def _transposed_weights(be: Backend, indptr: Any, indices: Any, weights: Any) ->
     rev = be.xp.empty(indices.shape[0], dtype=np.int64)
     be.launch("d2_transpose_positions", indptr.shape[0] - 1, indptr, indices, rev)
     if rev.shape[0] and bool(be.xp.any(rev < 0)):
-        raise D2ScaleError("The neighbourhood graph is not symmetric (some edge u→v has no "
-                           "v→u); pass the symmetrised CSR graph.")
+        raise D2ScaleError(
+            "The neighbourhood graph is not symmetric (some edge u→v has no "
+            "v→u); pass the symmetrised CSR graph."
+        )
     return weights[rev]
 
 
@@ -258,8 +287,16 @@ def _count(xp: Any, mask: Any) -> int:
     return int(xp.count_nonzero(mask))
 
 
-def _run_rounds(be: Backend, indptr: Any, indices: Any, wt: Any, g0: Any, budget: int,
-                max_rounds: int, min_settled: int) -> tuple[Any, Any, dict[str, Any]]:
+def _run_rounds(
+    be: Backend,
+    indptr: Any,
+    indices: Any,
+    wt: Any,
+    g0: Any,
+    budget: int,
+    max_rounds: int,
+    min_settled: int,
+) -> tuple[Any, Any, dict[str, Any]]:
     """Settle rounds until none settles, ``budget`` picks are final, ``max_rounds`` ran, or
     a round settles fewer than ``min_settled`` nodes while every settled pick is final (a
     chain of dependent picks: one per round is slower than the CPU, and stopping loses none).
@@ -277,8 +314,7 @@ def _run_rounds(be: Backend, indptr: Any, indices: Any, wt: Any, g0: Any, budget
         if new == 0:
             break
         be.launch("d2_commit_settled", n, flag, len(per_round), status)
-        be.launch("d2_recompute", n, indptr, indices, wt, g0, status, len(per_round), scratch,
-                  cur)
+        be.launch("d2_recompute", n, indptr, indices, wt, g0, status, len(per_round), scratch, cur)
         per_round.append(new)
         n_final = _count(xp, _final_mask(xp, cur, status))
         if n_final >= budget or (new < min_settled and n_final == sum(per_round)):
@@ -291,8 +327,12 @@ def _run_rounds(be: Backend, indptr: Any, indices: Any, wt: Any, g0: Any, budget
         status = xp.where(final, status, -1).astype(np.int32)
         be.launch("d2_recompute", n, indptr, indices, wt, g0, status, -1, scratch, cur)
         rolled_back = settled - n_final
-    info = {"rounds": len(per_round), "settled_per_round": per_round,
-            "settled_in_rounds": settled, "rolled_back": rolled_back}
+    info = {
+        "rounds": len(per_round),
+        "settled_per_round": per_round,
+        "settled_in_rounds": settled,
+        "rolled_back": rolled_back,
+    }
     return cur, status, info
 
 
@@ -307,9 +347,16 @@ class SettledPrefix:
     info: dict[str, Any]
 
 
-def settle_prefix(csr: CsrGraph, forward: np.ndarray, weights: np.ndarray, budget: int, *,
-                  backend: Backend | None = None, max_rounds: int | None = None,
-                  min_settled: int | None = None) -> SettledPrefix:
+def settle_prefix(
+    csr: CsrGraph,
+    forward: np.ndarray,
+    weights: np.ndarray,
+    budget: int,
+    *,
+    backend: Backend | None = None,
+    max_rounds: int | None = None,
+    min_settled: int | None = None,
+) -> SettledPrefix:
     """Rounds on ``backend`` (default: GPU): the exact greedy order up to ``budget`` picks, or
     the part of it the rounds proved (at most the non-negative phase).
 
@@ -324,9 +371,15 @@ def settle_prefix(csr: CsrGraph, forward: np.ndarray, weights: np.ndarray, budge
     if not (np.isfinite(forward).all() and np.isfinite(weights).all()):
         raise D2ScaleError("Reverse message passing needs finite forward scores and weights.")
     be = backend if backend is not None else default_backend()
-    info: dict[str, Any] = {"backend": be.name, "budget": budget, "rounds": 0,
-                            "settled_per_round": [], "settled_in_rounds": 0, "rolled_back": 0,
-                            "picks_from_rounds": 0}
+    info: dict[str, Any] = {
+        "backend": be.name,
+        "budget": budget,
+        "rounds": 0,
+        "settled_per_round": [],
+        "settled_in_rounds": 0,
+        "rolled_back": 0,
+        "picks_from_rounds": 0,
+    }
     started = time.perf_counter()
     prefix = SettledPrefix(np.empty(0, dtype=np.int64), forward.copy(), np.zeros(n, bool), info)
     if budget > 0 and (weights >= 0).all():  # the proof needs non-negative weights
@@ -335,8 +388,9 @@ def settle_prefix(csr: CsrGraph, forward: np.ndarray, weights: np.ndarray, budge
         wt = _transposed_weights(be, indptr, indices, be.asarray(weights))
         limit = n if max_rounds is None else max_rounds
         least = max(1, n // 10_000) if min_settled is None else min_settled
-        cur, status, rounds_info = _run_rounds(be, indptr, indices, wt, be.asarray(forward),
-                                               budget, limit, least)
+        cur, status, rounds_info = _run_rounds(
+            be, indptr, indices, wt, be.asarray(forward), budget, limit, least
+        )
         picked = np.flatnonzero(be.to_host(status) >= 0)
         values = np.array(be.to_host(cur), dtype=np.float64)
         prefix.selected[picked] = True
@@ -349,10 +403,18 @@ def settle_prefix(csr: CsrGraph, forward: np.ndarray, weights: np.ndarray, budge
     return prefix
 
 
-def reverse_order_cuda(csr: CsrGraph, forward: np.ndarray, weights: np.ndarray, budget: int,
-                       *, backend: Backend | None = None, tail: Tail | None = None,
-                       max_rounds: int | None = None, min_settled: int | None = None,
-                       stats: dict[str, Any] | None = None) -> np.ndarray:
+def reverse_order_cuda(
+    csr: CsrGraph,
+    forward: np.ndarray,
+    weights: np.ndarray,
+    budget: int,
+    *,
+    backend: Backend | None = None,
+    tail: Tail | None = None,
+    max_rounds: int | None = None,
+    min_settled: int | None = None,
+    stats: dict[str, Any] | None = None,
+) -> np.ndarray:
     """Exact greedy pick order (int64, ``min(budget, N)`` nodes) of the reverse pass.
 
     :func:`settle_prefix` settles the non-negative phase on ``backend`` (default: GPU);
@@ -361,13 +423,26 @@ def reverse_order_cuda(csr: CsrGraph, forward: np.ndarray, weights: np.ndarray, 
     :func:`last_reverse_stats`) receive rounds and where the picks came from.
     """
     started = time.perf_counter()
-    prefix = settle_prefix(csr, forward, weights, budget, backend=backend,
-                           max_rounds=max_rounds, min_settled=min_settled)
+    prefix = settle_prefix(
+        csr,
+        forward,
+        weights,
+        budget,
+        backend=backend,
+        max_rounds=max_rounds,
+        min_settled=min_settled,
+    )
     order, info = prefix.order, dict(prefix.info, picks_cpu_tail=0)
     if prefix.values is not None:
         continue_greedy = tail if tail is not None else _default_tail()
-        rest = continue_greedy(csr.indptr, csr.indices, np.asarray(weights, dtype=np.float64),
-                               prefix.values, prefix.selected, info["budget"] - len(order))
+        rest = continue_greedy(
+            csr.indptr,
+            csr.indices,
+            np.asarray(weights, dtype=np.float64),
+            prefix.values,
+            prefix.selected,
+            info["budget"] - len(order),
+        )
         order = np.concatenate([order, np.asarray(rest, dtype=np.int64)])
         info["picks_cpu_tail"] = len(rest)
     info["seconds_total"] = time.perf_counter() - started

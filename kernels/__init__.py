@@ -29,11 +29,19 @@ HOST_LAUNCH_SOURCE = KERNEL_DIR / "host_launch.cpp"
 # No FMA contraction anywhere: results must equal the CPU float64 passes bit for bit.
 NVRTC_OPTIONS: tuple[str, ...] = ("--fmad=false", "-std=c++17")
 HOST_CXXFLAGS: tuple[str, ...] = (
-    "-O2", "-std=c++17", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC",
+    "-O2",
+    "-std=c++17",
+    "-ffp-contract=off",
+    "-fno-fast-math",
+    "-shared",
+    "-fPIC",
 )
 
-_C_TYPES = {"long long": np.dtype(np.int64), "int": np.dtype(np.int32),
-            "double": np.dtype(np.float64)}
+_C_TYPES = {
+    "long long": np.dtype(np.int64),
+    "int": np.dtype(np.int32),
+    "double": np.dtype(np.float64),
+}
 _KERNEL_RE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)')
 
 
@@ -62,8 +70,10 @@ def _parse_param(text: str) -> Param:
 
 def kernel_signatures() -> dict[str, tuple[Param, ...]]:
     """Every ``extern "C" __global__`` kernel of :data:`KERNEL_SOURCES` with its parameters."""
-    return {name: tuple(_parse_param(p) for p in params.split(","))
-            for name, params in _KERNEL_RE.findall(module_source())}
+    return {
+        name: tuple(_parse_param(p) for p in params.split(","))
+        for name, params in _KERNEL_RE.findall(module_source())
+    }
 
 
 def load_cupy_module() -> Any:
@@ -84,8 +94,10 @@ def build_host_library(cache_dir: str | os.PathLike | None = None, compiler: str
     """Compile the host emulation into a shared library, cached by a hash of its inputs."""
     cxx = shutil.which(compiler)
     if cxx is None:
-        raise D2ScaleError(f"The CUDA host emulation needs a C++17 compiler; {compiler!r} "
-                           "was not found on the PATH.")
+        raise D2ScaleError(
+            f"The CUDA host emulation needs a C++17 compiler; {compiler!r} "
+            "was not found on the PATH."
+        )
     sources = (*KERNEL_SOURCES, HOST_EMULATION_HEADER, HOST_LAUNCH_SOURCE)
     digest = hashlib.sha256(" ".join((compiler, *HOST_CXXFLAGS)).encode())
     for path in sources:

@@ -39,6 +39,7 @@ needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not on the PATH")
 
 # --- inputs ---------------------------------------------------------------------------------
 
+
 def oracle_tail(indptr, indices, weights, values, selected, budget):
     """The tail contract of d2scale.reverse.greedy_continue, through the plain oracle."""
     return oracle_greedy(indptr, indices, weights, values, budget, selected)[0]
@@ -114,23 +115,35 @@ def cases(seed: int = 0):
         n = int(rng.integers(5, 120))
         csr = random_edges_csr(rng, n, 2 * n, dist=1.0)
         g0 = rng.integers(-2, 6, n).astype(np.float64)
-        w = (kernel_weights(csr.distances, 0.1), dyadic_weights(csr),
-             kernel_weights(csr.distances, 0.1, "absolute"))[t % 3]
+        w = (
+            kernel_weights(csr.distances, 0.1),
+            dyadic_weights(csr),
+            kernel_weights(csr.distances, 0.1, "absolute"),
+        )[t % 3]
         yield f"ties-{t}", csr, g0, w
     for t in range(6):  # isolated nodes
         csr = isolate(knn_csr(rng, 80, 3), rng.choice(80, 15, replace=False))
-        yield f"isolated-{t}", csr, rng.integers(0, 4, 80).astype(np.float64) + rng.random(80), \
-            kernel_weights(csr.distances, 1.0)
+        yield (
+            f"isolated-{t}",
+            csr,
+            rng.integers(0, 4, 80).astype(np.float64) + rng.random(80),
+            kernel_weights(csr.distances, 1.0),
+        )
     for t in range(4):  # hubs: in-degree in the hundreds
         csr = random_edges_csr(rng, 400, 600, hubs=3)
         yield f"hub-{t}", csr, rng.random(400) * 10, kernel_weights(csr.distances, 0.1 * (t + 1))
     csr = random_edges_csr(rng, 90, 300)  # asymmetric weights: the greedy uses row u's copy
     yield "asymmetric-weights", csr, rng.random(90) * 5, rng.random(csr.n_edges)
-    yield "empty-graph", CsrGraph(np.zeros(6, np.int64), np.zeros(0, np.int32),
-                                  np.zeros(0, np.float32)), rng.normal(size=5), np.zeros(0)
+    yield (
+        "empty-graph",
+        CsrGraph(np.zeros(6, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32)),
+        rng.normal(size=5),
+        np.zeros(0),
+    )
 
 
 # --- checks shared with the GPU tests ------------------------------------------------------
+
 
 def check_forward(backend, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
@@ -140,8 +153,9 @@ def check_forward(backend, seed: int = 0) -> None:
         s[rng.random(csr.n) < 0.1] = 0.0
         for mode in ("sum", "product"):
             expected = oracle_forward(csr.indptr, csr.indices, csr.distances, s, 0.7, mode)
-            got = _cuda.forward_scores_cuda(csr, s, kernel_weights(csr.distances, 0.7), mode,
-                                            1e-7, backend=backend)
+            got = _cuda.forward_scores_cuda(
+                csr, s, kernel_weights(csr.distances, 0.7), mode, 1e-7, backend=backend
+            )
             np.testing.assert_array_equal(got.view(np.uint64), expected.view(np.uint64))
             if CPU_FORWARD is not None:
                 cpu = CPU_FORWARD(csr, s, gamma_forward=0.7, mode=mode, eps=1e-7, device="cpu")
@@ -155,8 +169,9 @@ def check_reverse(backend, seed: int = 0) -> dict[str, int]:
         expected, _ = oracle_greedy(csr.indptr, csr.indices, w, g0)
         for budget in sorted({1, 3, csr.n // 4, csr.n // 2, csr.n, csr.n + 5}):
             stats: dict = {}
-            got = _cuda.reverse_order_cuda(csr, g0, w, budget, backend=backend, tail=TAIL,
-                                           stats=stats)
+            got = _cuda.reverse_order_cuda(
+                csr, g0, w, budget, backend=backend, tail=TAIL, stats=stats
+            )
             np.testing.assert_array_equal(got, expected[:budget], err_msg=f"{name} K={budget}")
             for key in totals:
                 totals[key] += stats[key]
@@ -165,12 +180,16 @@ def check_reverse(backend, seed: int = 0) -> dict[str, int]:
 
 # --- compilation ----------------------------------------------------------------------------
 
+
 def _nvcc(tmp_path, source: str, *flags: str) -> str:
     src = tmp_path / "module.cu"
     src.write_text(source)
     out = tmp_path / "module.out"
-    done = subprocess.run([NVCC, *flags, "-arch=sm_90", "-Werror", "all-warnings", str(src),
-                           "-o", str(out)], capture_output=True, text=True)
+    done = subprocess.run(
+        [NVCC, *flags, "-arch=sm_90", "-Werror", "all-warnings", str(src), "-o", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     return out.read_text(errors="replace")
 
@@ -210,11 +229,11 @@ def test_launch_rejects_arrays_of_the_wrong_type(emu):
     out = np.empty(3, dtype=np.float32)
     z = np.zeros(4, np.int64)
     with pytest.raises(TypeError, match="out"):
-        emu.launch("d2_forward", 3, z, np.zeros(0, np.int32), np.zeros(0), np.ones(3), 1e-7,
-                   0, out)
+        emu.launch("d2_forward", 3, z, np.zeros(0, np.int32), np.zeros(0), np.ones(3), 1e-7, 0, out)
 
 
 # --- emulated passes ------------------------------------------------------------------------
+
 
 def emulation_library(tmp_path_factory):
     return build_host_library(tmp_path_factory.getbasetemp() / "kernels")
@@ -281,8 +300,9 @@ def test_state_handed_to_the_tail_after_any_round_is_the_exact_greedy_state(emu,
         return oracle_tail(indptr, indices, weights, values, selected, budget)
 
     stats: dict = {}
-    got = _cuda.reverse_order_cuda(csr, g0, w, csr.n, backend=emu, tail=checking_tail,
-                                   max_rounds=max_rounds, stats=stats)
+    got = _cuda.reverse_order_cuda(
+        csr, g0, w, csr.n, backend=emu, tail=checking_tail, max_rounds=max_rounds, stats=stats
+    )
     np.testing.assert_array_equal(got, expected)
     assert stats["rounds"] == max_rounds and seen["head"] == stats["picks_from_rounds"]
     assert (seen["head"] > 0) == (max_rounds > 0)
@@ -300,8 +320,7 @@ def test_negative_weights_skip_the_rounds_and_stay_exact(emu):
 
 
 def test_reverse_rejects_a_graph_that_is_not_symmetric(emu):
-    csr = CsrGraph(np.array([0, 1, 1], np.int64), np.array([1], np.int32),
-                   np.ones(1, np.float32))
+    csr = CsrGraph(np.array([0, 1, 1], np.int64), np.array([1], np.int32), np.ones(1, np.float32))
     with pytest.raises(D2ScaleError, match="not symmetric"):
         _cuda.reverse_order_cuda(csr, np.ones(2), np.ones(1), 2, backend=emu, tail=oracle_tail)
 
@@ -354,7 +373,8 @@ def test_a_chain_of_dependent_picks_goes_to_the_cpu_after_a_thin_round(emu):
     expected, _ = oracle_greedy(indptr, indices, w, g0)
     for least, rounds in ((1, n), (2, 1)):
         stats: dict = {}
-        got = _cuda.reverse_order_cuda(csr, g0, w, n, backend=emu, tail=oracle_tail,
-                                       min_settled=least, stats=stats)
+        got = _cuda.reverse_order_cuda(
+            csr, g0, w, n, backend=emu, tail=oracle_tail, min_settled=least, stats=stats
+        )
         np.testing.assert_array_equal(got, expected)
         assert stats["rounds"] == rounds and stats["settled_per_round"] == [1] * rounds

@@ -38,8 +38,7 @@ def test_gpu_and_host_emulation_agree_on_a_larger_graph(gpu, tmp_path):
     runs = []
     for backend in (gpu, emu):
         stats: dict = {}
-        order = _cuda.reverse_order_cuda(csr, g0, w, csr.n, backend=backend, tail=TAIL,
-                                         stats=stats)
+        order = _cuda.reverse_order_cuda(csr, g0, w, csr.n, backend=backend, tail=TAIL, stats=stats)
         runs.append((order, stats["rounds"], stats["picks_from_rounds"]))
     np.testing.assert_array_equal(runs[0][0], runs[1][0])
     assert runs[0][1:] == runs[1][1:]
