@@ -27,7 +27,12 @@ def independent_selection(pool: str, fraction: float, k: int, gamma: float) -> s
 
 
 @pytest.mark.parametrize(
-    ("rows", "seed", "layout"), [(400, 101, "f16-compressed"), (300, 202, "mixed")]
+    ("rows", "seed", "layout"),
+    [
+        (400, 101, "f16-compressed"),
+        (300, 202, "mixed"),
+        pytest.param(1500, 303, "mixed", marks=pytest.mark.slow),
+    ],
 )
 def test_select_equals_independent_exact_d2(tmp_path, rows, seed, layout):
     pool = tmp_path / "pool"
