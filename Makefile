@@ -10,7 +10,7 @@ PIP := $(VENV)/bin/pip install --disable-pip-version-check -c constraints.txt
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) -q -e ".[dev]"
+	$(PIP) -q -e ".[dev,vision]"
 	touch $(STAMP)
 
 demo: $(STAMP)
