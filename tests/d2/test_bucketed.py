@@ -14,10 +14,10 @@ from oracle import (
 
 from d2scale.d2 import bucketed
 from d2scale.d2.bucketed import bucketed_order, contiguous_buckets
-from d2scale.errors import D2ScaleError
-from d2scale.graph.symmetric import symmetrize
 from d2scale.d2.reverse import reverse_order
 from d2scale.d2.weights import reverse_weights
+from d2scale.errors import D2ScaleError
+from d2scale.graph.symmetric import symmetrize
 
 
 def bucket_cases(seed: int, count: int):

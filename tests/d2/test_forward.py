@@ -6,9 +6,9 @@ from oracle import forward, grid_knn
 
 from d2scale.backends import cuda_available
 from d2scale.d2 import weights as weights_module
-from d2scale.errors import D2ScaleError
 from d2scale.d2.forward import forward_scores
 from d2scale.d2.weights import forward_weights, kernel_weights
+from d2scale.errors import D2ScaleError
 from d2scale.graph.symmetric import symmetrize
 from d2scale.types import CsrGraph, KnnGraph
 

@@ -9,8 +9,8 @@ from oracle import d2_order as oracle_d2_order
 from oracle import knn_bruteforce
 
 from d2scale.d2 import D2Result, d2_order
-from d2scale.graph.store import load_graph
 from d2scale.errors import D2ScaleError
+from d2scale.graph.store import load_graph
 from d2scale.types import KnnGraph
 
 

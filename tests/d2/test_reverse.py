@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from oracle import dyadic, forward, greedy, grid_knn, kernel_weights, random_symmetric_csr
 
-from d2scale.errors import D2ScaleError
-from d2scale.graph.symmetric import symmetrize
 from d2scale.d2.exact import greedy_continue
 from d2scale.d2.reverse import reverse_order
 from d2scale.d2.weights import reverse_weights
+from d2scale.errors import D2ScaleError
+from d2scale.graph.symmetric import symmetrize
 from d2scale.types import CsrGraph
 
 
