@@ -126,7 +126,7 @@ KILL_POINTS = [
 def killed_at(point: str, pool, out) -> None:
     """Run select in a subprocess that pauses at ``point``; SIGKILL it there."""
     argv = [sys.executable, "-m", "d2scale.cli.main", "select", "--metadata-dir", str(pool),
-            "--out", str(out), "--index", "exact", "--workers", "2", "--fraction", "0.3"]  # fmt: skip
+            "--out", str(out), "--index", "exact", "--workers", "2"]  # fmt: skip
     env = {**os.environ, "D2SCALE_PAUSE_AT": point}
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
     for line in proc.stderr:
