@@ -89,13 +89,17 @@ class Param:
 
     def _range_text(self) -> str:
         if self.low is not None and self.high is not None:
-            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+            return f"in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}]"
         if self.low is not None:
-            return f"{'>' if self.low_open else '≥'} {self.low:g}"
+            return f"{'>' if self.low_open else '≥'} {_num(self.low)}"
         return ""
 
     def _fail(self, what: str, value: Any) -> None:
         raise D2ScaleError(f"the {self.name!r} parameter must be {what}; got {value!r}.")
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
 
 
 def _number(p: Param, text: str, cast: type) -> Any:

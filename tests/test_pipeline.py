@@ -160,3 +160,16 @@ def test_sigkill_then_rerun_gives_identical_uids(point, small_pool, tmp_path, cl
     if point != "after-read":
         assert record["stages"]["read"]["reused"]
     json.loads((tmp_path / "run.json").read_text())
+
+
+def test_ctrl_c_is_one_line_and_status_130(small_pool, tmp_path):
+    argv = [sys.executable, "-m", "d2scale.cli.main", "select", "--metadata-dir", str(small_pool),
+            "--out", str(tmp_path), "--index", "exact", "--workers", "2"]  # fmt: skip
+    env = {**os.environ, "D2SCALE_PAUSE_AT": "after-read"}
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stderr:
+        if "paused at after-read" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read().strip().splitlines()
+    assert proc.wait(timeout=60) == 130 and rest == ["d2scale: interrupted"], rest
