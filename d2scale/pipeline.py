@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import platform
 import time
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -13,40 +16,46 @@ from d2scale.errors import D2ScaleError
 from d2scale.graph_stage import graph_stage
 from d2scale.methods import MethodInputs, get_method
 from d2scale.params import SelectParams, budget_for
-from d2scale.runner import Progress, ProgressFn, Stages, dask_client, stage_key
+from d2scale.runner import (
+    Progress,
+    ProgressFn,
+    Stages,
+    cluster_facts,
+    dask_client,
+    peak_rss_bytes,
+    stage_key,
+    worker_peak_rss,
+)
 from d2scale.sinks import write_outputs
 from d2scale.sources import Pool, check_npz, feature_keys, open_pool, read_columns
 from d2scale.uids import check_unique, encode_uids
 
 
-def select(params: SelectParams, progress: ProgressFn | None = None) -> dict:
-    """Run a selection end to end and commit ``params.out``; return the ``run.json`` record."""
-    progress = progress or Progress()
+def select(
+    params: SelectParams,
+    progress: ProgressFn | None = None,
+    *,
+    client=None,
+    pool: Pool | None = None,
+) -> dict:
+    """Run a selection end to end and commit ``params.out``; return the ``run.json`` record.
+
+    ``client``: a ``distributed.Client`` to run on (default: per ``params``, a running
+    cluster or a local one); ``pool``: an opened pool (default: ``params.metadata_dir``).
+    """
+    progress = progress or Progress(log_json=params.log_json)
     params.validate()
+    params = absolute_out(params)
     io.check_writable(params.out)
     timings: dict[str, float] = {}
     started = time.time()
-    pool = open_pool_or_sample(params.metadata_dir, progress)
+    pool = pool or open_pool_or_sample(params.metadata_dir, progress)
     check_out_outside_pool(params.out, pool)
     progress(f"pool {pool.url}: {pool.n:,} rows in {len(pool.shards)} shards")
     stages = Stages(io.join(params.out, "work"), progress, timings)
-    with dask_client(params.scheduler, params.workers) as client:
-        read_key = stage_key(pool.fingerprint, params.stage_params("read"))
-        read = stages.run("read", read_key, lambda d: _read_stage(d, pool, params, client))
-        uids = io.load_npy(io.join(read.directory, "uids.npy"))
-        scores = io.load_npy(io.join(read.directory, "scores.npy"))
-        budgets = {f: budget_for(f, pool.n) for f in params.fraction}
-        _check_sizes(params, pool.n, budgets)
-        inputs = MethodInputs(
-            n=pool.n,
-            scores=scores,
-            budget=max(budgets.values()),
-            knn_graph=lambda: graph_stage(stages, pool, params, client, progress),
-            stages=stages,
-            upstream_key=read_key,
-            client=client,
-        )
-        ranking = get_method("d2")(inputs, params)
+    with _client(params, client) as client:
+        ranking, uids, scores, budgets = _run_stages(params, pool, stages, client, progress)
+        cluster = {**cluster_facts(client), **_memory(client, remote=client.cluster is None)}
     record = {
         "d2scale_version": __version__,
         "command": "select",
@@ -65,11 +74,84 @@ def select(params: SelectParams, progress: ProgressFn | None = None) -> dict:
             for name, r in stages.runs.items()
         },
         "timings_s": {name: round(s, 3) for name, s in timings.items()},
+        "rates": stage_rates(stages, timings, pool.n, ranking.info.get("n_edges")),
+        "cluster": cluster,
         "environment": environment(),
     }
+    remove_report(params.out)  # a report describes the set it was made from
     with_write = write_outputs(params.out, uids, scores, ranking, budgets, record, started)
     progress(f"wrote {', '.join(with_write['outputs'])} to {params.out}")
+    if params.report:
+        from d2scale.report import write_report
+
+        progress(f"report: {write_report(params.out)}")
     return with_write
+
+
+def _run_stages(params: SelectParams, pool: Pool, stages: Stages, client, progress):
+    """read → graph → method; ``(ranking, uids, scores, budgets)``."""
+    read_key = stage_key(pool.fingerprint, params.stage_params("read"))
+    read = stages.run("read", read_key, lambda d: _read_stage(d, pool, params, client, progress))
+    uids = io.load_npy(io.join(read.directory, "uids.npy"))
+    scores = io.load_npy(io.join(read.directory, "scores.npy"))
+    budgets = {f: budget_for(f, pool.n) for f in params.fraction}
+    _check_sizes(params, pool.n, budgets)
+    inputs = MethodInputs(
+        n=pool.n,
+        scores=scores,
+        budget=max(budgets.values()),
+        knn_graph=lambda: graph_stage(stages, pool, params, client, progress),
+        stages=stages,
+        upstream_key=read_key,
+        client=client,
+    )
+    return get_method("d2")(inputs, params), uids, scores, budgets
+
+
+@contextlib.contextmanager
+def _client(params: SelectParams, client) -> Iterator:
+    if client is not None:
+        yield client
+        return
+    with dask_client(params.scheduler, params.workers, params.scheduler_file) as own:
+        yield own
+
+
+def absolute_out(params: SelectParams) -> SelectParams:
+    """``params`` with a local ``out`` made absolute: Dask tasks may run in another working
+    directory (a worker process's own), and must write where the driver reads."""
+    if not io.is_local(params.out):
+        return params
+    return dataclasses.replace(params, out=os.path.abspath(io.local_path(params.out)))
+
+
+def stage_rates(stages: Stages, timings: dict[str, float], n: int, edges: int | None) -> dict:
+    """Rows (and edges) per second of every stage computed in this run."""
+    rates = {}
+    for name, run in stages.runs.items():
+        seconds = timings.get(name, 0.0)
+        if run.reused or seconds <= 0:
+            continue
+        rates[name] = {"rows_per_s": round(n / seconds, 1)}
+        if edges and name in ("forward", "reverse"):
+            rates[name]["edges_per_s"] = round(edges / seconds, 1)
+    return rates
+
+
+def _memory(client, remote: bool) -> dict:
+    """Peak resident memory: this process (with a local cluster, its workers too) and, on a
+    running cluster, each worker process."""
+    facts = {"peak_rss_bytes_driver": peak_rss_bytes()}
+    if remote:
+        facts["peak_rss_bytes_workers"] = worker_peak_rss(client)
+    return facts
+
+
+def remove_report(out: str) -> None:
+    """Remove ``report.html`` and ``report/`` of an earlier run (``d2scale report`` remakes
+    them from the committed set)."""
+    io.remove(io.join(out, "report.html"))
+    io.remove(io.join(out, "report"), recursive=True)
 
 
 def open_pool_or_sample(metadata_dir: str | None, progress: ProgressFn) -> Pool:
@@ -95,25 +177,36 @@ def check_out_outside_pool(out: str, pool: Pool) -> None:
         )
 
 
-def _read_stage(directory: str, pool: Pool, params: SelectParams, client) -> dict:
+def _read_stage(directory: str, pool: Pool, params: SelectParams, client, progress) -> dict:
     keys = feature_keys(params.embedding_model, params.feature_type)
-    uids, scores = read_metadata(pool, params.resolved_score_column, client, keys)
+    uids, scores = read_metadata(pool, params.resolved_score_column, client, keys, progress)
     io.save_npy(io.join(directory, "uids.npy"), uids)
     io.save_npy(io.join(directory, "scores.npy"), scores + params.score_shift)
     return {"rows": int(uids.shape[0])}
 
 
 def read_metadata(
-    pool: Pool, score_column: str, client, npz_keys: list[str] = ()
+    pool: Pool,
+    score_column: str,
+    client,
+    npz_keys: list[str] = (),
+    progress: ProgressFn | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Encoded uids and float64 scores for the whole pool, one Dask task per shard.
 
     Also checks the npz headers for ``npz_keys`` so that a bad shard fails in seconds.
     """
+    from distributed import as_completed
+
     n = len(pool.shards)
     futures = client.map(
         _read_shard, [pool] * n, pool.shards, [score_column] * n, [list(npz_keys)] * n, pure=False
     )
+    say = progress or (lambda message: None)
+    say(f"read: 0/{n} shards")
+    for i, future in enumerate(as_completed(futures), 1):
+        future.result()  # the first failing shard raises here
+        say(f"read: {i}/{n} shards")
     parts = client.gather(futures)
     uids = np.concatenate([p[0] for p in parts])
     scores = np.concatenate([p[1] for p in parts])
