@@ -20,6 +20,7 @@ from d2scale.runner import (
     Progress,
     ProgressFn,
     Stages,
+    check_cluster_options,
     cluster_facts,
     dask_client,
     peak_rss_bytes,
@@ -46,6 +47,8 @@ def select(
     progress = progress or Progress(log_json=params.log_json)
     params.validate()
     params = absolute_out(params)
+    if client is None:
+        check_cluster_options(params.scheduler, params.scheduler_file)
     io.check_writable(params.out)
     timings: dict[str, float] = {}
     started = time.time()

@@ -307,8 +307,7 @@ def dask_client(
     import distributed  # noqa: F401  (its import configures logging: quiet it afterwards)
 
     _quiet_dask_logs()
-    if scheduler and scheduler_file:
-        raise D2ScaleError("give either --scheduler or --scheduler-file, not both.")
+    check_cluster_options(scheduler, scheduler_file)
     if scheduler or scheduler_file:
         with _remote_client(scheduler, scheduler_file) as client:
             yield client
@@ -328,6 +327,17 @@ def dask_client(
         yield client
 
 
+def check_cluster_options(scheduler: str | None, scheduler_file: str | None) -> None:
+    """Refuse both cluster options at once, or a scheduler file that does not exist."""
+    if scheduler and scheduler_file:
+        raise D2ScaleError("give either --scheduler or --scheduler-file, not both.")
+    if scheduler_file and not os.path.exists(scheduler_file):
+        raise D2ScaleError(
+            f"the scheduler file {scheduler_file} does not exist; start the scheduler with "
+            "`dask scheduler --scheduler-file FILE` first."
+        )
+
+
 WORKER_WAIT_S = 60  # how long a run waits for the first worker of a running cluster
 
 
@@ -336,11 +346,6 @@ def _remote_client(scheduler: str | None, scheduler_file: str | None) -> Iterato
     from distributed import Client
 
     where = scheduler or f"the address in {scheduler_file}"
-    if scheduler_file and not os.path.exists(scheduler_file):
-        raise D2ScaleError(
-            f"the scheduler file {scheduler_file} does not exist; start the scheduler with "
-            "`dask scheduler --scheduler-file FILE` first."
-        )
     try:
         if scheduler:
             client = Client(scheduler, timeout="20s")
