@@ -129,6 +129,30 @@ def test_scheduler_file_and_other_partitioning(cluster, small_pool, tmp_path):
     assert np.array_equal(np.load(tmp_path / "remote" / "uids.npy"), expected)
 
 
+def test_batch_runs_buckets_concurrently_on_the_cluster(cluster, small_pool, tmp_path):
+    import yaml
+
+    _, sched_file, _ = cluster
+    resplit(small_pool, tmp_path / "b", [0, 1000, 3000])
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text(yaml.safe_dump({
+        "out": "out", "concurrency": 2, "defaults": {"fraction": 0.2, "index": "exact"},
+        "buckets": [{"name": "a", "metadata_dir": str(small_pool)},
+                    {"name": "b", "metadata_dir": "b", "gamma": 0.5}],
+    }))  # fmt: skip
+    argv = [sys.executable, "-m", "d2scale.cli.main", "batch", str(jobs), "--scheduler-file",
+            sched_file, "--quiet"]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    expected = local_run(small_pool, tmp_path / "local", fraction=[0.2], index="exact")
+    assert np.array_equal(np.load(tmp_path / "out" / "a" / "uids.npy"), expected)
+    b_local = local_run(small_pool, tmp_path / "local-b", fraction=[0.2], index="exact",
+                        gamma=0.5)  # fmt: skip
+    assert np.array_equal(np.load(tmp_path / "out" / "b" / "uids.npy"), b_local)
+    run = json.loads((tmp_path / "out" / "b" / "run.json").read_text())
+    assert run["cluster"]["workers"] == 2
+
+
 def test_missing_scheduler_file_is_one_line(small_pool, tmp_path):
     argv = [
         sys.executable,
