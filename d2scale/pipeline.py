@@ -23,11 +23,12 @@ def select(params: SelectParams, progress: ProgressFn | None = None) -> dict:
     """Run a selection end to end and commit ``params.out``; return the ``run.json`` record."""
     progress = progress or Progress()
     params.validate()
+    if params.metadata_dir is not None:
+        check_out_outside_pool(params.out, params.metadata_dir)
     io.check_writable(params.out)
     timings: dict[str, float] = {}
     started = time.time()
     pool = open_pool_or_sample(params.metadata_dir, progress)
-    check_out_outside_pool(params.out, pool)
     progress(f"pool {pool.url}: {pool.n:,} rows in {len(pool.shards)} shards")
     stages = Stages(io.join(params.out, "work"), progress, timings)
     with dask_client(params.scheduler, params.workers) as client:
@@ -82,15 +83,15 @@ def open_pool_or_sample(metadata_dir: str | None, progress: ProgressFn) -> Pool:
     return open_pool(sample_pool_dir())
 
 
-def check_out_outside_pool(out: str, pool: Pool) -> None:
+def check_out_outside_pool(out: str, metadata_dir: str) -> None:
     """Refuse an output directory that is the pool or inside it (outputs would join it)."""
-    if not (io.is_local(out) and io.is_local(pool.url)):
+    if not (io.is_local(out) and io.is_local(metadata_dir)):
         return
     out_path = os.path.realpath(io.local_path(out))
-    pool_path = os.path.realpath(io.local_path(pool.url))
+    pool_path = os.path.realpath(io.local_path(metadata_dir))
     if out_path == pool_path or out_path.startswith(pool_path + os.sep):
         raise D2ScaleError(
-            f"the output directory {out} is inside the metadata directory {pool.url}; "
+            f"the output directory {out} is inside the metadata directory {metadata_dir}; "
             "choose an --out outside the pool."
         )
 
