@@ -191,6 +191,8 @@ def _value(name: str, value, where: str):
             return p.parse(value)
         if p.kind == "fractions" and isinstance(value, (int, float)):
             value = [value]
+        if p.kind == "steps" and isinstance(value, str):
+            value = [value]
         if p.kind == "fractions" and isinstance(value, list):
             value = sorted(set(value)) if all(isinstance(v, (int, float)) for v in value) else value
         return p.check(value)
@@ -369,9 +371,15 @@ def completed(params: SelectParams, pool: Pool) -> dict | None:
     )
 
 
+# select parameters that never change the selected rows (where and how a run executes)
+NO_RESULT = ("out", "scheduler", "scheduler_file", "workers", "log_json", "report", "device",
+             "memory_limit")  # fmt: skip
+
+
 def _result_params(d: dict) -> dict:
-    """The parameters that change a result (the table's entries with a stage)."""
-    keep = {name: d.get(name) for name, p in PARAMS.items() if p.stage is not None}
+    """The select parameters of a ``run.json`` (or ``to_dict``) that change its result."""
+    keep = {name: d.get(name) for name, p in PARAMS.items()
+            if "select" in p.commands and name not in NO_RESULT}  # fmt: skip
     return json.loads(json.dumps(keep, default=str))
 
 

@@ -12,9 +12,10 @@ from collections.abc import Iterator
 import numpy as np
 
 from d2scale import __version__, io
+from d2scale.chain import chain_steps, output_fractions, run_chain
 from d2scale.errors import D2ScaleError
 from d2scale.graph_stage import graph_stage
-from d2scale.methods import MethodInputs, get_method
+from d2scale.methods import MethodInputs
 from d2scale.params import SelectParams, budget_for
 from d2scale.runner import (
     Progress,
@@ -28,7 +29,15 @@ from d2scale.runner import (
     worker_peak_rss,
 )
 from d2scale.sinks import write_outputs
-from d2scale.sources import Pool, check_npz, feature_keys, open_pool, read_columns
+from d2scale.sources import (
+    Pool,
+    PoolEmbeddings,
+    check_npz,
+    feature_keys,
+    open_pool,
+    read_columns,
+)
+from d2scale.types import EmbeddingBlocks, SubsetBlocks
 from d2scale.uids import check_unique, encode_uids
 
 
@@ -49,15 +58,19 @@ def select(
     params = absolute_out(params)
     if client is None:
         check_cluster_options(params.scheduler, params.scheduler_file)
+    if pool is None and params.metadata_dir is not None:
+        check_out_outside_pool(params.out, params.metadata_dir)
+    elif pool is not None:
+        for directory in sorted({os.path.dirname(s.parquet) for s in pool.shards}):
+            check_out_outside_pool(params.out, directory)
     io.check_writable(params.out)
     timings: dict[str, float] = {}
     started = time.time()
     pool = pool or open_pool_or_sample(params.metadata_dir, progress)
-    check_out_outside_pool(params.out, pool)
     progress(f"pool {pool.url}: {pool.n:,} rows in {len(pool.shards)} shards")
     stages = Stages(io.join(params.out, "work"), progress, timings)
     with _client(params, client) as client:
-        ranking, uids, scores, budgets = _run_stages(params, pool, stages, client, progress)
+        chain, steps, uids, scores, budgets = _run_stages(params, pool, stages, client, progress)
         cluster = {**cluster_facts(client), **_memory(client, remote=client.cluster is None)}
     record = {
         "d2scale_version": __version__,
@@ -69,46 +82,65 @@ def select(
             "rows": pool.n,
             "shards": [s.name for s in pool.shards],
         },
-        "counts": {"n": pool.n, "edges_symmetric": ranking.info.get("n_edges")},
+        "counts": {"n": pool.n, "edges_symmetric": chain.ranking.info.get("n_edges")},
         "graph": stages.runs["graph"].info if "graph" in stages.runs else None,
-        "method": {"name": "d2", **ranking.info},
+        "method": {"name": steps[-1].method, **chain.ranking.info},
+        "steps": chain.steps,
         "stages": {
             name: {"key": r.key, "reused": r.reused, "directory": r.directory}
             for name, r in stages.runs.items()
         },
         "timings_s": {name: round(s, 3) for name, s in timings.items()},
-        "rates": stage_rates(stages, timings, pool.n, ranking.info.get("n_edges")),
+        "rates": stage_rates(stages, timings, pool.n, chain.ranking.info.get("n_edges")),
         "cluster": cluster,
         "environment": environment(),
     }
     remove_report(params.out)  # a report describes the set it was made from
-    with_write = write_outputs(params.out, uids, scores, ranking, budgets, record, started)
-    progress(f"wrote {', '.join(with_write['outputs'])} to {params.out}")
+    record = write_outputs(params.out, uids, scores, chain.ranking, budgets, record, started)
+    progress(f"wrote {', '.join(record['outputs'])} and run.json to {params.out}")
     if params.report:
         from d2scale.report import write_report
 
-        progress(f"report: {write_report(params.out)}")
-    return with_write
+        progress(f"report: {write_report(params.out, pool)}")
+    return record
 
 
 def _run_stages(params: SelectParams, pool: Pool, stages: Stages, client, progress):
-    """read → graph → method; ``(ranking, uids, scores, budgets)``."""
+    """read → the chain of methods (graph stages on demand); ``(chain, steps, uids, scores,
+    budgets)``."""
     read_key = stage_key(pool.fingerprint, params.stage_params("read"))
     read = stages.run("read", read_key, lambda d: _read_stage(d, pool, params, client, progress))
     uids = io.load_npy(io.join(read.directory, "uids.npy"))
     scores = io.load_npy(io.join(read.directory, "scores.npy"))
-    budgets = {f: budget_for(f, pool.n) for f in params.fraction}
+    steps = chain_steps(params)
+    budgets = {f: budget_for(f, pool.n) for f in output_fractions(params, steps)}
     _check_sizes(params, pool.n, budgets)
-    inputs = MethodInputs(
-        n=pool.n,
-        scores=scores,
-        budget=max(budgets.values()),
-        knn_graph=lambda: graph_stage(stages, pool, params, client, progress),
-        stages=stages,
-        upstream_key=read_key,
-        client=client,
-    )
-    return get_method("d2")(inputs, params), uids, scores, budgets
+
+    def make_inputs(rows: np.ndarray, rows_key: str, need: int, step) -> MethodInputs:
+        whole = rows.shape[0] == pool.n
+        step_params = params if whole else dataclasses.replace(params, graph=None)
+        if not whole and params.graph is not None:
+            raise D2ScaleError("--graph holds the whole pool's graph: use it only when "
+                               "the first step needs a graph.")  # fmt: skip
+        return MethodInputs(
+            n=rows.shape[0],
+            scores=scores[rows] if not whole else scores,
+            uids=uids[rows] if not whole else uids,
+            budget=need,
+            knn_graph=lambda: graph_stage(
+                stages, pool, step_params, client, progress, None if whole else rows, rows_key
+            ),  # fmt: skip
+            embeddings=lambda: embedding_blocks(pool, params, None if whole else rows),
+            column=lambda name: read_column(pool, name, client)[rows],
+            stages=stages,
+            upstream_key=stage_key(read_key, rows_key),
+            client=client,
+            seed=params.seed,
+            options=step.options,
+        )
+
+    chain = run_chain(steps, pool.n, max(budgets.values()), make_inputs, params)
+    return chain, steps, uids, scores, budgets
 
 
 @contextlib.contextmanager
@@ -167,17 +199,30 @@ def open_pool_or_sample(metadata_dir: str | None, progress: ProgressFn) -> Pool:
     return open_pool(sample_pool_dir())
 
 
-def check_out_outside_pool(out: str, pool: Pool) -> None:
+def check_out_outside_pool(out: str, metadata_dir: str) -> None:
     """Refuse an output directory that is the pool or inside it (outputs would join it)."""
-    if not (io.is_local(out) and io.is_local(pool.url)):
+    if not (io.is_local(out) and io.is_local(metadata_dir)):
         return
     out_path = os.path.realpath(io.local_path(out))
-    pool_path = os.path.realpath(io.local_path(pool.url))
+    pool_path = os.path.realpath(io.local_path(metadata_dir))
     if out_path == pool_path or out_path.startswith(pool_path + os.sep):
         raise D2ScaleError(
-            f"the output directory {out} is inside the metadata directory {pool.url}; "
+            f"the output directory {out} is inside the metadata directory {metadata_dir}; "
             "choose an --out outside the pool."
         )
+
+
+def embedding_blocks(pool: Pool, params, rows: np.ndarray | None = None) -> EmbeddingBlocks:
+    """The pool's embeddings of the selected feature type (only ``rows``, when given)."""
+    blocks = PoolEmbeddings(pool, feature_keys(params.embedding_model, params.feature_type))
+    return blocks if rows is None else SubsetBlocks(blocks, rows)
+
+
+def read_column(pool: Pool, name: str, client) -> np.ndarray:
+    """One parquet column of the whole pool, in pool order (one Dask task per shard)."""
+    n = len(pool.shards)
+    tables = client.gather(client.map(read_columns, [pool] * n, pool.shards, [[name]] * n))
+    return np.concatenate([t.column(name).to_numpy(zero_copy_only=False) for t in tables])
 
 
 def _read_stage(directory: str, pool: Pool, params: SelectParams, client, progress) -> dict:

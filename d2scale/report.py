@@ -83,7 +83,7 @@ def load(out: str, pool=None) -> ReportData:
     fs, path = io.filesystem(io.join(out, "ranking.parquet"))
     try:
         with fs.open(path, "rb") as f:
-            table = pq.read_table(f, columns=["score", "forward_score", "rank"])
+            table = pq.read_table(f)
     except (OSError, ValueError) as e:
         raise D2ScaleError(f"cannot read {out}/ranking.parquet: {e}") from None
     rank = table.column("rank").to_numpy(zero_copy_only=False).astype(np.float64)
@@ -92,7 +92,7 @@ def load(out: str, pool=None) -> ReportData:
         out=out,
         run=run,
         score=table.column("score").to_numpy(),
-        forward=table.column("forward_score").to_numpy(),
+        forward=_column(table, "forward_score"),
         kept=np.nan_to_num(rank, nan=-1.0) >= 0,
     )
     data.kept &= np.nan_to_num(rank, nan=np.inf) < budget
@@ -101,14 +101,22 @@ def load(out: str, pool=None) -> ReportData:
     return data
 
 
+def _column(table, name: str) -> np.ndarray | None:
+    if name not in table.column_names:
+        return None
+    return table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+
+
 def _graph_dir(data: ReportData) -> str | None:
-    graph = data.run.get("stages", {}).get("graph", {})
-    directory = graph.get("directory")
+    graph = data.run.get("stages", {}).get("graph")
+    directory = (graph or {}).get("directory")
     if directory and io.exists(io.join(directory, "distances.npy")):
         return directory
-    data.notes["knn_distances"] = data.notes["clusters"] = (
-        f"the graph directory {directory} is gone (OUT/work was deleted?)"
-    )
+    if graph is None:
+        note = "this run built no kNN graph (its methods need none)"
+    else:
+        note = f"the graph directory {directory} is gone (OUT/work was deleted?)"
+    data.notes["knn_distances"] = data.notes["clusters"] = note
     return None
 
 
@@ -178,7 +186,7 @@ def draw_scores(fig, data: ReportData) -> str | None:
 
 def draw_forward(fig, data: ReportData) -> str | None:
     if data.forward is None or not np.isfinite(data.forward).any():
-        return "ranking.parquet has no forward scores"
+        return "ranking.parquet has no forward scores (the last method is not d2)"
     ax = fig.add_subplot()
     _kept_vs_dropped(ax, data.forward, data.kept, "forward score g (after forward message passing)")
     ax.set_title("Forward scores")
@@ -206,6 +214,8 @@ def draw_clusters(fig, data: ReportData) -> str | None:
     if not io.exists(path):
         return "the graph was built by exact search: it has no IVF lists (embedding clusters)"
     lists = io.load_npy(path).astype(np.int64)
+    if lists.shape[0] != data.kept.shape[0]:
+        return "the graph covers the survivors of an earlier chain step, not the whole pool"
     size = np.bincount(lists)
     kept = np.bincount(lists[data.kept], minlength=size.size)
     used = size > 0

@@ -63,35 +63,49 @@ class Progress:
         self.marks: dict[str, float] = {}  # message → when it was last said (a step's start)
 
     def __call__(self, message: str) -> None:
+        self.say(message)
+
+    def say(self, message: str, scope: str | None = None) -> None:
+        """A message; ``"label: 3/40 unit"`` is a counted step. ``scope``: e.g. a bucket."""
         m = _COUNT.match(message)
         if m:
-            self.count(m["label"], int(m["done"]), int(m["total"]), m["unit"] or "")
+            self.count(m["label"], int(m["done"]), int(m["total"]), m["unit"] or "", scope)
             return
-        self.marks[message] = time.perf_counter()
-        self.event("message", message=message)
-        self._line(message)
+        self.marks[_scoped(scope, message)] = time.perf_counter()
+        self.event("message", message=message, scope=scope)
+        self._line(_scoped(scope, message))
 
-    def stage(self, name: str, status: str, seconds: float | None = None, **facts) -> None:
+    def stage(
+        self, name: str, status: str, seconds: float | None = None, scope: str | None = None,
+        **facts,
+    ) -> None:  # fmt: skip
         """A stage started (``start``), finished (``done``) or was reused (``reused``)."""
-        self.event("stage", stage=name, status=status, seconds=seconds, **facts)
+        self.event("stage", stage=name, status=status, seconds=seconds, scope=scope, **facts)
+        label = _scoped(scope, name)
         if status == "start":
-            self.marks[name] = time.perf_counter()
-            self._line(f"{name} ...")
+            self.marks[label] = time.perf_counter()
+            self._line(f"{label} ...")
         elif status == "reused":
-            self._line(f"{name}: reusing {facts.get('directory', 'a finished result')}")
+            self._line(f"{label}: reusing {facts.get('directory', 'a finished result')}")
         else:
-            self._line(f"{name} {status} in {seconds or 0.0:.1f}s")
+            self._line(f"{label} {status} in {seconds or 0.0:.1f}s")
 
-    def count(self, label: str, done: int, total: int, unit: str = "") -> None:
+    def count(
+        self, label: str, done: int, total: int, unit: str = "", scope: str | None = None
+    ) -> None:
         """``done`` of ``total`` ``unit`` of step ``label`` are finished."""
-        self.event("progress", label=label, done=done, total=total, unit=unit)
+        self.event("progress", label=label, done=done, total=total, unit=unit, scope=scope)
         if self.quiet:
             return
         with self.lock:
             if self.tty:
-                self._bar(label, done, total, unit)
+                self._bar(_scoped(scope, label), done, total, unit)
             else:
-                self._plain(label, done, total, unit)
+                self._plain(_scoped(scope, label), done, total, unit)
+
+    def scoped(self, scope: str) -> ScopedProgress:
+        """This progress with every message, stage and step tagged ``scope`` (a bucket)."""
+        return ScopedProgress(self, scope)
 
     def event(self, kind: str, **fields) -> None:
         """Write one JSON event (when ``log_json`` is set)."""
@@ -160,6 +174,37 @@ class Progress:
         print(f"[d2scale {self.elapsed():7.1f}s] {meter}", file=self.stream, flush=True)
         if done >= total:
             del self.steps[label]
+
+
+class ScopedProgress(Progress):
+    """A :class:`Progress` that tags everything with ``scope`` and writes through ``parent``."""
+
+    def __init__(self, parent: Progress, scope: str) -> None:  # noqa: D107 - no own output
+        self.parent, self.scope = parent, scope
+
+    def say(self, message: str, scope: str | None = None) -> None:
+        self.parent.say(message, _scoped(self.scope, scope))
+
+    def stage(self, name, status, seconds=None, scope=None, **facts) -> None:
+        self.parent.stage(name, status, seconds, _scoped(self.scope, scope), **facts)
+
+    def count(self, label, done, total, unit="", scope=None) -> None:
+        self.parent.count(label, done, total, unit, _scoped(self.scope, scope))
+
+    def event(self, kind: str, **fields) -> None:
+        self.parent.event(kind, **{"scope": self.scope, **fields})
+
+    def elapsed(self) -> float:
+        return self.parent.elapsed()
+
+    def close(self) -> None:
+        """The parent owns the output."""
+
+
+def _scoped(scope: str | None, text: str | None) -> str | None:
+    if scope is None:
+        return text
+    return scope if text is None else f"{scope}: {text}"
 
 
 def _isatty(stream) -> bool:
