@@ -72,8 +72,10 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--select-flags", default="", help="extra flags for d2scale select")
     args = p.parse_args(argv)
     bad = set(args.only.split(",")) - set(SECTIONS)
-    if bad:
-        p.error(f"unknown section {sorted(bad)[0]!r}; choose from {', '.join(SECTIONS)}")
+    if bad:  # one line and status 1, like every d2scale error
+        print(f"d2scale: error: unknown section {sorted(bad)[0]!r}; choose from "
+              f"{', '.join(SECTIONS)}", file=sys.stderr)  # fmt: skip
+        raise SystemExit(1)
     return args
 
 

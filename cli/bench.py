@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
+SUITE_FLAGS = {
+    "--sizes": ("100000", "pool sizes, comma separated, e.g. 100000,1000000"),
+    "--out": ("d2scale-bench", "directory for bench.json and bench.md"),
+    "--workdir": (None, "cache of generated pools and graphs (default ~/.cache/d2scale-bench)"),
+    "--only": (None, "sections to run: io,knn,mp,select,small (default all)"),
+    "--baseline-n": (None, "nodes of the message-passing baselines (default 20000)"),
+    "--select-flags": (None, "extra flags for d2scale select, in one quoted string"),
+}
 
 
 def add_parser(sub, epilog: str) -> None:
@@ -10,13 +17,12 @@ def add_parser(sub, epilog: str) -> None:
         "bench",
         help="run the benchmark suite (I/O, kNN graph, message passing, end-to-end select)",
         description="Runs `python -m benchmarks` of the source checkout d2scale is installed "
-        "from (pip install -e .): writes OUT/bench.json and OUT/bench.md (machine, versions, "
-        "git revision). Options after the known ones are passed on.",
+        "from (pip install -e .) and writes OUT/bench.json and OUT/bench.md (machine, "
+        "versions, git revision, load).",
         epilog=epilog,
     )
-    p.add_argument("--sizes", default="100000", help="pool sizes, e.g. 100000,1000000")
-    p.add_argument("--out", default="d2scale-bench", metavar="DIR", help="output directory")
-    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    for flag, (default, text) in SUITE_FLAGS.items():
+        p.add_argument(flag, default=default, help=text)
     p.set_defaults(run=run)
 
 
@@ -33,6 +39,10 @@ def run(args) -> int:
             "the benchmark suite lives in the source checkout (benchmarks/); install d2scale "
             "from it with `pip install -e .` or run `python -m benchmarks` there."
         )
-    argv = [sys.executable, "-m", "benchmarks", "--sizes", args.sizes, "--out",
-            os.path.abspath(args.out), *args.rest]  # fmt: skip
+    argv = [sys.executable, "-m", "benchmarks"]
+    for flag in SUITE_FLAGS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            path_like = flag in ("--out", "--workdir")
+            argv += [flag, os.path.abspath(value) if path_like else value]
     return subprocess.call(argv, cwd=root)
