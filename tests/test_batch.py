@@ -208,3 +208,16 @@ def test_bucket_pools_from_globs(pools):
     assert first.fingerprint != resolve_pool(str(pools / "a")).fingerprint
     with pytest.raises(D2ScaleError, match="matches no directory"):
         resolve_pool(str(pools / "zz*"))
+
+
+def test_bucket_pools_from_url_globs(pools):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for name in os.listdir(pools / "a"):
+        fs.put_file(str(pools / "a" / name), f"/globs/a/{name}")
+    one = resolve_pool("memory://globs/a/*1.parquet")
+    assert one.n == 250 and one.shards[0].parquet.endswith("/globs/a/00000001.parquet")
+    assert one.url.startswith("memory://") and one.url.endswith("/globs/a")
+    both = resolve_pool("memory://globs/[a]")
+    assert both.n == ROWS
