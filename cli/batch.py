@@ -39,8 +39,9 @@ def run(args: argparse.Namespace) -> int:
     from d2scale.batch import load_jobs, parse_batch, plan, run_batch, summary_table
     from d2scale.runner import Progress
 
-    overrides = {k: getattr(args, k) for k in ("concurrency", "scheduler", "scheduler_file",
-                                               "workers")}  # fmt: skip
+    overrides = {k: getattr(args, k) for k in ("concurrency", "scheduler", "workers")}
+    if args.scheduler_file is not None:  # relative to where the command runs
+        overrides["scheduler_file"] = os.path.abspath(args.scheduler_file)
     batch = parse_batch(load_jobs(args.jobs), os.path.dirname(os.path.abspath(args.jobs)),
                         overrides)  # fmt: skip
     if args.dry_run:

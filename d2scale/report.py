@@ -122,7 +122,7 @@ def _graph_dir(data: ReportData) -> str | None:
 
 def _pool(data: ReportData):
     """The run's pool if it can still be opened and holds the same content, else None."""
-    from d2scale.batch import resolve_pool
+    from d2scale.buckets import resolve_pool
 
     spec = data.run.get("params", {}).get("metadata_dir") or data.run["input"]["metadata_dir"]
     try:

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
-from d2scale.batch import parse_batch, resolve_pool
+from d2scale.batch import parse_batch
+from d2scale.buckets import resolve_pool
 from d2scale.errors import D2ScaleError
 from d2scale.params import SelectParams
 from d2scale.pipeline import select
