@@ -6,23 +6,13 @@ import os
 import platform
 import time
 
-import numpy as np
-
 from d2scale import __version__
 from d2scale.errors import D2ScaleError
 from d2scale.params import SelectParams, budget_for
 from d2scale.runner import Progress, ProgressFn, dask_client, stage
 from d2scale.sinks import check_writable, save_json
-from d2scale.sources import (
-    Pool,
-    PoolEmbeddings,
-    check_npz,
-    feature_keys,
-    open_pool,
-    read_columns,
-)
+from d2scale.sources import Pool, PoolEmbeddings, feature_keys, open_pool, read_metadata
 from d2scale.types import KnnGraph
-from d2scale.uids import check_unique, encode_uids
 
 
 def select(params: SelectParams, progress: ProgressFn | None = None) -> dict:
@@ -37,7 +27,8 @@ def select(params: SelectParams, progress: ProgressFn | None = None) -> dict:
     with dask_client(params.scheduler, params.workers) as client:
         keys = feature_keys(params.embedding_model, params.feature_type)
         with stage("read metadata", timings, progress):
-            uids, scores = read_metadata(pool, params.resolved_score_column, client, keys)
+            meta = read_metadata(pool, params.resolved_score_column, client, keys)
+            uids, scores = meta.uids, meta.scores
         scores = scores + params.score_shift
         budgets = {f: budget_for(f, pool.n) for f in params.fractions}
         _check_sizes(params, pool.n, budgets)
@@ -102,38 +93,6 @@ def open_pool_or_sample(metadata_dir: str | None, progress: ProgressFn) -> Pool:
 
     progress("no --metadata-dir given: using the built-in 100k-row sample pool (made on first use)")
     return open_pool(sample_pool_dir())
-
-
-def read_metadata(
-    pool: Pool, score_column: str, client, npz_keys: list[str] = ()
-) -> tuple[np.ndarray, np.ndarray]:
-    """Encoded uids and float64 scores for the whole pool, one Dask task per shard.
-
-    Also checks the npz headers for ``npz_keys`` so that a bad shard fails in seconds.
-    """
-    n = len(pool.shards)
-    futures = client.map(
-        _read_shard, [pool] * n, pool.shards, [score_column] * n, [list(npz_keys)] * n, pure=False
-    )
-    parts = client.gather(futures)
-    uids = np.concatenate([p[0] for p in parts])
-    scores = np.concatenate([p[1] for p in parts])
-    check_unique(uids, where=f"metadata directory {pool.url}")
-    return uids, scores
-
-
-def _read_shard(pool: Pool, shard, score_column: str, npz_keys: list[str]):
-    check_npz(pool, shard, npz_keys)
-    table = read_columns(pool, shard, ["uid", score_column])
-    uids = encode_uids(table.column("uid"), where=shard.parquet)
-    scores = table.column(score_column).to_numpy(zero_copy_only=False).astype(np.float64)
-    bad = np.flatnonzero(~np.isfinite(scores))
-    if bad.size:
-        raise D2ScaleError(
-            f"{shard.parquet}, row {int(bad[0])}: score column {score_column!r} is null, NaN "
-            f"or inf ({bad.size} rows in all)"
-        )
-    return uids, scores
 
 
 def _check_sizes(params: SelectParams, n: int, budgets: dict[float, int]) -> None:
