@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_graph(sub)
     _add_mp(sub)
     _add_synth(sub)
+    from d2scale.cli import web
+
+    web.add_parsers(sub)
     return parser
 
 
