@@ -1,29 +1,27 @@
 """``d2scale embed`` and ``d2scale export``: the web-data ends (webdataset shards in and out).
 
-``add_parsers(sub)`` registers both commands; torch, open_clip and webdataset are imported
-only when a command runs.
+``add_parser(sub, epilog)`` registers both commands; torch, open_clip and webdataset are
+imported only when a command runs.
 """
 
 from __future__ import annotations
 
 import sys
 
-EPILOG = "Docs: README.md. Errors print one line and exit with status 1."
 
-
-def add_parsers(sub) -> None:
+def add_parser(sub, epilog: str) -> None:
     """Register ``embed`` and ``export`` on an ``add_subparsers()`` object."""
-    add_embed_parser(sub)
-    add_export_parser(sub)
+    add_embed_parser(sub, epilog)
+    add_export_parser(sub, epilog)
 
 
-def add_embed_parser(sub) -> None:
+def add_embed_parser(sub, epilog: str) -> None:
     p = sub.add_parser(
         "embed",
         help="open_clip embeddings of webdataset shards → DataComp parquet+npz pairs",
         description="Reads webdataset shards, embeds images and captions with open_clip and "
         "writes one <shard>.parquet + <shard>.npz pair per shard (resumable per shard).",
-        epilog=EPILOG,
+        epilog=epilog,
     )
     p.add_argument(
         "--shards",
@@ -90,13 +88,13 @@ def _report_skipped(skipped: dict, where: str) -> None:
         print(f"skipped samples: {reasons} (details in {where})", file=sys.stderr)
 
 
-def add_export_parser(sub) -> None:
+def add_export_parser(sub, epilog: str) -> None:
     p = sub.add_parser(
         "export",
         help="write webdataset shards holding exactly the samples of a subset file",
         description="Copies every sample whose uid is in the subset file, with all its members, "
         "into shards of a fixed size (DataComp resharder semantics; resumable).",
-        epilog=EPILOG,
+        epilog=epilog,
     )
     p.add_argument("--uids", required=True, metavar="FILE", help="subset file (u8,u8 .npy)")
     p.add_argument("--shards", required=True, metavar="PATTERN", help="input shards (as embed)")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import logging
 import os
 import re
@@ -26,13 +25,14 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from io import BytesIO
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from d2scale import io
 from d2scale.errors import D2ScaleError
-from d2scale.sinks import atomic_path, check_writable, save_json, save_npz
 from d2scale.webdata import (
     SampleError,
     caption,
@@ -208,7 +208,7 @@ def prepare(sample: dict, preprocess) -> Prepared:
     uid = sample_uid(sample, meta, text)
     data = image_bytes(sample)
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(BytesIO(data)) as im:
             im.load()
             image = im.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
@@ -302,8 +302,8 @@ def write_pair(
     out: str, name: str, prefix: str, rows: list[dict], img: np.ndarray, txt: np.ndarray
 ) -> None:
     """``<name>.npz`` (float16 members), then ``<name>.parquet``, each atomically."""
-    save_npz(
-        os.path.join(out, f"{name}.npz"),
+    io.save_npz(
+        io.join(out, f"{name}.npz"),
         **{f"{prefix}_img": img.astype(np.float16), f"{prefix}_txt": txt.astype(np.float16)},
     )
     columns = {"uid": pa.string(), "key": pa.string(), "url": pa.string(), "text": pa.string()}
@@ -315,7 +315,7 @@ def write_pair(
     table = table.append_column(
         f"clip_{prefix}_similarity_score", pa.array(score.astype(np.float32), pa.float32())
     )
-    with atomic_path(os.path.join(out, f"{name}.parquet")) as tmp:
+    with io.atomic_path(io.join(out, f"{name}.parquet")) as tmp:
         pq.write_table(table, tmp)
 
 
@@ -327,7 +327,7 @@ def embed(params: EmbedParams, *, quiet: bool = False) -> dict:
     ``embed.json`` record (per-shard and total counts)."""
     params.validate()
     urls = expand_shards(params.shards)
-    check_writable(params.out)
+    io.check_writable(params.out)
     manifest = load_manifest(params)
     todo = [u for u in urls if not _done(params.out, manifest, shard_name(u))]
     if todo:
@@ -350,24 +350,21 @@ def embed(params: EmbedParams, *, quiet: bool = False) -> dict:
                 bar.set_description(f"embed shard {i + 1}/{len(todo)}")
                 stats = embed_shard(url, encoder, params, pool, on_chunk)
                 manifest["shards"][shard_name(url)] = stats
-                save_json(os.path.join(params.out, MANIFEST), _with_totals(manifest))
+                io.save_json(io.join(params.out, MANIFEST), _with_totals(manifest))
     manifest = _with_totals(manifest)
-    save_json(os.path.join(params.out, MANIFEST), manifest)
+    io.save_json(io.join(params.out, MANIFEST), manifest)
     manifest["resumed_shards"] = len(urls) - len(todo)
     return manifest
 
 
 def load_manifest(params: EmbedParams) -> dict:
     """The directory's ``embed.json``, or a new one; refuses another model's directory."""
-    path = os.path.join(params.out, MANIFEST)
+    path = io.join(params.out, MANIFEST)
     identity = params.identity()
-    if not os.path.exists(path):
+    if not io.exists(path):
         return {"command": "embed", **identity, "shards": {}}
-    import json
-
     try:
-        with open(path) as f:
-            manifest = json.load(f)
+        manifest = io.read_json(path)
     except (OSError, ValueError) as e:
         raise D2ScaleError(f"cannot read {path}: {e}; remove it to start over") from None
     for key, value in identity.items():
@@ -381,7 +378,7 @@ def load_manifest(params: EmbedParams) -> dict:
 
 def _done(out: str, manifest: dict, name: str) -> bool:
     return name in manifest["shards"] and all(
-        os.path.exists(os.path.join(out, f"{name}.{ext}")) for ext in ("parquet", "npz")
+        io.exists(io.join(out, f"{name}.{ext}")) for ext in ("parquet", "npz")
     )
 
 

@@ -16,16 +16,14 @@ When the input is exhausted, the uids of the subset file that no shard held are 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from d2scale import io
 from d2scale.errors import D2ScaleError
-from d2scale.sinks import atomic_path, check_writable, save_json, save_npy
 from d2scale.uids import UID_DTYPE, encode_uids
 from d2scale.webdata import SampleError, expand_shards, iter_samples, progress_bar, uid_of
 
@@ -51,7 +49,7 @@ class ExportParams:
 def load_subset(path: str) -> np.ndarray:
     """A DataComp subset file as a sorted array of unique ``u8,u8`` records."""
     try:
-        arr = np.load(path, allow_pickle=False)
+        arr = io.load_npy(path)
     except (OSError, ValueError, EOFError) as e:
         raise D2ScaleError(f"cannot read subset file {path}: {e}") from None
     if arr.dtype != UID_DTYPE or arr.ndim != 1:
@@ -84,7 +82,7 @@ class _ShardWriter:
 
         name = f"{len(self.manifest['output']):08d}"
         with (
-            atomic_path(os.path.join(self.out, f"{name}.tar")) as tmp,
+            io.atomic_path(io.join(self.out, f"{name}.tar")) as tmp,
             open(tmp, "wb") as f,
             TarWriter(f, encoder=False, mtime=0) as tar,
         ):
@@ -92,12 +90,12 @@ class _ShardWriter:
                 tar.write(sample)
         uid, key, source = (list(c) for c in zip(*self.rows, strict=True))
         table = pa.table({"uid": uid, "key": key, "source": source})
-        with atomic_path(os.path.join(self.out, f"{name}.parquet")) as tmp:
+        with io.atomic_path(io.join(self.out, f"{name}.parquet")) as tmp:
             pq.write_table(table, tmp)
         self.manifest["output"].append(
             {"name": name, "samples": len(self.samples), "end": position}
         )
-        save_json(os.path.join(self.out, MANIFEST), self.manifest)
+        io.save_json(io.join(self.out, MANIFEST), self.manifest)
         self.samples, self.rows = [], []
 
 
@@ -106,7 +104,7 @@ def export(params: ExportParams, *, quiet: bool = False) -> dict:
     params.validate()
     subset = load_subset(params.uids)
     urls = expand_shards(params.shards)
-    check_writable(params.out)
+    io.check_writable(params.out)
     manifest = _load_manifest(params, urls)
     found = _found_so_far(params.out, manifest, subset)
     if not manifest["complete"]:
@@ -154,14 +152,14 @@ def _route(sample, url, position, subset, found, writer) -> None:
 
 def _finish(params: ExportParams, manifest: dict, subset, found) -> dict:
     missing = subset[~found]
-    save_npy(os.path.join(params.out, "missing_uids.npy"), missing)
+    io.save_npy(io.join(params.out, "missing_uids.npy"), missing)
     manifest["counts"] |= {
         "subset": int(subset.shape[0]),
         "written": int(sum(o["samples"] for o in manifest["output"])),
         "missing": int(missing.shape[0]),
     }
     manifest["shards_written"] = len(manifest["output"])
-    save_json(os.path.join(params.out, MANIFEST), manifest)
+    io.save_json(io.join(params.out, MANIFEST), manifest)
     if missing.shape[0] and params.require_all:
         raise D2ScaleError(
             f"{missing.shape[0]:,} of {subset.shape[0]:,} uids of {params.uids} are in none of "
@@ -172,20 +170,20 @@ def _finish(params: ExportParams, manifest: dict, subset, found) -> dict:
 
 def _load_manifest(params: ExportParams, urls: list[str]) -> dict:
     """``export.json`` to resume, or a new one; refuses a directory of another export."""
-    with open(params.uids, "rb") as f:
+    fs, path = io.filesystem(params.uids)
+    with fs.open(path, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     identity = {
         "uids_sha256": digest,
         "shards": urls,
         "samples_per_shard": params.samples_per_shard,
     }
-    path = os.path.join(params.out, MANIFEST)
-    if not os.path.exists(path):
+    path = io.join(params.out, MANIFEST)
+    if not io.exists(path):
         counts = {"read": 0, "no_uid": 0, "duplicates": 0}
         return {"command": "export", **identity, "complete": False, "counts": counts, "output": []}
     try:
-        with open(path) as f:
-            manifest = json.load(f)
+        manifest = io.read_json(path)
     except (OSError, ValueError) as e:
         raise D2ScaleError(f"cannot read {path}: {e}; remove it to start over") from None
     for key, value in identity.items():
@@ -201,9 +199,11 @@ def _found_so_far(out: str, manifest: dict, subset: np.ndarray) -> np.ndarray:
     """Which subset uids the finished output shards already hold (from their parquet files)."""
     found = np.zeros(subset.shape[0], dtype=bool)
     for entry in manifest["output"]:
-        path = os.path.join(out, f"{entry['name']}.parquet")
+        path = io.join(out, f"{entry['name']}.parquet")
+        fs, fs_path = io.filesystem(path)
         try:
-            uids = encode_uids(pq.read_table(path, columns=["uid"]).column("uid"), where=path)
+            with fs.open(fs_path, "rb") as f:
+                uids = encode_uids(pq.read_table(f, columns=["uid"]).column("uid"), where=path)
         except (OSError, pa.ArrowException) as e:
             raise D2ScaleError(
                 f"cannot resume from {path}: {e}; remove {out} to start over"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -81,3 +81,18 @@ class ArrayBlocks:
     def load(self, i: int) -> np.ndarray:
         start = i * self.block_rows
         return self.array[start : start + self.sizes[i]]
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """What every selection method returns.
+
+    ``order``: row ids (int64, positions in the method's input), best first; rows absent
+    from it are never kept (filters list only their survivors). ``columns``: per-row arrays
+    (one value per input row) written to ``ranking.parquet``, e.g. ``forward_score``.
+    ``info``: JSON-able facts for ``run.json`` (device and variant used, statistics).
+    """
+
+    order: np.ndarray
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)

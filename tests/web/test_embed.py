@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_samples, write_shard
+from web.webshards import make_samples, write_shard
 
 from d2scale.embed import EmbedParams, embed, model_prefix
 from d2scale.errors import D2ScaleError

@@ -9,7 +9,7 @@ import tarfile
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_samples, write_shard
+from web.webshards import make_samples, write_shard
 
 from d2scale import export as export_module
 from d2scale.errors import D2ScaleError

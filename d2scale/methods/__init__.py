@@ -1,0 +1,34 @@
+"""Selection methods behind one interface: ``rank(inputs, params) -> Ranking``.
+
+A method module defines ``rank`` and a one-line ``DESCRIPTION``; :data:`METHODS` names the
+module of each method, imported only when it is used (so ``select`` never imports what it
+does not run). The pipeline turns a :class:`~d2scale.types.Ranking` into subset files for
+every requested fraction, so one run serves all fractions.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from d2scale.errors import D2ScaleError
+from d2scale.methods.base import MethodInputs
+from d2scale.types import Ranking
+
+METHODS: dict[str, str] = {
+    "d2": "d2scale.methods.d2",
+}
+
+RankFn = Callable[[MethodInputs, object], Ranking]
+
+
+def get_method(name: str) -> RankFn:
+    """The ``rank`` function of method ``name``."""
+    if name not in METHODS:
+        raise D2ScaleError(
+            f"the 'method' parameter must be one of {', '.join(METHODS)}; got {name!r}."
+        )
+    return importlib.import_module(METHODS[name]).rank
+
+
+__all__ = ["METHODS", "MethodInputs", "Ranking", "get_method"]
