@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 import zipfile
 from dataclasses import dataclass, field
 
@@ -105,10 +106,14 @@ def read_columns(pool: Pool, shard: Shard, columns: list[str]) -> pa.Table:
 
 
 def feature_keys(embedding_model: str, feature_type: str) -> list[str]:
-    """npz keys making up a feature, e.g. ``image_text`` → ``["l14_img", "l14_txt"]``."""
-    if embedding_model not in EMBEDDING_MODELS:
+    """npz keys making up a feature, e.g. ``image_text`` → ``["l14_img", "l14_txt"]``.
+
+    ``embedding_model`` is ``l14``, ``b32`` or another npz prefix (``d2scale embed`` writes
+    one per model), lowercase letters and digits."""
+    if not re.fullmatch(r"[a-z0-9]+", embedding_model or ""):
         raise D2ScaleError(
-            f"embedding model must be one of {EMBEDDING_MODELS}, got {embedding_model!r}"
+            f"embedding model must be one of {', '.join(EMBEDDING_MODELS)} or another npz "
+            f"prefix of lowercase letters and digits; got {embedding_model!r}"
         )
     if feature_type not in FEATURE_TYPES:
         raise D2ScaleError(f"feature type must be one of {FEATURE_TYPES}, got {feature_type!r}")
@@ -128,8 +133,19 @@ class PoolEmbeddings:
 
     def __post_init__(self) -> None:
         self.sizes = [s.rows for s in self.pool.shards]
-        self.dim = sum(_DIMS[k.split("_")[0]] for k in self.keys)
+        self.dim = sum(_DIMS.get(k.split("_")[0]) or self._file_dim(k) for k in self.keys)
         self.fingerprint = f"{self.pool.fingerprint}:{'+'.join(self.keys)}"
+
+    def _file_dim(self, key: str) -> int:
+        """Columns of npz member ``key`` in the first shard (models other than l14 and b32)."""
+        shard = self.pool.shards[0]
+        shape = npz_shapes(self.pool, shard, [key])[key]
+        if shape is None:  # a .npy header format we do not parse: load the member
+            with self.pool.fs.open(shard.npz, "rb") as f, np.load(f) as npz:
+                shape = npz[key].shape
+        if len(shape) != 2:
+            raise D2ScaleError(f"{shard.npz}: array {key!r} must be 2-D, has shape {shape}")
+        return int(shape[1])
 
     def load(self, i: int) -> np.ndarray:
         shard = self.pool.shards[i]
@@ -157,6 +173,15 @@ class PoolEmbeddings:
 
 def check_npz(pool: Pool, shard: Shard, keys: list[str]) -> None:
     """Fail fast, from the .npy headers only: every key present, 2-D, one row per parquet row."""
+    for key, shape in npz_shapes(pool, shard, keys).items():
+        if shape is not None:
+            _check_shape(np.empty(shape[:1] + (0,) * (len(shape) - 1)), shard, key)
+
+
+def npz_shapes(pool: Pool, shard: Shard, keys: list[str]) -> dict[str, tuple | None]:
+    """Shape of each npz member in ``keys`` from its .npy header (None: an unusual header
+    format, checked when loaded); a missing member is an error."""
+    shapes: dict[str, tuple | None] = {}
     try:
         with pool.fs.open(shard.npz, "rb") as f, zipfile.ZipFile(f) as z:
             names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
@@ -166,11 +191,10 @@ def check_npz(pool: Pool, shard: Shard, keys: list[str]) -> None:
                         f"{shard.npz} has no array {key!r} (has: {', '.join(names)})"
                     )
                 with z.open(f"{key}.npy") as member:
-                    shape = _npy_shape(member)
-                if shape is not None:
-                    _check_shape(np.empty(shape[:1] + (0,) * (len(shape) - 1)), shard, key)
+                    shapes[key] = _npy_shape(member)
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise D2ScaleError(f"cannot read embeddings from {shard.npz}: {e}") from None
+    return shapes
 
 
 def _npy_shape(member) -> tuple[int, ...] | None:

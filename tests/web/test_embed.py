@@ -173,3 +173,16 @@ def test_errors_are_one_line(args, message, tmp_path, web_shards):
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("d2scale: error: "), lines[0]
     assert message.format(**fill) in proc.stderr
+
+
+def test_select_reads_another_models_prefix(embedded, tmp_path):
+    out, _ = embedded
+    proc = cli("select", "--metadata-dir", out, "--embedding-model", "d2tiny", "--fraction", 0.5,
+               "--out", tmp_path / "sel", "--workers", 2, "--quiet")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert np.load(tmp_path / "sel" / "uids.npy").shape == (40,)  # 32-d, read from the files
+    run = json.loads((tmp_path / "sel" / "run.json").read_text())
+    assert run["params"]["score_column"] == "clip_d2tiny_similarity_score"
+    proc = cli("select", "--metadata-dir", out, "--embedding-model", "vitb16", "--out",
+               tmp_path / "x", "--quiet")  # fmt: skip
+    assert proc.returncode == 1 and "has no array 'vitb16_img'" in proc.stderr
