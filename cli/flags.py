@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from d2scale.params import Param, for_command
+from d2scale.params import PARAMS, Param, for_command
 
 
 def add_flags(
@@ -20,6 +20,10 @@ def add_flags(
             group.add_argument(p.flag, dest=p.name, action="store_true", help=p.help)
             continue
         is_required = p.name in required
+        if p.kind == "steps":
+            group.add_argument(p.flag, dest=p.name, type=PARAMS["method"].parse, action="append",
+                               default=[], metavar=p.metavar, help=p.help)  # fmt: skip
+            continue
         group.add_argument(
             p.flag,
             dest=p.name,

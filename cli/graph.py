@@ -29,9 +29,10 @@ def run(args) -> int:
     options = values(args, "graph")
     progress = Progress(options.pop("quiet"))
     params = SimpleNamespace(**options)
+    if params.metadata_dir is not None:
+        check_out_outside_pool(args.out, params.metadata_dir)
     io.check_writable(args.out)
     pool = open_pool_or_sample(params.metadata_dir, progress)
-    check_out_outside_pool(args.out, pool)
     progress(f"pool {pool.url}: {pool.n:,} rows, {params.feature_type} features")
     with dask_client(params.scheduler, params.workers) as client:
         knn, info = build_graph(pool, params, args.out, client, progress)

@@ -15,7 +15,7 @@ from d2scale.errors import D2ScaleError
 from d2scale.params import SelectParams
 from d2scale.runner import ProgressFn, StageRun, Stages, stage_key
 from d2scale.sources import Pool, PoolEmbeddings, feature_keys
-from d2scale.types import KnnGraph
+from d2scale.types import KnnGraph, SubsetBlocks
 
 
 def source_facts(pool: Pool, params) -> dict:
@@ -28,16 +28,16 @@ def source_facts(pool: Pool, params) -> dict:
     }
 
 
-def build_graph(pool: Pool, params, gdir: str, client, progress: ProgressFn):
-    """Build (or resume) the kNN graph of ``pool`` into ``gdir``; ``(graph, facts)``.
-
-    ``params`` needs the pool and kNN fields of :class:`SelectParams`.
+def build_graph(pool: Pool, params, gdir: str, client, progress: ProgressFn, rows=None):
+    """Build (or resume) the kNN graph of ``pool`` (of its ``rows`` only, when given) into
+    ``gdir``; ``(graph, facts)``. ``params`` needs the pool and kNN fields of
+    :class:`SelectParams`.
     """
     from d2scale.graph import build_knn_graph
 
-    keys = feature_keys(params.embedding_model, params.feature_type)
+    blocks = PoolEmbeddings(pool, feature_keys(params.embedding_model, params.feature_type))
     return build_knn_graph(
-        PoolEmbeddings(pool, keys),
+        blocks if rows is None else SubsetBlocks(blocks, rows),
         n_neighbors=params.n_neighbors,
         index=params.index,
         recall=params.recall,
@@ -52,21 +52,34 @@ def build_graph(pool: Pool, params, gdir: str, client, progress: ProgressFn):
 
 
 def graph_stage(
-    stages: Stages, pool: Pool, params: SelectParams, client, progress: ProgressFn
+    stages: Stages,
+    pool: Pool,
+    params: SelectParams,
+    client,
+    progress: ProgressFn,
+    rows=None,
+    rows_key: str = "all",
 ) -> tuple[KnnGraph, str]:
-    """The graph stage of ``select``: ``(graph with params.n_neighbors columns, stage key)``."""
+    """The graph stage of ``select``: ``(graph with params.n_neighbors columns, stage key)``
+    of the whole pool, or of its sorted ``rows`` (identified by ``rows_key``)."""
     from d2scale.graph import load_graph
 
     if params.graph is not None:
         return _given_graph(stages, pool, params)
-    key = stage_key(pool.fingerprint, {n: v for n, v in params.stage_params("graph").items()
-                                       if n not in ("n_neighbors", "graph")})  # fmt: skip
+    if rows is not None and params.n_neighbors >= len(rows):
+        raise D2ScaleError(
+            f"n_neighbors ({params.n_neighbors}) must be smaller than the {len(rows)} rows "
+            "left by the previous steps"
+        )
+    graph_params = params.stage_params("graph")
+    del graph_params["n_neighbors"], graph_params["graph"]
+    key = stage_key(pool.fingerprint, rows_key, graph_params)
     directory = _larger_exact_graph(stages, key, params.n_neighbors)
     if directory is None:
         directory = stages.directory("graph", f"{key}-k{params.n_neighbors}")
 
     def build(d: str) -> dict:
-        _, info = build_graph(pool, params, d, client, progress)
+        _, info = build_graph(pool, params, d, client, progress, rows)
         return {k: v for k, v in info.items() if k != "timings"} | {"timings": info["timings"]}
 
     run = stages.run("graph", key, build, directory=directory)

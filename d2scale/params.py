@@ -55,6 +55,9 @@ class Param:
             value = parse_fractions(text)
         elif self.kind == "bytes":
             value = parse_bytes(text)
+        elif self.kind == "step":
+            parse_step(text)
+            value = text
         else:
             value = text
         return self.check(value)
@@ -75,6 +78,13 @@ class Param:
                 self._fail(f"a finite number {self._range_text()}".rstrip(), value)
         elif self.kind == "fractions":
             _check_fractions(value)
+        elif self.kind == "step":
+            parse_step(value)
+        elif self.kind == "steps":
+            if not isinstance(value, (list, tuple)):
+                self._fail("a list of steps", value)
+            for text in value:
+                parse_step(text)
         elif self.kind in ("str", "path"):
             if not isinstance(value, str) or not value.strip():
                 self._fail("a non-empty string", value)
@@ -161,6 +171,11 @@ PARAMS: dict[str, Param] = {
         Param("budget", "int", None, "picks to make (default: all rows)", "message passing",
               (_MP,), optional=True, low=0, metavar="K"),
         # --- selection and outputs -----------------------------------------------------------
+        Param("method", "step", "d2", "selection method, as NAME[:OPTION=VALUE,…] (see "
+              "`d2scale methods`)", "selection", (_SEL,), metavar="STEP"),
+        Param("then", "steps", (), "a further step on the survivors of the previous one, as "
+              "NAME[:FRACTION][:OPTION=VALUE,…]; repeat for a chain (the last step's FRACTION, "
+              "of the whole pool, replaces --fraction)", "selection", (_SEL,), metavar="STEP"),
         Param("fraction", "fractions", (0.3,), "fraction(s) of the pool to keep, e.g. 0.3 or "
               "0.1,0.2,0.3", "selection", (_SEL,), stage="write", metavar="F[,F…]"),
         Param("out", "path", "d2scale-out", "output directory", "selection", (_SEL,),
@@ -267,6 +282,41 @@ def parse_bytes(text: str) -> int:
     return int(number * scale)
 
 
+@dataclass(frozen=True)
+class Step:
+    """One step of a selection chain: a method, the fraction of the whole pool it keeps
+    (``None``: all it ranks), and its own options (strings, read by the method)."""
+
+    method: str
+    fraction: float | None = None
+    options: dict = field(default_factory=dict)
+
+
+def parse_step(text: Any) -> Step:
+    """``"semdedup:0.5:eps=0.05,clusters=64"`` → ``Step("semdedup", 0.5, {...})``."""
+    from d2scale.methods.registry import METHODS
+
+    if not isinstance(text, str) or not text.strip():
+        raise D2ScaleError(f"a method step must be NAME[:FRACTION][:OPTION=VALUE,…]; got {text!r}.")
+    name, *parts = text.strip().split(":")
+    if name not in METHODS:
+        raise D2ScaleError(
+            f"the 'method' parameter must be one of {', '.join(METHODS)}; got {name!r}."
+        )
+    fraction, options = None, {}
+    for part in parts:
+        if "=" in part:
+            for item in part.split(","):
+                key, eq, value = item.partition("=")
+                if not (key.strip() and eq and value.strip()):
+                    raise D2ScaleError(f"step {text!r}: options are KEY=VALUE; got {item!r}.")
+                options[key.strip().replace("-", "_")] = value.strip()
+        else:
+            fraction = _number(PARAMS["fraction"], part, float)
+            _check_fractions([fraction])
+    return Step(name, fraction, options)
+
+
 def budget_for(fraction: float, n: int) -> int:
     """``int(fraction·n)``, robust to float error (0.29·100 is 29, not 28)."""
     return min(n, int(math.floor(fraction * n + 1e-9)))
@@ -286,6 +336,8 @@ class SelectParams:
     metadata_dir: str | None = _field("metadata_dir")
     out: str = _field("out")
     fraction: list[float] = _field("fraction")
+    method: str = _field("method")
+    then: list[str] = _field("then")
     embedding_model: str = _field("embedding_model")
     feature_type: str = _field("feature_type")
     score_column: str | None = _field("score_column")

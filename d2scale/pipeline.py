@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import time
@@ -9,13 +10,22 @@ import time
 import numpy as np
 
 from d2scale import __version__, io
+from d2scale.chain import chain_steps, output_fractions, run_chain
 from d2scale.errors import D2ScaleError
 from d2scale.graph_stage import graph_stage
-from d2scale.methods import MethodInputs, get_method
+from d2scale.methods import MethodInputs
 from d2scale.params import SelectParams, budget_for
 from d2scale.runner import Progress, ProgressFn, Stages, dask_client, stage_key
 from d2scale.sinks import write_outputs
-from d2scale.sources import Pool, check_npz, feature_keys, open_pool, read_columns
+from d2scale.sources import (
+    Pool,
+    PoolEmbeddings,
+    check_npz,
+    feature_keys,
+    open_pool,
+    read_columns,
+)
+from d2scale.types import EmbeddingBlocks, SubsetBlocks
 from d2scale.uids import check_unique, encode_uids
 
 
@@ -23,11 +33,12 @@ def select(params: SelectParams, progress: ProgressFn | None = None) -> dict:
     """Run a selection end to end and commit ``params.out``; return the ``run.json`` record."""
     progress = progress or Progress()
     params.validate()
+    if params.metadata_dir is not None:
+        check_out_outside_pool(params.out, params.metadata_dir)
     io.check_writable(params.out)
     timings: dict[str, float] = {}
     started = time.time()
     pool = open_pool_or_sample(params.metadata_dir, progress)
-    check_out_outside_pool(params.out, pool)
     progress(f"pool {pool.url}: {pool.n:,} rows in {len(pool.shards)} shards")
     stages = Stages(io.join(params.out, "work"), progress, timings)
     with dask_client(params.scheduler, params.workers) as client:
@@ -35,18 +46,34 @@ def select(params: SelectParams, progress: ProgressFn | None = None) -> dict:
         read = stages.run("read", read_key, lambda d: _read_stage(d, pool, params, client))
         uids = io.load_npy(io.join(read.directory, "uids.npy"))
         scores = io.load_npy(io.join(read.directory, "scores.npy"))
-        budgets = {f: budget_for(f, pool.n) for f in params.fraction}
+        steps = chain_steps(params)
+        budgets = {f: budget_for(f, pool.n) for f in output_fractions(params, steps)}
         _check_sizes(params, pool.n, budgets)
-        inputs = MethodInputs(
-            n=pool.n,
-            scores=scores,
-            budget=max(budgets.values()),
-            knn_graph=lambda: graph_stage(stages, pool, params, client, progress),
-            stages=stages,
-            upstream_key=read_key,
-            client=client,
-        )
-        ranking = get_method("d2")(inputs, params)
+
+        def make_inputs(rows: np.ndarray, rows_key: str, need: int, step) -> MethodInputs:
+            whole = rows.shape[0] == pool.n
+            step_params = params if whole else dataclasses.replace(params, graph=None)
+            if not whole and params.graph is not None:
+                raise D2ScaleError("--graph holds the whole pool's graph: use it only when "
+                                   "the first step needs a graph.")  # fmt: skip
+            return MethodInputs(
+                n=rows.shape[0],
+                scores=scores[rows] if not whole else scores,
+                uids=uids[rows] if not whole else uids,
+                budget=need,
+                knn_graph=lambda: graph_stage(
+                    stages, pool, step_params, client, progress, None if whole else rows, rows_key
+                ),  # fmt: skip
+                embeddings=lambda: embedding_blocks(pool, params, None if whole else rows),
+                column=lambda name: read_column(pool, name, client)[rows],
+                stages=stages,
+                upstream_key=stage_key(read_key, rows_key),
+                client=client,
+                seed=params.seed,
+                options=step.options,
+            )
+
+        chain = run_chain(steps, pool.n, max(budgets.values()), make_inputs, params)
     record = {
         "d2scale_version": __version__,
         "command": "select",
@@ -57,9 +84,10 @@ def select(params: SelectParams, progress: ProgressFn | None = None) -> dict:
             "rows": pool.n,
             "shards": [s.name for s in pool.shards],
         },
-        "counts": {"n": pool.n, "edges_symmetric": ranking.info.get("n_edges")},
+        "counts": {"n": pool.n, "edges_symmetric": chain.ranking.info.get("n_edges")},
         "graph": stages.runs["graph"].info if "graph" in stages.runs else None,
-        "method": {"name": "d2", **ranking.info},
+        "method": {"name": steps[-1].method, **chain.ranking.info},
+        "steps": chain.steps,
         "stages": {
             name: {"key": r.key, "reused": r.reused, "directory": r.directory}
             for name, r in stages.runs.items()
@@ -67,9 +95,9 @@ def select(params: SelectParams, progress: ProgressFn | None = None) -> dict:
         "timings_s": {name: round(s, 3) for name, s in timings.items()},
         "environment": environment(),
     }
-    with_write = write_outputs(params.out, uids, scores, ranking, budgets, record, started)
-    progress(f"wrote {', '.join(with_write['outputs'])} to {params.out}")
-    return with_write
+    record = write_outputs(params.out, uids, scores, chain.ranking, budgets, record, started)
+    progress(f"wrote {', '.join(record['outputs'])} and run.json to {params.out}")
+    return record
 
 
 def open_pool_or_sample(metadata_dir: str | None, progress: ProgressFn) -> Pool:
@@ -82,17 +110,30 @@ def open_pool_or_sample(metadata_dir: str | None, progress: ProgressFn) -> Pool:
     return open_pool(sample_pool_dir())
 
 
-def check_out_outside_pool(out: str, pool: Pool) -> None:
+def check_out_outside_pool(out: str, metadata_dir: str) -> None:
     """Refuse an output directory that is the pool or inside it (outputs would join it)."""
-    if not (io.is_local(out) and io.is_local(pool.url)):
+    if not (io.is_local(out) and io.is_local(metadata_dir)):
         return
     out_path = os.path.realpath(io.local_path(out))
-    pool_path = os.path.realpath(io.local_path(pool.url))
+    pool_path = os.path.realpath(io.local_path(metadata_dir))
     if out_path == pool_path or out_path.startswith(pool_path + os.sep):
         raise D2ScaleError(
-            f"the output directory {out} is inside the metadata directory {pool.url}; "
+            f"the output directory {out} is inside the metadata directory {metadata_dir}; "
             "choose an --out outside the pool."
         )
+
+
+def embedding_blocks(pool: Pool, params, rows: np.ndarray | None = None) -> EmbeddingBlocks:
+    """The pool's embeddings of the selected feature type (only ``rows``, when given)."""
+    blocks = PoolEmbeddings(pool, feature_keys(params.embedding_model, params.feature_type))
+    return blocks if rows is None else SubsetBlocks(blocks, rows)
+
+
+def read_column(pool: Pool, name: str, client) -> np.ndarray:
+    """One parquet column of the whole pool, in pool order (one Dask task per shard)."""
+    n = len(pool.shards)
+    tables = client.gather(client.map(read_columns, [pool] * n, pool.shards, [[name]] * n))
+    return np.concatenate([t.column(name).to_numpy(zero_copy_only=False) for t in tables])
 
 
 def _read_stage(directory: str, pool: Pool, params: SelectParams, client) -> dict:

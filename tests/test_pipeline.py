@@ -101,6 +101,7 @@ def test_output_inside_the_pool_is_refused(small_pool):
         run(small_pool, small_pool)
     with pytest.raises(D2ScaleError, match="inside the metadata directory"):
         run(small_pool, os.path.join(small_pool, "sub"))
+    assert not os.path.exists(os.path.join(small_pool, "sub"))  # the pool is left as it was
 
 
 def test_bad_scheduler_address_is_one_sentence(small_pool, tmp_path):
