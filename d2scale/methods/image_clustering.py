@@ -14,6 +14,7 @@ import numpy as np
 
 from d2scale.errors import D2ScaleError
 from d2scale.methods._kmeans import assign, kmeans, unit_rows
+from d2scale.methods._options import REQUIRED, step_options
 
 
 def image_clustering_filter(
@@ -38,3 +39,26 @@ def image_clustering_filter(
     keep = np.flatnonzero(wanted[assign(x, centroids)]).astype(np.int64)
     info = {"n_clusters": n_clusters, "target_clusters": int(wanted.sum()), "kept": len(keep)}
     return keep, info
+
+
+DESCRIPTION = "DataComp image-based: k-means clusters holding a target embedding (targets=T.npy)"
+
+
+def rank(inputs, params):
+    """Registry adapter: the step's embeddings (``--feature-type``; DataComp uses ``image``),
+    ``targets=PATH.npy`` (n × d), ``clusters=K`` (default rows/128), ``iterations=20``."""
+    from d2scale import io
+    from d2scale.methods._kmeans import gather
+    from d2scale.types import Ranking
+
+    spec = {"targets": (str, REQUIRED), "clusters": (int, max(1, inputs.n // 128)),
+            "iterations": (int, 20)}  # fmt: skip
+    opts = step_options("image-clustering", inputs.options, spec)
+    try:
+        targets = io.load_npy(opts["targets"])
+    except (OSError, ValueError) as e:
+        raise D2ScaleError(f"cannot read target embeddings {opts['targets']}: {e}") from None
+    keep, info = image_clustering_filter(gather(inputs.embeddings()), targets,
+                                         n_clusters=opts["clusters"], seed=inputs.seed,
+                                         n_iter=opts["iterations"])  # fmt: skip
+    return Ranking(keep, {}, {**info, "targets": opts["targets"]})

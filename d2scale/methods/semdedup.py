@@ -15,6 +15,7 @@ import numpy as np
 
 from d2scale.errors import D2ScaleError
 from d2scale.methods._kmeans import assign, kmeans, unit_rows
+from d2scale.methods._options import REQUIRED, step_options
 
 KEEP = ("hard", "easy")
 
@@ -64,3 +65,23 @@ def dominated(x: np.ndarray, threshold: float, max_cells: int = 1 << 24) -> np.n
         sims[later] = -np.inf
         out[a:b] = sims.max(axis=1) > threshold
     return out
+
+
+DESCRIPTION = (
+    "SemDeDup: one row per group of near-duplicates (cosine > 1 − eps) in k-means clusters"
+)
+
+
+def rank(inputs, params):
+    """Registry adapter: the step's embeddings (``--feature-type``), ``eps=E`` (required),
+    ``clusters=K`` (default rows/128), ``keep=hard|easy``, ``iterations=20``."""
+    from d2scale.methods._kmeans import gather
+    from d2scale.types import Ranking
+
+    spec = {"eps": (float, REQUIRED), "clusters": (int, max(1, inputs.n // 128)),
+            "keep": (str, "hard"), "iterations": (int, 20)}  # fmt: skip
+    opts = step_options("semdedup", inputs.options, spec)
+    kept, info = semdedup_filter(gather(inputs.embeddings()), eps=opts["eps"],
+                                 n_clusters=opts["clusters"], seed=inputs.seed,
+                                 n_iter=opts["iterations"], keep=opts["keep"])  # fmt: skip
+    return Ranking(kept, {}, info)

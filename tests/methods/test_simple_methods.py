@@ -21,7 +21,7 @@ def test_clip_score_top_first_ties_to_lower_row():
     np.testing.assert_array_equal(clip_score_order(scores), [1, 3, 4, 0, 2])
     np.testing.assert_array_equal(clip_score_order(scores, threshold=0.3), [1, 3, 4])
     assert clip_score_order(scores, threshold=0.9).size == 0
-    with pytest.raises(D2ScaleError, match="row 1 is NaN"):
+    with pytest.raises(D2ScaleError, match="row 1 is null, NaN"):
         clip_score_order(np.array([0.1, np.nan]))
 
 
