@@ -55,8 +55,20 @@ def add_embed_parser(sub, epilog: str) -> None:
     p.set_defaults(run=run_embed)
 
 
+def _needs_vision_extra(command: str, error: ImportError):
+    from d2scale.errors import D2ScaleError
+
+    return D2ScaleError(
+        f"d2scale {command} needs the vision extra ({error.name or error} is missing): "
+        "pip install -c constraints.txt 'd2scale[vision]'"
+    )
+
+
 def run_embed(args) -> int:
-    from d2scale.embed import EmbedParams, embed
+    try:
+        from d2scale.embed import EmbedParams, embed
+    except ImportError as e:
+        raise _needs_vision_extra("embed", e) from None
 
     params = EmbedParams(
         shards=args.shards,
@@ -115,7 +127,10 @@ def add_export_parser(sub, epilog: str) -> None:
 
 
 def run_export(args) -> int:
-    from d2scale.export import ExportParams, export
+    try:
+        from d2scale.export import ExportParams, export
+    except ImportError as e:
+        raise _needs_vision_extra("export", e) from None
 
     params = ExportParams(
         uids=args.uids,

@@ -108,12 +108,18 @@ class ClipEncoder:
     """open_clip image and text towers; ``encode`` returns unit-length float32 embeddings."""
 
     def __init__(self, params: EmbedParams) -> None:
-        import torch
+        try:
+            import torch
 
-        from d2scale.torch_compat import ensure_torchvision
+            from d2scale.torch_compat import ensure_torchvision
 
-        ensure_torchvision()
-        import open_clip
+            ensure_torchvision()
+            import open_clip
+        except ImportError as e:
+            raise D2ScaleError(
+                f"d2scale embed needs torch and open_clip ({e.name or e} is missing): "
+                "pip install -c constraints.txt 'd2scale[vision]'"
+            ) from None
 
         self.torch = torch
         self.device = _resolve_device(params.device, torch)
