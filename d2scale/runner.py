@@ -11,6 +11,7 @@ killed stage is simply recomputed (the graph stage resumes its own parts).
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -149,11 +150,17 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
 
     _quiet_dask_logs()
     if scheduler:
+        error = None
         try:
             client = Client(scheduler, timeout="20s")
         except (OSError, ValueError, TypeError) as e:
-            msg = f"cannot connect to the Dask scheduler at {scheduler}: {e}"
-            raise D2ScaleError(msg) from None
+            error = f"cannot connect to the Dask scheduler at {scheduler}: {e}"
+        if error is not None:
+            # The half-built Client is garbage now: collect it here. Left to a later GC pass,
+            # its __del__ can run inside the next Client's start and deadlock on
+            # distributed's loop-runner lock (seen in the full test suite).
+            gc.collect()
+            raise D2ScaleError(error)
         with client:
             yield client
         return

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -22,11 +23,10 @@ import pyarrow.parquet as pq
 from fsspec.registry import known_implementations
 
 from d2scale.errors import D2ScaleError
+from d2scale.params import EMBEDDING_MODELS, FEATURE_TYPES
 from d2scale.poolfiles import EMBEDDING_DIMS, Member, ShardFacts, check_member, inspect_shard
 from d2scale.uids import canonical_text, check_unique, encode_uids, uid_text
 
-EMBEDDING_MODELS = ("l14", "b32")
-FEATURE_TYPES = ("image", "text", "image_text")
 _FEATURE_SUFFIXES = {"image": ("img",), "text": ("txt",), "image_text": ("img", "txt")}
 _DIMS = EMBEDDING_DIMS
 _EXTENSIONS = (".parquet", ".npz")
@@ -189,10 +189,14 @@ def read_columns(pool: Pool, shard: Shard, columns: list[str]) -> pa.Table:
 
 
 def feature_keys(embedding_model: str, feature_type: str) -> list[str]:
-    """npz keys making up a feature, e.g. ``image_text`` → ``["l14_img", "l14_txt"]``."""
-    if embedding_model not in EMBEDDING_MODELS:
+    """npz keys making up a feature, e.g. ``image_text`` → ``["l14_img", "l14_txt"]``.
+
+    ``embedding_model`` is ``l14``, ``b32`` or another npz prefix (``d2scale embed`` writes
+    one per model), lowercase letters and digits."""
+    if not re.fullmatch(r"[a-z0-9]+", embedding_model or ""):
         raise D2ScaleError(
-            f"embedding model must be one of {EMBEDDING_MODELS}, got {embedding_model!r}"
+            f"embedding model must be one of {', '.join(EMBEDDING_MODELS)} or another npz "
+            f"prefix of lowercase letters and digits; got {embedding_model!r}"
         )
     if feature_type not in FEATURE_TYPES:
         raise D2ScaleError(f"feature type must be one of {FEATURE_TYPES}, got {feature_type!r}")
@@ -212,8 +216,17 @@ class PoolEmbeddings:
 
     def __post_init__(self) -> None:
         self.sizes = [s.rows for s in self.pool.shards]
-        self.dim = sum(_DIMS[k.split("_")[0]] for k in self.keys)
+        self.dim = sum(_DIMS.get(k.split("_")[0]) or self._file_dim(k) for k in self.keys)
         self.fingerprint = f"{self.pool.fingerprint}:{'+'.join(self.keys)}"
+
+    def _file_dim(self, key: str) -> int:
+        """Columns of npz member ``key`` in the first shard (models other than l14 and b32)."""
+        shard = self.pool.shards[0]
+        check_npz(self.pool, shard, [key])
+        shape = next(m.shape for m in shard.members if m.key == key)
+        if len(shape) != 2:
+            raise D2ScaleError(f"{shard.npz}: array {key!r} must be 2-D, has shape {shape}")
+        return int(shape[1])
 
     def load(self, i: int) -> np.ndarray:
         shard = self.pool.shards[i]
