@@ -42,7 +42,7 @@ def is_output_file(name: str) -> bool:
 
 def ranking_table(uids: np.ndarray, scores: np.ndarray, ranking: Ranking) -> pa.Table:
     """Every row in pool order: uid, score, the method's columns, rank (null: not picked)."""
-    rank = np.full(uids.shape[0], -1, dtype=np.int64)
+    rank = np.full(len(uids), -1, dtype=np.int64)
     rank[ranking.order] = np.arange(ranking.order.shape[0], dtype=np.int64)
     columns = {
         "uid": uids if isinstance(uids, (pa.Array, pa.ChunkedArray)) else canonical_text(uids),

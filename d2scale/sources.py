@@ -330,14 +330,17 @@ def _read_shard(pool: Pool, shard: Shard, score_column: str):
 
 
 def score_values(column: pa.ChunkedArray, name: str, where: str) -> np.ndarray:
-    """A float or integer score column as finite float64; anything else is refused."""
+    """A float, integer or decimal score column as finite float64; anything else (strings,
+    also numeric ones, booleans, lists) is refused rather than coerced."""
     kind = column.type
-    if not (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
+    if pa.types.is_decimal(kind):
+        column = column.cast(pa.float64())
+    elif not (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
         values = column.drop_null()
         example = f" (e.g. {values[0].as_py()!r})" if len(values) else ""
         raise D2ScaleError(
             f"{where}: score column {name!r} holds {kind} values{example}; scores must be "
-            "floats or integers (convert the column, or choose another score column)"
+            "floats, integers or decimals (convert the column, or choose another score column)"
         )
     scores = column.to_numpy().astype(np.float64)  # nulls become NaN
     bad = np.flatnonzero(~np.isfinite(scores))

@@ -443,11 +443,14 @@ def test_finding12_13_non_numeric_score_columns_are_refused(small_pool, tmp_path
         read_metadata(pool, "text", _InlineClient())
 
 
-def test_integer_scores_are_accepted(small_pool, tmp_path):
+@pytest.mark.parametrize("kind", [pa.int16(), pa.uint64(), pa.float16(), pa.decimal128(9, 2)])
+def test_integer_float_and_decimal_scores_are_accepted(small_pool, tmp_path, kind):
     path = _copy(small_pool, tmp_path)
-    _set_column(os.path.join(path, "00000000.parquet"), "original_width", pa.array(range(750)))
+    values = pa.array(np.arange(750) % 300, pa.int16()).cast(kind)
+    _set_column(os.path.join(path, "00000000.parquet"), "original_width", values)
     meta = read_metadata(open_pool(path), "original_width", _InlineClient())
-    assert meta.scores.dtype == np.float64 and meta.scores[:750].tolist() == list(range(750))
+    assert meta.scores.dtype == np.float64
+    assert meta.scores[:750].tolist() == (np.arange(750) % 300).tolist()
 
 
 @pytest.mark.parametrize("kind", [pa.large_string(), pa.string_view(), "dictionary"])
