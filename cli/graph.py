@@ -27,14 +27,14 @@ def run(args) -> int:
     from d2scale.runner import Progress, dask_client
 
     options = values(args, "graph")
-    progress = Progress(options.pop("quiet"))
+    progress = Progress(options.pop("quiet"), log_json=options["log_json"])
     params = SimpleNamespace(**options)
     if params.metadata_dir is not None:
         check_out_outside_pool(args.out, params.metadata_dir)
     io.check_writable(args.out)
     pool = open_pool_or_sample(params.metadata_dir, progress)
     progress(f"pool {pool.url}: {pool.n:,} rows, {params.feature_type} features")
-    with dask_client(params.scheduler, params.workers) as client:
+    with dask_client(params.scheduler, params.workers, params.scheduler_file) as client:
         knn, info = build_graph(pool, params, args.out, client, progress)
     recall = info.get("recall")
     progress(

@@ -24,7 +24,11 @@ def run(args) -> int:
 
     options = values(args, "select")
     quiet = options.pop("quiet")
-    record = select(SelectParams(**options), Progress(quiet))
+    progress = Progress(quiet, log_json=options["log_json"])
+    try:
+        record = select(SelectParams(**options), progress)
+    finally:
+        progress.close()
     if not quiet:
         for fraction, count in record["counts"]["selected"].items():
             print(f"fraction {fraction}: {count:,} of {record['counts']['n']:,} uids")

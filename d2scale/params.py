@@ -189,9 +189,20 @@ PARAMS: dict[str, Param] = {
         Param("scheduler", "str", None, "address of a running Dask scheduler, e.g. "
               "tcp://host:8786 (default: a local in-process cluster)", "execution",
               (_SEL, _GR), optional=True, metavar="ADDRESS"),
+        Param("scheduler_file", "path", None, "scheduler file of a running Dask cluster "
+              "(`dask scheduler --scheduler-file F`)", "execution", (_SEL, _GR),
+              optional=True, metavar="F"),
         Param("workers", "int", None, "threads of the local cluster (default: all cores)",
               "execution", (_SEL, _GR), optional=True, low=1, metavar="N"),
         Param("quiet", "bool", False, "no progress output", "execution", (_SEL, _GR, _MP)),
+        Param("log_json", "path", None, "append one JSON object per progress event to FILE "
+              "('-': to stderr, instead of the progress lines)", "execution", (_SEL, _GR),
+              optional=True, metavar="FILE"),
+        Param("report", "bool", False, "also write report.html and report/*.png (as "
+              "`d2scale report OUT` does)", "selection", (_SEL,)),
+        # --- batch (flags of `d2scale batch`, keys of a jobs file) ----------------------------
+        Param("concurrency", "int", 1, "buckets that run at once (one Dask cluster serves "
+              "them all)", "batch", (), low=1, metavar="N"),
         # --- synth ---------------------------------------------------------------------------
         Param("rows", "int", None, "rows in all", "synthetic pool", (_SY,), low=1),
         Param("shards", "int", 1, "parquet+npz pairs", "synthetic pool", (_SY,), low=1),
@@ -356,7 +367,10 @@ class SelectParams:
     graph: str | None = _field("graph")
     seed: int = _field("seed")
     scheduler: str | None = _field("scheduler")
+    scheduler_file: str | None = _field("scheduler_file")
     workers: int | None = _field("workers")
+    log_json: str | None = _field("log_json")
+    report: bool = _field("report")
 
     @property
     def resolved_score_column(self) -> str:

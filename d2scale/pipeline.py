@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import platform
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +19,17 @@ from d2scale.errors import D2ScaleError
 from d2scale.graph_stage import graph_stage
 from d2scale.methods import MethodInputs
 from d2scale.params import SelectParams, budget_for
-from d2scale.runner import Progress, ProgressFn, Stages, dask_client, stage_key
+from d2scale.runner import (
+    Progress,
+    ProgressFn,
+    Stages,
+    check_cluster_options,
+    cluster_facts,
+    dask_client,
+    peak_rss_bytes,
+    stage_key,
+    worker_peak_rss,
+)
 from d2scale.sinks import write_outputs
 from d2scale.sources import (
     Pool,
@@ -30,51 +42,37 @@ from d2scale.sources import (
 from d2scale.types import EmbeddingBlocks, SubsetBlocks
 
 
-def select(params: SelectParams, progress: ProgressFn | None = None) -> dict:
-    """Run a selection end to end and commit ``params.out``; return the ``run.json`` record."""
-    progress = progress or Progress()
+def select(
+    params: SelectParams,
+    progress: ProgressFn | None = None,
+    *,
+    client=None,
+    pool: Pool | None = None,
+) -> dict:
+    """Run a selection end to end and commit ``params.out``; return the ``run.json`` record.
+
+    ``client``: a ``distributed.Client`` to run on (default: per ``params``, a running
+    cluster or a local one); ``pool``: an opened pool (default: ``params.metadata_dir``).
+    """
+    progress = progress or Progress(log_json=params.log_json)
     params.validate()
-    if params.metadata_dir is not None:
+    params = absolute_out(params)
+    if client is None:
+        check_cluster_options(params.scheduler, params.scheduler_file)
+    if pool is None and params.metadata_dir is not None:
         check_out_outside_pool(params.out, params.metadata_dir)
+    elif pool is not None:
+        for directory in sorted({os.path.dirname(s.parquet) for s in pool.shards}):
+            check_out_outside_pool(params.out, directory)
     io.check_writable(params.out)
     timings: dict[str, float] = {}
     started = time.time()
-    pool = open_pool_or_sample(params.metadata_dir, progress)
+    pool = pool or open_pool_or_sample(params.metadata_dir, progress)
     progress(f"pool {pool.url}: {pool.n:,} rows in {len(pool.shards)} shards")
     stages = Stages(io.join(params.out, "work"), progress, timings)
-    with dask_client(params.scheduler, params.workers) as client:
-        read_key = stage_key(pool.fingerprint, params.stage_params("read"))
-        read = stages.run("read", read_key, lambda d: _read_stage(d, pool, params, client))
-        uids = io.load_npy(io.join(read.directory, "uids.npy"))
-        scores = io.load_npy(io.join(read.directory, "scores.npy"))
-        steps = chain_steps(params)
-        budgets = {f: budget_for(f, pool.n) for f in output_fractions(params, steps)}
-        _check_sizes(params, pool.n, budgets)
-
-        def make_inputs(rows: np.ndarray, rows_key: str, need: int, step) -> MethodInputs:
-            whole = rows.shape[0] == pool.n
-            step_params = params if whole else dataclasses.replace(params, graph=None)
-            if not whole and params.graph is not None:
-                raise D2ScaleError("--graph holds the whole pool's graph: use it only when "
-                                   "the first step needs a graph.")  # fmt: skip
-            return MethodInputs(
-                n=rows.shape[0],
-                scores=scores[rows] if not whole else scores,
-                uids=uids[rows] if not whole else uids,
-                budget=need,
-                knn_graph=lambda: graph_stage(
-                    stages, pool, step_params, client, progress, None if whole else rows, rows_key
-                ),  # fmt: skip
-                embeddings=lambda: embedding_blocks(pool, params, None if whole else rows),
-                column=lambda name: read_column(pool, name, client)[rows],
-                stages=stages,
-                upstream_key=stage_key(read_key, rows_key),
-                client=client,
-                seed=params.seed,
-                options=step.options,
-            )
-
-        chain = run_chain(steps, pool.n, max(budgets.values()), make_inputs, params)
+    with _client(params, client) as client:
+        chain, steps, uids, scores, budgets = _run_stages(params, pool, stages, client, progress)
+        cluster = {**cluster_facts(client), **_memory(client, remote=client.cluster is None)}
     record = {
         "d2scale_version": __version__,
         "command": "select",
@@ -94,12 +92,103 @@ def select(params: SelectParams, progress: ProgressFn | None = None) -> dict:
             for name, r in stages.runs.items()
         },
         "timings_s": {name: round(s, 3) for name, s in timings.items()},
+        "rates": stage_rates(stages, timings, pool.n, chain.ranking.info.get("n_edges")),
+        "cluster": cluster,
         "environment": environment(),
     }
+    remove_report(params.out)  # a report describes the set it was made from
     record = write_outputs(params.out, uids, scores, chain.ranking, budgets, record, started,
-                           uid_text=_uid_text(read))  # fmt: skip
+                           uid_text=_uid_text(stages.runs["read"]))  # fmt: skip
     progress(f"wrote {', '.join(record['outputs'])} and run.json to {params.out}")
+    if params.report:
+        from d2scale.report import write_report
+
+        progress(f"report: {write_report(params.out, pool)}")
     return record
+
+
+def _run_stages(params: SelectParams, pool: Pool, stages: Stages, client, progress):
+    """read → the chain of methods (graph stages on demand); ``(chain, steps, uids, scores,
+    budgets)``."""
+    read_key = stage_key(pool.fingerprint, params.stage_params("read"))
+    read = stages.run("read", read_key, lambda d: _read_stage(d, pool, params, client, progress))
+    uids = io.load_npy(io.join(read.directory, "uids.npy"))
+    scores = io.load_npy(io.join(read.directory, "scores.npy"))
+    steps = chain_steps(params)
+    budgets = {f: budget_for(f, pool.n) for f in output_fractions(params, steps)}
+    _check_sizes(params, pool.n, budgets)
+
+    def make_inputs(rows: np.ndarray, rows_key: str, need: int, step) -> MethodInputs:
+        whole = rows.shape[0] == pool.n
+        step_params = params if whole else dataclasses.replace(params, graph=None)
+        if not whole and params.graph is not None:
+            raise D2ScaleError("--graph holds the whole pool's graph: use it only when "
+                               "the first step needs a graph.")  # fmt: skip
+        return MethodInputs(
+            n=rows.shape[0],
+            scores=scores[rows] if not whole else scores,
+            uids=uids[rows] if not whole else uids,
+            budget=need,
+            knn_graph=lambda: graph_stage(
+                stages, pool, step_params, client, progress, None if whole else rows, rows_key
+            ),  # fmt: skip
+            embeddings=lambda: embedding_blocks(pool, params, None if whole else rows),
+            column=lambda name: read_column(pool, name, client)[rows],
+            stages=stages,
+            upstream_key=stage_key(read_key, rows_key),
+            client=client,
+            seed=params.seed,
+            options=step.options,
+        )
+
+    chain = run_chain(steps, pool.n, max(budgets.values()), make_inputs, params)
+    return chain, steps, uids, scores, budgets
+
+
+@contextlib.contextmanager
+def _client(params: SelectParams, client) -> Iterator:
+    if client is not None:
+        yield client
+        return
+    with dask_client(params.scheduler, params.workers, params.scheduler_file) as own:
+        yield own
+
+
+def absolute_out(params: SelectParams) -> SelectParams:
+    """``params`` with a local ``out`` made absolute: Dask tasks may run in another working
+    directory (a worker process's own), and must write where the driver reads."""
+    if not io.is_local(params.out):
+        return params
+    return dataclasses.replace(params, out=os.path.abspath(io.local_path(params.out)))
+
+
+def stage_rates(stages: Stages, timings: dict[str, float], n: int, edges: int | None) -> dict:
+    """Rows (and edges) per second of every stage computed in this run."""
+    rates = {}
+    for name, run in stages.runs.items():
+        seconds = timings.get(name, 0.0)
+        if run.reused or seconds <= 0:
+            continue
+        rates[name] = {"rows_per_s": round(n / seconds, 1)}
+        if edges and name in ("forward", "reverse"):
+            rates[name]["edges_per_s"] = round(edges / seconds, 1)
+    return rates
+
+
+def _memory(client, remote: bool) -> dict:
+    """Peak resident memory: this process (with a local cluster, its workers too) and, on a
+    running cluster, each worker process."""
+    facts = {"peak_rss_bytes_driver": peak_rss_bytes()}
+    if remote:
+        facts["peak_rss_bytes_workers"] = worker_peak_rss(client)
+    return facts
+
+
+def remove_report(out: str) -> None:
+    """Remove ``report.html`` and ``report/`` of an earlier run (``d2scale report`` remakes
+    them from the committed set)."""
+    io.remove(io.join(out, "report.html"))
+    io.remove(io.join(out, "report"), recursive=True)
 
 
 def open_pool_or_sample(metadata_dir: str | None, progress: ProgressFn) -> Pool:
@@ -138,7 +227,7 @@ def read_column(pool: Pool, name: str, client) -> np.ndarray:
     return np.concatenate([t.column(name).to_numpy(zero_copy_only=False) for t in tables])
 
 
-def _read_stage(directory: str, pool: Pool, params: SelectParams, client) -> dict:
+def _read_stage(directory: str, pool: Pool, params: SelectParams, client, progress) -> dict:
     keys = feature_keys(params.embedding_model, params.feature_type)
     meta = read_metadata(pool, params.resolved_score_column, client, keys)
     io.save_npy(io.join(directory, "uids.npy"), meta.uids)
