@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from d2scale.cli.vision import add_parser as add_vision_parser
 from d2scale.errors import D2ScaleError
 
 EPILOG = "Docs: README.md. Errors print one line and exit with status 1."
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_graph(sub)
     _add_mp(sub)
     _add_synth(sub)
+    add_vision_parser(sub)
     return parser
 
 

@@ -1,0 +1,384 @@
+"""``d2scale vision``: image-classification training, coreset selection, the experiment grid,
+DRoP quotas and pruning. torch is imported inside the command bodies only.
+
+The D2 seed's flag names are accepted as aliases (``--coreset-ratio``, ``--coreset-key``,
+``--n-neighbor``, ``--stratas``, ``--graph-mode``, ``--graph-sampling-mode``,
+``--sampling-mode``, ``--label-balanced``, ``--budget-mode``, ``--network``), and so are
+DRoP's (``--final_frac``, ``--scorer_name``, ``--quoter_name``, ``--num_inits``,
+``--cdbw_final``, ``--strategy 0|1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from d2scale.errors import D2ScaleError
+
+EPILOG = "Docs: README.md, section 'Image classification'. Errors print one line, exit 1."
+DATASETS = ("cifar10", "cifar100", "imagenet", "digits", "mnist5k")
+MODELS = ("resnet18", "resnet50", "vgg16_bn", "cnn")
+MODEL_ALIASES = {
+    "vgg16": "vgg16_bn",
+    "VGG16": "vgg16_bn",
+    "ResNet18": "resnet18",
+    "ResNet50": "resnet50",
+}
+SAMPLING_MODES = {
+    "graph": "d2",
+    "stratified": "ccs",
+    "random": "random",
+    "kcenter": "kcenter",
+    "moderate": "moderate",
+    "topk": "topk",
+}
+
+
+def add_parser(sub) -> None:
+    """Add ``vision`` and its subcommands to the top-level subparsers ``sub``."""
+    p = sub.add_parser(
+        "vision",
+        help="image classification: train, select coresets, run grids, DRoP",
+        description="Train classifiers with training dynamics, select coresets (random, "
+        "top-k, D2, CCS, Moderate, k-center), run the coreset grid, compute DRoP quotas and "
+        "run DRoP pruning / active learning.",
+        epilog=EPILOG,
+    )
+    vsub = p.add_subparsers(dest="vision_command", required=True, metavar="SUBCOMMAND")
+    _add_train(vsub)
+    _add_select(vsub)
+    _add_experiment(vsub)
+
+
+# ============================================================================ shared flags
+
+
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data and model")
+    g.add_argument(
+        "--dataset",
+        "--dataset_name",
+        dest="dataset",
+        type=str.lower,
+        required=True,
+        choices=DATASETS,
+    )
+    g.add_argument("--data-dir", help="CIFAR archive folder or ImageFolder root (train/, val/)")
+    g.add_argument(
+        "--model",
+        "--network",
+        "--model_name",
+        dest="model",
+        type=_model,
+        help=f"{', '.join(MODELS)} (default: cnn for digits and mnist5k, "
+        "resnet18 for CIFAR, resnet50 for imagenet)",
+    )
+
+
+def _train_flags(p: argparse.ArgumentParser, steps: bool = True) -> None:
+    g = p.add_argument_group("training (defaults: the dataset's recipe)")
+    g.add_argument("--epochs", type=int, help="full-data epochs")
+    if steps:
+        g.add_argument("--iterations", type=int, help="SGD steps of coreset runs (CIFAR: 40000)")
+    g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int)
+    g.add_argument("--lr", type=float, help="peak learning rate")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    g.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars or lines")
+
+
+def _select_flags(p: argparse.ArgumentParser, with_method: bool = True) -> None:
+    g = p.add_argument_group("coreset selection")
+    if with_method:
+        g.add_argument("--method", choices=("random", "topk", "d2", "ccs", "moderate", "kcenter"))
+        g.add_argument(
+            "--sampling-mode",
+            choices=tuple(SAMPLING_MODES),
+            help="seed alias of --method (graph = d2, stratified = ccs)",
+        )
+        g.add_argument(
+            "--fraction",
+            "--coreset-ratio",
+            dest="fraction",
+            type=float,
+            required=True,
+            help="fraction of the training set kept, in (0, 1]",
+        )
+        g.add_argument(
+            "--score",
+            "--coreset-key",
+            dest="score",
+            default="forgetting",
+            help="training-dynamics score (forgetting, accumulated_margin/aum, el2n, "
+            "entropy, dynamic_uncertainty/dynunc, grand)",
+        )
+    g.add_argument(
+        "--mis-ratio",
+        default="auto",
+        help="share of samples removed first by lowest AUM (auto: d2/ccs 0.1 from "
+        "20%% kept, 0.4 below, 0 at ≥ 50%%; other methods 0)",
+    )
+    g.add_argument(
+        "--coreset-mode",
+        choices=("class", "global"),
+        help="pick per class (default for d2, kcenter) or over all samples",
+    )
+    g.add_argument("--label-balanced", action="store_true", help="seed alias: --coreset-mode class")
+    g.add_argument(
+        "--budget-mode",
+        choices=("uniform",),
+        default="uniform",
+        help="class budgets: small classes whole, the rest even (seed's uniform)",
+    )
+    g.add_argument("--n-neighbors", "--n-neighbor", dest="n_neighbors", type=int, default=5)
+    g.add_argument("--gamma", type=float, default=0.1, help="D2 reverse kernel width γr")
+    g.add_argument("--gamma-forward", type=float, default=1.0, help="D2 forward kernel width")
+    g.add_argument("--mode", "--graph-mode", dest="mode", choices=("sum", "product"), default="sum")
+    g.add_argument(
+        "--sampling",
+        "--graph-sampling-mode",
+        dest="sampling",
+        choices=("weighted", "absolute"),
+        default="weighted",
+    )
+    g.add_argument(
+        "--strata", "--stratas", dest="strata", type=int, default=50, help="CCS score strata"
+    )
+
+
+def _model(text: str) -> str:
+    name = MODEL_ALIASES.get(text, text.lower())
+    if name not in MODELS:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(MODELS)}")
+    return name
+
+
+def _select_params(args) -> dict:
+    """The CoresetParams keyword arguments shared by select and experiment."""
+    mode = "class" if args.label_balanced else args.coreset_mode
+    return {
+        "mis_ratio": args.mis_ratio,
+        "coreset_mode": mode,
+        "n_neighbors": args.n_neighbors,
+        "gamma": args.gamma,
+        "gamma_forward": args.gamma_forward,
+        "mode": args.mode,
+        "sampling": args.sampling,
+        "strata": args.strata,
+    }
+
+
+def _setup(args):
+    """Threads, device and the dataset of a command."""
+    import torch
+
+    from d2scale.vision.data import load_dataset
+    from d2scale.vision.runs import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    if args.model is None:
+        args.model = {"digits": "cnn", "mnist5k": "cnn", "imagenet": "resnet50"}.get(
+            args.dataset, "resnet18"
+        )
+    return load_dataset(args.dataset, args.data_dir, device)
+
+
+def _recipe(args, family: str):
+    from d2scale.vision.train import recipe_for
+
+    return recipe_for(
+        args.dataset,
+        args.model,
+        family,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        iterations=None if family == "drop" else args.iterations,
+    )
+
+
+def _say(args):
+    from d2scale.runner import Progress
+
+    return Progress(args.quiet)
+
+
+# ============================================================================ train
+
+
+def _add_train(vsub) -> None:
+    p = vsub.add_parser(
+        "train",
+        help="train a classifier (full data: log training dynamics and features)",
+        description="Full-data runs write RUN/dynamics.npz (forgetting, accumulated_margin, "
+        "el2n, entropy, dynamic_uncertainty, grand, targets per training sample), "
+        "RUN/features.npy, RUN/checkpoint.pt and RUN/metrics.json. With --coreset the model "
+        "trains on those samples for a fixed number of steps (--iterations). Rerunning "
+        "resumes from the last epoch checkpoint.",
+        epilog=EPILOG,
+    )
+    _data_flags(p)
+    p.add_argument("--coreset", metavar="FILE.npy", help="train on these sample ids only")
+    p.add_argument("--out", metavar="RUN", help="run directory")
+    p.add_argument("--base-dir", help="seed form: RUN = BASE_DIR/TASK_NAME")
+    p.add_argument("--task-name", help="seed form: RUN = BASE_DIR/TASK_NAME")
+    _train_flags(p)
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args) -> int:
+    from d2scale.vision import runs
+    from d2scale.vision.train import train
+
+    out = args.out or (
+        os.path.join(args.base_dir, args.task_name) if args.base_dir and args.task_name else None
+    )
+    if not out:
+        raise D2ScaleError("give --out RUN (or the seed's --base-dir and --task-name).")
+    data = _setup(args)
+    recipe = _recipe(args, "d2")
+    indices = None
+    if args.coreset:
+        indices = runs.load_indices(args.coreset, data.size("train"))
+    else:
+        from dataclasses import replace
+
+        recipe = replace(recipe, iterations=None)
+    say = _say(args)
+    say(f"training {args.model} on {args.dataset} ({'coreset' if args.coreset else 'full data'})")
+    result = train(
+        data,
+        args.model,
+        recipe,
+        indices=indices,
+        seed=args.seed,
+        dynamics=indices is None,
+        out=out,
+        progress=not args.quiet,
+    )
+    extra = {"coreset": os.path.abspath(args.coreset)} if args.coreset else {}
+    m = runs.save_run(out, result, extra)
+    say(
+        f"test accuracy {100 * m['test_accuracy']:.2f}% (worst class "
+        f"{100 * m['worst_class_accuracy']:.2f}%) -> {out}"
+    )
+    return 0
+
+
+# ============================================================================ select
+
+
+def _add_select(vsub) -> None:
+    p = vsub.add_parser(
+        "select",
+        help="pick a coreset from a full-data run",
+        description="Writes the sorted int64 sample ids of the coreset to --out (.npy) and "
+        "how they were chosen to --out with .json appended.",
+        epilog=EPILOG,
+    )
+    p.add_argument(
+        "--run", dest="run_dir", required=True, metavar="RUN", help="full-data run directory"
+    )
+    p.add_argument("--out", required=True, metavar="FILE.npy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    _select_flags(p)
+    p.set_defaults(run=_run_select)
+
+
+def _run_select(args) -> int:
+    from d2scale.sinks import save_json, save_npy
+    from d2scale.vision.coresets import CoresetParams, select_coreset
+    from d2scale.vision.runs import load_run
+
+    method = args.method or SAMPLING_MODES.get(args.sampling_mode or "")
+    if method is None:
+        raise D2ScaleError("give --method (or the seed's --sampling-mode).")
+    params = CoresetParams(
+        method=method,
+        fraction=args.fraction,
+        score=args.score,
+        seed=args.seed,
+        **_select_params(args),
+    )
+    params.validate()
+    scores, features = load_run(args.run_dir)
+    coreset = select_coreset(params, scores, features)
+    save_npy(args.out, coreset.indices)
+    save_json(args.out + ".json", {**coreset.info, "run": os.path.abspath(args.run_dir)})
+    _say(args)(
+        f"{method}: kept {len(coreset.indices):,} of {coreset.info['n']:,} samples in "
+        f"{coreset.info['seconds']:.2f}s -> {args.out}"
+    )
+    return 0
+
+
+# ============================================================================ experiment
+
+
+def _add_experiment(vsub) -> None:
+    p = vsub.add_parser(
+        "experiment",
+        help="the coreset grid: methods × fractions × seeds",
+        description="Per seed one full-data run, then select + train every (method, "
+        "fraction) cell; writes OUT/results.json, results.md (mean ± std) and accuracy.png. "
+        "Finished cells are skipped on a rerun.",
+        epilog=EPILOG,
+    )
+    _data_flags(p)
+    p.add_argument(
+        "--methods",
+        default="random,topk-forgetting,d2,ccs,moderate,kcenter",
+        help="comma list; topk-<score> picks the score (default: %(default)s)",
+    )
+    p.add_argument("--fractions", default="0.1,0.3,0.5", help="default: %(default)s")
+    p.add_argument("--seeds", default="0,1,2", help="default: %(default)s")
+    p.add_argument("--out", required=True, metavar="DIR")
+    _train_flags(p)
+    _select_flags(p, with_method=False)
+    p.set_defaults(run=_run_experiment)
+
+
+def _run_experiment(args) -> int:
+    from d2scale.vision.experiment import parse_methods, run_experiment
+
+    methods = parse_methods(args.methods)
+    fractions = _floats(args.fractions, "--fractions")
+    seeds = [int(s) for s in _items(args.seeds, "--seeds")]
+    data = _setup(args)
+    recipe = _recipe(args, "d2")
+    say = _say(args)
+    records = run_experiment(
+        data,
+        args.model,
+        recipe,
+        methods=methods,
+        fractions=fractions,
+        seeds=seeds,
+        out=args.out,
+        select_params=_select_params(args),
+        progress=say,
+        bars=not args.quiet,
+    )
+    say(f"{len(records)} records -> {os.path.join(args.out, 'results.md')}")
+    if not args.quiet:
+        with open(os.path.join(args.out, "results.md")) as f:
+            print(f.read())
+    return 0
+
+
+def _items(text: str, flag: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise D2ScaleError(f"{flag} lists nothing.")
+    return items
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(t) for t in _items(text, flag)]
+    except ValueError:
+        raise D2ScaleError(f"{flag} must be a comma list of numbers; got {text!r}.") from None
