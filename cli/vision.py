@@ -11,7 +11,9 @@ DRoP's (``--final_frac``, ``--scorer_name``, ``--quoter_name``, ``--num_inits``,
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 
 from d2scale.errors import D2ScaleError
 
@@ -48,6 +50,8 @@ def add_parser(sub) -> None:
     _add_train(vsub)
     _add_select(vsub)
     _add_experiment(vsub)
+    _add_quotas(vsub)
+    _add_prune(vsub)
 
 
 # ============================================================================ shared flags
@@ -322,52 +326,71 @@ def _run_select(args) -> int:
 def _add_experiment(vsub) -> None:
     p = vsub.add_parser(
         "experiment",
-        help="the coreset grid: methods × fractions × seeds",
-        description="Per seed one full-data run, then select + train every (method, "
-        "fraction) cell; writes OUT/results.json, results.md (mean ± std) and accuracy.png. "
-        "Finished cells are skipped on a rerun.",
+        help="a grid of methods × fractions × seeds (coreset or DRoP protocol)",
+        description="--protocol d2: per seed one full-data run, then select + train every "
+        "(method, fraction) cell. --protocol drop: per seed a full-data reference model, "
+        "then a DRoP prune run per (scorer[+quoter], CDB-W, fraction). Writes "
+        "OUT/results.json, results.md (mean ± std) and accuracy.png; finished cells are "
+        "skipped on a rerun.",
         epilog=EPILOG,
     )
     _data_flags(p)
+    p.add_argument("--protocol", choices=("d2", "drop"), default="d2")
     p.add_argument(
         "--methods",
-        default="random,topk-forgetting,d2,ccs,moderate,kcenter",
-        help="comma list; topk-<score> picks the score (default: %(default)s)",
+        help="d2: comma list, topk-<score> picks the score (default: "
+        f"{D2_METHODS}); drop: <scorer>[+uniform|+drop] (default: {DROP_METHODS})",
     )
-    p.add_argument("--fractions", default="0.1,0.3,0.5", help="default: %(default)s")
+    p.add_argument("--fractions", help="fractions kept (default: d2 0.1,0.3,0.5; drop 0.3,0.5)")
     p.add_argument("--seeds", default="0,1,2", help="default: %(default)s")
+    p.add_argument("--cdbw", default="off", help="drop: off, on or off,on (default: off)")
+    p.add_argument(
+        "--num-inits",
+        "--num_inits",
+        dest="num_inits",
+        type=int,
+        default=1,
+        help="drop: query models per selection",
+    )
     p.add_argument("--out", required=True, metavar="DIR")
     _train_flags(p)
     _select_flags(p, with_method=False)
     p.set_defaults(run=_run_experiment)
 
 
-def _run_experiment(args) -> int:
-    from d2scale.vision.experiment import parse_methods, run_experiment
+D2_METHODS = "random,topk-forgetting,d2,ccs,moderate,kcenter"
+DROP_METHODS = "random,random+drop,el2n,el2n+drop,d2,d2+drop"
 
-    methods = parse_methods(args.methods)
-    fractions = _floats(args.fractions, "--fractions")
+
+def _run_experiment(args) -> int:
+    from d2scale.vision import experiment as ex
+
+    drop = args.protocol == "drop"
+    fractions = _floats(args.fractions or ("0.3,0.5" if drop else "0.1,0.3,0.5"), "--fractions")
     seeds = [int(s) for s in _items(args.seeds, "--seeds")]
+    grid = dict(fractions=fractions, seeds=seeds, out=args.out, select_params=_select_params(args))
+    if drop:
+        grid["methods"] = ex.parse_drop_methods(args.methods or DROP_METHODS)
+        grid["cdbw"] = [_on_off(v) for v in _items(args.cdbw, "--cdbw")]
+        grid["num_inits"] = args.num_inits
+    else:
+        grid["methods"] = ex.parse_methods(args.methods or D2_METHODS)
     data = _setup(args)
-    recipe = _recipe(args, "d2")
+    recipe = _recipe(args, args.protocol)
     say = _say(args)
-    records = run_experiment(
-        data,
-        args.model,
-        recipe,
-        methods=methods,
-        fractions=fractions,
-        seeds=seeds,
-        out=args.out,
-        select_params=_select_params(args),
-        progress=say,
-        bars=not args.quiet,
-    )
+    runner = ex.run_drop_experiment if drop else ex.run_experiment
+    records = runner(data, args.model, recipe, progress=say, bars=not args.quiet, **grid)
     say(f"{len(records)} records -> {os.path.join(args.out, 'results.md')}")
     if not args.quiet:
         with open(os.path.join(args.out, "results.md")) as f:
             print(f.read())
     return 0
+
+
+def _on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise D2ScaleError(f"--cdbw takes off, on or off,on; got {text!r}.")
+    return text == "on"
 
 
 def _items(text: str, flag: str) -> list[str]:
@@ -382,3 +405,148 @@ def _floats(text: str, flag: str) -> list[float]:
         return [float(t) for t in _items(text, flag)]
     except ValueError:
         raise D2ScaleError(f"{flag} must be a comma list of numbers; got {text!r}.") from None
+
+
+# ============================================================================ quotas
+
+
+def _add_quotas(vsub) -> None:
+    p = vsub.add_parser(
+        "quotas",
+        help="per-class DRoP quotas from class sizes and validation recalls",
+        description="Prints {quotas, budget, densities, ...} as JSON.",
+        epilog=EPILOG,
+    )
+    p.add_argument("--counts", required=True, help="class sizes, comma list")
+    p.add_argument("--recalls", help="per-class validation recall in [0, 1] (drop quoter)")
+    p.add_argument("--fraction", required=True, type=float, help="fraction kept, in (0, 1]")
+    p.add_argument(
+        "--quoter",
+        "--quoter_name",
+        dest="quoter",
+        type=str.lower,
+        choices=("drop", "uniform", "none"),
+        default="drop",
+    )
+    p.add_argument("--seed", type=int, default=0, help="fills the rounding leftovers")
+    p.set_defaults(run=_run_quotas)
+
+
+def _run_quotas(args) -> int:
+    from d2scale.vision.quotas import quotas_report
+
+    counts = [int(v) for v in _floats(args.counts, "--counts")]
+    recalls = _floats(args.recalls, "--recalls") if args.recalls else None
+    report = quotas_report(counts, recalls, args.fraction, args.quoter, seed=args.seed)
+    json.dump(report, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+# ============================================================================ prune (DRoP)
+
+
+def _add_prune(vsub) -> None:
+    p = vsub.add_parser(
+        "prune",
+        help="DRoP: query models → quotas → prune (dp) or acquire (al) → final model",
+        description="The DRoP workflow: train --num-inits query models on the current data, "
+        "score samples and take per-class validation recall at the best epoch, set class "
+        "quotas, remove (dp) or acquire (al) samples within them, repeat for --iterations, "
+        "then train the final model (CDB-W with --cdbw-final) and write OUT/metrics.json.",
+        epilog=EPILOG,
+    )
+    _data_flags(p)
+    p.add_argument("--strategy", type=_strategy, default="dp", help="dp (or 1) | al (or 0)")
+    p.add_argument("--final-frac", "--final_frac", dest="final_frac", type=float, required=True)
+    p.add_argument(
+        "--init-frac",
+        "--init_frac",
+        dest="init_frac",
+        type=float,
+        help="al: the seeded initial labelled fraction (default final/(iterations+1))",
+    )
+    p.add_argument(
+        "--scorer",
+        "--scorer_name",
+        dest="scorer",
+        type=str.lower,
+        default="random",
+        help="random, el2n, grand, forgetting, dynunc, aum, entropy, d2, kcenter",
+    )
+    p.add_argument(
+        "--quoter",
+        "--quoter_name",
+        dest="quoter",
+        type=str.lower,
+        default="none",
+        choices=("none", "uniform", "drop", "auto"),
+    )
+    p.add_argument("--num-inits", "--num_inits", dest="num_inits", type=int, default=1)
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=1,
+        help="selection iterations; fractions interpolate linearly to the final one",
+    )
+    p.add_argument("--cdbw-final", "--cdbw_final", dest="cdbw_final", action="store_true")
+    p.add_argument("--cdbw-query", "--cdbw_query", dest="cdbw_query", action="store_true")
+    p.add_argument(
+        "--auto-config",
+        "--auto_config",
+        dest="auto_config",
+        action="store_true",
+        help="accepted for the seed; recipes are always filled per dataset/model",
+    )
+    p.add_argument("--query-epochs", type=int, help="query-model epochs (default: recipe)")
+    p.add_argument(
+        "--query-cache", metavar="DIR", help="reuse query models across runs (default: OUT/query)"
+    )
+    p.add_argument("--out", required=True, metavar="DIR")
+    _train_flags(p, steps=False)
+    _select_flags(p, with_method=False)
+    p.set_defaults(run=_run_prune)
+
+
+def _strategy(text: str) -> str:
+    value = {"0": "al", "1": "dp"}.get(text, text.lower())
+    if value not in ("dp", "al"):
+        raise argparse.ArgumentTypeError("choose dp (or 1) or al (or 0)")
+    return value
+
+
+def _run_prune(args) -> int:
+    from d2scale.vision.prune import PruneParams, run_prune
+
+    params = PruneParams(
+        strategy=args.strategy,
+        final_frac=args.final_frac,
+        init_frac=args.init_frac,
+        scorer=args.scorer,
+        quoter=args.quoter,
+        num_inits=args.num_inits,
+        iterations=args.iterations,
+        cdbw_final=args.cdbw_final,
+        cdbw_query=args.cdbw_query,
+        query_epochs=args.query_epochs,
+        seed=args.seed,
+        select=_select_params(args),
+    ).validate()
+    data = _setup(args)
+    recipe = _recipe(args, "drop")
+    say = _say(args)
+    metrics = run_prune(
+        data,
+        args.model,
+        recipe,
+        params,
+        args.out,
+        progress=say,
+        bars=not args.quiet,
+        query_cache=args.query_cache,
+    )
+    say(
+        f"average test accuracy {100 * metrics['test_accuracy']:.2f}%, worst class "
+        f"{100 * metrics['worst_class_accuracy']:.2f}% -> {args.out}/metrics.json"
+    )
+    return 0

@@ -107,13 +107,17 @@ def select_coreset(
     features: np.ndarray,
     *,
     class_budget: np.ndarray | None = None,
+    budget: int | None = None,
     pool: np.ndarray | None = None,
+    anchors: np.ndarray | None = None,
 ) -> Coreset:
     """Select ``int(fraction·N)`` samples (N = all training samples) per ``params``.
 
     ``scores`` holds the training dynamics (``targets`` among them) and ``features`` one row
     per sample. ``class_budget`` (per-class counts, e.g. DRoP quotas) forces class mode with
-    those budgets; ``pool`` restricts the candidates (default: every sample).
+    those budgets; ``budget`` replaces ``int(fraction·N)``; ``pool`` restricts the candidates
+    (default: every sample); k-center continues from the centres ``anchors`` (active
+    learning: the samples already labelled).
     """
     params.validate()
     t0 = time.perf_counter()
@@ -121,12 +125,15 @@ def select_coreset(
     n = len(targets)
     if features.shape[0] != n:
         raise D2ScaleError(f"features have {features.shape[0]} rows but there are {n} samples.")
-    budget = budget_of(params.fraction, n) if class_budget is None else int(np.sum(class_budget))
+    if class_budget is not None:
+        budget = int(np.sum(class_budget))
+    elif budget is None:
+        budget = budget_of(params.fraction, n)
     cands = np.arange(n) if pool is None else np.sort(np.asarray(pool, dtype=np.int64))
     cands, removed = remove_mislabeled(cands, scores, int(params.mis_ratio * n))
     if budget > len(cands):
         raise D2ScaleError(f"cannot keep {budget} of the {len(cands)} candidate samples.")
-    picker = _Picker(params, scores, features, targets)
+    picker = _Picker(params, scores, features, targets, anchors)
     info = {"params": asdict(params), "n": n, "budget": budget, "n_removed_by_aum": removed}
     if params.coreset_mode == "class" or class_budget is not None:
         n_classes = int(targets.max()) + 1 if class_budget is None else len(class_budget)
@@ -191,8 +198,9 @@ def class_budgets(counts: np.ndarray, budget: int) -> np.ndarray:
 class _Picker:
     """Dispatches ``(pool, budget, class)`` to the chosen method's picker."""
 
-    def __init__(self, params: CoresetParams, scores, features, targets):
+    def __init__(self, params: CoresetParams, scores, features, targets, anchors=None):
         self.p, self.scores, self.features, self.targets = params, scores, features, targets
+        self.anchors = np.zeros(0, np.int64) if anchors is None else np.asarray(anchors)
 
     def __call__(self, pool: np.ndarray, budget: int, cls: int | None) -> np.ndarray:
         if budget >= len(pool):
@@ -210,8 +218,16 @@ class _Picker:
         if p.method == "moderate":
             return pool[moderate(self.features[pool], self.targets[pool], budget)]
         if p.method == "kcenter":
-            return pool[kcenter_greedy(self.features[pool], budget)]
+            return self.kcenter(pool, budget, cls)
         return pool[self.d2(pool, budget)]
+
+    def kcenter(self, pool: np.ndarray, budget: int, cls: int | None) -> np.ndarray:
+        a = self.anchors if cls is None else self.anchors[self.targets[self.anchors] == cls]
+        if len(a) == 0:
+            return pool[kcenter_greedy(self.features[pool], budget)]
+        x = self.features[np.concatenate([a, pool])]
+        picks = kcenter_greedy(x, budget, initial=np.arange(len(a)))
+        return pool[picks - len(a)]
 
     def d2(self, pool: np.ndarray, budget: int) -> np.ndarray:
         from d2scale.engine import d2_order

@@ -72,12 +72,9 @@ class DynamicsLog:
         s["margin_sum"][idx] += p_y - others.max(1).values
         s["p_true"][epoch, idx] = p_y
         if epoch < EARLY_EPOCHS:
-            err = p - F.one_hot(y, p.shape[1]).float()
-            err_norm = err.norm(dim=1)
+            err_norm = el2n_of(p, y)
             s["el2n_sum"][idx] += err_norm
-            # exact per-sample gradient norm of the loss w.r.t. the last layer (weights, bias):
-            # ‖(p − y) hᵀ‖ and ‖p − y‖ combine to ‖p − y‖·√(‖h‖² + 1)
-            s["grand_sum"][idx] += err_norm * torch.sqrt(h.float().pow(2).sum(1) + 1)
+            s["grand_sum"][idx] += grand_of(err_norm, h)
             s["early_count"][idx] += 1
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -88,7 +85,8 @@ class DynamicsLog:
             self.state[k].copy_(v)
 
     def result(self, entropy: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
-        """Every score as a float array over the ``n`` samples (0 where never presented)."""
+        """Every score as a float array over the ``n`` samples (0 where never presented);
+        ``entropy`` comes from the final model."""
         s = {k: v.cpu().numpy() for k, v in self.state.items()}
         early = np.maximum(s["early_count"], 1)
         return {
@@ -117,6 +115,17 @@ def dynamic_uncertainty(p_true: np.ndarray, window: int = WINDOW) -> np.ndarray:
         stds = np.nanstd(windows, axis=2)
         out = np.nanmean(stds, axis=0)
     return np.nan_to_num(out, nan=0.0).astype(np.float32)
+
+
+def el2n_of(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """‖softmax − onehot(y)‖₂ per row of probabilities ``p``."""
+    return (p - F.one_hot(y, p.shape[1]).float()).norm(dim=1)
+
+
+def grand_of(err_norm: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Exact per-sample norm of the loss gradient w.r.t. the last layer (weights and bias):
+    ‖(p − y)·hᵀ‖ and ‖p − y‖ combine to ‖p − y‖·√(‖h‖² + 1)."""
+    return err_norm * torch.sqrt(h.float().pow(2).sum(1) + 1)
 
 
 def entropy_of(logits: torch.Tensor) -> torch.Tensor:

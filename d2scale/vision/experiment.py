@@ -1,9 +1,13 @@
-"""The coreset grid: full-data run per seed, then every (method, fraction) cell.
+"""Experiment grids over methods × fractions × seeds.
 
-Layout of ``out``::
+The coreset grid (:func:`run_experiment`, D2 protocol): one full-data run per seed, then
+select + train every (method, fraction) cell. The DRoP grid (:func:`run_drop_experiment`):
+one full-data reference model per seed, then a ``dp`` prune run per (scorer+quoter, CDB-W,
+fraction). Layout of ``out``::
 
-    seed-<s>/full/                 full-data run (dynamics.npz, features.npy, metrics.json)
-    seed-<s>/<method>-<fraction>/  coreset.npy, selection.json, metrics.json
+    seed-<s>/full/                 full-data run (D2 grid: dynamics.npz, features.npy)
+    seed-<s>/<method>-<fraction>/  a cell: coreset.npy + selection.json, or a prune run
+    query-cache/                   DRoP grid: query models shared by the cells
     results.json  results.md  accuracy.png
 
 A cell whose ``metrics.json`` exists is skipped, so a rerun resumes the grid.
@@ -11,6 +15,7 @@ A cell whose ``metrics.json`` exists is skipped, so a rerun resumes the grid.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable
@@ -23,6 +28,8 @@ from d2scale.sinks import atomic_path, save_json, save_npy
 from d2scale.vision import runs
 from d2scale.vision.coresets import METHODS, CoresetParams, select_coreset
 from d2scale.vision.dynamics import score_name
+from d2scale.vision.prune import SCORERS, PruneParams, run_prune
+from d2scale.vision.train import train
 
 
 @dataclass(frozen=True)
@@ -64,8 +71,6 @@ def run_experiment(
     bars: bool = False,
 ) -> list[dict]:
     """Run the grid (resuming finished cells) and write the results files; the records."""
-    from d2scale.vision.train import train
-
     records = []
     for seed in seeds:
         full_dir = os.path.join(out, f"seed-{seed}", "full")
@@ -82,7 +87,7 @@ def run_experiment(
                 desc="full",
             )
             runs.save_run(full_dir, result)
-        records.append(_record("full", 1.0, seed, _read_metrics(full_dir)))
+        records.append(_record("full", 1.0, seed, runs.read_metrics(full_dir)))
         scores, features = runs.load_run(full_dir)
         for spec in methods:
             for fraction in fractions:
@@ -102,14 +107,12 @@ def run_experiment(
                         select_params,
                         bars,
                     )
-                records.append(_record(spec.label, fraction, seed, _read_metrics(cell)))
+                records.append(_record(spec.label, fraction, seed, runs.read_metrics(cell)))
     write_results(out, records)
     return records
 
 
 def _run_cell(data, model, recipe, spec, fraction, seed, cell, scores, features, sp, bars):
-    from d2scale.vision.train import train
-
     t0 = time.perf_counter()
     params = CoresetParams(method=spec.name, fraction=fraction, seed=seed, **sp)
     if spec.score:
@@ -137,13 +140,6 @@ def _run_cell(data, model, recipe, spec, fraction, seed, cell, scores, features,
     runs.save_run(cell, result, extra)
 
 
-def _read_metrics(run_dir: str) -> dict:
-    import json
-
-    with open(os.path.join(run_dir, "metrics.json")) as f:
-        return json.load(f)
-
-
 def _record(method: str, fraction: float, seed: int, m: dict) -> dict:
     return {
         "method": method,
@@ -153,8 +149,71 @@ def _record(method: str, fraction: float, seed: int, m: dict) -> dict:
         "worst_class_accuracy": m["worst_class_accuracy"],
         "per_class_accuracy": m["per_class_accuracy"],
         "n_selected": m["n_train"],
-        "seconds": m.get("cell_seconds", m["seconds"]),
+        "seconds": m["cell_seconds"] if "cell_seconds" in m else m["seconds"],
     }
+
+
+# ============================================================================ DRoP grid
+
+
+def parse_drop_methods(text: str) -> list[tuple[str, str]]:
+    """``random,random+drop,el2n+uniform,…`` → (scorer, quoter) pairs (default quoter none)."""
+    pairs = []
+    for item in (t.strip().lower() for t in text.split(",") if t.strip()):
+        scorer, _, quoter = item.partition("+")
+        if scorer not in SCORERS or quoter not in ("", "none", "uniform", "drop"):
+            raise D2ScaleError(
+                f"unknown DRoP method {item!r}: use <scorer>[+none|+uniform|+drop] with a "
+                f"scorer among {', '.join(SCORERS)}."
+            )
+        pairs.append((scorer, quoter or "none"))
+    if not pairs:
+        raise D2ScaleError("--methods lists no method.")
+    return pairs
+
+
+def run_drop_experiment(
+    data,
+    model: str,
+    recipe,
+    *,
+    methods: list[tuple[str, str]],
+    fractions: list[float],
+    seeds: list[int],
+    cdbw: list[bool],
+    num_inits: int,
+    out: str,
+    select_params: dict,
+    progress: Callable[[str], None] = print,
+    bars: bool = False,
+) -> list[dict]:
+    """DRoP pruning grid: per seed a full-data reference model, then ``vision prune
+    --strategy dp`` for every (scorer+quoter, CDB-W, fraction); query models are shared
+    through ``out/query-cache``. Writes the same results files as :func:`run_experiment`."""
+    records = []
+    cache = os.path.join(out, "query-cache")
+    for seed in seeds:
+        full_dir = os.path.join(out, f"seed-{seed}", "full")
+        if not runs.is_finished(full_dir):
+            progress(f"seed {seed}: full-data reference model")
+            runs.save_run(full_dir, train(data, model, recipe, seed=seed, out=full_dir,
+                                          progress=bars, desc="full"))  # fmt: skip
+        records.append(_record("full", 1.0, seed, runs.read_metrics(full_dir)))
+        for (scorer, quoter), weighted, fraction in itertools.product(methods, cdbw, fractions):
+            label = scorer + ("" if quoter == "none" else f"+{quoter}") + ("+cdbw" * weighted)
+            cell = os.path.join(out, f"seed-{seed}", f"{label}-{fraction:g}")
+            if not runs.is_finished(cell):
+                progress(f"seed {seed}: {label} at {fraction:g}")
+                params = PruneParams("dp", fraction, scorer=scorer, quoter=quoter,
+                                     num_inits=num_inits, cdbw_final=weighted, seed=seed,
+                                     select=select_params)  # fmt: skip
+                run_prune(data, model, recipe, params, cell, progress=lambda _: None,
+                          bars=bars, query_cache=cache)  # fmt: skip
+            m = runs.read_metrics(cell)
+            m |= {"n_train": m["n_kept"], "cell_seconds": m["timings"]["total"]}
+            records.append(_record(label, fraction, seed, m))
+    write_results(out, records)
+    return records
 
 
 # ============================================================================ results files

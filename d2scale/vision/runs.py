@@ -8,6 +8,7 @@ per SPEC §3 score plus ``targets`` and ``presentations``, one entry per trainin
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -43,6 +44,12 @@ def save_run(out: str, result, extra: dict | None = None) -> dict:
 
 def is_finished(out: str) -> bool:
     return os.path.isfile(os.path.join(out, "metrics.json"))
+
+
+def read_metrics(out: str) -> dict:
+    """``out/metrics.json`` of a finished run."""
+    with open(os.path.join(out, "metrics.json")) as f:
+        return json.load(f)
 
 
 def load_run(run_dir: str) -> tuple[dict[str, np.ndarray], np.ndarray]:

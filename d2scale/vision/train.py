@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from d2scale.errors import D2ScaleError
 from d2scale.sinks import atomic_path
-from d2scale.vision.dynamics import DynamicsLog, entropy_of
+from d2scale.vision.dynamics import DynamicsLog, el2n_of, entropy_of, grand_of
 from d2scale.vision.models import build_model
 
 # ============================================================================ hyperparameters
@@ -61,7 +61,7 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("d2", "imagenet"): Recipe(90, 256, 0.1, 1e-4, iterations=300_000),
     # digit sets, scaled for a 2-core CPU: coresets get as many steps as the full-data run
     ("d2", "digits"): Recipe(30, 64, 0.05, 5e-4, min_lr=1e-3, iterations=30 * 17),
-    ("d2", "mnist5k"): Recipe(15, 128, 0.05, 5e-4, min_lr=1e-3, iterations=15 * 24),
+    ("d2", "mnist5k"): Recipe(10, 128, 0.05, 5e-4, min_lr=1e-3, iterations=10 * 24),
     # DRoP --auto_config (SPEC §3): VGG-16-BN on CIFAR-10; its ResNet-18 / ResNet-50 configs
     ("drop", "cifar10"): Recipe(
         160, 128, 0.1, 1e-4, nesterov=False, schedule="multistep", milestones=(0.5, 0.75)
@@ -76,7 +76,7 @@ RECIPES: dict[tuple[str, str], Recipe] = {
         30, 64, 0.05, 5e-4, nesterov=False, schedule="multistep", milestones=(0.5, 0.75)
     ),
     ("drop", "mnist5k"): Recipe(
-        15, 128, 0.05, 5e-4, nesterov=False, schedule="multistep", milestones=(0.5, 0.75)
+        10, 128, 0.05, 5e-4, nesterov=False, schedule="multistep", milestones=(0.5, 0.75)
     ),
 }
 MODEL_RECIPES = {  # model-specific DRoP configs (ResNet-18: lr 0.2, batch 200, 200 epochs)
@@ -85,6 +85,7 @@ MODEL_RECIPES = {  # model-specific DRoP configs (ResNet-18: lr 0.2, batch 200, 
     ),
 }
 EVAL_BATCH = 1024  # samples per evaluation batch
+CHECKPOINT_SECONDS = 30.0  # save the epoch checkpoint at most this often (and after the last)
 
 
 def recipe_for(dataset: str, model: str, family: str = "d2", **overrides) -> Recipe:
@@ -154,12 +155,13 @@ def train_epoch(run: _Run, epoch: int) -> float:
 @torch.no_grad()
 def evaluate(model, data, split: str, indices=None, *, autocast=None, keep: bool = False) -> dict:
     """Accuracy and per-class recall on ``split``; with ``keep`` also every sample's
-    penultimate features and prediction entropy (numpy, in ``indices`` order)."""
+    penultimate features, prediction entropy, EL2N and last-layer GraNd of this model
+    (numpy, in ``indices`` order)."""
     model.eval()
     k = data.num_classes
     hits = torch.zeros(k, device=data.device)
     counts = torch.zeros(k, device=data.device)
-    feats, ents = [], []
+    kept: dict[str, list] = {"features": [], "entropy": [], "el2n": [], "grand": []}
     for x, y, _ in data.batches(split, indices, EVAL_BATCH, train=False):
         with autocast() if autocast else contextlib.nullcontext():
             logits, h = model(x, features=True)
@@ -167,8 +169,14 @@ def evaluate(model, data, split: str, indices=None, *, autocast=None, keep: bool
         hits += torch.bincount(y, weights=correct, minlength=k)
         counts += torch.bincount(y, minlength=k).float()
         if keep:
-            feats.append(h.float().cpu().numpy())
-            ents.append(entropy_of(logits).cpu().numpy())
+            err = el2n_of(F.softmax(logits.float(), dim=1), y)
+            for name, v in (
+                ("features", h.float()),
+                ("entropy", entropy_of(logits)),
+                ("el2n", err),
+                ("grand", grand_of(err, h)),
+            ):
+                kept[name].append(v.cpu().numpy())
     recall = (hits / counts.clamp(min=1)).cpu().numpy()
     present = counts.cpu().numpy() > 0
     out = {
@@ -179,8 +187,7 @@ def evaluate(model, data, split: str, indices=None, *, autocast=None, keep: bool
         "worst_class_accuracy": float(recall[present].min()) if present.any() else 0.0,
     }
     if keep:
-        out["features"] = np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)
-        out["entropy"] = np.concatenate(ents) if ents else np.zeros(0, np.float32)
+        out.update({k: np.concatenate(v).astype(np.float32) for k, v in kept.items() if v})
     return out
 
 
@@ -263,7 +270,7 @@ class _Run:
         self.class_weights = torch.ones(data.num_classes, device=data.device)
         self.step, self.history = 0, []
         self.ckpt_path = os.path.join(out, "checkpoint.pt") if out else None
-        self.signature = _signature(
+        self.signature = run_signature(
             data, model_name, recipe, self.indices, seed, augment, cdbw, dynamics
         )
 
@@ -273,7 +280,8 @@ class _Run:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
 
 
-def _signature(data, model_name, recipe, indices, seed, augment, cdbw, dynamics) -> str:
+def run_signature(data, model_name, recipe, indices, seed, augment, cdbw, dynamics) -> str:
+    """A hash of everything that determines a training run (checkpoints, query caches)."""
     h = hashlib.sha256()
     facts = [
         data.name,
@@ -320,8 +328,9 @@ def train(
     """Train ``model_name`` on ``data``'s train split (or the samples ``indices``).
 
     Every epoch ends with a validation pass (best-epoch recall for DRoP; CDB-W weights
-    ``1 − recall`` for the next epoch when ``cdbw``) and, with ``out``, a checkpoint
-    ``out/checkpoint.pt`` from which a rerun resumes. ``dynamics`` logs the SPEC §3 scores of
+    ``1 − recall`` for the next epoch when ``cdbw``); with ``out``, ``out/checkpoint.pt`` is
+    saved at most every ``CHECKPOINT_SECONDS`` and after the last epoch, and a rerun resumes
+    from it. ``dynamics`` logs the SPEC §3 scores of
     every presented sample and extracts features of every training sample at the end.
     """
     from tqdm.auto import tqdm
@@ -330,6 +339,7 @@ def train(
     run = _Run(data, model_name, recipe, indices, seed, augment, cdbw, dynamics, out)
     start = load_checkpoint(run)
     bar = tqdm(range(start, run.epochs), desc=desc, disable=not progress or None, leave=False)
+    last_save = time.monotonic()
     for epoch in bar:
         loss = train_epoch(run, epoch)
         val = evaluate(run.model, data, "val", autocast=run.autocast)
@@ -345,7 +355,9 @@ def train(
         if cdbw:  # CDB-W: weights of the next epoch from this epoch's validation recall
             w = torch.tensor(1.0 - recall, dtype=torch.float32, device=data.device)
             run.class_weights = w if float(w.sum()) > 0 else torch.ones_like(w)
-        save_checkpoint(run, epoch)
+        if epoch == run.epochs - 1 or time.monotonic() - last_save > CHECKPOINT_SECONDS:
+            save_checkpoint(run, epoch)  # tiny coresets run hundreds of short epochs
+            last_save = time.monotonic()
         bar.set_postfix(loss=f"{loss:.3f}", val=f"{val['accuracy']:.3f}")
     return _finish(run, model_name, time.perf_counter() - t0)
 
@@ -369,6 +381,7 @@ def _finish(run: _Run, model_name: str, seconds: float) -> TrainResult:
         "val_accuracy": run.history[-1]["val_accuracy"] if run.history else None,
         "best_val_accuracy": best["val_accuracy"] if best else None,
         "best_epoch": best["epoch"] if best else None,
+        "val_recall_at_best": best["val_recall"] if best else None,
         "device": str(data.device),
         "seconds": round(seconds, 2),
     }
@@ -378,4 +391,6 @@ def _finish(run: _Run, model_name: str, seconds: float) -> TrainResult:
         full = evaluate(run.model, data, "train", autocast=run.autocast, keep=True)
         result.features = full["features"].astype(np.float32)
         result.scores = run.dynamics.result(full["entropy"], data.targets("train"))
+        # the final model's own EL2N and GraNd (eval mode), for samples never trained on (AL)
+        result.scores["final_el2n"], result.scores["final_grand"] = full["el2n"], full["grand"]
     return result

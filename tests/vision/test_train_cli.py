@@ -194,10 +194,12 @@ def test_interrupted_training_resumes_to_the_same_model(tmp_path, monkeypatch):
         return real(run, epoch)
 
     monkeypatch.setattr(t, "train_epoch", crash_in_epoch_2)
+    monkeypatch.setattr(t, "CHECKPOINT_SECONDS", 0.0)  # a checkpoint after every epoch
     out = str(tmp_path / "run")
     with pytest.raises(KeyboardInterrupt):
         train(data, "cnn", recipe, seed=1, dynamics=True, out=out, progress=False)
     monkeypatch.setattr(t, "train_epoch", real)
+    assert torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)["epoch"] == 1
     resumed = train(data, "cnn", recipe, seed=1, dynamics=True, out=out, progress=False)
     for a, b in zip(
         ref.model.state_dict().values(), resumed.model.state_dict().values(), strict=True
