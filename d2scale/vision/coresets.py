@@ -26,6 +26,7 @@ from d2scale.vision.dynamics import difficulty, score_name
 METHODS = ("random", "topk", "d2", "ccs", "moderate", "kcenter")
 CLASS_MODE_DEFAULT = ("d2", "kcenter")  # methods that pick per class unless told otherwise
 MIS_RATIO_METHODS = ("d2", "ccs")  # methods whose mis_ratio "auto" is not 0
+KCENTER_DENSE_MAX = 8192  # k-center: precompute all distances up to this many points (512 MB)
 
 
 @dataclass
@@ -137,7 +138,7 @@ def select_coreset(
     info = {"params": asdict(params), "n": n, "budget": budget, "n_removed_by_aum": removed}
     if params.coreset_mode == "class" or class_budget is not None:
         n_classes = int(targets.max()) + 1 if class_budget is None else len(class_budget)
-        per_class = [cands[targets[cands] == c] for c in range(n_classes)]
+        per_class = group_by_class(cands, targets, n_classes)
         counts = np.array([len(p) for p in per_class])
         if class_budget is None:
             class_budget = class_budgets(counts, budget)
@@ -153,6 +154,13 @@ def select_coreset(
     chosen = np.sort(chosen.astype(np.int64))
     assert len(chosen) == budget and len(np.unique(chosen)) == budget
     return Coreset(chosen, info)
+
+
+def group_by_class(ids: np.ndarray, targets: np.ndarray, n_classes: int) -> list[np.ndarray]:
+    """``ids`` split by class (each part in ``ids`` order), in one stable sort."""
+    order = np.argsort(targets[ids], kind="stable")
+    bounds = np.searchsorted(targets[ids][order], np.arange(n_classes + 1))
+    return [ids[order[a:b]] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def remove_mislabeled(
@@ -301,10 +309,12 @@ def moderate(features: np.ndarray, labels: np.ndarray, budget: int) -> np.ndarra
     """Moderate-DS: distance of each sample to its class's coordinate-wise median feature;
     positions of the ``budget`` samples around the median distance (both extremes dropped)."""
     dist = np.zeros(len(labels), dtype=np.float64)
-    for c in np.unique(labels):
-        m = labels == c
-        med = np.median(features[m].astype(np.float64), axis=0)
-        dist[m] = np.linalg.norm(features[m] - med, axis=1)
+    classes = np.unique(labels)
+    for members in group_by_class(np.arange(len(labels)), np.searchsorted(classes, labels),
+                                  len(classes)):  # fmt: skip
+        x = features[members].astype(np.float64)
+        med = np.median(np.ascontiguousarray(x.T), axis=1)  # rows are contiguous: fast partition
+        dist[members] = np.linalg.norm(x - med, axis=1)
     order = np.lexsort((np.arange(len(dist)), dist))
     start = (len(dist) - budget) // 2
     return order[start : start + budget]
@@ -313,26 +323,31 @@ def moderate(features: np.ndarray, labels: np.ndarray, budget: int) -> np.ndarra
 def kcenter_greedy(x: np.ndarray, budget: int, initial: np.ndarray | None = None) -> np.ndarray:
     """k-center greedy: positions in ``x`` of ``budget`` new centres, each the point farthest
     from all centres so far (ties → lowest position). Without ``initial`` centres the first is
-    the point nearest the mean. One matrix-vector product per pick (float64)."""
+    the point nearest the mean. Squared distances in float64 from one matrix product: the
+    whole distance matrix up to ``KCENTER_DENSE_MAX`` rows, else one row per pick."""
     x = np.asarray(x, dtype=np.float64)
     sq = np.einsum("ij,ij->i", x, x)
+    dense = np.maximum(sq[:, None] - 2 * x @ x.T + sq, 0) if len(x) <= KCENTER_DENSE_MAX else None
+
+    def dist_to(u: int) -> np.ndarray:
+        return dense[u] if dense is not None else np.maximum(sq - 2 * x @ x[u] + sq[u], 0)
+
     chosen = np.zeros(len(x), dtype=bool)
+    min_d = np.full(len(x), np.inf)
+    picks: list[int] = []
     if initial is not None and len(initial):
-        c = x[np.asarray(initial)]
-        min_d = np.maximum(sq[:, None] - 2 * x @ c.T + np.einsum("ij,ij->i", c, c), 0).min(1)
+        for u in np.asarray(initial):
+            np.minimum(min_d, dist_to(int(u)), out=min_d)
         chosen[np.asarray(initial)] = True
-        picks: list[int] = []
     else:
-        first = int(np.argmin(((x - x.mean(0)) ** 2).sum(1)))
-        picks = [first]
-        chosen[first] = True
-        min_d = np.maximum(sq - 2 * x @ x[first] + sq[first], 0)
+        picks.append(int(np.argmin(((x - x.mean(0)) ** 2).sum(1))))
+        chosen[picks[0]] = True
+        min_d = dist_to(picks[0]).copy()
     while len(picks) < budget:
-        far = np.where(chosen, -np.inf, min_d)
-        u = int(np.argmax(far))
+        u = int(np.argmax(np.where(chosen, -np.inf, min_d)))
         picks.append(u)
         chosen[u] = True
-        np.minimum(min_d, np.maximum(sq - 2 * x @ x[u] + sq[u], 0), out=min_d)
+        np.minimum(min_d, dist_to(u), out=min_d)
     return np.asarray(picks, dtype=np.int64)
 
 

@@ -253,6 +253,10 @@ class _Run:
         steps_per_epoch = math.ceil(n_used / recipe.batch_size)
         self.total_steps = recipe.iterations or recipe.epochs * steps_per_epoch
         self.epochs = math.ceil(self.total_steps / steps_per_epoch)
+        # validate every epoch when the curve is used (best-epoch recall, CDB-W); otherwise
+        # about once per full-data epoch's worth of samples (a 10% coreset: every 10 epochs)
+        full = data.size("train")
+        self.eval_every = 1 if (cdbw or dynamics) else max(1, round(full / n_used))
         torch.manual_seed(seed)
         size = getattr(data, "image_size", 32)
         self.model = build_model(model_name, data.num_classes, data.in_channels, size)
@@ -328,7 +332,8 @@ def train(
     """Train ``model_name`` on ``data``'s train split (or the samples ``indices``).
 
     Every epoch ends with a validation pass (best-epoch recall for DRoP; CDB-W weights
-    ``1 − recall`` for the next epoch when ``cdbw``); with ``out``, ``out/checkpoint.pt`` is
+    ``1 − recall`` for the next epoch when ``cdbw``; coreset runs without either validate
+    about once per full-data epoch's worth of samples); with ``out``, ``out/checkpoint.pt`` is
     saved at most every ``CHECKPOINT_SECONDS`` and after the last epoch, and a rerun resumes
     from it. ``dynamics`` logs the SPEC §3 scores of
     every presented sample and extracts features of every training sample at the end.
@@ -342,16 +347,12 @@ def train(
     last_save = time.monotonic()
     for epoch in bar:
         loss = train_epoch(run, epoch)
+        if (epoch + 1) % run.eval_every and epoch != run.epochs - 1:
+            continue
         val = evaluate(run.model, data, "val", autocast=run.autocast)
         recall = np.array([v or 0.0 for v in val["per_class_accuracy"]])
-        run.history.append(
-            {
-                "epoch": epoch,
-                "loss": loss,
-                "val_accuracy": val["accuracy"],
-                "val_recall": recall.tolist(),
-            }
-        )
+        run.history.append({"epoch": epoch, "loss": loss, "val_accuracy": val["accuracy"],
+                            "val_recall": recall.tolist()})  # fmt: skip
         if cdbw:  # CDB-W: weights of the next epoch from this epoch's validation recall
             w = torch.tensor(1.0 - recall, dtype=torch.float32, device=data.device)
             run.class_weights = w if float(w.sum()) > 0 else torch.ones_like(w)

@@ -199,3 +199,12 @@ def test_bad_parameters_are_one_sentence(kwargs, message):
     base = {"method": "d2", "fraction": 0.3}
     with pytest.raises(D2ScaleError, match=message):
         CoresetParams(**{**base, **kwargs}).validate()
+
+
+def test_kcenter_dense_and_row_paths_agree(monkeypatch):
+    import d2scale.vision.coresets as cs
+
+    x = np.random.default_rng(5).normal(size=(60, 6))
+    dense = kcenter_greedy(x, 15)
+    monkeypatch.setattr(cs, "KCENTER_DENSE_MAX", 0)
+    assert kcenter_greedy(x, 15).tolist() == dense.tolist()
