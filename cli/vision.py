@@ -294,7 +294,7 @@ def _add_select(vsub) -> None:
 
 
 def _run_select(args) -> int:
-    from d2scale.sinks import save_json, save_npy
+    from d2scale.io import save_json, save_npy
     from d2scale.vision.coresets import CoresetParams, select_coreset
     from d2scale.vision.runs import load_run
 

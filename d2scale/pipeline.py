@@ -1,18 +1,22 @@
-"""``select``: the stages in order — pool → scores → kNN graph → D2 order → subset files."""
+"""``select``: read → kNN graph → method → sinks, each a keyed stage under ``OUT/work``."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import time
 
 import numpy as np
 
-from d2scale import __version__
+from d2scale import __version__, io
+from d2scale.chain import chain_steps, output_fractions, run_chain
 from d2scale.errors import D2ScaleError
+from d2scale.graph_stage import graph_stage
+from d2scale.methods import MethodInputs
 from d2scale.params import SelectParams, budget_for
-from d2scale.runner import Progress, ProgressFn, dask_client, stage
-from d2scale.sinks import check_writable, save_json
+from d2scale.runner import Progress, ProgressFn, Stages, dask_client, stage_key
+from d2scale.sinks import write_outputs
 from d2scale.sources import (
     Pool,
     PoolEmbeddings,
@@ -21,50 +25,55 @@ from d2scale.sources import (
     open_pool,
     read_columns,
 )
-from d2scale.types import KnnGraph
+from d2scale.types import EmbeddingBlocks, SubsetBlocks
 from d2scale.uids import check_unique, encode_uids
 
 
 def select(params: SelectParams, progress: ProgressFn | None = None) -> dict:
-    """Run D2 selection end to end and write ``params.out``; return the ``run.json`` record."""
+    """Run a selection end to end and commit ``params.out``; return the ``run.json`` record."""
     progress = progress or Progress()
     params.validate()
-    check_writable(params.out)
+    if params.metadata_dir is not None:
+        check_out_outside_pool(params.out, params.metadata_dir)
+    io.check_writable(params.out)
     timings: dict[str, float] = {}
     started = time.time()
     pool = open_pool_or_sample(params.metadata_dir, progress)
     progress(f"pool {pool.url}: {pool.n:,} rows in {len(pool.shards)} shards")
+    stages = Stages(io.join(params.out, "work"), progress, timings)
     with dask_client(params.scheduler, params.workers) as client:
-        keys = feature_keys(params.embedding_model, params.feature_type)
-        with stage("read metadata", timings, progress):
-            uids, scores = read_metadata(pool, params.resolved_score_column, client, keys)
-        scores = scores + params.score_shift
-        budgets = {f: budget_for(f, pool.n) for f in params.fractions}
+        read_key = stage_key(pool.fingerprint, params.stage_params("read"))
+        read = stages.run("read", read_key, lambda d: _read_stage(d, pool, params, client))
+        uids = io.load_npy(io.join(read.directory, "uids.npy"))
+        scores = io.load_npy(io.join(read.directory, "scores.npy"))
+        steps = chain_steps(params)
+        budgets = {f: budget_for(f, pool.n) for f in output_fractions(params, steps)}
         _check_sizes(params, pool.n, budgets)
-        with stage("knn graph", timings, progress):
-            knn, graph_info = _graph(params, pool, client, progress)
-        with stage("d2", timings, progress):
-            from d2scale.engine import d2_order
 
-            d2_timings: dict[str, float] = {}
-            result = d2_order(
-                knn,
-                scores,
-                gamma=params.gamma,
-                gamma_forward=params.gamma_forward,
-                mode=params.mode,
-                sampling=params.sampling,
-                budget=max(budgets.values()),
-                device=params.device,
-                greedy=params.greedy,
-                buckets=params.buckets,
+        def make_inputs(rows: np.ndarray, rows_key: str, need: int, step) -> MethodInputs:
+            whole = rows.shape[0] == pool.n
+            step_params = params if whole else dataclasses.replace(params, graph=None)
+            if not whole and params.graph is not None:
+                raise D2ScaleError("--graph holds the whole pool's graph: use it only when "
+                                   "the first step needs a graph.")  # fmt: skip
+            return MethodInputs(
+                n=rows.shape[0],
+                scores=scores[rows] if not whole else scores,
+                uids=uids[rows] if not whole else uids,
+                budget=need,
+                knn_graph=lambda: graph_stage(
+                    stages, pool, step_params, client, progress, None if whole else rows, rows_key
+                ),  # fmt: skip
+                embeddings=lambda: embedding_blocks(pool, params, None if whole else rows),
+                column=lambda name: read_column(pool, name, client)[rows],
+                stages=stages,
+                upstream_key=stage_key(read_key, rows_key),
                 client=client,
-                timings=d2_timings,
+                seed=params.seed,
+                options=step.options,
             )
-    with stage("write outputs", timings, progress):
-        from d2scale.outputs import write_selection
 
-        files = write_selection(params.out, uids, scores, result.forward, result.order, budgets)
+        chain = run_chain(steps, pool.n, max(budgets.values()), make_inputs, params)
     record = {
         "d2scale_version": __version__,
         "command": "select",
@@ -75,33 +84,64 @@ def select(params: SelectParams, progress: ProgressFn | None = None) -> dict:
             "rows": pool.n,
             "shards": [s.name for s in pool.shards],
         },
-        "counts": {
-            "n": pool.n,
-            "edges_symmetric": result.n_edges,
-            "selected": {f"{f:g}": b for f, b in budgets.items()},
+        "counts": {"n": pool.n, "edges_symmetric": chain.ranking.info.get("n_edges")},
+        "graph": stages.runs["graph"].info if "graph" in stages.runs else None,
+        "method": {"name": steps[-1].method, **chain.ranking.info},
+        "steps": chain.steps,
+        "stages": {
+            name: {"key": r.key, "reused": r.reused, "directory": r.directory}
+            for name, r in stages.runs.items()
         },
-        "graph": graph_info,
-        "timings_s": {
-            **timings,
-            **{f"d2.{k}": v for k, v in d2_timings.items()},
-            "total": round(time.time() - started, 3),
-        },
-        "outputs": files,
+        "timings_s": {name: round(s, 3) for name, s in timings.items()},
         "environment": environment(),
     }
-    save_json(os.path.join(params.out, "run.json"), record)
-    progress(f"wrote {', '.join(files)} and run.json to {params.out}")
+    record = write_outputs(params.out, uids, scores, chain.ranking, budgets, record, started)
+    progress(f"wrote {', '.join(record['outputs'])} and run.json to {params.out}")
     return record
 
 
 def open_pool_or_sample(metadata_dir: str | None, progress: ProgressFn) -> Pool:
     """The pool at ``metadata_dir``, or the built-in sample pool when it is None."""
-    if metadata_dir:
+    if metadata_dir is not None:
         return open_pool(metadata_dir)
     from d2scale.synth import sample_pool_dir
 
     progress("no --metadata-dir given: using the built-in 100k-row sample pool (made on first use)")
     return open_pool(sample_pool_dir())
+
+
+def check_out_outside_pool(out: str, metadata_dir: str) -> None:
+    """Refuse an output directory that is the pool or inside it (outputs would join it)."""
+    if not (io.is_local(out) and io.is_local(metadata_dir)):
+        return
+    out_path = os.path.realpath(io.local_path(out))
+    pool_path = os.path.realpath(io.local_path(metadata_dir))
+    if out_path == pool_path or out_path.startswith(pool_path + os.sep):
+        raise D2ScaleError(
+            f"the output directory {out} is inside the metadata directory {metadata_dir}; "
+            "choose an --out outside the pool."
+        )
+
+
+def embedding_blocks(pool: Pool, params, rows: np.ndarray | None = None) -> EmbeddingBlocks:
+    """The pool's embeddings of the selected feature type (only ``rows``, when given)."""
+    blocks = PoolEmbeddings(pool, feature_keys(params.embedding_model, params.feature_type))
+    return blocks if rows is None else SubsetBlocks(blocks, rows)
+
+
+def read_column(pool: Pool, name: str, client) -> np.ndarray:
+    """One parquet column of the whole pool, in pool order (one Dask task per shard)."""
+    n = len(pool.shards)
+    tables = client.gather(client.map(read_columns, [pool] * n, pool.shards, [[name]] * n))
+    return np.concatenate([t.column(name).to_numpy(zero_copy_only=False) for t in tables])
+
+
+def _read_stage(directory: str, pool: Pool, params: SelectParams, client) -> dict:
+    keys = feature_keys(params.embedding_model, params.feature_type)
+    uids, scores = read_metadata(pool, params.resolved_score_column, client, keys)
+    io.save_npy(io.join(directory, "uids.npy"), uids)
+    io.save_npy(io.join(directory, "scores.npy"), scores + params.score_shift)
+    return {"rows": int(uids.shape[0])}
 
 
 def read_metadata(
@@ -146,76 +186,13 @@ def _check_sizes(params: SelectParams, n: int, budgets: dict[float, int]) -> Non
         raise D2ScaleError(f"fraction {empty[0]:g} of {n} samples selects nothing")
 
 
-def _graph(params: SelectParams, pool: Pool, client, progress) -> tuple[KnnGraph, dict]:
-    from d2scale.graph import load_graph
-
-    if params.graph:
-        knn, meta = load_graph(params.graph)
-        if knn.n != pool.n:
-            raise D2ScaleError(
-                f"graph {params.graph} has {knn.n} rows but the pool has {pool.n} samples"
-            )
-        if meta.get("pool_fingerprint") not in (None, pool.fingerprint):
-            raise D2ScaleError(
-                f"graph {params.graph} was built from a different pool than {pool.url}"
-            )
-        if params.n_neighbors > knn.k:
-            raise D2ScaleError(
-                f"n_neighbors ({params.n_neighbors}) exceeds the graph's k ({knn.k})"
-            )
-        knn = KnnGraph(
-            knn.neighbors[:, : params.n_neighbors], knn.distances[:, : params.n_neighbors]
-        )
-        return knn, {"source": params.graph, **meta}
-    gdir = os.path.join(params.out, "graph")
-    return build_graph(pool, params, gdir, client, progress)
-
-
-def build_graph(pool: Pool, params, gdir: str, client, progress) -> tuple[KnnGraph, dict]:
-    """Build (or resume) the kNN graph of ``pool`` into ``gdir``, recording its source.
-
-    ``params`` needs the reader and kNN fields of :class:`SelectParams` (CLI args work too).
-    """
-    from d2scale.graph import build_knn_graph
-
-    keys = feature_keys(params.embedding_model, params.feature_type)
-    source = {
-        "pool_fingerprint": pool.fingerprint,
-        "metadata_dir": pool.url,
-        "embedding_model": params.embedding_model,
-        "feature_type": params.feature_type,
-    }
-    return build_knn_graph(
-        PoolEmbeddings(pool, keys),
-        n_neighbors=params.n_neighbors,
-        index=params.index,
-        recall=params.recall,
-        memory_limit=params.memory_limit,
-        device=params.device,
-        seed=params.seed,
-        client=client,
-        workdir=gdir,
-        progress=progress,
-        meta=source,
-    )
-
-
 def environment() -> dict:
     """Versions and host facts for ``run.json``."""
     import importlib.metadata as md
 
     versions = {}
-    for pkg in (
-        "numpy",
-        "faiss-cpu",
-        "faiss-gpu",
-        "numba",
-        "dask",
-        "distributed",
-        "pyarrow",
-        "fsspec",
-        "cupy-cuda13x",
-    ):
+    for pkg in ("numpy", "faiss-cpu", "faiss-gpu", "numba", "dask", "distributed", "pyarrow",
+                "fsspec", "cupy-cuda13x"):  # fmt: skip
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from d2scale.errors import D2ScaleError
-from d2scale.sinks import atomic_path
+from d2scale.io import atomic_path
 
 LATENT_DIM = 48
 LAYOUTS = ("f16-compressed", "f32-stored", "f16-stored", "f32-compressed")  # "mixed" cycles

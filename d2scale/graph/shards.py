@@ -24,7 +24,7 @@ from numba import njit, prange
 
 from d2scale.graph import ivf
 from d2scale.graph.exact import flat_search, merge_sorted
-from d2scale.sinks import save_npy, save_npz
+from d2scale.io import save_npy, save_npz
 from d2scale.types import EmbeddingBlocks
 
 MEMORY_FRACTION = 0.5  # default budget: this share of the currently available memory

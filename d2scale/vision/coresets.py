@@ -238,7 +238,7 @@ class _Picker:
         return pool[picks - len(a)]
 
     def d2(self, pool: np.ndarray, budget: int) -> np.ndarray:
-        from d2scale.engine import d2_order
+        from d2scale.d2 import d2_order
 
         p = self.p
         s = difficulty(self.scores, p.score)[pool]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from d2scale.errors import D2ScaleError
-from d2scale.sinks import atomic_path, save_json, save_npy
+from d2scale.io import atomic_path, save_json, save_npy
 from d2scale.vision import runs
 from d2scale.vision.coresets import METHODS, CoresetParams, select_coreset
 from d2scale.vision.dynamics import score_name

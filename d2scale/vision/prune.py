@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from d2scale.errors import D2ScaleError
-from d2scale.sinks import save_json, save_npy
+from d2scale.io import save_json, save_npy
 from d2scale.vision import runs
 from d2scale.vision.coresets import CoresetParams, budget_of, remove_mislabeled, select_coreset
 from d2scale.vision.quotas import class_quotas

@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from d2scale.errors import D2ScaleError
-from d2scale.sinks import save_json, save_npy, save_npz
+from d2scale.io import save_json, save_npy, save_npz
 from d2scale.vision.dynamics import SCORES
 
 

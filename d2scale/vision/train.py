@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from d2scale.errors import D2ScaleError
-from d2scale.sinks import atomic_path
+from d2scale.io import atomic_path
 from d2scale.vision.dynamics import DynamicsLog, el2n_of, entropy_of, grand_of
 from d2scale.vision.models import build_model
 

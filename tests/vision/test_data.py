@@ -7,7 +7,6 @@ import os
 import numpy as np
 import pytest
 import torch
-from cifar_archive import write_cifar
 
 from d2scale.errors import D2ScaleError
 from d2scale.vision.data import augment, load_dataset
@@ -16,8 +15,8 @@ from d2scale.vision.splits import chunks, holdout_halves
 
 @pytest.mark.parametrize("tarball", [False, True])
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
-def test_cifar_archive_loads_every_sample(tmp_path, name, tarball):
-    root = write_cifar(str(tmp_path), name, per_class=2, test_per_class=2, tarball=tarball)
+def test_cifar_archive_loads_every_sample(tmp_path, name, tarball, make_cifar):
+    root = make_cifar(str(tmp_path), name, per_class=2, test_per_class=2, tarball=tarball)
     d = load_dataset(name, root)
     n_classes = 10 if name == "cifar10" else 100
     n_train = 2 * n_classes if name == "cifar100" else 2 * 10 + 4 * 10
@@ -29,8 +28,8 @@ def test_cifar_archive_loads_every_sample(tmp_path, name, tarball):
     assert np.bincount(d.targets("val"), minlength=n_classes).tolist() == [1] * n_classes
 
 
-def test_cifar_rows_are_channel_major(tmp_path):
-    root = write_cifar(str(tmp_path), per_class=2)
+def test_cifar_rows_are_channel_major(tmp_path, make_cifar):
+    root = make_cifar(str(tmp_path), per_class=2)
     import pickle
 
     with open(os.path.join(root, "cifar-10-batches-py", "data_batch_1"), "rb") as f:
@@ -41,12 +40,12 @@ def test_cifar_rows_are_channel_major(tmp_path):
     assert int(d.labels["train"][0]) == raw[b"labels"][0]
 
 
-def test_missing_or_broken_archive_is_one_sentence(tmp_path):
+def test_missing_or_broken_archive_is_one_sentence(tmp_path, make_cifar):
     with pytest.raises(D2ScaleError, match="no CIFAR archive"):
         load_dataset("cifar10", str(tmp_path))
     with pytest.raises(D2ScaleError, match="needs --data-dir"):
         load_dataset("cifar10", None)
-    root = write_cifar(str(tmp_path), per_class=2)
+    root = make_cifar(str(tmp_path), per_class=2)
     with open(os.path.join(root, "cifar-10-batches-py", "test_batch"), "wb") as f:
         f.write(b"not a pickle")
     with pytest.raises(D2ScaleError, match="cannot read CIFAR member test_batch"):

@@ -1,4 +1,4 @@
-"""Compiled exact greedy of the reverse pass (the contract is in :mod:`d2scale.reverse`).
+"""Compiled exact greedy of the reverse pass (the contract is in :mod:`d2scale.d2.reverse`).
 
 Data structure: a tournament tree with lazy decreases. Nodes are split into groups of
 ``GROUP`` consecutive ids; a padded 4-ary tree over the groups stores at every tree node a

@@ -8,8 +8,9 @@ import pytest
 from oracle import d2_order as oracle_d2_order
 from oracle import knn_bruteforce
 
-from d2scale.engine import D2Result, d2_order, load_graph_arrays
+from d2scale.d2 import D2Result, d2_order
 from d2scale.errors import D2ScaleError
+from d2scale.graph.store import load_graph
 from d2scale.types import KnnGraph
 
 
@@ -41,14 +42,15 @@ def small_knn():
 
 def test_variants_and_timings():
     knn, scores = small_knn()
-    timings = {}
-    result = d2_order(knn, scores, gamma=1.0, timings=timings)
-    assert set(timings) == {"symmetrize", "forward", "reverse"}
+    result = d2_order(knn, scores, gamma=1.0)
+    assert set(result.stats["seconds"]) == {"symmetrize", "forward", "reverse"}
+    assert result.stats["device"] == "cpu" and result.stats["variant"] == "exact"
     assert result.order.dtype == np.int64 and sorted(result.order) == list(range(30))
     assert 30 * 4 <= result.n_edges <= 2 * 30 * 4  # CSR entries: both directions
     for kwargs in ({"greedy": "standby"}, {"buckets": 3}, {"buckets": np.arange(30) % 2}):
-        order = d2_order(knn, scores, gamma=1.0, budget=10, **kwargs).order
-        assert len(set(order.tolist())) == 10
+        result = d2_order(knn, scores, gamma=1.0, budget=10, device="auto", **kwargs)
+        assert len(set(result.order.tolist())) == 10
+        assert result.stats["device"] == "cpu"  # auto → CPU for CPU-only variants
 
 
 @pytest.mark.parametrize(
@@ -71,26 +73,27 @@ def test_bad_arguments_raise_one_sentence(kwargs, match):
         d2_order(knn, args.pop("scores"), **args)
 
 
-def test_load_graph_arrays(tmp_path):
+def test_load_graph_memory_mapped_without_meta(tmp_path):
     knn, _ = small_knn()
     np.save(tmp_path / "neighbors.npy", knn.neighbors)
-    with pytest.raises(D2ScaleError, match="distances.npy is missing"):
-        load_graph_arrays(str(tmp_path))
+    with pytest.raises(D2ScaleError, match="missing graph file .*distances.npy"):
+        load_graph(str(tmp_path), mmap=True)
     np.save(tmp_path / "distances.npy", knn.distances[:, :2])
-    with pytest.raises(D2ScaleError, match="same N×k shape"):
-        load_graph_arrays(str(tmp_path))
+    with pytest.raises(D2ScaleError, match="must hold floats of shape"):
+        load_graph(str(tmp_path), mmap=True)
     np.save(tmp_path / "distances.npy", knn.distances)
-    loaded = load_graph_arrays(str(tmp_path))
-    assert isinstance(loaded, KnnGraph)
+    loaded, meta = load_graph(str(tmp_path), mmap=True)
+    assert isinstance(loaded, KnnGraph) and meta == {}
+    assert isinstance(loaded.neighbors, np.memmap)
     np.testing.assert_array_equal(loaded.neighbors, knn.neighbors)
     (tmp_path / "distances.npy").write_bytes(b"not npy")
-    with pytest.raises(D2ScaleError, match="cannot read"):
-        load_graph_arrays(str(tmp_path))
+    with pytest.raises(D2ScaleError, match="corrupt graph file"):
+        load_graph(str(tmp_path), mmap=True)
 
 
 def test_engine_import_is_lean():
     code = (
-        "import sys, d2scale.engine; "
+        "import sys, d2scale.d2, d2scale.graph.store, d2scale.cli.mp; "
         "print(sorted(m for m in ('dask', 'faiss', 'pyarrow', 'distributed') "
         "if m in sys.modules))"
     )
@@ -98,3 +101,21 @@ def test_engine_import_is_lean():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_auto_device_falls_back_to_cpu_for_cpu_only_variants(monkeypatch):
+    from d2scale import backends
+    from d2scale.d2 import order
+
+    monkeypatch.setattr(backends, "cuda_available", lambda: True)  # as on a GPU machine
+    knn, scores = small_knn()
+    for kwargs in ({"greedy": "standby"}, {"buckets": 3}):
+        result = d2_order(knn, scores, gamma=1.0, device="auto", **kwargs)
+        assert result.stats["device"] == "cpu"
+
+    def no_forward(*args):
+        raise AssertionError("the forward pass ran before the refusal")
+
+    monkeypatch.setattr(order, "forward_on", no_forward)
+    with pytest.raises(D2ScaleError, match="CPU only"):
+        d2_order(knn, scores, gamma=1.0, device="cuda", greedy="standby")

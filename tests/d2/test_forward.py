@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 from oracle import forward, grid_knn
 
-from d2scale import forward as forward_module
-from d2scale._cuda import cuda_available
+from d2scale.backends import cuda_available
+from d2scale.d2 import weights as weights_module
+from d2scale.d2.forward import forward_scores
+from d2scale.d2.weights import forward_weights, kernel_weights
 from d2scale.errors import D2ScaleError
-from d2scale.forward import forward_scores, forward_weights, kernel_weights
 from d2scale.graph.symmetric import symmetrize
 from d2scale.types import CsrGraph, KnnGraph
 
@@ -43,7 +44,7 @@ def test_weights_are_the_documented_numpy_expression():
 
 
 def test_weights_computed_in_slices_equal_one_numpy_call(monkeypatch):
-    monkeypatch.setattr(forward_module, "WEIGHT_SLICE", 1000)
+    monkeypatch.setattr(weights_module, "WEIGHT_SLICE", 1000)
     d = np.random.default_rng(4).random(3_517).astype(np.float32) * 3
     for gamma in (0.1, 1.0):
         np.testing.assert_array_equal(

@@ -63,11 +63,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from d2scale.backends import cuda_available
 from d2scale.errors import D2ScaleError
 from d2scale.kernels import Param, build_host_library, kernel_signatures, load_cupy_module
+from d2scale.params import check
 from d2scale.types import CsrGraph
 
-FORWARD_MODES = ("sum", "product")
 Tail = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]
 
 
@@ -191,16 +192,6 @@ class HostEmulation:
             raise KeyError(f"kernel {kernel!r} is missing from kernels/host_launch.cpp")
 
 
-def cuda_available() -> bool:
-    """True when cupy imports and sees at least one CUDA device; never raises."""
-    try:
-        import cupy
-
-        return bool(cupy.cuda.is_available())
-    except Exception:
-        return False
-
-
 @functools.lru_cache(maxsize=1)
 def _cupy_backend() -> CupyBackend:
     return CupyBackend()
@@ -229,8 +220,7 @@ def forward_scores_cuda(
     backend: Backend | None = None,
 ) -> np.ndarray:
     """Forward pass on ``backend`` (default: GPU); bit-identical to the CPU pass."""
-    if mode not in FORWARD_MODES:
-        raise D2ScaleError(f"The forward mode must be one of {FORWARD_MODES}; got {mode!r}.")
+    check("mode", mode)
     be = backend if backend is not None else default_backend()
     xp = be.xp
     out = xp.empty(csr.n, dtype=np.float64)
@@ -250,16 +240,9 @@ def forward_scores_cuda(
 
 # --- reverse --------------------------------------------------------------------------------
 
-_last_stats: dict[str, Any] = {}
-
-
-def last_reverse_stats() -> dict[str, Any]:
-    """Statistics of the latest :func:`reverse_order_cuda` call (for ``run.json``)."""
-    return dict(_last_stats)
-
 
 def _default_tail() -> Tail:
-    from d2scale.reverse import greedy_continue
+    from d2scale.d2.exact import greedy_continue
 
     return greedy_continue
 
@@ -418,9 +401,9 @@ def reverse_order_cuda(
     """Exact greedy pick order (int64, ``min(budget, N)`` nodes) of the reverse pass.
 
     :func:`settle_prefix` settles the non-negative phase on ``backend`` (default: GPU);
-    ``tail`` (default :func:`d2scale.reverse.greedy_continue`) finishes on the CPU from the
-    exact state. ``max_rounds``/``min_settled``: see :func:`settle_prefix`. ``stats`` (and
-    :func:`last_reverse_stats`) receive rounds and where the picks came from.
+    ``tail`` (default :func:`d2scale.d2.exact.greedy_continue`) finishes on the CPU from the
+    exact state. ``max_rounds``/``min_settled``: see :func:`settle_prefix`. ``stats``
+    receives rounds and where the picks came from (per call: no module state).
     """
     started = time.perf_counter()
     prefix = settle_prefix(
@@ -446,8 +429,6 @@ def reverse_order_cuda(
         order = np.concatenate([order, np.asarray(rest, dtype=np.int64)])
         info["picks_cpu_tail"] = len(rest)
     info["seconds_total"] = time.perf_counter() - started
-    _last_stats.clear()
-    _last_stats.update(info)
     if stats is not None:
         stats.update(info)
     return order

@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 from oracle import dyadic, forward, greedy, grid_knn, kernel_weights, random_symmetric_csr
 
+from d2scale.d2.exact import greedy_continue
+from d2scale.d2.reverse import reverse_order
+from d2scale.d2.weights import reverse_weights
 from d2scale.errors import D2ScaleError
 from d2scale.graph.symmetric import symmetrize
-from d2scale.reverse import greedy_continue, reverse_order, reverse_weights
 from d2scale.types import CsrGraph
 
 
@@ -133,7 +135,7 @@ def test_forward_scores_are_not_modified():
         ({"budget": 2.0}, "budget"),
         ({"sampling": "both"}, "sampling"),
         ({"greedy": "fast"}, "greedy"),
-        ({"greedy": "standby"}, "knn"),
+        ({"greedy": "standby"}, "kNN graph"),
         ({"device": "cuda", "buckets": 2}, "CPU"),
     ],
 )

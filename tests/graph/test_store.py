@@ -171,12 +171,12 @@ def test_save_load_and_errors(tmp_path):
     with pytest.raises(D2ScaleError, match=r"ids outside \[-1, 2\)"):
         load_graph(gdir)
     np.save(os.path.join(gdir, "distances.npy"), np.zeros((2, 3), np.float32))
-    with pytest.raises(D2ScaleError, match=r"distances.npy must be float32 of shape \(2, 2\)"):
+    with pytest.raises(D2ScaleError, match=r"distances.npy must hold floats of shape \(2, 2\)"):
         load_graph(gdir)
     with open(os.path.join(gdir, "distances.npy"), "wb") as f:
         f.write(b"\x93NUMPY garbage")
     with pytest.raises(D2ScaleError, match="corrupt graph file .*distances.npy"):
         load_graph(gdir)
     os.remove(os.path.join(gdir, "neighbors.npy"))
-    with pytest.raises(D2ScaleError, match="missing graph file .*neighbors.npy"):
+    with pytest.raises(D2ScaleError, match="not a graph directory .no neighbors.npy"):
         load_graph(gdir)

@@ -12,11 +12,12 @@ from oracle import (
     to_csr,
 )
 
-from d2scale import bucketed
-from d2scale.bucketed import bucketed_order, contiguous_buckets
+from d2scale.d2 import bucketed
+from d2scale.d2.bucketed import bucketed_order, contiguous_buckets
+from d2scale.d2.reverse import reverse_order
+from d2scale.d2.weights import reverse_weights
 from d2scale.errors import D2ScaleError
 from d2scale.graph.symmetric import symmetrize
-from d2scale.reverse import reverse_order, reverse_weights
 
 
 def bucket_cases(seed: int, count: int):

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from d2scale._reverse_numba import greedy_kernel
+from d2scale.backends import cpu_threads
+from d2scale.d2._greedy import greedy_kernel
 from d2scale.errors import D2ScaleError
-from d2scale.graph.symmetric import cpu_threads
-from d2scale.reverse import checked_budget
+from d2scale.params import check_budget
 from d2scale.types import CsrGraph
 
 TASKS_PER_WORKER = 4  # buckets are grouped into about this many tasks per worker
@@ -59,7 +59,7 @@ def bucketed_order(
     ``client`` (a ``distributed.Client``) or, without one, on Dask's threaded scheduler.
     """
     labels = bucket_labels(labels, csr.n)
-    budget = checked_budget(budget, csr.n)
+    budget = check_budget(budget, csr.n)
     forward = np.ascontiguousarray(forward, dtype=np.float64)
     if forward.shape != (csr.n,) or not np.isfinite(forward).all():
         raise D2ScaleError(f"forward scores must be {csr.n} finite numbers (one per node).")

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from oracle import grid_knn, standby
 
+from d2scale.d2.standby import standby_order
 from d2scale.errors import D2ScaleError
-from d2scale.standby import standby_order
 from d2scale.types import KnnGraph
 
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from d2scale.d2.weights import kernel_weights
 from d2scale.errors import D2ScaleError
-from d2scale.forward import kernel_weights
-from d2scale.reverse import SAMPLINGS, checked_budget
+from d2scale.params import check, check_budget
 from d2scale.types import KnnGraph
 
 
@@ -38,9 +38,8 @@ def standby_order(
     forward = np.array(forward, dtype=np.float64)
     if forward.shape != (knn.n,) or not np.isfinite(forward).all():
         raise D2ScaleError(f"forward scores must be {knn.n} finite numbers (one per node).")
-    if sampling not in SAMPLINGS:
-        raise D2ScaleError(f"sampling must be one of {SAMPLINGS}; got {sampling!r}.")
-    budget = checked_budget(budget, knn.n)
+    check("sampling", sampling)
+    budget = check_budget(budget, knn.n)
     neighbors = np.ascontiguousarray(knn.neighbors, dtype=np.int64)
     if neighbors.size and (neighbors.min() < -1 or neighbors.max() >= knn.n):
         raise D2ScaleError(f"kNN neighbour ids must lie in [-1, {knn.n}): rebuild the graph.")
