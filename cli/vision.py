@@ -81,14 +81,16 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
 
 def _train_flags(p: argparse.ArgumentParser, steps: bool = True) -> None:
     g = p.add_argument_group("training (defaults: the dataset's recipe)")
-    g.add_argument("--epochs", type=int, help="full-data epochs")
+    g.add_argument("--epochs", type=_pos_int, help="full-data epochs")
     if steps:
-        g.add_argument("--iterations", type=int, help="SGD steps of coreset runs (CIFAR: 40000)")
-    g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int)
+        g.add_argument(
+            "--iterations", type=_pos_int, help="SGD steps of coreset runs (CIFAR: 40000)"
+        )
+    g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=_pos_int)
     g.add_argument("--lr", type=float, help="peak learning rate")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=_nonneg_int, default=0)
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    g.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    g.add_argument("--threads", type=_pos_int, help="CPU threads for torch (default: torch's)")
     g.add_argument("--quiet", action="store_true", help="no progress bars or lines")
 
 
@@ -135,7 +137,7 @@ def _select_flags(p: argparse.ArgumentParser, with_method: bool = True) -> None:
         default="uniform",
         help="class budgets: small classes whole, the rest even (seed's uniform)",
     )
-    g.add_argument("--n-neighbors", "--n-neighbor", dest="n_neighbors", type=int, default=5)
+    g.add_argument("--n-neighbors", "--n-neighbor", dest="n_neighbors", type=_pos_int, default=5)
     g.add_argument("--gamma", type=float, default=0.1, help="D2 reverse kernel width γr")
     g.add_argument("--gamma-forward", type=float, default=1.0, help="D2 forward kernel width")
     g.add_argument("--mode", "--graph-mode", dest="mode", choices=("sum", "product"), default="sum")
@@ -147,8 +149,28 @@ def _select_flags(p: argparse.ArgumentParser, with_method: bool = True) -> None:
         default="weighted",
     )
     g.add_argument(
-        "--strata", "--stratas", dest="strata", type=int, default=50, help="CCS score strata"
+        "--strata", "--stratas", dest="strata", type=_pos_int, default=50, help="CCS score strata"
     )
+
+
+def _pos_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {value}")
+    return value
 
 
 def _model(text: str) -> str:
@@ -173,21 +195,22 @@ def _select_params(args) -> dict:
     }
 
 
-def _setup(args):
-    """Threads, device and the dataset of a command."""
+def _setup(args, family: str):
+    """The recipe (checked first), then threads, device and dataset of a command."""
     import torch
 
     from d2scale.vision.data import load_dataset
     from d2scale.vision.runs import resolve_device
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
     if args.model is None:
         args.model = {"digits": "cnn", "mnist5k": "cnn", "imagenet": "resnet50"}.get(
             args.dataset, "resnet18"
         )
-    return load_dataset(args.dataset, args.data_dir, device)
+    recipe = _recipe(args, family)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    return load_dataset(args.dataset, args.data_dir, device), recipe
 
 
 def _recipe(args, family: str):
@@ -242,8 +265,7 @@ def _run_train(args) -> int:
     )
     if not out:
         raise D2ScaleError("give --out RUN (or the seed's --base-dir and --task-name).")
-    data = _setup(args)
-    recipe = _recipe(args, "d2")
+    data, recipe = _setup(args, "d2")
     indices = None
     if args.coreset:
         indices = runs.load_indices(args.coreset, data.size("train"))
@@ -287,7 +309,7 @@ def _add_select(vsub) -> None:
         "--run", dest="run_dir", required=True, metavar="RUN", help="full-data run directory"
     )
     p.add_argument("--out", required=True, metavar="FILE.npy")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_nonneg_int, default=0)
     p.add_argument("--quiet", action="store_true")
     _select_flags(p)
     p.set_defaults(run=_run_select)
@@ -348,7 +370,7 @@ def _add_experiment(vsub) -> None:
         "--num-inits",
         "--num_inits",
         dest="num_inits",
-        type=int,
+        type=_pos_int,
         default=1,
         help="drop: query models per selection",
     )
@@ -367,7 +389,10 @@ def _run_experiment(args) -> int:
 
     drop = args.protocol == "drop"
     fractions = _floats(args.fractions or ("0.3,0.5" if drop else "0.1,0.3,0.5"), "--fractions")
-    seeds = [int(s) for s in _items(args.seeds, "--seeds")]
+    try:
+        seeds = [_nonneg_int(s) for s in _items(args.seeds, "--seeds")]
+    except argparse.ArgumentTypeError as e:
+        raise D2ScaleError(f"--seeds: {e}.") from None
     grid = dict(fractions=fractions, seeds=seeds, out=args.out, select_params=_select_params(args))
     if drop:
         grid["methods"] = ex.parse_drop_methods(args.methods or DROP_METHODS)
@@ -375,8 +400,7 @@ def _run_experiment(args) -> int:
         grid["num_inits"] = args.num_inits
     else:
         grid["methods"] = ex.parse_methods(args.methods or D2_METHODS)
-    data = _setup(args)
-    recipe = _recipe(args, args.protocol)
+    data, recipe = _setup(args, args.protocol)
     say = _say(args)
     runner = ex.run_drop_experiment if drop else ex.run_experiment
     records = runner(data, args.model, recipe, progress=say, bars=not args.quiet, **grid)
@@ -428,14 +452,17 @@ def _add_quotas(vsub) -> None:
         choices=("drop", "uniform", "none"),
         default="drop",
     )
-    p.add_argument("--seed", type=int, default=0, help="fills the rounding leftovers")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="fills the rounding leftovers")
     p.set_defaults(run=_run_quotas)
 
 
 def _run_quotas(args) -> int:
     from d2scale.vision.quotas import quotas_report
 
-    counts = [int(v) for v in _floats(args.counts, "--counts")]
+    try:
+        counts = [_nonneg_int(v) for v in _items(args.counts, "--counts")]
+    except argparse.ArgumentTypeError as e:
+        raise D2ScaleError(f"--counts: {e}.") from None
     recalls = _floats(args.recalls, "--recalls") if args.recalls else None
     report = quotas_report(counts, recalls, args.fraction, args.quoter, seed=args.seed)
     json.dump(report, sys.stdout, indent=2)
@@ -482,10 +509,10 @@ def _add_prune(vsub) -> None:
         default="none",
         choices=("none", "uniform", "drop", "auto"),
     )
-    p.add_argument("--num-inits", "--num_inits", dest="num_inits", type=int, default=1)
+    p.add_argument("--num-inits", "--num_inits", dest="num_inits", type=_pos_int, default=1)
     p.add_argument(
         "--iterations",
-        type=int,
+        type=_pos_int,
         default=1,
         help="selection iterations; fractions interpolate linearly to the final one",
     )
@@ -498,7 +525,7 @@ def _add_prune(vsub) -> None:
         action="store_true",
         help="accepted for the seed; recipes are always filled per dataset/model",
     )
-    p.add_argument("--query-epochs", type=int, help="query-model epochs (default: recipe)")
+    p.add_argument("--query-epochs", type=_pos_int, help="query-model epochs (default: recipe)")
     p.add_argument(
         "--query-cache", metavar="DIR", help="reuse query models across runs (default: OUT/query)"
     )
@@ -532,8 +559,7 @@ def _run_prune(args) -> int:
         seed=args.seed,
         select=_select_params(args),
     ).validate()
-    data = _setup(args)
-    recipe = _recipe(args, "drop")
+    data, recipe = _setup(args, "drop")
     say = _say(args)
     metrics = run_prune(
         data,

@@ -61,6 +61,12 @@ class CoresetParams:
             )
         if self.coreset_mode is None:
             self.coreset_mode = "class" if self.method in CLASS_MODE_DEFAULT else "global"
+        if (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, (int, np.integer))
+            or (self.seed < 0)
+        ):
+            raise D2ScaleError(f"--seed must be an integer ≥ 0; got {self.seed!r}.")
         if self.n_neighbors < 1 or self.strata < 1:
             raise D2ScaleError("--n-neighbors and --strata must be ≥ 1.")
         for name in ("gamma", "gamma_forward"):
