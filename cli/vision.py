@@ -367,6 +367,11 @@ def _add_experiment(vsub) -> None:
     p.add_argument("--seeds", default="0,1,2", help="default: %(default)s")
     p.add_argument("--cdbw", default="off", help="drop: off, on or off,on (default: off)")
     p.add_argument(
+        "--recall-smoothing",
+        default="none",
+        help="drop: none, laplace or none,laplace (cells with DRoP quotas or CDB-W)",
+    )
+    p.add_argument(
         "--num-inits",
         "--num_inits",
         dest="num_inits",
@@ -398,6 +403,9 @@ def _run_experiment(args) -> int:
         grid["methods"] = ex.parse_drop_methods(args.methods or DROP_METHODS)
         grid["cdbw"] = [_on_off(v) for v in _items(args.cdbw, "--cdbw")]
         grid["num_inits"] = args.num_inits
+        grid["smoothings"] = _items(args.recall_smoothing, "--recall-smoothing")
+        if not set(grid["smoothings"]) <= {"none", "laplace"}:
+            raise D2ScaleError("--recall-smoothing takes none, laplace or none,laplace.")
     else:
         grid["methods"] = ex.parse_methods(args.methods or D2_METHODS)
     data, recipe = _setup(args, args.protocol)
@@ -527,6 +535,13 @@ def _add_prune(vsub) -> None:
     )
     p.add_argument("--query-epochs", type=_pos_int, help="query-model epochs (default: recipe)")
     p.add_argument(
+        "--recall-smoothing",
+        choices=("none", "laplace"),
+        default="none",
+        help="validation recall for quotas and CDB-W: as measured (published) or "
+        "(hits + 1) / (n + 2)",
+    )
+    p.add_argument(
         "--query-cache", metavar="DIR", help="reuse query models across runs (default: OUT/query)"
     )
     p.add_argument("--out", required=True, metavar="DIR")
@@ -556,6 +571,7 @@ def _run_prune(args) -> int:
         cdbw_final=args.cdbw_final,
         cdbw_query=args.cdbw_query,
         query_epochs=args.query_epochs,
+        recall_smoothing=args.recall_smoothing,
         seed=args.seed,
         select=_select_params(args),
     ).validate()

@@ -143,16 +143,7 @@ def select_coreset(
     picker = _Picker(params, scores, features, targets, anchors)
     info = {"params": asdict(params), "n": n, "budget": budget, "n_removed_by_aum": removed}
     if params.coreset_mode == "class" or class_budget is not None:
-        n_classes = int(targets.max()) + 1 if class_budget is None else len(class_budget)
-        per_class = group_by_class(cands, targets, n_classes)
-        counts = np.array([len(p) for p in per_class])
-        if class_budget is None:
-            class_budget = class_budgets(counts, budget)
-        elif np.any(np.asarray(class_budget) > counts) or targets.max() >= n_classes:
-            raise D2ScaleError("a class budget exceeds the number of candidates of its class.")
-        pairs = enumerate(zip(per_class, class_budget, strict=True))
-        picks = [picker(p, int(b), c) for c, (p, b) in pairs]
-        chosen = np.concatenate(picks) if picks else np.zeros(0, np.int64)
+        chosen, class_budget = _per_class(picker, cands, targets, budget, class_budget)
         info["class_budgets"] = [int(b) for b in class_budget]
     else:
         chosen = picker(cands, budget, None)
@@ -160,6 +151,20 @@ def select_coreset(
     chosen = np.sort(chosen.astype(np.int64))
     assert len(chosen) == budget and len(np.unique(chosen)) == budget
     return Coreset(chosen, info)
+
+
+def _per_class(picker, cands, targets, budget, class_budget) -> tuple[np.ndarray, np.ndarray]:
+    """Class mode: split the budget (or take the given per-class budgets), pick per class."""
+    n_classes = int(targets.max()) + 1 if class_budget is None else len(class_budget)
+    per_class = group_by_class(cands, targets, n_classes)
+    counts = np.array([len(p) for p in per_class])
+    if class_budget is None:
+        class_budget = class_budgets(counts, budget)
+    elif np.any(np.asarray(class_budget) > counts) or targets.max() >= n_classes:
+        raise D2ScaleError("a class budget exceeds the number of candidates of its class.")
+    pairs = enumerate(zip(per_class, class_budget, strict=True))
+    picks = [picker(p, int(b), c) for c, (p, b) in pairs]
+    return (np.concatenate(picks) if picks else np.zeros(0, np.int64)), class_budget
 
 
 def group_by_class(ids: np.ndarray, targets: np.ndarray, n_classes: int) -> list[np.ndarray]:

@@ -182,14 +182,16 @@ def run_drop_experiment(
     seeds: list[int],
     cdbw: list[bool],
     num_inits: int,
+    smoothings: tuple[str, ...] = ("none",),
     out: str,
     select_params: dict,
     progress: Callable[[str], None] = print,
     bars: bool = False,
 ) -> list[dict]:
     """DRoP pruning grid: per seed a full-data reference model, then ``vision prune
-    --strategy dp`` for every (scorer+quoter, CDB-W, fraction); query models are shared
-    through ``out/query-cache``. Writes the same results files as :func:`run_experiment`."""
+    --strategy dp`` for every (scorer+quoter, CDB-W, recall smoothing, fraction) — smoothing
+    only where recalls are used (DRoP quotas, CDB-W); query models are shared through
+    ``out/query-cache``. Writes the same results files as :func:`run_experiment`."""
     records = []
     cache = os.path.join(out, "query-cache")
     for seed in seeds:
@@ -199,13 +201,18 @@ def run_drop_experiment(
             runs.save_run(full_dir, train(data, model, recipe, seed=seed, out=full_dir,
                                           progress=bars, desc="full"))  # fmt: skip
         records.append(_record("full", 1.0, seed, runs.read_metrics(full_dir)))
-        for (scorer, quoter), weighted, fraction in itertools.product(methods, cdbw, fractions):
-            label = scorer + ("" if quoter == "none" else f"+{quoter}") + ("+cdbw" * weighted)
+        cells = itertools.product(methods, cdbw, smoothings, fractions)
+        for (scorer, quoter), weighted, smoothing, fraction in cells:
+            if smoothing != "none" and not (weighted or quoter == "drop"):
+                continue  # smoothing changes nothing here: the cell without it covers it
+            label = (scorer + ("" if quoter == "none" else f"+{quoter}") + ("+cdbw" * weighted)
+                     + ("" if smoothing == "none" else f"+{smoothing}"))  # fmt: skip
             cell = os.path.join(out, f"seed-{seed}", f"{label}-{fraction:g}")
             if not runs.is_finished(cell):
                 progress(f"seed {seed}: {label} at {fraction:g}")
                 params = PruneParams("dp", fraction, scorer=scorer, quoter=quoter,
-                                     num_inits=num_inits, cdbw_final=weighted, seed=seed,
+                                     num_inits=num_inits, cdbw_final=weighted,
+                                     recall_smoothing=smoothing, seed=seed,
                                      select=select_params)  # fmt: skip
                 run_prune(data, model, recipe, params, cell, progress=lambda _: None,
                           bars=bars, query_cache=cache)  # fmt: skip

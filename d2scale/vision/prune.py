@@ -26,8 +26,8 @@ from d2scale.errors import D2ScaleError
 from d2scale.io import save_json, save_npy
 from d2scale.vision import runs
 from d2scale.vision.coresets import CoresetParams, budget_of, remove_mislabeled, select_coreset
-from d2scale.vision.quotas import class_quotas
-from d2scale.vision.train import pruned_epochs, run_signature, train
+from d2scale.vision.quotas import class_quotas, estimate_recall
+from d2scale.vision.train import cdbw_key, pruned_epochs, run_signature, train
 
 # scorer → (coreset method, training-dynamics score)
 SCORERS = {
@@ -46,7 +46,9 @@ SCORER_ALIASES = {"dynamicuncertainty": "dynunc", "gradientbased": "grand", "cor
 # active learning scores unlabelled samples with the final query model (eval mode)
 AL_SCORES = {"el2n": "final_el2n", "grand": "final_grand", "entropy": "entropy"}
 AL_SCORERS = ("random", "el2n", "grand", "entropy", "d2", "kcenter")
-SHORT_QUERY = ("el2n", "grand")  # DRoP auto-config: these query models train 10% of the epochs
+# DRoP auto-config: query models for these train 10% of the epochs (the seed's Random query
+# runs its default 16 of VGG-16's 160); the others need full training dynamics
+SHORT_QUERY = ("random", "el2n", "grand")
 QUERY_SEED_STRIDE = 7919  # query model i of iteration t trains with seed + 7919·(1 + i + 10·t)
 
 
@@ -64,6 +66,7 @@ class PruneParams:
     cdbw_final: bool = False
     cdbw_query: bool = False
     query_epochs: int | None = None
+    recall_smoothing: str = "none"  # "laplace": (hits + 1) / (n + 2) for quotas and CDB-W
     seed: int = 0
     select: dict = field(default_factory=dict)  # CoresetParams keywords (d2: n_neighbors, …)
 
@@ -81,6 +84,7 @@ class PruneParams:
                 f"--scorer for --strategy {self.strategy} must be one of {', '.join(allowed)}; "
                 f"got {self.scorer!r}."
             )
+        estimate_recall([], [], self.recall_smoothing)
         if not 0 < self.final_frac <= 1:
             raise D2ScaleError(f"--final-frac must be in (0, 1]; got {self.final_frac}.")
         if self.num_inits < 1 or self.iterations < 1:
@@ -156,8 +160,8 @@ class _Query:
 
 
 def query_recipe(recipe, params: PruneParams, kept_fraction: float):
-    """Query models: 10% of the epochs for EL2N/GraNd (DRoP auto-config), else all of them,
-    then DRoP's epoch rule for the fraction of data they see."""
+    """Query models: 10% of the epochs for random, EL2N and GraNd (DRoP auto-config), else all
+    of them, then DRoP's epoch rule for the fraction of data they see."""
     epochs = params.query_epochs or (
         max(1, round(0.1 * recipe.epochs)) if params.scorer in SHORT_QUERY else recipe.epochs
     )
@@ -173,16 +177,20 @@ def _query(data, model, recipe, params, kept, t, cache, bars) -> _Query:
     scores, recalls, dirs, features = [], [], [], None
     for i in range(params.num_inits):
         seed = params.seed + QUERY_SEED_STRIDE * (1 + i + 10 * t)
-        sig = run_signature(data, model, qr, indices, seed, False, params.cdbw_query, True)
+        cdbw = cdbw_key(params.cdbw_query, params.recall_smoothing)
+        sig = run_signature(data, model, qr, indices, seed, False, cdbw, True)
         qdir = os.path.join(cache, sig[:20])
         if not runs.is_finished(qdir):
             res = train(data, model, qr, indices=indices, seed=seed, augment=False,
-                        cdbw=params.cdbw_query, dynamics=True, out=qdir, progress=bars,
+                        cdbw=params.cdbw_query, recall_smoothing=params.recall_smoothing,
+                        dynamics=True, out=qdir, progress=bars,
                         desc=f"query {i + 1}/{params.num_inits}")  # fmt: skip
             runs.save_run(qdir, res)
         s, features = runs.load_run(qdir)
         scores.append(s)
-        recalls.append(runs.read_metrics(qdir)["val_recall_at_best"])
+        m = runs.read_metrics(qdir)
+        recalls.append(estimate_recall(m["val_recall_at_best"], m["val_class_counts"],
+                                       params.recall_smoothing))  # fmt: skip
         dirs.append(qdir)
     mean = {k: np.mean([s[k] for s in scores], axis=0) for k in scores[0] if k != "targets"}
     mean["targets"] = scores[0]["targets"]
@@ -251,7 +259,8 @@ def _final(data, model, recipe, params, kept, history, timings, out, t0, bars, p
     progress(f"final model on {len(kept):,} samples ({final.epochs} epochs)")
     t1 = time.perf_counter()
     result = train(data, model, final, indices=None if len(kept) == n else kept,
-                   seed=params.seed, cdbw=params.cdbw_final, out=os.path.join(out, "final"),
+                   seed=params.seed, cdbw=params.cdbw_final,
+                   recall_smoothing=params.recall_smoothing, out=os.path.join(out, "final"),
                    progress=bars, desc="final")  # fmt: skip
     timings["final"] = time.perf_counter() - t1
     timings["total"] = time.perf_counter() - t0

@@ -16,6 +16,21 @@ from d2scale.errors import D2ScaleError
 from d2scale.vision.coresets import budget_of
 
 QUOTERS = ("none", "uniform", "drop")
+RECALL_SMOOTHINGS = ("none", "laplace")
+
+
+def estimate_recall(recall, counts, smoothing: str = "none") -> np.ndarray:
+    """Per-class recall as measured (``none``, the published rule) or Laplace-smoothed,
+    ``(hits + 1) / (n + 2)``: a finite validation set that gets every sample of a class right
+    does not prove a zero error, and DRoP (or CDB-W) would give that class no samples (or no
+    loss weight) at all."""
+    recall = np.asarray(recall, dtype=np.float64)
+    if smoothing == "none":
+        return recall
+    if smoothing != "laplace":
+        raise D2ScaleError(f"--recall-smoothing must be none or laplace; got {smoothing!r}.")
+    n = np.asarray(counts, dtype=np.float64)
+    return (recall * n + 1) / (n + 2)
 
 
 def drop_quotas(counts, recalls, budget: int, seed: int = 0) -> np.ndarray:

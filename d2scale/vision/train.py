@@ -31,6 +31,7 @@ from d2scale.errors import D2ScaleError
 from d2scale.io import atomic_path
 from d2scale.vision.dynamics import DynamicsLog, el2n_of, entropy_of, grand_of
 from d2scale.vision.models import build_model
+from d2scale.vision.quotas import estimate_recall
 
 # ============================================================================ hyperparameters
 
@@ -185,6 +186,7 @@ def evaluate(model, data, split: str, indices=None, *, autocast=None, keep: bool
             float(v) if p else None for v, p in zip(recall, present, strict=True)
         ],
         "worst_class_accuracy": float(recall[present].min()) if present.any() else 0.0,
+        "per_class_count": [int(c) for c in counts.cpu().numpy()],
     }
     if keep:
         out.update({k: np.concatenate(v).astype(np.float32) for k, v in kept.items() if v})
@@ -284,6 +286,11 @@ class _Run:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
 
 
+def cdbw_key(cdbw: bool, recall_smoothing: str):
+    """How CDB-W enters a run signature (plain bool unless the recalls are smoothed)."""
+    return f"cdbw-{recall_smoothing}" if cdbw and recall_smoothing != "none" else cdbw
+
+
 def run_signature(data, model_name, recipe, indices, seed, augment, cdbw, dynamics) -> str:
     """A hash of everything that determines a training run (checkpoints, query caches)."""
     h = hashlib.sha256()
@@ -325,6 +332,7 @@ def train(
     augment: bool = True,
     cdbw: bool = False,
     dynamics: bool = False,
+    recall_smoothing: str = "none",
     out: str | None = None,
     progress: bool = True,
     desc: str = "train",
@@ -341,7 +349,11 @@ def train(
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
+    estimate_recall([], [], recall_smoothing)  # a bad name fails before any training
     run = _Run(data, model_name, recipe, indices, seed, augment, cdbw, dynamics, out)
+    run.recall_smoothing = recall_smoothing
+    run.signature = run_signature(data, model_name, recipe, run.indices, seed, augment,
+                                  cdbw_key(cdbw, recall_smoothing), dynamics)  # fmt: skip
     start = load_checkpoint(run)
     bar = tqdm(range(start, run.epochs), desc=desc, disable=not progress or None, leave=False)
     last_save = time.monotonic()
@@ -354,13 +366,19 @@ def train(
         run.history.append({"epoch": epoch, "loss": loss, "val_accuracy": val["accuracy"],
                             "val_recall": recall.tolist()})  # fmt: skip
         if cdbw:  # CDB-W: weights of the next epoch from this epoch's validation recall
-            w = torch.tensor(1.0 - recall, dtype=torch.float32, device=data.device)
+            r = estimate_recall(recall, val["per_class_count"], recall_smoothing)
+            w = torch.tensor(1.0 - r, dtype=torch.float32, device=data.device)
             run.class_weights = w if float(w.sum()) > 0 else torch.ones_like(w)
         if epoch == run.epochs - 1 or time.monotonic() - last_save > CHECKPOINT_SECONDS:
             save_checkpoint(run, epoch)  # tiny coresets run hundreds of short epochs
             last_save = time.monotonic()
         bar.set_postfix(loss=f"{loss:.3f}", val=f"{val['accuracy']:.3f}")
     return _finish(run, model_name, time.perf_counter() - t0)
+
+
+def evaluate_counts(data, split: str) -> list[int]:
+    """Samples per class in ``split``."""
+    return np.bincount(data.targets(split), minlength=data.num_classes).tolist()
 
 
 def _finish(run: _Run, model_name: str, seconds: float) -> TrainResult:
@@ -376,6 +394,7 @@ def _finish(run: _Run, model_name: str, seconds: float) -> TrainResult:
         "steps": run.step,
         "recipe": asdict(run.recipe),
         "cdbw": run.cdbw,
+        "recall_smoothing": run.recall_smoothing if run.cdbw else None,
         "test_accuracy": test["accuracy"],
         "worst_class_accuracy": test["worst_class_accuracy"],
         "per_class_accuracy": test["per_class_accuracy"],
@@ -383,6 +402,7 @@ def _finish(run: _Run, model_name: str, seconds: float) -> TrainResult:
         "best_val_accuracy": best["val_accuracy"] if best else None,
         "best_epoch": best["epoch"] if best else None,
         "val_recall_at_best": best["val_recall"] if best else None,
+        "val_class_counts": evaluate_counts(data, "val"),
         "device": str(data.device),
         "seconds": round(seconds, 2),
     }

@@ -198,6 +198,8 @@ def test_drop_experiment_grid(tmp_path, capsys):
         "random,random+drop",
         "--cdbw",
         "off,on",
+        "--recall-smoothing",
+        "none,laplace",
         "--fractions",
         "0.5",
         "--seeds",
@@ -211,7 +213,16 @@ def test_drop_experiment_grid(tmp_path, capsys):
     assert main(argv) == 0, capsys.readouterr().err
     records = _read_json(os.path.join(out, "results.json"))["records"]
     labels = [r["method"] for r in records]
-    assert labels == ["full", "random", "random+cdbw", "random+drop", "random+drop+cdbw"]
+    assert labels == [
+        "full",
+        "random",
+        "random+cdbw",
+        "random+cdbw+laplace",
+        "random+drop",
+        "random+drop+laplace",
+        "random+drop+cdbw",
+        "random+drop+cdbw+laplace",
+    ]
     assert all(r["n_selected"] == 539 for r in records[1:])
     assert os.listdir(os.path.join(out, "query-cache"))  # random+drop trained a query model
     assert main([*argv[:4], "--dataset", "digits", "--methods", "random+fair", "--out", out]) == 1

@@ -10,7 +10,13 @@ import pytest
 
 from d2scale.cli.main import main
 from d2scale.errors import D2ScaleError
-from d2scale.vision.quotas import class_quotas, drop_quotas, quotas_report, uniform_quotas
+from d2scale.vision.quotas import (
+    class_quotas,
+    drop_quotas,
+    estimate_recall,
+    quotas_report,
+    uniform_quotas,
+)
 
 
 def test_quotas_proportional_to_class_error():
@@ -89,3 +95,14 @@ def test_quotas_command_prints_hand_checkable_json(capsys):
     assert quotas_report([4, 4], None, 0.5, "uniform")["quotas"] == [2, 2]
     assert main(["vision", "quotas", "--counts", "10,10", "--fraction", "0.5"]) == 1
     assert "needs per-class validation recalls" in capsys.readouterr().err
+
+
+def test_laplace_smoothing_keeps_perfect_classes_in_play():
+    r = estimate_recall([1.0, 0.5], [36, 10], "laplace")
+    assert r.tolist() == pytest.approx([37 / 38, 6 / 12])
+    assert estimate_recall([1.0, 0.5], [36, 10], "none").tolist() == [1.0, 0.5]
+    # measured recall 1.0 → quota 0; smoothed → a small but non-zero share
+    assert drop_quotas([36, 10], [1.0, 0.5], 10).tolist() == [0, 10]
+    assert drop_quotas([36, 10], estimate_recall([1.0, 0.5], [36, 10], "laplace"), 10)[0] > 0
+    with pytest.raises(D2ScaleError, match="--recall-smoothing must be none or laplace"):
+        estimate_recall([1.0], [3], "bayes")

@@ -233,6 +233,18 @@ def test_cdbw_weights_follow_validation_recall(monkeypatch):
         weights, recalls = seen[epoch]
         want = 1 - torch.tensor(recalls[epoch - 1], dtype=torch.float32)
         assert torch.allclose(weights, want)
+    seen.clear()
+    train(
+        data,
+        "cnn",
+        recipe_for("digits", "cnn", epochs=2),
+        cdbw=True,
+        recall_smoothing="laplace",
+        progress=False,
+    )
+    n = torch.tensor(np.bincount(data.targets("val")), dtype=torch.float32)
+    r = torch.tensor(seen[1][1][0], dtype=torch.float32)
+    assert torch.allclose(seen[1][0], 1 - (r * n + 1) / (n + 2))  # never exactly 0
 
 
 @pytest.mark.parametrize(
