@@ -283,6 +283,7 @@ class _Build:
             plan = self.plan(centroids, table, sizes)
             if self.store is not None:
                 self.store.save_plan(plan)
+        self.n_shards = len(plan["shards"])
         keep = self.k + 1
         nbr = np.full((self.n, keep), -1, np.int64)
         d2 = np.full((self.n, keep), np.inf)
@@ -376,7 +377,8 @@ class _Build:
 
     def describe(self, fingerprint: str) -> dict:
         return {"n": self.n, "k": self.k, "dim": self.dim, "partitions": len(self.sizes),
-                "memory_limit": self.limit, "fingerprint": fingerprint}  # fmt: skip
+                "memory_limit": self.limit, "shards": self.n_shards,
+                "fingerprint": fingerprint}  # fmt: skip
 
 
 # ---------------------------------------------------------------- helpers

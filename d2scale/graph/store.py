@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from contextlib import contextmanager
 
 import numpy as np
@@ -92,7 +93,7 @@ class GraphStore:
         try:
             with np.load(path) as z:
                 return {key: z[key] for key in keys}
-        except (OSError, ValueError, EOFError, KeyError):  # damaged: recompute it
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):  # damaged
             return None
 
     # -- model -----------------------------------------------------------------------
@@ -111,7 +112,7 @@ class GraphStore:
             with np.load(self.model_path) as z:
                 arrays = {k: z[k] for k in z.files if k != "info"}
                 return arrays, json.loads(str(z["info"]))
-        except (OSError, ValueError, EOFError, KeyError, json.JSONDecodeError):
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
             return None
 
 
