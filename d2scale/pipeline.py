@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import time
 
 import numpy as np
@@ -87,6 +88,7 @@ def select(params: SelectParams, progress: ProgressFn | None = None) -> dict:
             "total": round(time.time() - started, 3),
         },
         "outputs": files,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "environment": environment(),
     }
     save_json(os.path.join(params.out, "run.json"), record)

@@ -5,12 +5,11 @@ import logging
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_info
 from distributed import Client, LocalCluster
+from threadpoolctl import threadpool_info
 
-from d2scale.graph import build_knn_graph
 from d2scale.errors import D2ScaleError
-from d2scale.graph import scan, shards
+from d2scale.graph import build_knn_graph, scan
 from d2scale.graph.shards import part_rows, plan_items, plan_shards
 from d2scale.types import ArrayBlocks
 

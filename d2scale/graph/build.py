@@ -41,6 +41,7 @@ EVAL_BUDGET = 1e8  # ... and their share of exact work (rows × n)
 FINGERPRINT_ROWS = 256
 EVAL_CANDIDATES = 8  # search-space candidates per k+1 kept for the evaluation rows
 TASKS_PER_THREAD = 4  # search chunks per cluster thread and shard (load balance)
+TASK_STAGES = ("sample", "assign", "search")  # stages whose work runs as Dask tasks
 INDEXES = ("auto", "exact", "ivf")
 DEVICES = ("auto", "cpu", "cuda")
 MEMORY_FRACTION = 0.5  # default budget: this share of the currently available memory
@@ -118,9 +119,10 @@ class _Build:
 
     @contextmanager
     def stage(self, name: str):
+        """Time a stage; while its tasks run in this process, BLAS uses one thread each."""
         self.say(f"knn graph: {name}")
         t0 = time.perf_counter()
-        with _blas_one_thread():
+        with _blas_one_thread() if name in TASK_STAGES else nullcontext():
             yield
         self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 3)
 
