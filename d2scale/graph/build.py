@@ -246,7 +246,7 @@ class _Build:
         truth[ids[:, :1].repeat(self.k, 1) < 0] = -1  # no padding expected; kept for safety
         cands, _ = merge([e[1] for e in evals], EVAL_CANDIDATES * k1)
         cands = _first_reps(cands, rep)
-        m_opts = [k1] if self.projection is None else [2 * k1, 3 * k1, 4 * k1]
+        m_opts = [k1] if self.projection is None else [k1 + 4, 2 * k1, 3 * k1, 4 * k1]
         probes = [nprobe] if nprobe else ivf.nprobe_grid(nlist)
         grid = [(p, m) for p in probes for m in m_opts]
         curve = ivf.recall_curve(truth, cands, lists[eval_ids], lists, centroids, grid)

@@ -66,23 +66,25 @@ def _push(hd, hi, s, r):
 
 
 @njit(cache=True, nogil=True)
-def _select(ip, qn, bn, pos0, out_d, out_i):
-    """Fold the block ``qn + bn − 2·ip`` (positions from pos0) into the sorted heaps."""
-    for i in range(ip.shape[0]):
+def _select(part, qn, pos0, out_d, out_i):
+    """Fold the block of distances ``qn + part`` (positions from pos0) into the sorted
+    heaps; ``part`` = ‖b‖² − 2q·b from one augmented sgemm."""
+    for i in range(part.shape[0]):
         hd, hi = out_d[i], out_i[i]
-        worst = hd[-1]
         q = qn[i]
-        for r in range(ip.shape[1]):
-            s = q + bn[r] - 2.0 * ip[i, r]
-            if s < worst:
-                _push(hd, hi, s, pos0 + r)
-                worst = hd[-1]
+        bar = hd[-1] - q
+        row = part[i]
+        for r in range(row.shape[0]):
+            if row[r] < bar:
+                _push(hd, hi, q + row[r], pos0 + r)
+                bar = hd[-1] - q
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _exact(xq, xb, cand, out):
-    # float64 sums of float32 differences (exact to ~1e-16 relative); vectorised in a fixed
-    # order by the compiled code, so equal inputs always give equal outputs
+def _exact(xq, xb, cand, out, scale, dim):
+    # float64 sums of float32 differences over the first ``dim`` columns, ``xb`` scaled by
+    # ``scale`` (exact: a power of two); vectorised in a fixed order by the compiled code,
+    # so equal inputs always give equal outputs
     for i in range(cand.shape[0]):
         for j in range(cand.shape[1]):
             p = cand[i, j]
@@ -90,8 +92,8 @@ def _exact(xq, xb, cand, out):
                 out[i, j] = np.inf
                 continue
             s = 0.0
-            for t in range(xq.shape[1]):
-                v = np.float64(xq[i, t]) - np.float64(xb[p, t])
+            for t in range(dim):
+                v = np.float64(xq[i, t]) - np.float64(xb[p, t]) * scale
                 s += v * v
             out[i, j] = s
 
@@ -123,21 +125,31 @@ def norms2(x: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", x, x)
 
 
+def augment(xb: np.ndarray) -> np.ndarray:
+    """``[−2·xb, ‖xb‖²]`` (float32): one sgemm with ``[q, 1]`` then gives ‖b‖² − 2q·b.
+    (Scaling by −2 is exact, so ``−0.5 · aug[:, :-1]`` is ``xb`` again.)"""
+    xb = np.ascontiguousarray(xb, dtype=np.float32)
+    out = np.empty((xb.shape[0], xb.shape[1] + 1), dtype=np.float32)
+    np.multiply(xb, np.float32(-2.0), out=out[:, :-1])
+    out[:, -1] = norms2(xb)
+    return out
+
+
 def topk(
     xq: np.ndarray,
     xb: np.ndarray,
     spans: Sequence[tuple[int, int]],
     keep: int,
     ids: np.ndarray | None = None,
-    bn: np.ndarray | None = None,
     ip: IpFn = ip_cpu,
     margin: int = MARGIN,
+    aug: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``keep`` of each query among the rows ``xb[a:b]`` of ``spans``.
 
     Returns positions into ``xb`` (int64, ``-1`` padding) and float64 squared distances
     (``inf`` padding), sorted by (distance, ``ids[position]``) (``ids`` default: position).
-    ``bn``: squared norms of ``xb`` (computed when None).
+    ``aug``: :func:`augment` of ``xb``, when the caller keeps it (``xb`` may then be None).
     """
     xq = np.ascontiguousarray(xq, dtype=np.float32)
     nq = xq.shape[0]
@@ -146,26 +158,32 @@ def topk(
     total = sum(b - a for a, b in spans)
     if nq == 0 or total == 0:
         return pos, dist
-    bn = norms2(xb) if bn is None else bn
+    if aug is None:
+        aug = augment(xb[min(a for a, _ in spans) : max(b for _, b in spans)])
+        shift = min(a for a, _ in spans)
+        spans = [(a - shift, b - shift) for a, b in spans]
+    else:
+        shift = 0
     qn = norms2(xq)
-    max_b = float(np.sqrt(max(float(bn[a:b].max()) for a, b in spans if b > a)))
-    eps = l2_error_bound(xq.shape[1], np.sqrt(qn.astype(np.float64)), max_b)
+    max_b = float(np.sqrt(max(float(aug[a:b, -1].max()) for a, b in spans if b > a)))
+    eps = l2_error_bound(xq.shape[1] + 1, np.sqrt(qn.astype(np.float64)), max_b)
+    qa = np.concatenate([xq, np.ones((nq, 1), np.float32)], axis=1)
     rows, c = np.arange(nq), keep + margin
     while rows.size:
         c = min(c, total)
-        q = xq if rows.size == nq else xq[rows]
-        qn_r = qn[rows]
+        q = qa if rows.size == nq else qa[rows]
         heap_d = np.full((rows.size, c), np.inf, dtype=np.float32)
         heap_i = np.full((rows.size, c), -1, dtype=np.int64)
         for a, b in spans:
             if b > a:
-                _select(ip(q, xb[a:b]), qn_r, bn[a:b], a, heap_d, heap_i)
+                _select(ip(q, aug[a:b]), qn[rows], a, heap_d, heap_i)
         exact = np.empty(heap_i.shape)
-        _exact(q, xb, heap_i, exact)
-        gid = np.where(heap_i >= 0, heap_i if ids is None else ids[np.maximum(heap_i, 0)], _NO_ID)
+        _exact(q, aug, heap_i, exact, np.float64(-0.5), xq.shape[1])
+        cand = np.where(heap_i >= 0, heap_i + shift, -1)
+        gid = np.where(cand >= 0, cand if ids is None else ids[np.maximum(cand, 0)], _NO_ID)
         p = np.full((rows.size, keep), -1, dtype=np.int64)
         d = np.full((rows.size, keep), np.inf)
-        _rank(heap_i, exact, gid, keep, p, d)
+        _rank(cand, exact, gid, keep, p, d)
         ok = (c >= total) | (heap_i[:, -1] < 0)
         ok |= d[:, keep - 1] < heap_d[:, -1].astype(np.float64) - eps[rows]
         pos[rows[ok]], dist[rows[ok]] = p[ok], d[ok]
@@ -193,7 +211,7 @@ def rerank(
     """The best ``keep`` of the candidate positions ``cand`` by (exact float64 distance,
     ``ids[position]``): (positions, squared distances)."""
     exact = np.empty(cand.shape)
-    _exact(np.ascontiguousarray(xq, dtype=np.float32), xb, cand, exact)
+    _exact(np.ascontiguousarray(xq, dtype=np.float32), xb, cand, exact, 1.0, xb.shape[1])
     gid = np.where(cand >= 0, ids[np.maximum(cand, 0)], _NO_ID)
     pos = np.full((cand.shape[0], keep), -1, dtype=np.int64)
     dist = np.full((cand.shape[0], keep), np.inf)

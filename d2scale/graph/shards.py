@@ -173,20 +173,19 @@ def extract_part(
 
 @dataclass
 class Shard:
-    """Rows of some IVF lists, sorted by (list, id): list ``l`` is ``x[lims[at[l]]:
-    lims[at[l] + 1]]`` (``at[l] = -1`` for lists not held); ``y``: the rows in the search
-    space (None: search in ``x``), ``yn`` their squared norms."""
+    """Rows of some IVF lists, sorted by (list, id): list ``l`` is rows
+    ``lims[at[l]]:lims[at[l] + 1]`` (``at[l] = -1`` for lists not held). ``aug`` holds the
+    search-space rows augmented for one-sgemm distances (:func:`scan.augment`); ``x`` the
+    full rows for re-ranking (None when the search space is the full space)."""
 
     ids: np.ndarray
-    x: np.ndarray
-    y: np.ndarray | None
-    yn: np.ndarray
+    x: np.ndarray | None
+    aug: np.ndarray
     lims: np.ndarray
     at: np.ndarray
 
-    @property
-    def search(self) -> np.ndarray:
-        return self.x if self.y is None else self.y
+    def search_rows(self, rows: slice) -> np.ndarray:
+        return self.aug[rows, :-1] * np.float32(-0.5)  # exact: undoes the −2 of augment
 
     def span(self, lst: int) -> tuple[int, int]:
         i = self.at[lst]
@@ -200,23 +199,24 @@ def build_shard(pieces: list[tuple], nlist: int) -> Shard:
     order = np.lexsort((ids, lists))
     at_row = np.empty(ids.size, dtype=np.int64)
     at_row[order] = np.arange(ids.size)
-    x = _place(pieces, 1, at_row)
-    y = None if pieces[0][2] is None else _place(pieces, 2, at_row)
+    projected = pieces[0][2] is not None
+    aug = _place(pieces, 2 if projected else 1, at_row, augment=True)
+    x = _place(pieces, 1, at_row) if projected else None
     held, first = np.unique(lists[order], return_index=True)
     lims = np.append(first, ids.size).astype(np.int64)
     at = np.full(nlist, -1, dtype=np.int64)
     at[held] = np.arange(held.size)
-    search = x if y is None else y
-    return Shard(ids[order], x, y, scan.norms2(search), lims, at)
+    return Shard(ids[order], x, aug, lims, at)
 
 
-def _place(pieces: list[tuple], field: int, at_row: np.ndarray) -> np.ndarray:
-    """Member ``field`` of the pieces placed at rows ``at_row`` (no concatenated copy)."""
-    out = np.empty((at_row.size, pieces[0][field].shape[1]), dtype=np.float32)
+def _place(pieces: list[tuple], field: int, at_row: np.ndarray, augment: bool = False):
+    """Member ``field`` of the pieces placed at rows ``at_row`` (no concatenated copy),
+    augmented (:func:`scan.augment`) when asked."""
+    out = np.empty((at_row.size, pieces[0][field].shape[1] + augment), dtype=np.float32)
     start = 0
     for p in pieces:
         m = p[0].shape[0]
-        out[at_row[start : start + m]] = p[field]
+        out[at_row[start : start + m]] = scan.augment(p[field]) if augment else p[field]
         start += m
     return out
 
@@ -230,13 +230,12 @@ def search_lists(
     single_threaded()
     ip = scan.ip_for(device)
     out = []
-    ys = shard.search
     for lst, a, b in items:
         s0, _ = shard.span(lst)
         q = slice(s0 + a, s0 + b)
         spans = [shard.span(int(p)) for p in table[lst] if p >= 0 and shard.at[p] >= 0]
-        pos, d2 = scan.topk(ys[q], ys, spans, m, shard.ids, shard.yn, ip)
-        if shard.y is not None:
+        pos, d2 = scan.topk(shard.search_rows(q), None, spans, m, shard.ids, ip, aug=shard.aug)
+        if shard.x is not None:
             pos, d2 = scan.rerank(shard.x[q], shard.x, pos, shard.ids, keep)
         nbr = np.where(pos >= 0, shard.ids[np.maximum(pos, 0)], -1)
         out.append((shard.ids[q], nbr, d2))
