@@ -5,7 +5,7 @@ one sgemm (the fastest thing a CPU does); a compiled pass keeps each query's bes
 candidates. Those candidates are re-ranked by exact float64 distances ``Σ(q − b)²`` and each
 query is *certified*: its kept entries are provably the exact top ones by (distance, id)
 when the last kept distance lies below the worst fetched float32 distance minus the float32
-error bound (:func:`d2scale.graph.exact.l2_error_bound`); queries that fail (near-ties) are
+error bound (:func:`l2_error_bound`); queries that fail (near-ties) are
 searched again with four times the candidates. So results are exact over the rows
 searched, identical for any blocking, batching or thread count, and distances are accurate
 for near-duplicates. Everything here is single-threaded (``nogil``): parallelism comes from
@@ -19,16 +19,25 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from numba import njit
 
-from d2scale.graph.exact import l2_error_bound
-
 MARGIN = 4  # candidates fetched beyond those kept
 _NO_ID = np.iinfo(np.int64).max
+_U = 2.0**-24  # float32 unit roundoff
 IpFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (Q, B) -> Q @ B.T, float32
 
 
 def ip_cpu(q: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Inner products ``q @ b.T`` (one sgemm)."""
     return q @ b.T
+
+
+def l2_error_bound(dim: int, norms_q: np.ndarray, max_norm_b: float) -> np.ndarray:
+    """Per-query bound on |float32 squared L2 − exact| (expansion or direct sum).
+
+    Each of ‖x‖², ‖y‖², x·y carries at most γ_d = d·u/(1 − d·u) relative error (u = 2⁻²⁴) and
+    three roundings combine them, so the error is at most γ_{d+3}·(‖x‖ + ‖y‖)².
+    """
+    gamma = (dim + 3) * _U / (1 - (dim + 3) * _U)
+    return gamma * (np.asarray(norms_q, dtype=np.float64) + max_norm_b) ** 2 * 1.01
 
 
 def gpu_available() -> bool:
