@@ -156,8 +156,10 @@ def embed(texts: list[str], progress=print) -> np.ndarray:
     out = np.empty((len(uniq), 384), np.float32)
     t0, step = time.perf_counter(), 4096
     for s in range(0, len(uniq), step):
-        out[s : s + step] = model.encode(list(uniq[s : s + step]), batch_size=128,
-                                         normalize_embeddings=True, convert_to_numpy=True)  # fmt: skip
+        batch = list(uniq[s : s + step])
+        out[s : s + step] = model.encode(
+            batch, batch_size=128, normalize_embeddings=True, convert_to_numpy=True
+        )
         progress(f"embedded {min(s + step, len(uniq))}/{len(uniq)} texts "
                  f"({time.perf_counter() - t0:.0f}s)")  # fmt: skip
     return out[inverse]

@@ -69,8 +69,9 @@ def build_knn_graph(
     ``index``: "exact", "ivf", or "auto" (exact up to ``AUTO_EXACT_MAX`` rows). IVF tunes
     ``nprobe`` on held-out rows until recall@k reaches ``recall`` (``nprobe`` fixes it
     instead); ``nlist`` defaults to ~1.5·√N; ``pca``: search in a PCA space keeping 90% of
-    the variance when that halves the dimensions at least (candidates re-ranked exactly). ``memory_limit`` (bytes, default half the
-    available memory) bounds what the build holds: shards are sized to it. ``client`` is a
+    the variance when that halves the dimensions at least (candidates re-ranked exactly).
+    ``memory_limit`` (bytes, default half the available memory) bounds what the build
+    holds: shards are sized to it. ``client`` is a
     ``distributed.Client`` (None: an in-process one); ``workdir`` makes the build resumable
     and writes the graph directory. ``meta`` (facts about the source) is added to the
     returned dict and to ``meta.json``.
