@@ -24,6 +24,7 @@ from d2scale.graph import scan
 
 PCA_ENERGY = 0.9  # variance kept by the automatic PCA search space
 PCA_ROWS = 20_000  # rows used to fit the PCA
+MAX_NPROBE = 512
 MIN_POINTS_PER_LIST = 39  # faiss warns below this many training points per centroid
 KMEANS_ITER = 10
 
@@ -40,11 +41,13 @@ def choose_nlist(n: int) -> int:
 
 
 def nprobe_grid(nlist: int) -> list[int]:
-    """Candidate ``nprobe`` values tried by the recall tuning, ascending."""
+    """Candidate ``nprobe`` values tried by the recall tuning, ascending (at most
+    ``MAX_NPROBE``: beyond it a larger ``nlist`` or exact search is the better choice)."""
+    top = min(nlist, MAX_NPROBE)
     grid = [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32]  # then steps of ~1/8
-    while grid[-1] < nlist:
+    while grid[-1] < top:
         grid.append(grid[-1] + max(1, grid[-1] // 8))
-    return [p for p in grid if p < nlist] + [nlist]
+    return [p for p in grid if p < top] + [top]
 
 
 # ---------------------------------------------------------------- PCA search space
