@@ -13,6 +13,8 @@ import hashlib
 import json
 import posixpath
 import re
+import zipfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -24,7 +26,14 @@ from fsspec.registry import known_implementations
 
 from d2scale.errors import D2ScaleError
 from d2scale.params import EMBEDDING_MODELS, FEATURE_TYPES
-from d2scale.poolfiles import EMBEDDING_DIMS, Member, ShardFacts, check_member, inspect_shard
+from d2scale.poolfiles import (
+    EMBEDDING_DIMS,
+    NPZ_ERRORS,
+    Member,
+    ShardFacts,
+    check_member,
+    inspect_shard,
+)
 from d2scale.uids import canonical_text, check_unique, encode_uids, uid_text
 
 _FEATURE_SUFFIXES = {"image": ("img",), "text": ("txt",), "image_text": ("img", "txt")}
@@ -209,6 +218,8 @@ class PoolEmbeddings:
 
     Each npz member (float16 or float32, stored or deflated) is re-normalised to unit length
     in float64 and stored as float32; ``image_text`` concatenates the two unit vectors.
+    :meth:`iter_chunks` streams a shard a bounded number of rows at a time (the members are
+    read sequentially from the zip, never whole), so memory does not grow with shard size.
     """
 
     pool: Pool
@@ -229,27 +240,67 @@ class PoolEmbeddings:
         return int(shape[1])
 
     def load(self, i: int) -> np.ndarray:
+        parts = [x for _, x in self.iter_chunks(i, 32768)]
+        return np.concatenate(parts) if parts else np.empty((0, self.dim), dtype=np.float32)
+
+    def iter_chunks(self, i: int, rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, float32 unit rows) of shard ``i``, ``rows`` rows at a time."""
         shard = self.pool.shards[i]
-        out = np.empty((shard.rows, self.dim), dtype=np.float32)
-        col = 0
         try:
-            with self.pool.fs.open(shard.npz, "rb") as f, np.load(f) as npz:
-                for key in self.keys:
-                    if key not in npz.files:
-                        raise D2ScaleError(
-                            f"{shard.npz} has no array {key!r} (has: {', '.join(npz.files)})"
-                        )
-                    arr = npz[key]
-                    _check_shape(arr, shard, key)
-                    _normalise_into(arr, out[:, col : col + arr.shape[1]], shard.npz, key)
-                    col += arr.shape[1]
-        except (OSError, ValueError, EOFError) as e:
+            with self.pool.fs.open(shard.npz, "rb") as f, zipfile.ZipFile(f) as z:
+                names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+                readers = [_MemberReader(z, key, names, shard) for key in self.keys]
+                if sum(r.cols for r in readers) != self.dim:
+                    raise D2ScaleError(
+                        f"{shard.npz}: embeddings have {sum(r.cols for r in readers)} "
+                        f"dimensions, expected {self.dim}"
+                    )
+                for start in range(0, shard.rows, max(1, rows)):
+                    m = min(rows, shard.rows - start)
+                    out = np.empty((m, self.dim), dtype=np.float32)
+                    col = 0
+                    for r in readers:
+                        _normalise_into(r.read(m), out[:, col : col + r.cols], shard.npz, r.key,
+                                        first=start)  # fmt: skip
+                        col += r.cols
+                    yield start, out
+        except (*NPZ_ERRORS, EOFError) as e:
             raise D2ScaleError(f"cannot read embeddings from {shard.npz}: {e}") from None
-        if col != self.dim:
-            raise D2ScaleError(
-                f"{shard.npz}: embeddings have {col} dimensions, expected {self.dim}"
-            )
-        return out
+
+
+class _MemberReader:
+    """Sequential row reads of one 2-D ``.npy`` member of an open zip (stored or deflated)."""
+
+    def __init__(self, z: zipfile.ZipFile, key: str, names: list[str], shard: Shard):
+        if key not in names:
+            raise D2ScaleError(f"{shard.npz} has no array {key!r} (has: {', '.join(names)})")
+        self.key = key
+        self.member = z.open(f"{key}.npy")
+        fmt = np.lib.format
+        readers = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+        version = fmt.read_magic(self.member)
+        if version not in readers:
+            raise D2ScaleError(f"{shard.npz}: array {key!r} has .npy format {version}")
+        shape, fortran, self.dtype = readers[version](self.member)
+        check_member(Member(key, shape, self.dtype.str), shard.rows, shard.parquet, shard.npz)
+        if self.dtype.hasobject or self.dtype.kind not in "fiu":
+            raise D2ScaleError(f"{shard.npz}: array {key!r} has dtype {self.dtype}, not numbers")
+        self.cols = int(shape[1])
+        self.whole = None
+        if fortran:  # column-major: rows are not contiguous, read it whole
+            data = self.member.read()
+            self.whole = np.frombuffer(data, self.dtype).reshape(shape, order="F")
+        self.at = 0
+
+    def read(self, m: int) -> np.ndarray:
+        if self.whole is not None:
+            self.at += m
+            return self.whole[self.at - m : self.at]
+        nbytes = m * self.cols * self.dtype.itemsize
+        data = self.member.read(nbytes)
+        if len(data) != nbytes:
+            raise D2ScaleError(f"array {self.key!r} is truncated")
+        return np.frombuffer(data, self.dtype).reshape(m, self.cols)
 
 
 def check_npz(pool: Pool, shard: Shard, keys: list[str]) -> None:
@@ -270,13 +321,15 @@ def _check_shape(arr: np.ndarray, shard: Shard, key: str) -> None:
     check_member(Member(key, arr.shape, arr.dtype.str), shard.rows, shard.parquet, shard.npz)
 
 
-def _normalise_into(arr: np.ndarray, out: np.ndarray, path: str, key: str, chunk: int = 32768):
+def _normalise_into(
+    arr: np.ndarray, out: np.ndarray, path: str, key: str, chunk: int = 8192, first: int = 0
+):
     for start in range(0, arr.shape[0], chunk):
         x = arr[start : start + chunk].astype(np.float64)
         norms = np.sqrt(np.einsum("ij,ij->i", x, x))
         bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
         if bad.size:
-            row = start + int(bad[0])
+            row = first + start + int(bad[0])
             what = "has zero norm" if norms[bad[0]] == 0 else "contains NaN or inf"
             raise D2ScaleError(f"{path}, array {key!r}, row {row}: embedding {what}")
         out[start : start + x.shape[0]] = x / norms[:, None]

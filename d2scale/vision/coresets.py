@@ -270,17 +270,17 @@ class _Picker:
 
 def knn_graph(x: np.ndarray, k: int):
     """The exact kNN graph (SPEC §1: k nearest *other* points, Euclidean, ties → lower id) of
-    the rows of ``x``, from the project's exact search (float64-certified faiss flat search).
+    the rows of ``x``, from the project's exact search (sgemm scan, float64-certified).
 
     The one place the vision code builds graphs: repoint here to change the kNN backend.
     """
-    from d2scale.graph.exact import flat_search
+    from d2scale.graph.scan import topk as exact_topk
     from d2scale.graph.shards import drop_self
     from d2scale.types import KnnGraph
 
     x = np.ascontiguousarray(x, dtype=np.float32)
     keep = min(k + 1, len(x))
-    pos, d2 = flat_search(x, x, keep)
+    pos, d2 = exact_topk(x, x, [(0, len(x))], keep)
     nbr, d2 = drop_self(pos, d2, np.arange(len(x)), min(k, len(x) - 1))
     if nbr.shape[1] < k:  # fewer than k other points: pad as the KnnGraph contract says
         pad = k - nbr.shape[1]
