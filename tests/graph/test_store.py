@@ -123,7 +123,7 @@ def test_only_the_driver_writes_the_store(tmp_path, monkeypatch):
     need no shared filesystem)."""
     import threading
 
-    from d2scale import sinks
+    from d2scale import io as sinks
 
     writers = set()
     for name in ("save_npz", "save_npy", "save_json"):
