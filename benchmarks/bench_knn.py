@@ -1,23 +1,30 @@
-"""kNN graph benchmark: exact flat search, plain faiss IVF-Flat, big_batch_search, d2scale.
+"""kNN graph benchmark: d2scale vs faiss big_batch_search, NN-descent and exact search.
 
-    python benchmarks/bench_knn.py [--sizes 100000,1000000] [--dim 768] [--data synth|hard]
+    python benchmarks/bench_knn.py --data real --sizes 100000          # real text embeddings
+    python benchmarks/bench_knn.py --data hard --sizes 200000          # CLIP-like synthetic
 
-Prints ONE JSON document. Per pool size it reports recall@k (against exact search, ties
-counted by distance) and wall time of:
+Prints ONE JSON document; every method runs in this one invocation, one after the other, on
+the same data, with the load average before each (the machine may be shared). Per pool it
+reports recall@k of ``--eval-queries`` seeded rows (against exact search; a neighbour as
+close as the true k-th counts, so exact-duplicate ties count whichever copy was found) and
+wall time of:
 
-* ``exact_flat``: faiss exact search (``faiss.knn``), timed on ``--exact-queries`` queries
-  and extrapolated linearly to all N queries (stated in the JSON);
-* ``ivf_flat``: faiss IndexIVFFlat (same nlist as d2scale, trained on 39·nlist rows),
-  train + add + per-query search at the smallest nprobe reaching the recall target, the
-  search timed on ``--ivf-queries`` queries and extrapolated;
-* ``big_batch_search``: ``faiss.contrib.big_batch_search`` on that index and nprobe, run on
-  min(N, ``--bbs-queries``) queries and extrapolated;
-* ``d2scale``: ``build_knn_graph`` end to end in a fresh subprocess (its peak RSS is the
-  memory figure), embeddings held as float16 and served as float32 blocks.
+* ``d2scale``: ``build_knn_graph`` end to end in a fresh subprocess (numba's cache warmed by
+  a small run first), embeddings memory-mapped as float16 and served as float32 blocks;
+  its peak RSS is the memory figure;
+* ``big_batch_search``: ``faiss.contrib.big_batch_search`` (``threaded=1``, faiss on every
+  core) over ALL rows of an IVF-Flat index, for each ``--bbs-nlists`` factor of d2scale's
+  nlist, nprobe tuned (untimed) on the evaluation rows to the smallest value reaching the
+  recall target; the wall time is train + add + search;
+* ``pynndescent``: ``NNDescent`` (``n_jobs`` = cores, ``n_neighbors`` = 2k), timed warm
+  (numba compilation done on a small run first);
+* ``exact_flat``: ``faiss.knn`` on the evaluation rows, extrapolated linearly to all N.
 
-Data: CLIP-like unit vectors — ``synth`` mirrors ``d2scale.synth`` (tight latent clusters of
-~150 rows, 1% exact duplicates), ``hard`` has 64 broad clusters (SPEC §4's difficulty:
-nprobe 16 of 1024 lists → recall ≈ 0.99 at 200k). Data are cached as float16 .npy files.
+Data: ``real`` = all-MiniLM-L6-v2 embeddings of real text with web-like duplicates
+(``benchmarks/real_pool.py``, built and cached on first use); ``synth`` mirrors
+``d2scale.synth`` (tight latent clusters of ~150 rows, 1% exact duplicates); ``hard`` has 64
+broad clusters (SPEC §4). Synthetic data are cached as float16 ``.npy`` files in
+``--workdir``.
 """
 
 from __future__ import annotations
@@ -109,18 +116,20 @@ def child(args: dict) -> None:
     t0 = time.perf_counter()
     graph, info = build_knn_graph(
         blocks, n_neighbors=args["k"], recall=args["recall"], seed=0,
+        memory_limit=args.get("memory_limit"),
         progress=lambda m: print(f"[{time.perf_counter() - t0:7.1f}s] {m}", file=sys.stderr),
     )  # fmt: skip
     wall = time.perf_counter() - t0
     np.save(args["out"], graph.neighbors)
     info["wall_s"] = round(wall, 2)
-    info["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps(info))
 
 
-def run_d2scale(data: str, k: int, recall: float, workdir: str) -> tuple[dict, np.ndarray]:
+def run_d2scale(
+    data: str, k: int, recall: float, workdir: str, limit=None
+) -> tuple[dict, np.ndarray]:
     out = os.path.join(workdir, "d2scale-neighbors.npy")
-    arg = json.dumps({"data": data, "k": k, "recall": recall, "out": out})
+    arg = json.dumps({"data": data, "k": k, "recall": recall, "out": out, "memory_limit": limit})
     proc = subprocess.run(
         [sys.executable, __file__, "--child", arg], capture_output=True, text=True, check=False
     )
@@ -129,7 +138,7 @@ def run_d2scale(data: str, k: int, recall: float, workdir: str) -> tuple[dict, n
     return json.loads(proc.stdout.strip().splitlines()[-1]), np.load(out)
 
 
-# ---------------------------------------------------------------- faiss baselines
+# ---------------------------------------------------------------- recall and exact search
 
 
 def recall_with_ties(x: np.ndarray, q: np.ndarray, found: np.ndarray, kth: np.ndarray) -> float:
@@ -157,54 +166,64 @@ def exact_truth(x: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, float
     return kth, dt
 
 
-def faiss_ivf(x, q, kth, k, nlist, target, n_ivf, n_bbs) -> dict:
+# ---------------------------------------------------------------- baselines
+
+
+def big_batch(x, q, kth, k, nlist, target) -> dict:
+    """faiss IVF-Flat (nlist), nprobe tuned on the evaluation rows, big_batch_search of all."""
     import faiss
     from faiss.contrib.big_batch_search import big_batch_search
 
     n, d = x.shape
-    rng = np.random.default_rng(1)
     t0 = time.perf_counter()
-    quantizer = faiss.IndexFlatL2(d)
-    index = faiss.IndexIVFFlat(quantizer, d, nlist)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
     index.cp.niter = 10
-    index.train(x[np.sort(rng.choice(n, min(n, 39 * nlist), replace=False))])
-    t_train = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    index.train(x[np.sort(np.random.default_rng(1).choice(n, min(n, 39 * nlist), replace=False))])
     index.add(x)
-    t_add = time.perf_counter() - t0
-    curve = {}
-    for nprobe in (1, 2, 4, 8, 16, 32, 64, 128):
+    t_build = time.perf_counter() - t0
+    curve, nprobe = {}, 1
+    while True:  # untimed tuning: doubling, then bisection to the smallest reaching target
         index.nprobe = nprobe
-        _, ids = index.search(x[q], k + 1)
-        curve[nprobe] = recall_with_ties(x, q, ids, kth)
-        if curve[nprobe] >= target:
+        curve[nprobe] = recall_with_ties(x, q, index.search(x[q], k + 1)[1], kth)
+        if curve[nprobe] >= target or nprobe >= nlist:
             break
+        nprobe = min(nlist, 2 * nprobe)
+    lo = max([p for p in curve if curve[p] < target], default=0)
+    while nprobe - lo > max(1, nprobe // 8):
+        mid = (lo + nprobe) // 2
+        index.nprobe = mid
+        curve[mid] = recall_with_ties(x, q, index.search(x[q], k + 1)[1], kth)
+        lo, nprobe = (lo, mid) if curve[mid] >= target else (mid, nprobe)
     index.nprobe = nprobe
-    sub = rng.choice(n, min(n, n_ivf), replace=False)
-    t0 = time.perf_counter()
-    index.search(x[sub], k + 1)
-    per_query = (time.perf_counter() - t0) / len(sub)
-    rows = np.arange(min(n, n_bbs))
+    load = os.getloadavg()[0]
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # big_batch_search prints at verbose=0
-        big_batch_search(index, x[rows], k + 1)
-    t_bbs = (time.perf_counter() - t0) * n / len(rows)
+        _, ids = big_batch_search(index, x, k + 1, threaded=1)
+    t_search = time.perf_counter() - t0
     return {
-        "ivf_flat": {
-            "nlist": nlist, "nprobe": nprobe, "recall": round(curve[nprobe], 4),
-            "recall_curve": {str(p): round(r, 4) for p, r in curve.items()},
-            "train_s": round(t_train, 2), "add_s": round(t_add, 2),
-            "search_s": round(per_query * n, 2), "queries_timed": len(sub),
-            "wall_s": round(t_train + t_add + per_query * n, 2),
-            "note": f"search timed on {len(sub)} queries, extrapolated to {n}",
-        },
-        "big_batch_search": {
-            "nlist": nlist, "nprobe": nprobe, "recall": round(curve[nprobe], 4),
-            "search_s": round(t_bbs, 2), "wall_s": round(t_train + t_add + t_bbs, 2),
-            "note": f"run on {len(rows)} queries, extrapolated to {n}; same index and nprobe "
-            "(same candidates as per-query search, so the same recall)",
-        },
+        "nlist": nlist, "nprobe": nprobe, "recall": round(recall_with_ties(x, q, ids[q], kth), 4),
+        "recall_curve": {str(p): round(r, 4) for p, r in sorted(curve.items())},
+        "train_add_s": round(t_build, 2), "search_s": round(t_search, 2),
+        "wall_s": round(t_build + t_search, 2), "load_before": round(load, 2),
+        "note": "all N queries, threaded=1, faiss OpenMP on every core; nprobe tuning untimed",
     }  # fmt: skip
+
+
+def nn_descent(x, q, kth, k) -> dict:
+    """pynndescent's NN-descent graph, timed warm (compiled on a small run first)."""
+    try:
+        from pynndescent import NNDescent
+    except ImportError:
+        return {"skipped": "pynndescent is not installed"}
+    jobs = len(os.sched_getaffinity(0))
+    NNDescent(x[:5000], n_neighbors=2 * k, n_jobs=jobs, random_state=0)  # compile
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    nnd = NNDescent(x, n_neighbors=2 * k, n_jobs=jobs, random_state=0)
+    ids, _ = nnd.neighbor_graph
+    wall = time.perf_counter() - t0
+    return {"n_neighbors": 2 * k, "recall": round(recall_with_ties(x, q, ids[q], kth), 4),
+            "wall_s": round(wall, 2), "load_before": round(load, 2)}  # fmt: skip
 
 
 # ---------------------------------------------------------------- main
@@ -213,50 +232,70 @@ def faiss_ivf(x, q, kth, k, nlist, target, n_ivf, n_bbs) -> dict:
 K = [10]  # k of the run (set from --k)
 
 
+def data_path(n: int, args, workdir: str) -> str:
+    if args.data == "real":
+        from real_pool import real_pool
+
+        return real_pool(n, progress=lambda m: print(m, file=sys.stderr))
+    path = os.path.join(workdir, f"{args.data}-{n}-{args.dim}.npy")
+    if not os.path.exists(path):
+        clip_like(path, n, args.dim, args.data)
+    return path
+
+
 def bench_size(n: int, args, workdir: str) -> dict:
+    data = data_path(n, args, workdir)
+    x = np.load(data).astype(np.float32)
+    k = args.k
+    q = np.sort(np.random.default_rng(12345).choice(n, min(n, args.eval_queries), replace=False))
+    kth, t_exact_q = exact_truth(x, q, k)
+    out = {"n": n, "dim": int(x.shape[1]), "k": k, "data": args.data,
+           "exact_flat": {"wall_s": round(t_exact_q * n / len(q), 1),
+                          "note": f"faiss.knn on {len(q)} rows, extrapolated to {n}"}}  # fmt: skip
+    methods = args.methods.split(",")
+    if "d2scale" in methods:
+        load = os.getloadavg()[0]
+        info, neighbors = run_d2scale(data, k, args.recall, workdir, args.memory_limit)
+        out["d2scale"] = {
+            "wall_s": info["wall_s"], "recall": round(recall_with_ties(x, q, neighbors[q], kth), 4),
+            "recall_self_reported": info.get("recall"), "recall_se": info.get("recall_se"),
+            "index": info["index"], "nlist": info.get("nlist"), "nprobe": info.get("nprobe"),
+            "unique_rows": info.get("unique_rows"), "timings": info["timings"],
+            "peak_rss_gib": round(info["peak_rss_bytes"] / 2**30, 2),
+            "float16_embedding_gib": round(n * x.shape[1] * 2 / 2**30, 2),
+            "load_before": round(load, 2),
+        }  # fmt: skip
+    nlist = (out.get("d2scale") or {}).get("nlist") or _nlist(n)
+    if "big_batch_search" in methods:
+        out["big_batch_search"] = [
+            big_batch(x, q, kth, k, max(1, int(f * nlist)), args.recall)
+            for f in map(float, args.bbs_nlists.split(","))
+        ]
+    if "pynndescent" in methods:
+        out["pynndescent"] = nn_descent(x, q, kth, k)
+    if "d2scale" in out:
+        wall = out["d2scale"]["wall_s"]
+        ok = [b for b in out.get("big_batch_search", []) if b["recall"] >= args.recall]
+        if ok:
+            out["speedup_vs_best_big_batch_search"] = round(min(b["wall_s"] for b in ok) / wall, 2)
+        if "wall_s" in out.get("pynndescent", {}):
+            out["speedup_vs_pynndescent"] = round(out["pynndescent"]["wall_s"] / wall, 2)
+        out["speedup_vs_exact"] = round(out["exact_flat"]["wall_s"] / wall, 1)
+    return out
+
+
+def _nlist(n: int) -> int:
     from d2scale.graph.ivf import choose_nlist
 
-    data = os.path.join(workdir, f"{args.data}-{n}-{args.dim}.npy")
-    t0 = time.perf_counter()
-    if not os.path.exists(data):
-        clip_like(data, n, args.dim, args.data)
-    t_data = time.perf_counter() - t0
-    info, neighbors = run_d2scale(data, args.k, args.recall, workdir)
-    x = np.load(data).astype(np.float32)
-    q = np.sort(np.random.default_rng(12345).choice(n, min(n, EVAL_QUERIES), replace=False))
-    kth, t_exact_q = exact_truth(x, q, args.k)
-    t_exact = t_exact_q * n / len(q)
-    d2_recall = recall_with_ties(x, q, neighbors[q], kth)
-    base = faiss_ivf(x, q, kth, args.k, choose_nlist(n), args.recall, args.ivf_queries,
-                     args.bbs_queries)  # fmt: skip
-    f16_bytes = n * args.dim * 2
-    pca = info.get("pca_dim") or 0
-    index_bytes = n * (args.dim * 4 + pca * 4 + 8)
-    d2 = {
-        "wall_s": info["wall_s"], "recall": round(d2_recall, 4),
-        "recall_self_reported": info.get("recall"), "recall_se": info.get("recall_se"),
-        "index": info["index"], "nlist": info.get("nlist"), "nprobe": info.get("nprobe"),
-        "candidates": info.get("candidates"), "pca_dim": info.get("pca_dim"),
-        "timings": info["timings"], "peak_rss_gib": round(info["peak_rss_bytes"] / 2**30, 2),
-        "float16_embedding_gib": round(f16_bytes / 2**30, 2),
-        "index_gib": round(index_bytes / 2**30, 2),
-        "memory_ratio": round(info["peak_rss_bytes"] / (f16_bytes + index_bytes), 2),
-    }  # fmt: skip
-    return {
-        "n": n, "dim": args.dim, "k": args.k, "data": args.data,
-        "data_generation_s": round(t_data, 1),
-        "exact_flat": {
-            "recall": 1.0, "wall_s": round(t_exact, 1), "queries_timed": len(q),
-            "note": f"faiss.knn on {len(q)} queries, extrapolated linearly to {n}",
-        },
-        **base,
-        "d2scale": d2,
-        "speedup_vs_exact": round(t_exact / info["wall_s"], 1),
-        "speedup_vs_ivf_flat": round(base["ivf_flat"]["wall_s"] / info["wall_s"], 2),
-        "speedup_vs_big_batch_search": round(
-            base["big_batch_search"]["wall_s"] / info["wall_s"], 2
-        ),
-    }  # fmt: skip
+    return choose_nlist(n)
+
+
+def warm_up(workdir: str, k: int) -> None:
+    """Compile (and cache) d2scale's kernels on a small pool, so timings are warm."""
+    path = os.path.join(workdir, "warmup-20000-64.npy")
+    if not os.path.exists(path):
+        clip_like(path, 20000, 64, "synth")
+    run_d2scale(path, k, 0.9, workdir)
 
 
 def versions() -> dict:
@@ -264,19 +303,28 @@ def versions() -> dict:
     import faiss
     import numba
 
-    return {"faiss": faiss.__version__, "numpy": np.__version__, "numba": numba.__version__,
-            "dask": dask.__version__}  # fmt: skip
+    out = {"faiss": faiss.__version__, "numpy": np.__version__, "numba": numba.__version__,
+           "dask": dask.__version__}  # fmt: skip
+    with contextlib.suppress(ImportError):
+        from importlib.metadata import version
+
+        import pynndescent  # noqa: F401
+
+        out["pynndescent"] = version("pynndescent")
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sizes", default="100000,1000000")
-    p.add_argument("--dim", type=int, default=768)
+    p.add_argument("--sizes", default="200000")
+    p.add_argument("--dim", type=int, default=768, help="synthetic data only (real: 384)")
     p.add_argument("--k", type=int, default=K[0])
     p.add_argument("--recall", type=float, default=0.95)
-    p.add_argument("--data", choices=("synth", "hard"), default="synth")
-    p.add_argument("--ivf-queries", type=int, default=20000)
-    p.add_argument("--bbs-queries", type=int, default=200000)
+    p.add_argument("--data", choices=("synth", "hard", "real"), default="hard")
+    p.add_argument("--methods", default="d2scale,big_batch_search,pynndescent")
+    p.add_argument("--bbs-nlists", default="0.5,1,2", help="factors of d2scale's nlist")
+    p.add_argument("--eval-queries", type=int, default=1000)
+    p.add_argument("--memory-limit", type=int, help="d2scale's memory_limit (bytes)")
     p.add_argument("--workdir", help="cache for generated data (default: a temporary dir)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -285,10 +333,13 @@ def main() -> None:
     K[0] = args.k
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench-knn-")
     os.makedirs(workdir, exist_ok=True)
+    if "d2scale" in args.methods:
+        warm_up(workdir, args.k)
     results = [bench_size(int(s), args, workdir) for s in args.sizes.split(",")]
     print(json.dumps({
         "benchmark": "knn_graph", "host": host_info(), "versions": versions(),
-        "params": {"k": args.k, "recall_target": args.recall, "dim": args.dim, "data": args.data},
+        "load_average_end": [round(v, 2) for v in os.getloadavg()],
+        "params": {"k": args.k, "recall_target": args.recall, "data": args.data},
         "results": results,
         "peak_rss_gib_benchmark_process": round(
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),

@@ -46,7 +46,11 @@ def load_scores(path: str, n: int) -> np.ndarray:
         )
     if scores.shape[0] != n:
         raise D2ScaleError(f"{path} has {scores.shape[0]} scores but the graph has {n} rows")
-    return scores.astype(np.float64)
+    scores = scores.astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        raise D2ScaleError(f"{path}: score at row {int(bad[0])} is NaN or inf")
+    return scores
 
 
 def run(args) -> int:

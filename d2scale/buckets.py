@@ -9,7 +9,7 @@ import json
 
 from d2scale import io
 from d2scale.errors import D2ScaleError
-from d2scale.sources import Pool, Shard, open_pool
+from d2scale.sources import Pool, open_pool
 
 
 def resolve_pool(spec: str) -> Pool:
@@ -45,7 +45,7 @@ def union_pool(pools: list[Pool], labels: list[str]) -> Pool:
     shards, offset = [], 0
     for pool, label in zip(pools, labels, strict=True):
         for s in pool.shards:
-            shards.append(Shard(f"{label}/{s.name}", s.parquet, s.npz, s.rows, offset))
+            shards.append(dataclasses.replace(s, name=f"{label}/{s.name}", offset=offset))
             offset += s.rows
     digest = _digest([[label, p.fingerprint] for p, label in zip(pools, labels, strict=True)])
     return Pool(" + ".join(p.url for p in pools), pools[0].fs, shards, digest)

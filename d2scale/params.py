@@ -129,8 +129,9 @@ PARAMS: dict[str, Param] = {
         Param("metadata_dir", "path", None, "pool directory or fsspec URL of <name>.parquet + "
               "<name>.npz pairs (default: the built-in 100k-row sample pool)", "pool",
               (_SEL, _GR), stage="read", optional=True, metavar="DIR"),
-        Param("embedding_model", "choice", "l14", "embedding npz members: l14 (768-d) or b32 "
-              "(512-d)", "pool", (_SEL, _GR), stage="graph", choices=EMBEDDING_MODELS),
+        Param("embedding_model", "str", "l14", "embedding npz members: l14 (768-d), b32 "
+              "(512-d), or the prefix `d2scale embed` wrote for another model (its dimension "
+              "is read from the files)", "pool", (_SEL, _GR), stage="graph", metavar="PREFIX"),
         Param("feature_type", "choice", "image_text", "image, text, or image_text (the two "
               "unit vectors concatenated)", "pool", (_SEL, _GR), stage="graph",
               choices=FEATURE_TYPES),

@@ -10,6 +10,8 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from d2scale import __version__, io
 from d2scale.chain import chain_steps, output_fractions, run_chain
@@ -32,13 +34,12 @@ from d2scale.sinks import write_outputs
 from d2scale.sources import (
     Pool,
     PoolEmbeddings,
-    check_npz,
     feature_keys,
     open_pool,
     read_columns,
+    read_metadata,
 )
 from d2scale.types import EmbeddingBlocks, SubsetBlocks
-from d2scale.uids import check_unique, encode_uids
 
 
 def select(
@@ -96,7 +97,8 @@ def select(
         "environment": environment(),
     }
     remove_report(params.out)  # a report describes the set it was made from
-    record = write_outputs(params.out, uids, scores, chain.ranking, budgets, record, started)
+    record = write_outputs(params.out, uids, scores, chain.ranking, budgets, record, started,
+                           uid_text=_uid_text(stages.runs["read"]))  # fmt: skip
     progress(f"wrote {', '.join(record['outputs'])} and run.json to {params.out}")
     if params.report:
         from d2scale.report import write_report
@@ -227,53 +229,21 @@ def read_column(pool: Pool, name: str, client) -> np.ndarray:
 
 def _read_stage(directory: str, pool: Pool, params: SelectParams, client, progress) -> dict:
     keys = feature_keys(params.embedding_model, params.feature_type)
-    uids, scores = read_metadata(pool, params.resolved_score_column, client, keys, progress)
-    io.save_npy(io.join(directory, "uids.npy"), uids)
-    io.save_npy(io.join(directory, "scores.npy"), scores + params.score_shift)
-    return {"rows": int(uids.shape[0])}
+    meta = read_metadata(pool, params.resolved_score_column, client, keys)
+    io.save_npy(io.join(directory, "uids.npy"), meta.uids)
+    io.save_npy(io.join(directory, "scores.npy"), meta.scores + params.score_shift)
+    if meta.spelling is not None:  # uids not written as 32 lower-case digits: keep their text
+        with io.atomic_path(io.join(directory, "uid_text.parquet")) as tmp:
+            pq.write_table(pa.table({"uid": meta.spelling}), tmp)
+    return {"rows": int(meta.uids.shape[0]), "uid_text": meta.spelling is not None}
 
 
-def read_metadata(
-    pool: Pool,
-    score_column: str,
-    client,
-    npz_keys: list[str] = (),
-    progress: ProgressFn | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Encoded uids and float64 scores for the whole pool, one Dask task per shard.
-
-    Also checks the npz headers for ``npz_keys`` so that a bad shard fails in seconds.
-    """
-    from distributed import as_completed
-
-    n = len(pool.shards)
-    futures = client.map(
-        _read_shard, [pool] * n, pool.shards, [score_column] * n, [list(npz_keys)] * n, pure=False
-    )
-    say = progress or (lambda message: None)
-    say(f"read: 0/{n} shards")
-    for i, future in enumerate(as_completed(futures), 1):
-        future.result()  # the first failing shard raises here
-        say(f"read: {i}/{n} shards")
-    parts = client.gather(futures)
-    uids = np.concatenate([p[0] for p in parts])
-    scores = np.concatenate([p[1] for p in parts])
-    check_unique(uids, where=f"metadata directory {pool.url}")
-    return uids, scores
-
-
-def _read_shard(pool: Pool, shard, score_column: str, npz_keys: list[str]):
-    check_npz(pool, shard, npz_keys)
-    table = read_columns(pool, shard, ["uid", score_column])
-    uids = encode_uids(table.column("uid"), where=shard.parquet)
-    scores = table.column(score_column).to_numpy(zero_copy_only=False).astype(np.float64)
-    bad = np.flatnonzero(~np.isfinite(scores))
-    if bad.size:
-        raise D2ScaleError(
-            f"{shard.parquet}, row {int(bad[0])}: score column {score_column!r} is null, NaN "
-            f"or inf ({bad.size} rows in all)"
-        )
-    return uids, scores
+def _uid_text(read) -> pa.ChunkedArray | None:
+    if not read.info.get("uid_text"):
+        return None
+    fs, path = io.filesystem(io.join(read.directory, "uid_text.parquet"))
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f).column("uid")
 
 
 def _check_sizes(params: SelectParams, n: int, budgets: dict[float, int]) -> None:

@@ -11,6 +11,7 @@ killed stage is simply recomputed (the graph stage resumes its own parts).
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -391,13 +392,20 @@ def _remote_client(scheduler: str | None, scheduler_file: str | None) -> Iterato
     from distributed import Client
 
     where = scheduler or f"the address in {scheduler_file}"
+    error = None
     try:
         if scheduler:
             client = Client(scheduler, timeout="20s")
         else:
             client = Client(scheduler_file=scheduler_file, timeout="20s")
     except (OSError, ValueError, TypeError, KeyError) as e:
-        raise D2ScaleError(f"cannot connect to the Dask scheduler at {where}: {e}") from None
+        error = f"cannot connect to the Dask scheduler at {where}: {e}"
+    if error is not None:
+        # The half-built Client is garbage now: collect it here. Left to a later GC pass, its
+        # __del__ can run inside the next Client's start and deadlock on distributed's
+        # loop-runner lock (seen in the full test suite).
+        gc.collect()
+        raise D2ScaleError(error)
     with client:
         try:
             client.wait_for_workers(1, timeout=WORKER_WAIT_S)

@@ -22,19 +22,10 @@ from d2scale import io
 from d2scale.params import fraction_label
 from d2scale.runner import pause_point
 from d2scale.types import Ranking
-from d2scale.uids import subset_array
+from d2scale.uids import canonical_text, subset_array
 
 RUN_JSON = "run.json"
 RANKING = "ranking.parquet"
-
-
-def uid_strings(encoded: np.ndarray) -> pa.Array:
-    """32-char lowercase hex strings for encoded uids (vectorised)."""
-    both = np.empty((encoded.shape[0], 2), dtype=">u8")
-    both[:, 0] = encoded["f0"]
-    both[:, 1] = encoded["f1"]
-    hexed = both.tobytes().hex()
-    return pa.array([hexed[i : i + 32] for i in range(0, len(hexed), 32)], pa.string())
 
 
 def subset_file_names(budgets: dict[float, int]) -> dict[float, str]:
@@ -51,10 +42,10 @@ def is_output_file(name: str) -> bool:
 
 def ranking_table(uids: np.ndarray, scores: np.ndarray, ranking: Ranking) -> pa.Table:
     """Every row in pool order: uid, score, the method's columns, rank (null: not picked)."""
-    rank = np.full(uids.shape[0], -1, dtype=np.int64)
+    rank = np.full(len(uids), -1, dtype=np.int64)
     rank[ranking.order] = np.arange(ranking.order.shape[0], dtype=np.int64)
     columns = {
-        "uid": uids if isinstance(uids, pa.Array) else uid_strings(uids),
+        "uid": uids if isinstance(uids, (pa.Array, pa.ChunkedArray)) else canonical_text(uids),
         "score": pa.array(scores, pa.float64()),
         **{name: pa.array(np.asarray(v)) for name, v in ranking.columns.items()},
         "rank": pa.array(rank, pa.int64(), mask=rank < 0),
@@ -70,7 +61,7 @@ def write_outputs(
     budgets: dict[float, int],
     record: dict,
     started: float,
-    uid_text: pa.Array | None = None,
+    uid_text: pa.ChunkedArray | None = None,
 ) -> dict:
     """Stage every output of the run, then commit the set into ``out``; return ``record``
     completed with counts, outputs and the total time (as written to ``run.json``)."""

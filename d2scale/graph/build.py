@@ -1,47 +1,50 @@
-"""``build_knn_graph``: the kNN graph of a pool, exact or IVF, sharded, streamed through Dask.
+"""``build_knn_graph``: the kNN graph of a pool, exact or IVF, streamed through Dask tasks.
 
 Stages (each timed, reported through ``progress`` and recorded for ``run.json``):
 
 ``sample``  seeded rows for the input fingerprint, IVF training and recall evaluation;
-``train``   (IVF) PCA search space and k-means lists;
-``assign``  (IVF) every row's list, and the exact neighbours of the evaluation rows;
-``tune``    (IVF) the smallest-cost (nprobe, candidates) whose measured recall@k on the
-            held-out evaluation rows reaches the target;
-``search``  (partition, shard) tasks, then one merge per partition → part files;
+``train``   (IVF) k-means lists;
+``assign``  one pass over the pool: row hashes (exact duplicates), every row's list, and the
+            exact neighbours of the evaluation rows;
+``tune``    (IVF) the smallest ``nprobe`` whose recall@k on the held-out evaluation rows
+            (minus one standard error) reaches the target — computed from the lists alone;
+``search``  shard by shard: tasks gather the shard's rows, then search its lists in chunks;
 ``write``   the consolidated graph (with ``workdir``).
 
-With ``workdir`` a killed build resumes: finished partitions and the trained model are
-reused, and a directory holding another input or other parameters is refused.
+Only distinct vectors are searched (:mod:`d2scale.graph.dedup`); every search is exact over
+the rows it probes (:mod:`d2scale.graph.scan`), so the graph does not depend on the
+partitioning, the shards, the chunks or the number of workers. With ``workdir`` a killed
+build resumes: the model, assignments and finished chunks are reused (a damaged one is
+recomputed), and a directory holding another input or other parameters is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import resource
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
-import faiss
 import numpy as np
 
 from d2scale.errors import D2ScaleError
-from d2scale.graph import ivf, shards
-from d2scale.graph.exact import merge_sorted
+from d2scale.graph import dedup, ivf, shards
 from d2scale.graph.store import GraphStore, save_graph
 from d2scale.types import EmbeddingBlocks, KnnGraph
 
-AUTO_EXACT_MAX = 15_000  # "auto" picks exact search up to this many rows (measured crossover)
-PCA_ENERGY = 0.9  # variance kept by the automatic PCA search space
+AUTO_EXACT_MAX = 15_000  # "auto" picks exact search up to this many rows
 TRAIN_ROWS_PER_LIST = 32  # k-means sample size per list
-PCA_ROWS = 20_000  # rows used to fit the PCA
 EVAL_ROWS = (200, 1000)  # held-out rows for recall tuning: bounds ...
 EVAL_BUDGET = 1e8  # ... and their share of exact work (rows × n)
 FINGERPRINT_ROWS = 256
-MULTI_SHARD_MAX_NPROBE = 256  # tuning grid bound when shards must be rebuilt to be searched
+EVAL_CANDIDATES = 8  # search-space candidates per k+1 kept for the evaluation rows
+TASKS_PER_THREAD = 4  # search chunks per cluster thread and shard (load balance)
+TASK_STAGES = ("sample", "assign", "search")  # stages whose work runs as Dask tasks
 INDEXES = ("auto", "exact", "ivf")
 DEVICES = ("auto", "cpu", "cuda")
+MEMORY_FRACTION = 0.5  # default budget: this share of the currently available memory
 
 
 def build_knn_graph(
@@ -58,66 +61,129 @@ def build_knn_graph(
     progress: Callable[[str], None] | None = None,
     nlist: int | None = None,
     nprobe: int | None = None,
-    pca_dim: int | str | None = "auto",
+    pca: bool = True,
     meta: dict | None = None,
 ) -> tuple[KnnGraph, dict]:
     """The directed kNN graph of ``blocks`` (SPEC §1) and a dict describing how it was built.
 
     ``index``: "exact", "ivf", or "auto" (exact up to ``AUTO_EXACT_MAX`` rows). IVF tunes
     ``nprobe`` on held-out rows until recall@k reaches ``recall`` (``nprobe`` fixes it
-    instead); ``nlist`` defaults to ~2·√N; ``pca_dim`` ("auto": keep 90% of the variance,
-    None: search in the full space) sets the candidate search space — candidates are always
-    re-ranked by exact float64 distances. ``memory_limit`` (bytes, default half the
-    available memory) bounds the shards; ``client`` is a ``distributed.Client`` (None: an
-    in-process one); ``workdir`` makes the build resumable and writes the graph directory.
-    ``meta`` (facts about the source, e.g. its path) is added to the returned dict and to
-    ``meta.json``.
+    instead); ``nlist`` defaults to ~1.5·√N; ``pca``: search in a PCA space keeping 90% of
+    the variance when that halves the dimensions at least (candidates re-ranked exactly).
+    ``memory_limit`` (bytes, default half the available memory) bounds what the build
+    holds: shards are sized to it. ``client`` is a
+    ``distributed.Client`` (None: an in-process one); ``workdir`` makes the build resumable
+    and writes the graph directory. ``meta`` (facts about the source) is added to the
+    returned dict and to ``meta.json``.
     """
-    n, k = _validate(blocks, n_neighbors, index, recall, device, memory_limit, nprobe, pca_dim)
-    kernels, device_used = _device(device)
+    n, k = _validate(blocks, n_neighbors, index, recall, device, memory_limit, nprobe, nlist)
+    device_used = _device(device)
     kind = index if index != "auto" else ("exact" if n <= AUTO_EXACT_MAX else "ivf")
-    build = _Build(blocks, k, recall, seed, kernels, progress, workdir)
-    limit = memory_limit or shards.default_memory_limit()
+    limit = memory_limit or default_memory_limit()
+    build = _Build(blocks, k, recall, seed, device_used, progress, workdir, limit)
     with shards.task_client(client) as cl:
         build.client = cl
         build.bf = cl.scatter(blocks, broadcast=True, hash=False)
-        if kind == "exact":
-            graph, info = build.exact(limit)
-        else:
-            nlist = nlist or ivf.choose_nlist(n)
-            graph, info = build.ivf(limit, min(nlist, n), nprobe, pca_dim)
-        info = {"index": kind, "device": device_used, **info, **(meta or {})}
-        if build.store is not None:
-            build.write(graph, info)
+        graph, info = build.run(kind, nlist, nprobe, pca)
+    info = {"index": kind, "device": device_used, **info, **(meta or {})}
+    info["peak_rss_bytes"] = peak_rss()
+    if build.store is not None:
+        build.write(graph, info)
     return graph, {**info, "timings": build.timings}
+
+
+def default_memory_limit() -> int:
+    """Bytes a build may use by default."""
+    import psutil
+
+    return int(MEMORY_FRACTION * psutil.virtual_memory().available)
+
+
+def peak_rss() -> int:
+    """Peak resident memory of this process so far (bytes)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 class _Build:
     """State of one build: inputs, Dask client, store, timings."""
 
-    def __init__(self, blocks, k, recall, seed, kernels, progress, workdir):
-        self.blocks, self.k, self.recall, self.seed, self.kernels = blocks, k, recall, seed, kernels
+    def __init__(self, blocks, k, recall, seed, device, progress, workdir, limit):
+        self.blocks, self.k, self.recall, self.seed, self.device = blocks, k, recall, seed, device
         self.sizes = [int(s) for s in blocks.sizes]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         self.n, self.dim = int(self.offsets[-1]), int(blocks.dim)
         self.say = progress or (lambda msg: None)
         self.store = GraphStore(workdir) if workdir else None
+        self.limit = limit
         self.timings: dict[str, float] = {}
-        self.client = self.bf = None
-        self.lists_parts: dict[int, object] = {}
-        self.kept: dict[int, object] = {}  # shard lists built while tuning, reused by search
+        self.client = self.bf = self.projection = None
 
     @contextmanager
     def stage(self, name: str):
+        """Time a stage; while its tasks run in this process, BLAS uses one thread each."""
         self.say(f"knn graph: {name}")
         t0 = time.perf_counter()
-        yield
+        with _blas_one_thread() if name in TASK_STAGES else nullcontext():
+            yield
         self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 3)
 
     def submit(self, fn, *args, **kwargs):
         return self.client.submit(fn, *args, pure=False, **kwargs)
 
-    # ------------------------------------------------------------ common stages
+    @property
+    def threads(self) -> int:
+        return max(1, sum(self.client.nthreads().values()))
+
+    # ------------------------------------------------------------ the build
+    def run(self, kind: str, nlist, nprobe, pca: bool) -> tuple[KnnGraph, dict]:
+        if kind == "exact":
+            nlist, nprobe = 1, 1
+            self._check_exact_fits()
+        nlist = min(nlist or ivf.choose_nlist(self.n), self.n)
+        n_train = 0 if kind == "exact" else min(self.n, TRAIN_ROWS_PER_LIST * nlist)
+        n_eval = 0 if kind == "exact" else min(self.n, int(np.clip(EVAL_BUDGET / self.n,
+                                                                   *EVAL_ROWS)))  # fmt: skip
+        with self.stage("sample"):
+            fingerprint, x_train, x_eval, eval_ids = self.sample(n_train, n_eval)
+        params = {"index": kind, "n_neighbors": self.k, "recall": self.recall, "seed": self.seed,
+                  "sizes": self.sizes, "dim": self.dim, "nlist": nlist, "nprobe": nprobe,
+                  "pca": pca}  # fmt: skip
+        manifest = self.store.begin(fingerprint, params) if self.store else {}
+        model = self.store.load_model() if self.store else None
+        if model is not None:
+            projection, centroids, tuned = _restore(model)
+        elif kind == "exact":
+            projection, centroids = None, np.zeros((1, self.dim), np.float32)
+            tuned = {"nprobe": 1, "candidates": self.k + 1, "recall": 1.0,
+                     "recall_method": "exact search (certified)"}  # fmt: skip
+        else:
+            with self.stage("train"):
+                projection = ivf.fit_pca(x_train) if pca else None
+                y_train = x_train if projection is None else projection(x_train)
+                centroids = ivf.train_centroids(y_train, nlist, self.seed)
+            tuned = None
+        self.projection = projection
+        with self.stage("assign"):
+            hashes, lists, evals = self.assign(centroids, x_eval if tuned is None else None)
+            rep = dedup.representatives(hashes)
+            del hashes
+        if tuned is None:
+            with self.stage("tune"):
+                tuned = self.tune(centroids, lists, rep, evals, eval_ids, nprobe)
+            if self.store is not None:
+                self.store.save_model(_model_arrays(projection, centroids), tuned)
+        with self.stage("search"):
+            nbr, d2 = self.search(centroids, lists, rep, tuned, manifest.get("plan"))
+        with self.stage("expand"):
+            graph = _finish(rep, nbr, d2, self.k)
+        self.lists = lists if kind == "ivf" else None
+        unique = int((rep == np.arange(self.n)).sum())
+        pca_dim = None if projection is None else projection.dim
+        info = {**tuned, "nlist": nlist, "pca_dim": pca_dim, "unique_rows": unique,
+                **self.describe(fingerprint)}  # fmt: skip
+        return graph, info
+
+    # ------------------------------------------------------------ stages
     def sample(self, n_train: int, n_eval: int) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
         """Fingerprint, training rows, evaluation rows (held out when possible) and their ids."""
         own = getattr(self.blocks, "fingerprint", None)
@@ -127,169 +193,69 @@ class _Build:
         train = np.sort(perm[:n_train])
         held = perm[n_train:] if self.n - n_train >= n_eval else perm
         eval_ids = np.sort(held[:n_eval])
-        rows = np.unique(np.concatenate([fp_rows, train, eval_ids]))
-        x = self._take(rows)
-        at = lambda r: x[np.searchsorted(rows, r)]  # noqa: E731
-        fingerprint = _fingerprint(self.blocks, at(np.sort(fp_rows)))
-        return fingerprint, at(train), at(eval_ids), eval_ids
-
-    def _take(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.unique(np.concatenate([fp_rows, train, eval_ids]).astype(np.int64))
         futs = [
             self.submit(shards.take_rows, self.bf, p, local)
             for p, local in shards.part_rows(self.offsets, rows).items()
         ]
         got = self.client.gather(futs)
-        return np.concatenate(got) if got else np.empty((0, self.dim), np.float32)
+        x = np.concatenate(got) if got else np.empty((0, self.dim), np.float32)
+        at = lambda r: x[np.searchsorted(rows, r)]  # noqa: E731
+        fingerprint = _fingerprint(self.blocks, at(np.sort(fp_rows)))
+        return fingerprint, at(train), at(eval_ids), eval_ids
 
-    def begin(self, fingerprint: str, params: dict, plan: list[list[int]]) -> list[list[int]]:
-        if self.store is None:
-            return plan
-        return self.store.begin(fingerprint, params, plan)
-
-    # ------------------------------------------------------------ exact
-    def exact(self, limit: int) -> tuple[KnnGraph, dict]:
-        with self.stage("sample"):
-            fingerprint, *_ = self.sample(0, 0)
-        plan = shards.plan_shards(self.n, self.dim * 4 + 8, limit)
-        params = self.params("exact", {})
-        plan = self.begin(fingerprint, params, plan)
-        with self.stage("search"):
-            graph = self.search(plan, self.k + 1, build=lambda a, b: (None, 1), probes=None)
-        info = {"recall": 1.0, "recall_method": "exact search (float64 ranks, certified)"}
-        return graph, {**info, **self.describe(plan, fingerprint)}
-
-    # ------------------------------------------------------------ IVF
-    def ivf(self, limit: int, nlist: int, nprobe: int | None, pca_dim) -> tuple[KnnGraph, dict]:
-        n_train = min(self.n, TRAIN_ROWS_PER_LIST * nlist)
-        n_eval = min(self.n, int(np.clip(EVAL_BUDGET / self.n, *EVAL_ROWS)))
-        with self.stage("sample"):
-            fingerprint, x_train, x_eval, eval_ids = self.sample(n_train, n_eval)
-        plan = shards.plan_shards(self.n, self.dim * 6 + 8, limit)
-        params = self.params("ivf", {"nlist": nlist, "nprobe": nprobe, "pca_dim": pca_dim})
-        plan = self.begin(fingerprint, params, plan)
-        model = self.store.load_model() if self.store else None
-        if model is not None:
-            projection, centroids, tuned = _restore(model)
-            with self.stage("assign"):
-                assigned = self.assign(projection, centroids, None, self.todo())
-                self._wait(list(assigned.values()), "assign")
-        else:
-            with self.stage("train"):
-                projection = _projection(x_train, pca_dim)
-            while True:
-                centroids, assigned, tuned = self.fit(
-                    plan, projection, x_train, x_eval, eval_ids, nlist, nprobe
-                )
-                if tuned["recall_reached"] or projection is None or pca_dim != "auto":
-                    break
-                self.say(
-                    "knn graph: the PCA search space misses the recall target; retrying "
-                    "in the full space"
-                )
-                projection = None
-                self.kept.clear()
-            if self.store is not None:
-                self.store.save_model(_model_arrays(projection, centroids), tuned)
-        with self.stage("search"):
-
-            def build(a, b):
-                return [assigned[p] for p in _overlapping(self.offsets, a, b)], nlist
-
-            def probes(p):
-                return self.submit(
-                    shards.probe_part,
-                    self.bf,
-                    p,
-                    assigned[p],
-                    centroids,
-                    tuned["nprobe"],
-                    self.kernels,
-                )
-
-            graph = self.search(plan, tuned["candidates"], build, probes, assigned)
-        info = {**tuned, "nlist": nlist, "pca_dim": None if projection is None else projection.dim}
-        self.lists_parts = {p: assigned[p] for p in assigned}
-        return graph, {**info, **self.describe(plan, fingerprint)}
-
-    def fit(self, plan, projection, x_train, x_eval, eval_ids, nlist, nprobe):
-        """Train the lists, assign every row, measure and tune recall."""
-        with self.stage("train"):
-            y_train = x_train if projection is None else projection(x_train)
-            centroids = ivf.train_centroids(y_train, nlist, self.seed)
-        with self.stage("assign"):
-            assigned = self.assign(projection, centroids, x_eval, self.todo())
-            self._wait(list(assigned.values()), "assign")
-        with self.stage("tune"):
-            truth = self.truth(assigned, eval_ids)
-            tuned = self.tune(
-                plan, assigned, projection, centroids, x_eval, eval_ids, truth, nprobe
-            )
-        return centroids, assigned, tuned
-
-    def assign(self, projection, centroids, x_eval, todo) -> dict:
-        """Assignment futures of every partition (all are needed once any is still to do)."""
-        if not todo and x_eval is None:
-            return {}
+    def assign(self, centroids, x_eval):
+        """Hashes and lists of every row (from the store where saved), and the evaluation
+        rows' exact neighbours and search-space candidates (when ``x_eval`` is given)."""
+        hashes = np.empty((self.n, 2), np.uint64)
+        lists = np.empty(self.n, np.int32)
         x_eval = np.empty((0, self.dim), np.float32) if x_eval is None else x_eval
-        c_f, e_f = self.client.scatter([centroids, x_eval], broadcast=True, hash=False)
-        return {
-            p: self.submit(
-                shards.assign_part,
-                self.bf,
-                p,
-                int(self.offsets[p]),
-                projection,
-                c_f,
-                e_f,
-                self.k + 1,
-                self.kernels,
-                self.store.lists_path(p) if self.store else None,
-            )
-            for p in range(len(self.sizes))
-        }
+        self.kept = {} if self._one_shard() else None
+        sent = self.client.scatter([self.projection, centroids, x_eval], broadcast=True,
+                                   hash=False)  # fmt: skip
+        keep = (self.k + 1, EVAL_CANDIDATES * (self.k + 1))
+        futs = {}
+        for p, (a, b) in enumerate(zip(self.offsets[:-1], self.offsets[1:], strict=True)):
+            saved = self.store.load_part(f"assign-{p:05d}", ("hashes", "lists")) \
+                if self.store and not x_eval.shape[0] else None  # fmt: skip
+            if saved is not None and saved["lists"].shape == (b - a,):
+                hashes[a:b], lists[a:b] = saved["hashes"], saved["lists"]
+                continue
+            futs[p] = self.submit(shards.assign_part, self.bf, p, int(a), *sent, keep,
+                                  self.kept is not None)  # fmt: skip
+        evals = []
+        for p, res in self._as_completed(futs, "assign"):
+            a, b = self.offsets[p], self.offsets[p + 1]
+            hashes[a:b], lists[a:b] = res["hashes"], res["lists"]
+            if res["truth"] is not None:
+                evals.append((res["truth"], res["cands"]))
+            if self.store is not None:
+                self.store.save_part(f"assign-{p:05d}", hashes=res["hashes"], lists=res["lists"])
+            if self.kept is not None and res["x"] is not None:
+                self.kept[p] = futs[p]
+        return hashes, lists, evals
 
-    def truth(self, assigned: dict, eval_ids: np.ndarray) -> np.ndarray:
-        """Exact top-k ids of the evaluation rows (merged from every partition)."""
-        parts = self.client.gather([self.submit(_truth_of, f) for f in assigned.values()])
-        ids, d2 = merge_sorted([p[0] for p in parts], [p[1] for p in parts], self.k + 1)
-        return shards.drop_self(ids, d2, eval_ids, self.k)[0]
+    def tune(self, centroids, lists, rep, evals, eval_ids, nprobe) -> dict:
+        """Recall@k of the evaluation rows for each (nprobe, candidates) from the lists and
+        exact neighbours alone; the cheapest setting whose recall minus one standard error
+        reaches the target."""
+        from d2scale.graph.scan import merge
 
-    def tune(self, plan, assigned, projection, centroids, x_eval, eval_ids, truth, nprobe):
-        """Measure recall@k of the evaluation rows over an (nprobe, candidates) grid; pick the
-        cheapest setting reaching the target."""
-        nlist, multi = centroids.shape[0], len(plan) > 1
-        grid = [nprobe] if nprobe else ivf.nprobe_grid(nlist)
-        if multi:  # every shard is built once: evaluate a bounded grid in one pass
-            grid = [p for p in grid if p <= MULTI_SHARD_MAX_NPROBE] or grid[:1]
-        y_eval = None if projection is None else projection(x_eval)
-        y = x_eval if y_eval is None else y_eval
-        probes = ivf.probe(y, centroids, max(grid), self.kernels.knn_small)
-        k1 = self.k + 1
-        m_opts = [k1] if projection is None else [2 * k1, 4 * k1, 8 * k1]
-        sent = self.client.scatter([x_eval, y_eval, probes], hash=False)
-        curve: dict[tuple[int, int], tuple[float, float]] = {}  # (nprobe, m) → (recall, se)
-        for chunk in [grid] if multi else [grid[i : i + 3] for i in range(0, len(grid), 3)]:
-            per_shard = []
-            for s, (a, b) in enumerate(plan):
-                lists_f = self.kept.get(s) or self.submit(
-                    shards.build_shard, self.bf, self.offsets, a, b,
-                    [assigned[p] for p in _overlapping(self.offsets, a, b)], nlist,
-                )  # fmt: skip
-                res = self.submit(shards.tune_search, lists_f, *sent, chunk, max(m_opts),
-                                  self.kernels)  # fmt: skip
-                per_shard.append(res.result())
-                if not multi:
-                    self.kept[0] = lists_f
-                del lists_f
-            curve |= self._recalls(per_shard, chunk, m_opts, eval_ids, truth)
-            if any(
-                curve[(p, m_opts[0])][0] - curve[(p, m_opts[0])][1] >= self.recall for p in chunk
-            ):
-                break  # any larger nprobe costs more than this one with the fewest candidates
-        dim_s = x_eval.shape[1] if y_eval is None else y_eval.shape[1]
-        cost = {pm: pm[0] * self.n / nlist * dim_s + 3 * pm[1] * self.dim for pm in curve}
-        ok = [pm for pm in curve if curve[pm][0] - curve[pm][1] >= self.recall]
-        best = min(ok, key=cost.get) if ok else max(curve, key=lambda pm: (curve[pm], -cost[pm]))
+        nlist, k1 = centroids.shape[0], self.k + 1
+        ids, d2 = merge([e[0] for e in evals], k1)
+        truth = rep[np.maximum(shards.drop_self(ids, d2, eval_ids, self.k)[0], 0)]
+        truth[ids[:, :1].repeat(self.k, 1) < 0] = -1  # no padding expected; kept for safety
+        cands, _ = merge([e[1] for e in evals], EVAL_CANDIDATES * k1)
+        cands = _first_reps(cands, rep)
+        m_opts = [k1] if self.projection is None else [k1 + 4, 2 * k1, 3 * k1, 4 * k1]
+        probes = [nprobe] if nprobe else ivf.nprobe_grid(nlist)
+        grid = [(p, m) for p in probes for m in m_opts]
+        curve = ivf.recall_curve(truth, cands, lists[eval_ids], lists, centroids, grid)
+        d_s = self.dim if self.projection is None else self.projection.dim
+        rerank = 0 if self.projection is None else 2 * self.dim
+        cost = {pm: pm[0] * self.n / nlist * d_s + pm[1] * rerank for pm in grid}
+        ok = [pm for pm in grid if curve[pm][0] - curve[pm][1] >= self.recall]
+        best = min(ok, key=cost.get) if ok else max(grid, key=lambda pm: (curve[pm], -cost[pm]))
         return {
             "nprobe": best[0],
             "candidates": best[1],
@@ -298,167 +264,138 @@ class _Build:
             "recall_target": self.recall,
             "recall_reached": bool(ok),
             "recall_method": f"recall@{self.k} of {len(eval_ids)} held-out seeded rows against "
-            "exact search, measured on the built index; the cheapest setting whose recall minus "
-            "one standard error reaches the target",
+            "exact search: the search takes the exact search-space top candidates of the "
+            "probed lists, so what it finds follows from the rows' lists and their exact "
+            "neighbours; the cheapest setting whose recall minus one standard error reaches "
+            "the target",
             "n_eval": len(eval_ids),
             "recall_curve": {
-                f"nprobe={p},candidates={m}": round(r[0], 5) for (p, m), r in curve.items()
-            },
+                f"nprobe={p},candidates={m}": round(curve[(p, m)][0], 5)
+                for p, m in grid
+                if p <= 2 * best[0]
+            },  # fmt: skip
         }
 
-    def _recalls(self, per_shard, grid, m_opts, eval_ids, truth) -> dict:
-        curve = {}
-        for p in grid:
-            ids, _, full = merge_sorted(
-                [r[p][0] for r in per_shard],
-                [r[p][1] for r in per_shard],
-                max(m_opts),
-                [r[p][2] for r in per_shard],
+    def search(self, centroids, lists, rep, tuned, plan):
+        """Top-(k+1) of every distinct row among its probed lists."""
+        nlist = centroids.shape[0]
+        table = ivf.probe_table(centroids, tuned["nprobe"])
+        is_rep = rep == np.arange(self.n)
+        sizes = np.bincount(lists[is_rep], minlength=nlist)
+        if plan is None:
+            plan = self.plan(centroids, table, sizes)
+            if self.store is not None:
+                self.store.save_plan(plan)
+        self.n_shards = len(plan["shards"])
+        keep = self.k + 1
+        nbr = np.full((self.n, keep), -1, np.int64)
+        d2 = np.full((self.n, keep), np.inf)
+        chunk = 0
+        t_f = self.client.scatter(table, broadcast=True, hash=False)
+        for s, (shard_lists, items) in enumerate(zip(plan["shards"], plan["chunks"], strict=True)):
+            todo = {}
+            for c, chunk_items in enumerate(items, chunk):
+                got = self.store.load_part(f"chunk-{c:05d}", ("q", "nbr", "d2")) \
+                    if self.store else None  # fmt: skip
+                if got is not None:
+                    nbr[got["q"]], d2[got["q"]] = got["nbr"], got["d2"]
+                else:
+                    todo[c] = chunk_items
+            chunk += len(items)
+            if not todo:
+                continue
+            shard_f = self._shard(shard_lists, table, lists, is_rep, nlist)
+            futs = {c: self.submit(shards.search_lists, shard_f, it, t_f, keep,
+                                  tuned["candidates"], self.device)
+                    for c, it in todo.items()}  # fmt: skip
+            del shard_f
+            for c, (q, nb, dd) in self._as_completed(
+                futs, f"search shard {s + 1}/{len(plan['shards'])}"
+            ):
+                nbr[q], d2[q] = nb, dd
+                if self.store is not None:
+                    self.store.save_part(f"chunk-{c:05d}", q=q, nbr=nb, d2=dd)
+        self.kept = None
+        return nbr, d2
+
+    def plan(self, centroids, table, sizes) -> dict:
+        """Shards (list groups fitting the memory budget) and their search chunks."""
+        order = ivf.list_order(centroids, self.seed)
+        budget = max(1, self.limit - self._driver_bytes()) // 2  # pieces + shard
+        row_bytes = 4 * self.dim + 16 + (0 if self.projection is None else 4 * self.projection.dim)
+        groups = shards.plan_shards(order, table, sizes, row_bytes, budget)
+        chunks = [shards.plan_items(g, sizes, TASKS_PER_THREAD * self.threads) for g in groups]
+        return {"shards": groups, "chunks": chunks}
+
+    def _shard(self, shard_lists, table, lists, is_rep, nlist):
+        """A future of the shard holding ``shard_lists`` and the lists they probe."""
+        need = np.zeros(nlist, bool)
+        need[table[shard_lists].ravel()] = True
+        pieces = []
+        for p in range(len(self.sizes)):
+            a, b = self.offsets[p], self.offsets[p + 1]
+            local = np.flatnonzero(is_rep[a:b] & need[lists[a:b]])
+            if local.size == 0:
+                continue
+            if self.kept is not None and p in self.kept:
+                pieces.append(self.submit(shards.pieces_from_kept, self.kept[p], local, int(a)))
+            else:
+                pieces.append(self.submit(shards.extract_part, self.bf, p, int(a), local,
+                                          lists[a:b][local], self.projection))  # fmt: skip
+        return self.submit(shards.build_shard, pieces, nlist)
+
+    def _as_completed(self, futs: dict, what: str):
+        """(key, result) of the futures in ``futs`` as they finish, each dropped after use."""
+        from distributed import as_completed
+
+        keys = {f.key: p for p, f in futs.items()}
+        total = len(futs)
+        for i, f in enumerate(as_completed(list(futs.values()), loop=self.client.loop), 1):
+            self.say(f"knn graph: {what}: {i}/{total}")
+            p = keys[f.key]
+            yield p, f.result()
+            futs.pop(p)
+
+    # ------------------------------------------------------------ memory
+    def _driver_bytes(self) -> int:
+        """What the driver holds besides shards: per-row state and the result arrays."""
+        return self.n * (16 + 4 + 8 + 1 + (self.k + 1) * 16 + self.k * 12)
+
+    def _one_shard(self) -> bool:
+        need = 2 * self.n * (4 * self.dim + 16) + self._driver_bytes()
+        return need <= self.limit
+
+    def _check_exact_fits(self) -> None:
+        if not self._one_shard():
+            raise D2ScaleError(
+                f"exact search holds all {self.n:,} embeddings ({self.n * self.dim * 4 / 2**30:.1f}"
+                " GiB float32, twice while gathering) in memory, more than the memory limit; "
+                "use index 'ivf' or raise the memory limit"
             )
-            for m in m_opts:
-                nbr, d2 = merge_sorted([ids[:, :m]], [full[:, :m]], m)
-                found = shards.drop_self(nbr, d2, eval_ids, self.k)[0]
-                curve[(p, m)] = ivf.recall_at_k(found, truth)
-        return curve
 
-    # ------------------------------------------------------------ search and write
-    def todo(self) -> list[int]:
-        done = self.store.done(len(self.sizes)) if self.store else set()
-        return [p for p in range(len(self.sizes)) if p not in done]
-
-    def search(self, plan, m, build, probes, assigned=None) -> KnnGraph:
-        """Run the (partition, shard) searches and per-partition merges; assemble the graph.
-
-        Each partition's merge is submitted right after its last search, so candidates stream
-        through memory; with several shards and a store, earlier shards' candidates wait on disk.
-        """
-        assigned = assigned or {}
-        todo, multi = self.todo(), len(plan) > 1
-        cands: dict[int, list] = {p: [] for p in todo}
-        probe_f: dict[int, object] = {}
-        merges: dict[int, object] = {}
-        for s, (a, b) in enumerate(plan):
-            last = s == len(plan) - 1
-            need = [p for p in todo if not (multi and self._have(p, s))]
-            for p in set(todo) - set(need):
-                cands[p].append(self.store.shard_part_path(p, s))
-            lists_f = None
-            if need:
-                lists_f = self.kept.pop(s, None) or self.submit(
-                    shards.build_shard, self.bf, self.offsets, a, b, *build(a, b)
-                )
-            for p in todo:
-                if p in need:
-                    if probes is not None and p not in probe_f:
-                        probe_f[p] = probes(p)
-                    path = self.store.shard_part_path(p, s) if multi and self.store else None
-                    cands[p].append(self.submit(shards.search_part, lists_f, self.bf, p,
-                                                assigned.get(p), probe_f.get(p), m, self.kernels,
-                                                path))  # fmt: skip
-                if last:
-                    part_path = self.store.part_path(p) if self.store else None
-                    merges[p] = self.submit(shards.merge_part, cands.pop(p), m, self.k,
-                                            int(self.offsets[p]), part_path)  # fmt: skip
-            if multi and not last and need:
-                self._wait([cands[p][-1] for p in need], f"search shard {s + 1}/{len(plan)}")
-                if self.store is not None:  # keep the candidates on disk only
-                    for p in need:
-                        cands[p][-1] = self.store.shard_part_path(p, s)
-            del lists_f
-        return self._assemble(merges)
-
-    def _have(self, p: int, s: int) -> bool:
-        return self.store is not None and os.path.exists(self.store.shard_part_path(p, s))
-
-    def _wait(self, futs: list, what: str) -> None:
-        from distributed import as_completed
-
-        for i, f in enumerate(as_completed(futs, loop=self.client.loop), 1):
-            f.result()
-            self.say(f"knn graph: {what}: {i}/{len(futs)} partitions")
-
-    def _assemble(self, merges: dict) -> KnnGraph:
-        from distributed import as_completed
-
-        total, done = len(self.sizes), len(self.sizes) - len(merges)
-        rows: dict[int, tuple] = {}
-        index = {f.key: p for p, f in merges.items()}
-        last = time.monotonic()
-        finished: list[int] = []
-        for f in as_completed(list(merges.values()), loop=self.client.loop):
-            p = index[f.key]
-            rows[p] = f.result()
-            finished.append(p)
-            done += 1
-            self.say(f"knn graph: search: {done}/{total} partitions")
-            if self.store is not None and (time.monotonic() - last > 2 or done == total):
-                self.store.mark_done(finished)
-                last = time.monotonic()
-        for p in range(total):
-            if p not in rows:
-                rows[p] = self.store.read_part(p)
-        nbr = np.concatenate([rows[p][0] for p in range(total)])
-        dist = np.concatenate([rows[p][1] for p in range(total)])
-        return KnnGraph(nbr, dist)
-
+    # ------------------------------------------------------------ output
     def write(self, graph: KnnGraph, info: dict) -> None:
         with self.stage("write"):
-            lists = None
-            if info["index"] == "ivf":
-                lists = np.concatenate([self._lists(p) for p in range(len(self.sizes))])
-            save_graph(self.store.gdir, graph, {**info, "timings": self.timings}, lists)
+            save_graph(self.store.gdir, graph, {**info, "timings": self.timings}, self.lists)
 
-    def _lists(self, p: int) -> np.ndarray:
-        f = self.lists_parts.get(p)
-        if f is not None:
-            return self.submit(_lists_of, f).result()
-        return np.load(self.store.lists_path(p))
-
-    # ------------------------------------------------------------ descriptions
-    def params(self, kind: str, extra: dict) -> dict:
-        return {
-            "index": kind,
-            "n_neighbors": self.k,
-            "recall": self.recall,
-            "seed": self.seed,
-            "sizes": self.sizes,
-            "dim": self.dim,
-            **extra,
-        }
-
-    def describe(self, plan: list[list[int]], fingerprint: str) -> dict:
-        return {
-            "n": self.n,
-            "k": self.k,
-            "dim": self.dim,
-            "partitions": len(self.sizes),
-            "shards": plan,
-            "fingerprint": fingerprint,
-        }
+    def describe(self, fingerprint: str) -> dict:
+        return {"n": self.n, "k": self.k, "dim": self.dim, "partitions": len(self.sizes),
+                "memory_limit": self.limit, "shards": self.n_shards,
+                "fingerprint": fingerprint}  # fmt: skip
 
 
 # ---------------------------------------------------------------- helpers
 
 
-def _truth_of(assigned: dict):
-    return assigned["truth"]
-
-
-def _lists_of(assigned: dict) -> np.ndarray:
-    return assigned["probes"][:, 0]
-
-
-def _overlapping(offsets: np.ndarray, a: int, b: int) -> list[int]:
-    return [p for p in range(len(offsets) - 1) if offsets[p] < b and offsets[p + 1] > a]
-
-
-def _projection(x_train: np.ndarray, pca_dim) -> ivf.Projection | None:
-    sample = x_train[:PCA_ROWS]
-    if pca_dim is None or sample.shape[0] < 2:
-        return None
-    if pca_dim == "auto":
-        return ivf.fit_pca(sample, PCA_ENERGY)
-    return ivf.pca_of_dim(sample, int(pca_dim)) if int(pca_dim) < x_train.shape[1] else None
+def _first_reps(cands: np.ndarray, rep: np.ndarray) -> np.ndarray:
+    """Candidates as representatives, each only at its first place (repeats → -1)."""
+    out = np.where(cands >= 0, rep[np.maximum(cands, 0)], -1)
+    for i in range(out.shape[0]):
+        _, first = np.unique(out[i], return_index=True)
+        dup = np.ones(out.shape[1], bool)
+        dup[first] = False
+        out[i, dup] = -1
+    return out
 
 
 def _model_arrays(projection, centroids) -> dict[str, np.ndarray]:
@@ -468,12 +405,32 @@ def _model_arrays(projection, centroids) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _restore(model) -> tuple[ivf.Projection | None, np.ndarray, dict]:
+def _restore(model) -> tuple:
     arrays, tuned = model
     projection = None
     if "pca_mean" in arrays:
         projection = ivf.Projection(arrays["pca_mean"], arrays["pca_components"])
     return projection, arrays["centroids"], tuned
+
+
+def _finish(rep: np.ndarray, nbr: np.ndarray, d2: np.ndarray, k: int) -> KnnGraph:
+    """Drop each representative itself, take square roots, give duplicates their lists."""
+    ids, dd = shards.drop_self(nbr, d2, np.arange(rep.shape[0]), k)
+    out_i, out_d = dedup.expand(rep, ids, np.sqrt(dd).astype(np.float32), k)
+    return KnnGraph(out_i, out_d)
+
+
+@contextmanager
+def _blas_one_thread():
+    """BLAS limited to one thread while tasks run in this process (they run side by side)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - a core dependency
+        ctx = nullcontext()
+    else:
+        ctx = threadpool_limits(1, user_api="blas")
+    with ctx:
+        yield
 
 
 def _fingerprint(blocks: EmbeddingBlocks, rows: np.ndarray) -> str:
@@ -487,19 +444,18 @@ def _fingerprint(blocks: EmbeddingBlocks, rows: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-def _device(device: str) -> tuple[ivf.Kernels, str]:
-    n_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-    if device == "cuda" and n_gpus == 0:
+def _device(device: str) -> str:
+    from d2scale.graph.scan import gpu_available
+
+    if device == "cuda" and not gpu_available():
         raise D2ScaleError(
-            "device 'cuda' needs faiss with GPU support and a visible GPU "
-            "(pip install 'd2scale[gpu]'); use device='cpu' or 'auto'"
+            "device 'cuda' needs CuPy with a visible GPU (pip install 'd2scale[gpu]'); "
+            "use device='cpu' or 'auto'"
         )
-    if device != "cpu" and n_gpus > 0:
-        return ivf.Kernels.cuda(), "cuda"
-    return ivf.Kernels.cpu(), "cpu"
+    return "cuda" if device != "cpu" and gpu_available() else "cpu"
 
 
-def _validate(blocks, k, index, recall, device, memory_limit, nprobe, pca_dim) -> tuple[int, int]:
+def _validate(blocks, k, index, recall, device, memory_limit, nprobe, nlist) -> tuple[int, int]:
     if not isinstance(blocks, EmbeddingBlocks):
         raise D2ScaleError("blocks must provide sizes, dim and load(i) (an EmbeddingBlocks)")
     n = int(sum(blocks.sizes))
@@ -518,10 +474,7 @@ def _validate(blocks, k, index, recall, device, memory_limit, nprobe, pca_dim) -
         raise D2ScaleError(f"the 'recall' parameter must be in (0, 1]; got {recall!r}")
     if memory_limit is not None and not (isinstance(memory_limit, int) and memory_limit > 0):
         raise D2ScaleError(f"the 'memory_limit' parameter must be bytes > 0; got {memory_limit!r}")
-    if nprobe is not None and not (isinstance(nprobe, int) and nprobe >= 1):
-        raise D2ScaleError(f"the 'nprobe' parameter must be an int ≥ 1; got {nprobe!r}")
-    if not (pca_dim in (None, "auto") or (isinstance(pca_dim, int) and pca_dim >= 1)):
-        raise D2ScaleError(
-            f"the 'pca_dim' parameter must be 'auto', None or an int ≥ 1; got {pca_dim!r}"
-        )
+    for name, value in (("nprobe", nprobe), ("nlist", nlist)):
+        if value is not None and not (isinstance(value, int) and value >= 1):
+            raise D2ScaleError(f"the {name!r} parameter must be an int ≥ 1; got {value!r}")
     return n, int(k)

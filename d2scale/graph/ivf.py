@@ -1,65 +1,53 @@
-"""IVF search for kNN graphs: PCA search space, k-means lists, bucketed scans, certified ranks.
+"""IVF for kNN graphs: k-means lists, per-list probes, recall measured without searching.
 
-The index follows faiss's ``PCA,IVF,Flat`` + refine recipe with the queries being the database:
-
-* an optional PCA rotation (:func:`fit_pca`) gives a smaller *search space*; candidates are
-  ranked there, then re-ranked with exact full-dimensional distances;
-* k-means centroids (:func:`train_centroids`) define ``nlist`` inverted lists; every point is
-  assigned to, and every query probes, its nearest lists by exact, certified distances
-  (:func:`probe`), so lists and probes never depend on batching;
-* :func:`bucket_scan` is faiss's ``big_batch_search`` over arrays: each inverted list is
-  scanned once for all the queries that probe it, into a :class:`faiss.ResultHeap`;
-* :func:`ivf_search` certifies the candidate ranks like :mod:`d2scale.graph.exact`, so the
-  result is the exact (search-space) top-m of the probed lists and then the exact top
-  entries by full distance — identical for any partitioning or sharding.
+The queries are the database, so the search is organised by list, like a blocked
+all-pairs join: every row is assigned to its nearest centroid (certified, so lists never
+depend on batching), and all rows of list ``A`` are searched together against the rows of
+the ``nprobe`` lists whose centroids are nearest to ``A``'s centroid (``A`` first). Each
+(``A``, ``B``) pair is one sgemm on contiguous rows (:mod:`d2scale.graph.scan`): no gathers,
+no per-query bookkeeping. The search is exact over the probed rows, so a true neighbour is
+found exactly when its list is probed: recall@k for any ``nprobe`` follows from the exact
+neighbours of held-out rows and the lists alone (:func:`recall_curve`), and tuning costs no
+search at all.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from d2scale.graph.exact import (
-    FASTMATH,
-    MARGIN,
-    GpuKnn,
-    KnnFn,
-    flat_search,
-    knn_cpu,
-    l2_error_bound,
-    push,
-    rank_certified,
-    row_norms,
-    sq_dists,
-)
+from d2scale.graph import scan
 
+PCA_ENERGY = 0.9  # variance kept by the automatic PCA search space
+PCA_ROWS = 20_000  # rows used to fit the PCA
+MAX_NPROBE = 512
 MIN_POINTS_PER_LIST = 39  # faiss warns below this many training points per centroid
-KMEANS_ITER = 8
+KMEANS_ITER = 10
 
 
 def choose_nlist(n: int) -> int:
-    """About 2·√n lists rounded to a power of two, at most n/39 (training) and 65,536.
+    """About √n lists rounded to a power of two, at most n/39 (training) and 65,536.
 
-    Coarse assignment costs n·nlist distances and the scan n·nprobe·n/nlist, so the sum is
-    smallest near nlist = √(nprobe·n); nprobe ≈ 4–8 on CLIP-like data gives ~2·√n.
+    Assignment costs n·nlist distances and the scan n·nprobe·n/nlist: their sum is smallest
+    near nlist = √(nprobe·n); measured best at ~√n to 2√n with sgemm scans.
     """
-    target = 2 * math.sqrt(n)
+    target = 1.5 * math.sqrt(n)
     nlist = 2 ** round(math.log2(max(target, 1)))
     return int(max(1, min(nlist, n // MIN_POINTS_PER_LIST, 65536)))
 
 
 def nprobe_grid(nlist: int) -> list[int]:
-    """Candidate ``nprobe`` values tried by the recall tuning, ascending."""
+    """Candidate ``nprobe`` values tried by the recall tuning, ascending (at most
+    ``MAX_NPROBE``: beyond it a larger ``nlist`` or exact search is the better choice)."""
+    top = min(nlist, MAX_NPROBE)
     grid = [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32]  # then steps of ~1/8
-    while grid[-1] < nlist:
+    while grid[-1] < top:
         grid.append(grid[-1] + max(1, grid[-1] // 8))
-    return [p for p in grid if p < nlist] + [nlist]
+    return [p for p in grid if p < top] + [top]
 
 
 # ---------------------------------------------------------------- PCA search space
@@ -67,10 +55,11 @@ def nprobe_grid(nlist: int) -> list[int]:
 
 @dataclass(frozen=True)
 class Projection:
-    """``y = (x − mean) @ components`` computed in float64, rounded to float32."""
+    """``y = (x − mean) @ components`` in float32, summed in a fixed order (so every row's
+    projection is the same whatever batch it comes in)."""
 
-    mean: np.ndarray  # (d,) float64
-    components: np.ndarray  # (d, d') float64, orthonormal columns
+    mean: np.ndarray  # (d,) float32
+    components: np.ndarray  # (d, d') float32, orthonormal columns
 
     @property
     def dim(self) -> int:
@@ -83,51 +72,42 @@ class Projection:
         return out
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def _project(x, mean, w, out):
-    # accumulate over input dims in a fixed order, vectorised across output dims
+    # over input dims in a fixed order, vectorised across output dims (no reassociation)
     n, d = x.shape
     dp = w.shape[1]
-    for i in prange(n):
-        acc = np.zeros(dp)
+    acc = np.empty(dp, dtype=np.float32)
+    for i in range(n):
+        acc[:] = 0.0
         for t in range(d):
-            v = np.float64(x[i, t]) - mean[t]
+            v = x[i, t] - mean[t]
             for j in range(dp):
                 acc[j] += v * w[t, j]
-        for j in range(dp):
-            out[i, j] = np.float32(acc[j])
+        out[i, :] = acc
 
 
-def fit_pca(sample: np.ndarray, energy: float, multiple: int = 16) -> Projection | None:
-    """PCA keeping ``energy`` of the variance (dims rounded up to ``multiple``).
-
-    Returns None when that needs more than half the dimensions (no speed-up worth the loss).
-    """
-    mean, evals, evecs = _eig(sample)
+def fit_pca(sample: np.ndarray, energy: float = PCA_ENERGY, multiple: int = 16):
+    """PCA keeping ``energy`` of the variance (dims rounded up to ``multiple``); None when
+    that needs more than half the dimensions (no speed-up worth the re-ranking)."""
+    sample = sample[:PCA_ROWS]
+    if sample.shape[0] < 2:
+        return None
+    mean = sample.mean(axis=0, dtype=np.float64)
+    xc = (sample - mean).astype(np.float32)
+    cov = (xc.T @ xc).astype(np.float64) / max(1, xc.shape[0] - 1)
+    evals, evecs = np.linalg.eigh(cov)
+    evals, evecs = evals[::-1].clip(0), evecs[:, ::-1]
     share = np.cumsum(evals) / max(evals.sum(), 1e-300)
     d = sample.shape[1]
     dim = min(d, multiple * math.ceil(int(np.searchsorted(share, energy) + 1) / multiple))
     if dim > d // 2:
         return None
-    return Projection(mean, np.ascontiguousarray(evecs[:, :dim]))
+    comps = np.ascontiguousarray(evecs[:, :dim], dtype=np.float32)
+    return Projection(mean.astype(np.float32), comps)
 
 
-def pca_of_dim(sample: np.ndarray, dim: int) -> Projection:
-    """PCA with exactly ``dim`` components."""
-    mean, _, evecs = _eig(sample)
-    return Projection(mean, np.ascontiguousarray(evecs[:, :dim]))
-
-
-def _eig(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean and descending eigen-decomposition of the sample covariance (float32 product)."""
-    mean = sample.mean(axis=0, dtype=np.float64)
-    xc = (sample - mean).astype(np.float32)
-    cov = (xc.T @ xc).astype(np.float64) / max(1, xc.shape[0] - 1)
-    evals, evecs = np.linalg.eigh(cov)
-    return mean, evals[::-1].clip(0), evecs[:, ::-1]
-
-
-# ---------------------------------------------------------------- coarse quantiser
+# ---------------------------------------------------------------- lists
 
 
 def train_centroids(sample: np.ndarray, nlist: int, seed: int) -> np.ndarray:
@@ -145,205 +125,59 @@ def train_centroids(sample: np.ndarray, nlist: int, seed: int) -> np.ndarray:
     return np.ascontiguousarray(km.centroids, dtype=np.float32)
 
 
-def probe(
-    y: np.ndarray, centroids: np.ndarray, nprobe: int, knn: KnnFn | None = None
-) -> np.ndarray:
-    """The ``nprobe`` nearest lists of each row (int32), by exact distance then list id."""
-    knn = knn or knn_small
-    pos, _ = flat_search(y, centroids, min(nprobe, centroids.shape[0]), knn=knn)
-    return pos.astype(np.int32)
+def assign(x: np.ndarray, centroids: np.ndarray, ip: scan.IpFn = scan.ip_cpu) -> np.ndarray:
+    """Nearest centroid of each row (int32), by exact distance then centroid id."""
+    pos, _ = scan.topk(x, centroids, [(0, centroids.shape[0])], 1, ip=ip)
+    return pos[:, 0].astype(np.int32)
 
 
-# ---------------------------------------------------------------- list storage and scans
+def probe_table(centroids: np.ndarray, nprobe: int, lists: np.ndarray | None = None) -> np.ndarray:
+    """The ``nprobe`` nearest lists of each list's centroid (int32), the list itself first,
+    then by (exact distance, id); ``lists``: only these rows of the table (default: all)."""
+    nlist = centroids.shape[0]
+    lists = np.arange(nlist) if lists is None else np.asarray(lists, dtype=np.int64)
+    pos, _ = scan.topk(centroids[lists], centroids, [(0, nlist)], min(nprobe, nlist))
+    pos = pos.astype(np.int32)
+    for i in np.flatnonzero(pos[:, 0] != lists):  # an equal centroid with a lower id
+        others = pos[i][pos[i] != lists[i]]
+        pos[i] = np.concatenate([[lists[i]], others])[: pos.shape[1]]
+    return pos
 
 
-@dataclass
-class Lists:
-    """Inverted lists over arrays: rows sorted by (list, global id).
+def recall_curve(
+    truth: np.ndarray,
+    cands: np.ndarray,
+    eval_lists: np.ndarray,
+    lists: np.ndarray,
+    centroids: np.ndarray,
+    grid: list[tuple[int, int]],
+) -> dict[tuple[int, int], tuple[float, float]]:
+    """Recall@k (mean, standard error) of the evaluation rows for each (nprobe, m) of grid.
 
-    ``ids`` are global ids, ``x`` full vectors, ``y`` search-space vectors (``None``: search
-    in ``x``), ``lims[l]:lims[l+1]`` the rows of list ``l``.
+    ``truth``: their exact neighbours; ``cands``: their exact search-space top-M over all
+    rows, in order (global ids, ``-1`` padding; with exact duplicates: both given as
+    representatives, repeats in ``cands`` set to ``-1``); ``lists``: every row's list. The search
+    takes a query's exact search-space top-``m`` among the rows of its ``nprobe`` probed
+    lists and re-ranks them exactly, so it finds a true neighbour iff that neighbour is among
+    the first ``m`` entries of ``cands`` lying in probed lists (entries beyond M count as
+    misses: a lower bound).
     """
-
-    ids: np.ndarray
-    x: np.ndarray
-    y: np.ndarray | None
-    lims: np.ndarray
-
-    def __post_init__(self) -> None:
-        self.max_norm = float(row_norms(self.search).max(initial=0.0))  # for error bounds
-
-    @property
-    def search(self) -> np.ndarray:
-        return self.x if self.y is None else self.y
-
-    @property
-    def nbytes(self) -> int:
-        extra = 0 if self.y is None else self.y.nbytes
-        return self.ids.nbytes + self.x.nbytes + extra + self.lims.nbytes
-
-
-def list_order(lists: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stable order of rows by list, and the list boundaries (``nlist + 1``)."""
-    order = np.argsort(lists, kind="stable")
-    lims = np.searchsorted(lists[order], np.arange(nlist + 1)).astype(np.int64)
-    return order, lims
-
-
-ScanFn = Callable[..., tuple[np.ndarray, np.ndarray]]  # (yq, probes, yb, lims, c) -> (D, I)
-
-
-@njit(inline="always", fastmath=FASTMATH)
-def _l2(x, y):
-    s = np.float32(0.0)
-    for t in range(x.shape[0]):
-        v = x[t] - y[t]
-        s += v * v
-    return s
-
-
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _scan(yq, probes, order, yb, lims, out_d, out_i):
-    for ii in prange(order.shape[0]):
-        i = order[ii]
-        hd, hi = out_d[i], out_i[i]
-        hd[:] = np.inf
-        hi[:] = -1
-        for j in range(probes.shape[1]):
-            lst = probes[i, j]
-            for r in range(lims[lst], lims[lst + 1]):
-                s = _l2(yq[i], yb[r])
-                if s < hd[-1]:
-                    push(hd, hi, s, r)
-
-
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _brute(xq, xb, out_d, out_i):
-    for i in prange(xq.shape[0]):
-        hd, hi = out_d[i], out_i[i]
-        hd[:] = np.inf
-        hi[:] = -1
-        for r in range(xb.shape[0]):
-            s = _l2(xq[i], xb[r])
-            if s < hd[-1]:
-                push(hd, hi, s, r)
-
-
-def scan_lists(
-    yq: np.ndarray, probes: np.ndarray, yb: np.ndarray, lims: np.ndarray, c: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Approximate top-``c`` of each query over its probed lists (float32 D, positions in yb).
-
-    A compiled per-query scan (queries taken in list order, so neighbouring queries share
-    cached lists); no distance matrix is materialised, which suits small search spaces.
-    """
-    nq = yq.shape[0]
-    out_d = np.empty((nq, c), dtype=np.float32)
-    out_i = np.empty((nq, c), dtype=np.int64)
-    if nq:
-        order = np.argsort(probes[:, 0], kind="stable") if probes.shape[1] else np.arange(nq)
-        _scan(_f32(yq), np.ascontiguousarray(probes, dtype=np.int64), order, _f32(yb), lims,
-              out_d, out_i)  # fmt: skip
-    return out_d, out_i
-
-
-def knn_small(xq: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``faiss.knn`` for small databases or dimensions (centroids, PCA space), compiled."""
-    out_d = np.empty((xq.shape[0], k), dtype=np.float32)
-    out_i = np.empty((xq.shape[0], k), dtype=np.int64)
-    if xq.shape[0]:
-        _brute(_f32(xq), _f32(xb), out_d, out_i)
-    return out_d, out_i
-
-
-def bucket_scan(
-    yq: np.ndarray,
-    probes: np.ndarray,
-    yb: np.ndarray,
-    lims: np.ndarray,
-    c: int,
-    knn: KnnFn = faiss.knn,
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`scan_lists` through a ``knn`` kernel, one call per list (GPU path).
-
-    Like ``faiss.contrib.big_batch_search`` (method ``knn_function``): the (query, list)
-    pairs are bucket-sorted by list and every list is scanned once, with one ``knn`` call,
-    for all the queries that probe it; no inverted-list copies are made.
-    """
-    nq = yq.shape[0]
-    heap = faiss.ResultHeap(nq, c)
-    if nq:
-        flat = probes.ravel()
-        order = np.argsort(flat, kind="stable")
-        qids = order // probes.shape[1]  # query ids grouped by list
-        blims = np.searchsorted(flat[order], np.arange(len(lims)))
-        for lst in np.flatnonzero((np.diff(blims) > 0) & (np.diff(lims) > 0)):
-            q = qids[blims[lst] : blims[lst + 1]]
-            b0, b1 = int(lims[lst]), int(lims[lst + 1])
-            dist, pos = knn(yq[q], yb[b0:b1], min(c, b1 - b0))
-            heap.add_result_subset(q, dist, pos + b0)
-    heap.finalize()
-    return heap.D, heap.I
-
-
-@dataclass(frozen=True)
-class Kernels:
-    """The search kernels of one device: flat search (full space), small brute force
-    (centroids, PCA space) and the inverted-list scan."""
-
-    knn: KnnFn
-    knn_small: KnnFn
-    scan: ScanFn
-
-    @classmethod
-    def cpu(cls) -> Kernels:
-        return cls(knn_cpu, knn_small, scan_lists)
-
-    @classmethod
-    def cuda(cls) -> Kernels:
-        gpu = GpuKnn()
-        return cls(gpu, gpu, functools.partial(bucket_scan, knn=gpu))
-
-
-def _f32(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def ivf_search(
-    xq: np.ndarray,
-    yq: np.ndarray | None,
-    probes: np.ndarray,
-    lists: Lists,
-    m: int,
-    scan: ScanFn = scan_lists,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exact search-space top-``m`` of each query among its probed lists, by (distance, id).
-
-    Returns global ids (``-1`` padding), their float64 squared search-space distances and
-    their float64 squared full distances, sorted by (search distance, id).
-    """
-    yq = xq if yq is None else yq
-    yb = lists.search
-    eps = l2_error_bound(yb.shape[1], row_norms(yq), lists.max_norm)
-    sizes = np.diff(lists.lims)[probes].sum(axis=1)
-    nq = yq.shape[0]
-    pos = np.full((nq, m), -1, dtype=np.int64)
-    key = np.full((nq, m), np.inf)
-    rows, c = np.arange(nq), m + MARGIN
-    while rows.size:
-        approx, cand = scan(yq[rows], probes[rows], yb, lists.lims, c)
-        complete = sizes[rows] <= c  # every probed point was fetched
-        exact = sq_dists(yq[rows], yb, cand)
-        p, d, ok = rank_certified(approx, cand, exact, m, eps[rows], lists.ids)
-        ok |= complete
-        pos[rows[ok]], key[rows[ok]] = p[ok], d[ok]
-        rows, c = rows[~ok], 4 * c
-    full = key if lists.y is None else sq_dists(xq, lists.x, pos)
-    ids = np.where(pos >= 0, lists.ids[np.maximum(pos, 0)], -1)
-    return ids, key, full
-
-
-# ---------------------------------------------------------------- recall
+    nlist = centroids.shape[0]
+    uniq, inv = np.unique(eval_lists, return_inverse=True)
+    table = probe_table(centroids, max(p for p, _ in grid), uniq).astype(np.int64)
+    rank = np.full((uniq.size, nlist), nlist, dtype=np.int32)  # rank[u, B]: B's probe rank
+    np.put_along_axis(rank, table, np.arange(table.shape[1], dtype=np.int32)[None, :], axis=1)
+    c_rank = np.where(cands >= 0, rank[inv[:, None], lists[np.maximum(cands, 0)]], nlist)
+    valid = truth >= 0
+    out = {}
+    for p, m in grid:
+        probed = c_rank < p
+        kept = np.where(probed & (np.cumsum(probed, axis=1) <= m), cands, -1)
+        found = (truth[:, :, None] == kept[:, None, :]).any(axis=2) & valid
+        per_row = found.sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
+        se = per_row.std(ddof=1) / np.sqrt(per_row.size) if per_row.size > 1 else 0.0
+        out[(p, m)] = (float(per_row.mean()) if per_row.size else 1.0, float(se))
+    return out
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
@@ -357,3 +191,15 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
         return 1.0, 0.0
     r = np.asarray(per_row)
     return float(r.mean()), float(r.std(ddof=1) / np.sqrt(r.size)) if r.size > 1 else 0.0
+
+
+def list_order(centroids: np.ndarray, seed: int) -> np.ndarray:
+    """An order of the lists that keeps near centroids together (for shards): lists sorted
+    by their nearest of ~√nlist coarse k-means centres, then by id."""
+    nlist = centroids.shape[0]
+    groups = max(1, int(math.sqrt(nlist)))
+    if groups == 1:
+        return np.arange(nlist)
+    coarse = train_centroids(centroids, groups, seed)
+    label = assign(centroids, coarse)
+    return np.lexsort((np.arange(nlist), label))

@@ -1,56 +1,52 @@
-"""Shards and the Dask tasks that search them, partition by partition.
+"""The Dask tasks of a graph build, and the shards they search.
 
-A *shard* is a contiguous range of pool rows held as :class:`~d2scale.graph.ivf.Lists` (an
-exact shard is a single list), sized to a memory budget. Shards are built on a worker one at
-a time; every partition's queries are searched against each shard as a (partition, shard)
-task; one task per partition then merges the shards' candidates into the global top-k with
-global ids and drops the query itself by id. Because every rank is exact and certified
-(:mod:`d2scale.graph.exact`), the result does not depend on partitioning, shard count or the
-number of workers.
+Every task is single-threaded (BLAS limited to one thread, compiled kernels serial and
+``nogil``), so a cluster with ``T`` threads runs ``T`` tasks on ``T`` cores — never ``T²``
+threads — and ``--memory-limit`` bounds what those tasks hold. Tasks read embeddings from
+the source themselves (chunk by chunk) and *return* their results; nothing is written to
+driver-chosen paths, so workers need no shared filesystem.
 
-The embeddings reach workers once (``client.scatter``); a shard is built where it is first
-needed and Dask copies it at most once to each other worker that searches it.
+A *shard* is a set of IVF lists (queries) together with every list they probe, held as
+contiguous rows sorted by (list, id): each query list is answered by exactly one shard, so
+shards never need merging and their number does not change the graph.
 """
 
 from __future__ import annotations
 
 import logging
-import math
+import os
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
-import psutil
-from numba import njit, prange
 
-from d2scale.graph import ivf
-from d2scale.graph.exact import flat_search, merge_sorted
-from d2scale.io import save_npy, save_npz
+from d2scale.graph import dedup, ivf, scan
 from d2scale.types import EmbeddingBlocks
 
-MEMORY_FRACTION = 0.5  # default budget: this share of the currently available memory
-STORED_PROBES = 16  # lists per row kept from the assignment pass (larger nprobe: probe again)
+CHUNK_BYTES = 8 << 20  # float32 bytes of the embedding chunks that tasks read at a time
+_DRIVER_PID = os.getpid()
 
 
-def default_memory_limit() -> int:
-    """Bytes a build may use for its shards by default."""
-    return int(MEMORY_FRACTION * psutil.virtual_memory().available)
+def single_threaded() -> None:
+    """Limit BLAS and faiss (OpenMP) to one thread for the calling task's thread.
 
+    In a worker process (not the driver's), BLAS is limited for good: the process runs
+    only these tasks. In the driver's process the build limits BLAS around its tasks.
+    """
+    import faiss
 
-def plan_shards(n: int, bytes_per_row: int, memory_limit: int) -> list[list[int]]:
-    """Split rows ``[0, n)`` into the fewest equal contiguous ranges that fit ``memory_limit``."""
-    count = max(1, math.ceil(n * bytes_per_row / max(memory_limit, 1)))
-    count = min(count, n)
-    bounds = np.linspace(0, n, count + 1).round().astype(int)
-    return [[int(a), int(b)] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    faiss.omp_set_num_threads(1)
+    if os.getpid() != _DRIVER_PID:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1, user_api="blas")
 
 
 @contextmanager
 def task_client(client=None):
-    """The caller's ``distributed.Client``, or an in-process one-thread cluster for the build.
-
-    The local cluster runs one task at a time: faiss, BLAS and numba already use every core
-    inside each task.
-    """
+    """The caller's ``distributed.Client``, or an in-process cluster with one thread per core
+    (every task is single-threaded)."""
     if client is not None:
         yield client
         return
@@ -59,7 +55,7 @@ def task_client(client=None):
     with (
         LocalCluster(
             n_workers=1,
-            threads_per_worker=1,
+            threads_per_worker=len(os.sched_getaffinity(0)),
             processes=False,
             dashboard_address=":0",  # no fixed port: several builds may run at once
             silence_logs=logging.CRITICAL,
@@ -69,18 +65,42 @@ def task_client(client=None):
         yield local
 
 
+def chunk_rows(dim: int) -> int:
+    return max(256, CHUNK_BYTES // (4 * max(dim, 1)))
+
+
+def iter_chunks(blocks: EmbeddingBlocks, part: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(first local row, float32 rows) of partition ``part``, a bounded chunk at a time."""
+    rows = chunk_rows(blocks.dim)
+    chunks = getattr(blocks, "iter_chunks", None)
+    if chunks is not None:
+        yield from chunks(part, rows)
+        return
+    x = blocks.load(part)
+    for s in range(0, x.shape[0], rows):
+        yield s, np.ascontiguousarray(x[s : s + rows], dtype=np.float32)
+
+
 def part_rows(offsets: np.ndarray, rows: np.ndarray) -> dict[int, np.ndarray]:
     """Group sorted global ``rows`` by partition: ``{partition: local rows}``."""
     parts = np.searchsorted(offsets, rows, side="right") - 1
     return {int(p): rows[parts == p] - offsets[p] for p in np.unique(parts)}
 
 
+def _pick(blocks: EmbeddingBlocks, part: int, local: np.ndarray) -> np.ndarray:
+    out = np.empty((local.size, blocks.dim), dtype=np.float32)
+    for s, x in iter_chunks(blocks, part):
+        a, b = np.searchsorted(local, [s, s + x.shape[0]])
+        out[a:b] = x[local[a:b] - s]
+    return out
+
+
 # ---------------------------------------------------------------- tasks
 
 
 def take_rows(blocks: EmbeddingBlocks, part: int, local: np.ndarray) -> np.ndarray:
-    """Rows ``local`` of partition ``part``."""
-    return np.ascontiguousarray(blocks.load(part)[local], dtype=np.float32)
+    """Rows ``local`` (sorted) of partition ``part``."""
+    return _pick(blocks, part, local)
 
 
 def assign_part(
@@ -90,109 +110,190 @@ def assign_part(
     projection: ivf.Projection | None,
     centroids: np.ndarray,
     x_eval: np.ndarray,
-    keep: int,
-    kernels: ivf.Kernels,
-    lists_path: str | None = None,
+    keep: tuple[int, int],
+    keep_rows: bool,
 ) -> dict:
-    """IVF assignment of one partition, and its exact top-``keep`` for the evaluation queries.
+    """One pass over partition ``part``: row hashes, IVF lists (in the search space), and
+    for the evaluation rows their exact top-``keep[0]`` by full distance and top-``keep[1]``
+    by search-space distance among its rows (global ids, squared distances).
 
-    Returns ``y`` (search-space rows, None without PCA), ``probes`` (the nearest
-    ``STORED_PROBES`` lists of each row, int32; the first is the row's list) and ``truth``
-    (global ids and squared distances of the evaluation queries' best rows here).
+    ``keep_rows``: also return the rows, full and projected (when all fits in one shard).
     """
-    x = blocks.load(part)
-    y = None if projection is None else projection(x)
-    probes = ivf.probe(x if y is None else y, centroids, STORED_PROBES, kernels.knn_small)
-    if lists_path is not None:
-        save_npy(lists_path, probes[:, 0])
-    truth = None
-    if x_eval.size:
-        pos, d2 = flat_search(x_eval, x, keep, knn=kernels.knn)
-        truth = (np.where(pos >= 0, pos + offset, -1), d2)
-    return {"y": y, "probes": probes, "truth": truth}
+    single_threaded()
+    n = blocks.sizes[part]
+    hashes = np.empty((n, 2), dtype=np.uint64)
+    lists = np.empty(n, dtype=np.int32)
+    kept_x = np.empty((n, blocks.dim), dtype=np.float32) if keep_rows else None
+    kept_y = None
+    y_eval = x_eval if projection is None else projection(x_eval)
+    truth = cands = None
+    for s, x in iter_chunks(blocks, part):
+        e = s + x.shape[0]
+        y = x if projection is None else projection(x)
+        hashes[s:e] = dedup.row_hashes(x)
+        lists[s:e] = ivf.assign(y, centroids)
+        if kept_x is not None:
+            kept_x[s:e] = x
+            if projection is not None:
+                if kept_y is None:
+                    kept_y = np.empty((n, projection.dim), dtype=np.float32)
+                kept_y[s:e] = y
+        if x_eval.shape[0]:
+            truth = _fold(truth, scan.topk(x_eval, x, [(0, e - s)], keep[0]), offset + s, keep[0])
+            cands = _fold(cands, scan.topk(y_eval, y, [(0, e - s)], keep[1]), offset + s, keep[1])
+    return {"hashes": hashes, "lists": lists, "truth": truth, "cands": cands,
+            "x": kept_x, "y": kept_y}  # fmt: skip
 
 
-def build_shard(
-    blocks: EmbeddingBlocks,
-    offsets: np.ndarray,
-    start: int,
-    end: int,
-    assigned: list[dict] | None,
-    nlist: int,
-) -> ivf.Lists:
-    """The rows ``[start, end)`` as inverted lists (``assigned``: per-partition assignments of
-    the partitions overlapping the range, in order; None: one flat list)."""
-    spans = _spans(offsets, start, end)
-    if assigned is None:
-        x = np.concatenate([blocks.load(p)[a:b] for p, a, b in spans])
-        ids = np.arange(start, end, dtype=np.int64)
-        return ivf.Lists(ids, _f32(x), None, np.array([0, end - start]))
-    pieces = list(zip(assigned, spans, strict=True))
-    lists = np.concatenate([a["probes"][s:e, 0] for a, (_, s, e) in pieces])
-    order, lims = ivf.list_order(lists, nlist)
-    dest = np.empty_like(order)
-    dest[order] = np.arange(order.size)
-    x = np.empty((end - start, blocks.dim), dtype=np.float32)
-    at = 0
-    for p, a, b in spans:
-        _scatter_rows(x, dest[at : at + b - a], _f32(blocks.load(p)[a:b]))
-        at += b - a
-    y = None
-    if assigned[0]["y"] is not None:
-        y = np.concatenate([a["y"][s:e] for a, (_, s, e) in pieces])[order]
-    return ivf.Lists(order.astype(np.int64) + start, x, y, lims)
+def _fold(acc, got, first: int, keep: int):
+    pos, d2 = got
+    got = (np.where(pos >= 0, pos + first, -1), d2)
+    return got if acc is None else scan.merge([acc, got], keep)
 
 
-def probe_part(
-    blocks: EmbeddingBlocks, part: int, assigned: dict, centroids, nprobe: int, kernels
-) -> np.ndarray:
-    """The ``nprobe`` lists each query of partition ``part`` probes."""
-    if nprobe <= assigned["probes"].shape[1]:
-        return assigned["probes"][:, :nprobe]
-    y = blocks.load(part) if assigned["y"] is None else assigned["y"]
-    return ivf.probe(y, centroids, nprobe, kernels.knn_small)
+def pieces_from_kept(assigned: dict, local: np.ndarray, offset: int) -> tuple:
+    """The rows ``local`` of an assignment that kept its rows: (ids, rows, projected, lists)."""
+    y = None if assigned["y"] is None else assigned["y"][local]
+    return local + offset, assigned["x"][local], y, assigned["lists"][local]
 
 
-def search_part(
-    lists: ivf.Lists,
+def extract_part(
     blocks: EmbeddingBlocks,
     part: int,
-    assigned: dict | None,
-    probes: np.ndarray | None,
-    m: int,
-    kernels: ivf.Kernels,
-    path: str | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Candidates of partition ``part`` in one shard: (global ids, search d², full d²)."""
-    x = blocks.load(part)
-    if probes is None:  # exact shard
-        pos, d2 = flat_search(x, lists.x, m, ids=lists.ids, knn=kernels.knn)
-        out = (np.where(pos >= 0, lists.ids[np.maximum(pos, 0)], -1), d2, d2)
-    else:
-        y = None if assigned is None else assigned["y"]
-        out = ivf.ivf_search(x, y, probes, lists, m, kernels.scan)
-    if path is not None:
-        save_npz(path, ids=out[0], key=out[1], full=out[2])
+    offset: int,
+    local: np.ndarray,
+    lists: np.ndarray,
+    projection: ivf.Projection | None,
+) -> tuple:
+    """The rows ``local`` (sorted) of partition ``part``: (ids, rows, projected, lists)."""
+    single_threaded()
+    x = _pick(blocks, part, local)
+    return local + offset, x, None if projection is None else projection(x), lists
+
+
+@dataclass
+class Shard:
+    """Rows of some IVF lists, sorted by (list, id): list ``l`` is rows
+    ``lims[at[l]]:lims[at[l] + 1]`` (``at[l] = -1`` for lists not held). ``aug`` holds the
+    search-space rows augmented for one-sgemm distances (:func:`scan.augment`); ``x`` the
+    full rows for re-ranking (None when the search space is the full space)."""
+
+    ids: np.ndarray
+    x: np.ndarray | None
+    aug: np.ndarray
+    lims: np.ndarray
+    at: np.ndarray
+
+    def search_rows(self, rows: slice) -> np.ndarray:
+        return self.aug[rows, :-1] * np.float32(-0.5)  # exact: undoes the −2 of augment
+
+    def span(self, lst: int) -> tuple[int, int]:
+        i = self.at[lst]
+        return int(self.lims[i]), int(self.lims[i + 1])
+
+
+def build_shard(pieces: list[tuple], nlist: int) -> Shard:
+    """Concatenate (ids, rows, projected rows, lists) pieces into a :class:`Shard`."""
+    ids = np.concatenate([p[0] for p in pieces]).astype(np.int64)
+    lists = np.concatenate([p[3] for p in pieces]).astype(np.int64)
+    order = np.lexsort((ids, lists))
+    at_row = np.empty(ids.size, dtype=np.int64)
+    at_row[order] = np.arange(ids.size)
+    projected = pieces[0][2] is not None
+    aug = _place(pieces, 2 if projected else 1, at_row, augment=True)
+    x = _place(pieces, 1, at_row) if projected else None
+    held, first = np.unique(lists[order], return_index=True)
+    lims = np.append(first, ids.size).astype(np.int64)
+    at = np.full(nlist, -1, dtype=np.int64)
+    at[held] = np.arange(held.size)
+    return Shard(ids[order], x, aug, lims, at)
+
+
+def _place(pieces: list[tuple], field: int, at_row: np.ndarray, augment: bool = False):
+    """Member ``field`` of the pieces placed at rows ``at_row`` (no concatenated copy),
+    augmented (:func:`scan.augment`) when asked."""
+    out = np.empty((at_row.size, pieces[0][field].shape[1] + augment), dtype=np.float32)
+    start = 0
+    for p in pieces:
+        m = p[0].shape[0]
+        out[at_row[start : start + m]] = scan.augment(p[field]) if augment else p[field]
+        start += m
     return out
 
 
-def merge_part(
-    results: list, m: int, k: int, offset: int, path: str | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Global top-k of one partition from its shards' candidates (tuples or ``.npz`` paths).
+def search_lists(
+    shard: Shard, items: list, table: np.ndarray, keep: int, m: int, device: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For the queries ``items`` — (list, first, end) row ranges within a list — the exact
+    search-space top-``m`` among the rows of their probed lists (``table[list]``), re-ranked
+    by exact full distance to the top ``keep``: (query ids, neighbour ids, distances²)."""
+    single_threaded()
+    ip = scan.ip_for(device)
+    out = []
+    for lst, a, b in items:
+        s0, _ = shard.span(lst)
+        q = slice(s0 + a, s0 + b)
+        spans = [shard.span(int(p)) for p in table[lst] if p >= 0 and shard.at[p] >= 0]
+        pos, d2 = scan.topk(shard.search_rows(q), None, spans, m, shard.ids, ip, aug=shard.aug)
+        if shard.x is not None:
+            pos, d2 = scan.rerank(shard.x[q], shard.x, pos, shard.ids, keep)
+        nbr = np.where(pos >= 0, shard.ids[np.maximum(pos, 0)], -1)
+        out.append((shard.ids[q], nbr, d2))
+    if not out:
+        return np.empty(0, np.int64), np.empty((0, keep), np.int64), np.empty((0, keep))
+    return tuple(np.concatenate([o[i] for o in out]) for i in range(3))
 
-    The best ``m`` by search distance, then the best by full distance, self dropped by id.
-    """
-    loaded = [_load_candidates(r) if isinstance(r, str) else r for r in results]
-    ids, _, full = merge_sorted(
-        [r[0] for r in loaded], [r[1] for r in loaded], m, [r[2] for r in loaded]
-    )
-    nbr, d2 = merge_sorted([ids], [full], m)
-    nbr, d2 = drop_self(nbr, d2, offset + np.arange(nbr.shape[0]), k)
-    dist = np.sqrt(d2).astype(np.float32)
-    if path is not None:
-        save_npz(path, neighbors=nbr, distances=dist)
-    return nbr, dist
+
+# ---------------------------------------------------------------- planning
+
+
+def plan_shards(
+    order: np.ndarray, table: np.ndarray, sizes: np.ndarray, row_bytes: int, budget: int
+) -> list[list[int]]:
+    """Group the lists, in ``order``, into shards whose rows (own and probed lists) fit
+    ``budget`` bytes; a list that alone exceeds it gets a shard of its own."""
+    shards: list[list[int]] = []
+    cur: list[int] = []
+    held: set[int] = set()
+    rows = 0
+    for lst in order.tolist():
+        new = {int(p) for p in table[lst] if p >= 0} - held
+        extra = int(sizes[list(new)].sum()) if new else 0
+        if cur and (rows + extra) * row_bytes > budget:
+            shards.append(cur)
+            cur, held, rows = [], set(), 0
+            new = {int(p) for p in table[lst] if p >= 0}
+            extra = int(sizes[list(new)].sum())
+        cur.append(lst)
+        held |= new
+        rows += extra
+    if cur:
+        shards.append(cur)
+    return shards
+
+
+def plan_items(
+    lists: list[int], sizes: np.ndarray, n_tasks: int
+) -> list[list[tuple[int, int, int]]]:
+    """Split the query rows of ``lists`` into about ``n_tasks`` chunks of whole lists or row
+    ranges of large lists: (list, first, end) items."""
+    total = int(sizes[lists].sum())
+    target = max(1, -(-total // max(1, n_tasks)))
+    chunks: list[list[tuple[int, int, int]]] = []
+    cur: list[tuple[int, int, int]] = []
+    rows = 0
+    for lst in lists:
+        size = int(sizes[lst])
+        for a in range(0, size, target):
+            b = min(size, a + target)
+            cur.append((lst, a, b))
+            rows += b - a
+            if rows >= target:
+                chunks.append(cur)
+                cur, rows = [], 0
+    if cur:
+        chunks.append(cur)
+    return chunks
 
 
 def drop_self(
@@ -202,41 +303,3 @@ def drop_self(
     is_self = ids == self_ids[:, None]
     order = np.argsort(is_self, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(ids, order, axis=1), np.take_along_axis(d2, order, axis=1)
-
-
-def _load_candidates(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    with np.load(path) as z:
-        return z["ids"], z["key"], z["full"]
-
-
-@njit(parallel=True, cache=True)
-def _scatter_rows(dst, rows, src):
-    for i in prange(rows.shape[0]):
-        dst[rows[i], :] = src[i, :]
-
-
-def _f32(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def _spans(offsets: np.ndarray, start: int, end: int) -> list[tuple[int, int, int]]:
-    """(partition, local start, local end) pieces covering global rows ``[start, end)``."""
-    out = []
-    for p in range(len(offsets) - 1):
-        a, b = max(start, offsets[p]), min(end, offsets[p + 1])
-        if a < b:
-            out.append((p, int(a - offsets[p]), int(b - offsets[p])))
-    return out
-
-
-def tune_search(
-    lists: ivf.Lists,
-    x_eval: np.ndarray,
-    y_eval: np.ndarray | None,
-    probes: np.ndarray,
-    grid: list[int],
-    m: int,
-    kernels: ivf.Kernels,
-) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Candidates of the evaluation queries in one shard for every ``nprobe`` of ``grid``."""
-    return {p: ivf.ivf_search(x_eval, y_eval, probes[:, :p], lists, m, kernels.scan) for p in grid}

@@ -1,26 +1,26 @@
-"""On-disk kNN graphs: resumable part files under a manifest, and the consolidated view.
+"""On-disk kNN graphs: resumable parts under a manifest, and the consolidated view.
 
 Layout of a graph directory ``GDIR``::
 
-    manifest.json        input fingerprint, parameters, shard plan, parts done
-    model.npz            trained IVF model (PCA, centroids, nprobe, m), reused on resume
-    parts/part-00000.npz final rows of partition 0 (neighbors, distances)
-    parts/part-00000.shard-001.npz  its candidates from shard 1 (only with several shards)
-    parts/lists-00000.npy IVF list of every row of partition 0 (int32)
-    neighbors.npy        int64 N × k, row order = pool order, -1 padding
-    distances.npy        float32 N × k Euclidean, inf padding
-    lists.npy            int32 N, IVF list of each row (IVF graphs only)
-    meta.json            n, k, dim, index type, nlist, nprobe, measured recall, timings, ...
+    manifest.json          input fingerprint, parameters, and (once planned) the search plan
+    model.npz              trained IVF model (centroids) and the tuning result, reused on resume
+    parts/assign-00000.npz row hashes and IVF lists of partition 0
+    parts/chunk-00000.npz  search results of chunk 0 (query ids, neighbour ids, distances²)
+    neighbors.npy          int64 N × k, row order = pool order, -1 padding
+    distances.npy          float32 N × k Euclidean, inf padding
+    lists.npy              int32 N, IVF list of each row (IVF graphs only)
+    meta.json              n, k, dim, index type, nlist, nprobe, measured recall, timings, ...
 
-Every file is written to a temporary name and moved into place with ``os.replace``, so a
-killed run leaves only complete files; a part that exists is done (the manifest's list of
-parts is a summary of the same fact).
+Tasks return their results and only the driver writes here, every file to a temporary name
+moved into place (``os.replace``), so a killed run leaves complete files only; a part that
+is missing *or unreadable* is simply computed again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import zipfile
 from contextlib import contextmanager
 
 import numpy as np
@@ -29,11 +29,11 @@ from d2scale.errors import D2ScaleError
 from d2scale.io import json_default, save_json, save_npy, save_npz
 from d2scale.types import KnnGraph
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 
 
 class GraphStore:
-    """The resumable state of one graph build in directory ``gdir``."""
+    """The resumable state of one graph build in directory ``gdir`` (written by the driver)."""
 
     def __init__(self, gdir: str):
         self.gdir = gdir
@@ -49,13 +49,13 @@ class GraphStore:
             return None
         return _read_json(self.manifest_path)
 
-    def begin(self, fingerprint: str, params: dict, shards: list[list[int]]) -> list[list[int]]:
-        """Start or resume; returns the shard plan to use (a resumed run keeps its own).
+    def begin(self, fingerprint: str, params: dict) -> dict:
+        """Start or resume; returns the manifest (a resumed run keeps its plan).
 
         A manifest from a different input or different parameters is refused.
         """
         old = self.read_manifest()
-        if old is not None:
+        if old is not None and old.get("version") == MANIFEST_VERSION:
             if old.get("fingerprint") != fingerprint:
                 raise D2ScaleError(
                     f"{self.gdir} holds a graph build of a different input (fingerprint "
@@ -68,41 +68,33 @@ class GraphStore:
                     f"{self.gdir} holds a graph build with other parameters ({diff}); "
                     f"use another directory or delete it"
                 )
-            return old["shards"]
-        manifest = {
-            "version": MANIFEST_VERSION,
-            "fingerprint": fingerprint,
-            "params": params,
-            "shards": shards,
-            "parts_done": [],
-        }
+            return old
+        manifest = {"version": MANIFEST_VERSION, "fingerprint": fingerprint, "params": params}
         os.makedirs(self.parts_dir, exist_ok=True)
         save_json(self.manifest_path, manifest)
-        return shards
+        return manifest
 
-    def mark_done(self, parts: list[int]) -> None:
+    def save_plan(self, plan: dict) -> None:
         manifest = self.read_manifest() or {}
-        manifest["parts_done"] = sorted(set(manifest.get("parts_done", [])) | set(parts))
-        save_json(self.manifest_path, manifest)
+        save_json(self.manifest_path, {**manifest, "plan": plan})
 
     # -- parts -----------------------------------------------------------------------
-    def part_path(self, part: int) -> str:
-        return os.path.join(self.parts_dir, f"part-{part:05d}.npz")
+    def part_path(self, name: str) -> str:
+        return os.path.join(self.parts_dir, f"{name}.npz")
 
-    def shard_part_path(self, part: int, shard: int) -> str:
-        return os.path.join(self.parts_dir, f"part-{part:05d}.shard-{shard:03d}.npz")
+    def save_part(self, name: str, **arrays: np.ndarray) -> None:
+        save_npz(self.part_path(name), **arrays)
 
-    def lists_path(self, part: int) -> str:
-        return os.path.join(self.parts_dir, f"lists-{part:05d}.npy")
-
-    def done(self, n_parts: int) -> set[int]:
-        """Partitions whose final part file exists."""
-        return {p for p in range(n_parts) if os.path.exists(self.part_path(p))}
-
-    def read_part(self, part: int) -> tuple[np.ndarray, np.ndarray]:
-        path = self.part_path(part)
-        with _reading(path), np.load(path) as z:
-            return z["neighbors"], z["distances"]
+    def load_part(self, name: str, keys: tuple[str, ...]) -> dict | None:
+        """The arrays of part ``name``, or None when it is missing or damaged."""
+        path = self.part_path(name)
+        if not os.path.exists(path):
+            return None
+        try:
+            with np.load(path) as z:
+                return {key: z[key] for key in keys}
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):  # damaged
+            return None
 
     # -- model -----------------------------------------------------------------------
     @property
@@ -113,11 +105,15 @@ class GraphStore:
         save_npz(self.model_path, info=np.array(json.dumps(info, default=json_default)), **arrays)
 
     def load_model(self) -> tuple[dict[str, np.ndarray], dict] | None:
+        """The saved model, or None when it is missing or damaged (then it is retrained)."""
         if not os.path.exists(self.model_path):
             return None
-        with _reading(self.model_path), np.load(self.model_path) as z:
-            arrays = {k: z[k] for k in z.files if k != "info"}
-            return arrays, json.loads(str(z["info"]))
+        try:
+            with np.load(self.model_path) as z:
+                arrays = {k: z[k] for k in z.files if k != "info"}
+                return arrays, json.loads(str(z["info"]))
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+            return None
 
 
 def save_graph(gdir: str, graph: KnnGraph, meta: dict, lists: np.ndarray | None = None) -> None:

@@ -1,19 +1,10 @@
 """Exact kNN graphs equal a brute-force float64 reference, duplicates and close pairs included."""
 
-import faiss
 import numpy as np
 import pytest
 
 from d2scale.errors import D2ScaleError
-from d2scale.graph import build_knn_graph
-from d2scale.graph.exact import (
-    flat_search,
-    knn_cpu,
-    l2_error_bound,
-    merge_sorted,
-    row_norms,
-    sq_dists,
-)
+from d2scale.graph import build_knn_graph, scan
 from d2scale.graph.shards import drop_self
 from d2scale.types import ArrayBlocks
 
@@ -53,9 +44,9 @@ def test_exact_graph_equals_brute_force_with_duplicates(block_rows):
     assert not graph.distances[105].any()
 
 
-def test_flat_search_keeps_self_and_ranks_by_distance_then_id():
+def test_topk_keeps_self_and_ranks_by_distance_then_id():
     x = with_duplicates(800, 16, seed=2)
-    pos, d2 = flat_search(x, x, 12)
+    pos, d2 = scan.topk(x, x, [(0, 800)], 12)
     x64 = x.astype(np.float64)
     ref = ((x64[:, None] - x64[None]) ** 2).sum(-1)
     order = np.lexsort((np.broadcast_to(np.arange(800), ref.shape), ref), axis=1)[:, :12]
@@ -79,27 +70,26 @@ def test_close_pairs_keep_their_precision():
     assert np.abs(np.sqrt(np.maximum(expansion, 0)) - true).max() > 0.005 * true.max()
 
 
-def test_error_bound_covers_faiss_distances():
+def test_error_bound_covers_the_augmented_sgemm_distances():
     rng = np.random.default_rng(4)
     xb = rng.standard_normal((3000, 256)).astype(np.float32) * 0.1
     xq = xb[:200] + 1e-3 * rng.standard_normal((200, 256)).astype(np.float32)
-    for knn in (faiss.knn, knn_cpu):
-        approx, cand = knn(xq, xb, 20)
-        err = np.abs(approx - sq_dists(xq, xb, cand))
-        eps = l2_error_bound(256, row_norms(xq), float(row_norms(xb).max()))
-        assert (err <= eps[:, None]).all()
+    qa = np.concatenate([xq, np.ones((200, 1), np.float32)], axis=1)
+    approx = (xq * xq).sum(1)[:, None] + qa @ scan.augment(xb).T
+    exact = ((xq[:, None].astype(np.float64) - xb[None].astype(np.float64)) ** 2).sum(-1)
+    norms = lambda v: np.linalg.norm(v.astype(np.float64), axis=1)  # noqa: E731
+    eps = scan.l2_error_bound(257, norms(xq), float(norms(xb).max()))
+    assert (np.abs(approx - exact) <= eps[:, None]).all()
 
 
 def test_merge_and_drop_self():
     ids = [np.array([[3, 5, -1]]), np.array([[4, 2, 9]])]
     d = [np.array([[0.0, 1.0, np.inf]]), np.array([[1.0, 0.0, 2.0]])]
-    full = [np.array([[7.0, 8.0, np.inf]]), np.array([[9.0, 6.0, 5.0]])]
-    i, dd, f = merge_sorted(ids, d, 4, full)
+    i, dd = scan.merge(list(zip(ids, d, strict=True)), 4)
     assert i.tolist() == [[2, 3, 4, 5]] and dd.tolist() == [[0, 0, 1, 1]]
-    assert f.tolist() == [[6.0, 7.0, 9.0, 8.0]]
     kept, kd = drop_self(i, dd, np.array([3]), 3)
     assert kept.tolist() == [[2, 4, 5]] and kd.tolist() == [[0, 1, 1]]
-    padded = merge_sorted([np.array([[1]])], [np.array([[0.5]])], 3)
+    padded = scan.merge([(np.array([[1]]), np.array([[0.5]]))], 3)
     assert padded[0].tolist() == [[1, -1, -1]] and padded[1][0, 1:].tolist() == [np.inf] * 2
 
 
@@ -129,7 +119,7 @@ def test_empty_input_is_an_error():
 
 
 def test_cuda_without_gpu_is_an_error():
-    if faiss.get_num_gpus() > 0:
+    if scan.gpu_available():
         pytest.skip("a GPU is visible")
-    with pytest.raises(D2ScaleError, match="device 'cuda' needs faiss with GPU support"):
+    with pytest.raises(D2ScaleError, match="device .cuda. needs CuPy with a visible GPU"):
         build_knn_graph(ArrayBlocks(np.ones((5, 4), np.float32)), n_neighbors=1, device="cuda")

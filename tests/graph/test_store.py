@@ -25,26 +25,20 @@ X = clip_like(5000, seed=9)
 BLOCK = 500  # 10 partitions
 
 # Task wrappers, referenced by module name so that Dask workers in this process find them.
-ORIGINAL_SEARCH, ORIGINAL_MERGE = shards.search_part, shards.merge_part
-SEARCHED: list[tuple[int, str | None]] = []
-FAIL_AT = {"offset": -1}
+ORIGINAL_SEARCH = shards.search_lists
+SEARCHED: list[int] = []  # first query list of every searched chunk
+FAIL_AT = {"list": -1}
 
 
-def counting_search(lists, blocks, part, assigned, probes, m, kernels, path=None):
-    SEARCHED.append((part, path and os.path.basename(path)))
-    return ORIGINAL_SEARCH(lists, blocks, part, assigned, probes, m, kernels, path)
+def counting_search(shard, items, *args):
+    SEARCHED.append(items[0][0])
+    return ORIGINAL_SEARCH(shard, items, *args)
 
 
-def failing_merge(results, m, k, offset, path=None):
-    if offset == FAIL_AT["offset"]:
+def failing_search(shard, items, *args):
+    if any(lst == FAIL_AT["list"] for lst, _, _ in items):
         raise RuntimeError("injected failure")
-    return ORIGINAL_MERGE(results, m, k, offset, path)
-
-
-def failing_search(lists, blocks, part, assigned, probes, m, kernels, path=None):
-    if path is not None and path.endswith(f"part-{FAIL_AT['offset'] // BLOCK:05d}.shard-001.npz"):
-        raise RuntimeError("injected failure")
-    return counting_search(lists, blocks, part, assigned, probes, m, kernels, path)
+    return counting_search(shard, items, *args)
 
 
 def build(workdir=None, **kw):
@@ -54,83 +48,96 @@ def build(workdir=None, **kw):
 
 @pytest.fixture(scope="module")
 def uninterrupted():
-    return {s: build(memory_limit=None if s == 1 else 5000 * (48 * 6 + 8) // s + 1) for s in (1, 2)}
+    return build()
+
+
+def chunks(gdir: str) -> set[str]:
+    return {f for f in os.listdir(os.path.join(gdir, "parts")) if f.startswith("chunk-")}
 
 
 def test_layout_and_round_trip(tmp_path, uninterrupted):
     gdir = str(tmp_path / "g")
     graph, info = build(gdir)
     assert sorted(os.listdir(gdir)) == sorted(
-        [
-            "manifest.json",
-            "model.npz",
-            "parts",
-            "neighbors.npy",
-            "distances.npy",
-            "lists.npy",
-            "meta.json",
-        ]  # fmt: skip
-    )
+        ["manifest.json", "model.npz", "parts", "neighbors.npy", "distances.npy", "lists.npy",
+         "meta.json"]
+    )  # fmt: skip
+    with open(os.path.join(gdir, "manifest.json")) as f:
+        manifest = json.load(f)
+    n_chunks = sum(len(c) for c in manifest["plan"]["chunks"])
     assert sorted(os.listdir(os.path.join(gdir, "parts"))) == sorted(
-        [f"part-{p:05d}.npz" for p in range(10)] + [f"lists-{p:05d}.npy" for p in range(10)]
+        [f"assign-{p:05d}.npz" for p in range(10)] + [f"chunk-{c:05d}.npz" for c in range(n_chunks)]
     )
     loaded, meta = load_graph(gdir)
     np.testing.assert_array_equal(loaded.neighbors, graph.neighbors)
     np.testing.assert_array_equal(loaded.distances, graph.distances)
-    np.testing.assert_array_equal(graph.neighbors, uninterrupted[1][0].neighbors)
+    np.testing.assert_array_equal(graph.neighbors, uninterrupted[0].neighbors)
     assert meta["n"] == 5000 and meta["k"] == 6 and meta["index"] == "ivf"
-    for key in ("nlist", "nprobe", "recall", "recall_method", "timings", "fingerprint", "dim"):
+    for key in ("nlist", "nprobe", "recall", "recall_method", "timings", "fingerprint", "dim",
+                "peak_rss_bytes"):  # fmt: skip
         assert key in meta
     lists = load_lists(gdir)
     assert lists.dtype == np.int32 and lists.shape == (5000,) and lists.max() < meta["nlist"]
-    with open(os.path.join(gdir, "manifest.json")) as f:
-        manifest = json.load(f)
-    assert manifest["parts_done"] == list(range(10)) and manifest["params"]["n_neighbors"] == 6
+    assert manifest["params"]["n_neighbors"] == 6
 
 
-def test_resume_recomputes_only_missing_partitions(tmp_path, monkeypatch, uninterrupted):
+def test_resume_recomputes_only_missing_chunks(tmp_path, monkeypatch, uninterrupted):
     gdir = str(tmp_path / "g")
-    FAIL_AT["offset"] = 3 * BLOCK
-    monkeypatch.setattr(shards, "merge_part", failing_merge)
+    monkeypatch.setattr(shards, "search_lists", failing_search)
+    FAIL_AT["list"] = 3
     with pytest.raises(RuntimeError, match="injected failure"):
-        build(gdir)
-    monkeypatch.setattr(shards, "merge_part", ORIGINAL_MERGE)
-    parts = os.path.join(gdir, "parts")
-    done = {p for p in range(10) if os.path.exists(os.path.join(parts, f"part-{p:05d}.npz"))}
-    assert done and 3 not in done and os.path.exists(os.path.join(gdir, "model.npz"))
+        build(gdir, memory_limit=1_500_000)  # several shards: some finish before the failure
+    done = chunks(gdir)
+    assert os.path.exists(os.path.join(gdir, "model.npz"))
     SEARCHED.clear()
-    monkeypatch.setattr(shards, "search_part", counting_search)
-    graph, info = build(gdir)
-    assert sorted(p for p, _ in SEARCHED) == sorted(set(range(10)) - done)
+    FAIL_AT["list"] = -1
+    graph, info = build(gdir)  # a resumed run keeps its plan (the memory limit is not a param)
+    with open(os.path.join(gdir, "manifest.json")) as f:
+        n_chunks = sum(len(c) for c in json.load(f)["plan"]["chunks"])
+    assert len(SEARCHED) == n_chunks - len(done) > 0
     assert "train" not in info["timings"] and "tune" not in info["timings"]  # model reused
-    ref_graph, ref_info = uninterrupted[1]
+    ref_graph, ref_info = uninterrupted
     np.testing.assert_array_equal(graph.neighbors, ref_graph.neighbors)
     np.testing.assert_array_equal(graph.distances, ref_graph.distances)
     assert info["nprobe"] == ref_info["nprobe"] and info["recall"] == ref_info["recall"]
 
 
-def test_resume_with_shards_recomputes_only_missing_shard_parts(
-    tmp_path, monkeypatch, uninterrupted
-):
+def test_damaged_parts_are_recomputed_on_resume(tmp_path, uninterrupted):
     gdir = str(tmp_path / "g")
-    limit = 5000 * (48 * 6 + 8) // 2 + 1  # two shards
-    FAIL_AT["offset"] = 6 * BLOCK
-    monkeypatch.setattr(shards, "search_part", failing_search)
-    with pytest.raises(RuntimeError, match="injected failure"):
-        build(gdir, memory_limit=limit)
-    parts = set(os.listdir(os.path.join(gdir, "parts")))
-    shard1_done = {p for p in range(10) if f"part-{p:05d}.shard-001.npz" in parts}
-    assert all(f"part-{p:05d}.shard-000.npz" in parts for p in range(10)) and 6 not in shard1_done
-    SEARCHED.clear()
-    monkeypatch.setattr(shards, "search_part", counting_search)
-    graph, _ = build(gdir, memory_limit=10**9)  # a resumed run keeps its shard plan
-    final_done = {p for p in range(10) if f"part-{p:05d}.npz" in parts}
-    expected = {
-        (p, f"part-{p:05d}.shard-001.npz") for p in set(range(10)) - shard1_done - final_done
-    }
-    assert set(SEARCHED) == expected
-    np.testing.assert_array_equal(graph.neighbors, uninterrupted[2][0].neighbors)
-    np.testing.assert_array_equal(graph.neighbors, uninterrupted[1][0].neighbors)
+    build(gdir)
+    parts = os.path.join(gdir, "parts")
+    with open(os.path.join(parts, "chunk-00000.npz"), "wb") as f:
+        f.write(b"PK\x03\x04 truncated")
+    with open(os.path.join(parts, "assign-00002.npz"), "wb") as f:
+        f.write(b"")
+    with open(os.path.join(gdir, "model.npz"), "r+b") as f:
+        f.truncate(100)
+    graph, info = build(gdir)
+    np.testing.assert_array_equal(graph.neighbors, uninterrupted[0].neighbors)
+    np.testing.assert_array_equal(graph.distances, uninterrupted[0].distances)
+    assert "train" in info["timings"]  # the damaged model was trained again
+
+
+def test_only_the_driver_writes_the_store(tmp_path, monkeypatch):
+    """Tasks return results; the graph directory is written by the driver alone (workers
+    need no shared filesystem)."""
+    import threading
+
+    from d2scale import io as sinks
+
+    writers = set()
+    for name in ("save_npz", "save_npy", "save_json"):
+        original = getattr(sinks, name)
+
+        def spy(*a, _original=original, **kw):
+            writers.add(threading.current_thread().name)
+            return _original(*a, **kw)
+
+        for module in ("d2scale.graph.store", "d2scale.graph.shards"):
+            if hasattr(__import__(module, fromlist=["x"]), name):
+                monkeypatch.setattr(f"{module}.{name}", spy)
+    build(str(tmp_path / "g"), memory_limit=1_500_000)
+    assert writers == {threading.main_thread().name}
 
 
 def test_other_input_or_parameters_are_refused(tmp_path):

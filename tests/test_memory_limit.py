@@ -1,0 +1,34 @@
+"""``--memory-limit`` bounds the peak memory of ``select`` and never changes the uids."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from d2scale.synth import write_pool
+
+
+def select(pool: str, out: str, *extra: str) -> dict:
+    cmd = [sys.executable, "-m", "d2scale.cli.main", "select", "--metadata-dir", pool,
+           "--feature-type", "image_text", "--fraction", "0.3", "--workers", "2",
+           "--out", out, *extra]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(os.path.join(out, "run.json")) as f:
+        return json.load(f)
+
+
+@pytest.mark.slow
+def test_memory_limit_bounds_peak_rss_with_the_same_uids(tmp_path):
+    pool = str(tmp_path / "pool")
+    write_pool(pool, rows=40_000, shards=5, seed=2, layout="f16-stored")  # 1536-d: 246 MB f32
+    free = select(pool, str(tmp_path / "free"))
+    limited = select(pool, str(tmp_path / "limited"), "--memory-limit", "40MB")
+    assert limited["graph"]["shards"] > 1 and free["graph"]["shards"] == 1
+    uids = [np.load(tmp_path / d / "uids.npy") for d in ("free", "limited")]
+    np.testing.assert_array_equal(*uids)
+    # the unlimited run holds every embedding (twice while gathering); the limited one not
+    assert limited["peak_rss_bytes"] < free["peak_rss_bytes"] - 200 * 2**20
