@@ -199,12 +199,13 @@ def time_mp(gdir: str, n: int, repeats: int, workdir: str, base_rss_mb: float | 
 
 def in_process(gdir: str) -> tuple[dict, np.ndarray]:
     """Stage times of the library calls behind `d2scale mp`; returns them and the order."""
-    from d2scale.engine import d2_order, load_graph_arrays
+    from d2scale.d2 import d2_order
+    from d2scale.graph.store import load_graph
 
-    knn = load_graph_arrays(gdir)
+    knn, _ = load_graph(gdir, mmap=True)
     scores = np.load(os.path.join(gdir, "scores.npy"))
-    timings: dict[str, float] = {}
-    result = d2_order(knn, scores, gamma=GAMMA, timings=timings)
+    result = d2_order(knn, scores, gamma=GAMMA)
+    timings = result.stats["seconds"]
     n = knn.n
     stats = {f"{k}_s": round(v, 3) for k, v in timings.items()}
     stats.update(
@@ -277,12 +278,12 @@ def dense_reference(csr, forward) -> None:
 
 
 def graph_state(gdir: str):
-    from d2scale.engine import load_graph_arrays
-    from d2scale.forward import forward_scores
+    from d2scale.d2.forward import forward_scores
+    from d2scale.d2.weights import reverse_weights
+    from d2scale.graph.store import load_graph
     from d2scale.graph.symmetric import symmetrize
-    from d2scale.reverse import reverse_weights
 
-    csr = symmetrize(load_graph_arrays(gdir))
+    csr = symmetrize(load_graph(gdir, mmap=True)[0])
     g = forward_scores(csr, np.load(os.path.join(gdir, "scores.npy")))
     return csr, g, reverse_weights(csr, GAMMA)
 
@@ -291,7 +292,7 @@ def heapq_partial(gdir: str, picks: int) -> dict:
     """The heapq greedy's first ``picks`` picks on a large graph (list conversion excluded).
     Per node: heap construction / N + pick time / picks. Early picks are cheaper than late
     ones (fewer stale entries, no raised scores), so a partial run flatters the baseline."""
-    from d2scale.reverse import reverse_order
+    from d2scale.d2.reverse import reverse_order
 
     csr, g, w = graph_state(gdir)
     lists = (csr.indptr.tolist(), csr.indices.tolist(), w.tolist(), g.tolist())
@@ -311,7 +312,7 @@ def heapq_partial(gdir: str, picks: int) -> dict:
 
 
 def baselines(gdir: str, n: int) -> dict:
-    from d2scale.reverse import reverse_order
+    from d2scale.d2.reverse import reverse_order
 
     csr, g, w = graph_state(gdir)
     lists = (csr.indptr.tolist(), csr.indices.tolist(), w.tolist(), g.tolist())
@@ -338,9 +339,10 @@ def baselines(gdir: str, n: int) -> dict:
 
 def agreement(gdir: str, exact: np.ndarray, bucket_counts: list[int]) -> dict:
     """Jaccard of the selected sets against the exact order at 10/30/50% budgets."""
-    from d2scale.engine import d2_order, load_graph_arrays
+    from d2scale.d2 import d2_order
+    from d2scale.graph.store import load_graph
 
-    knn = load_graph_arrays(gdir)
+    knn, _ = load_graph(gdir, mmap=True)
     n = knn.n
     scores = np.load(os.path.join(gdir, "scores.npy"))
     latent = np.load(os.path.join(gdir, "latent.npy"))

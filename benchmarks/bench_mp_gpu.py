@@ -1,7 +1,7 @@
 """GPU message passing: the forward kernel and the exact round-based reverse pass.
 
 Prints one JSON document. With a CUDA GPU (cupy) it times the kernels and, where the CPU
-engine (d2scale.forward / d2scale.reverse) is present, checks that the GPU results equal it
+engine (d2scale.d2.forward / d2scale.d2.exact) is present, checks that the GPU results equal it
 bit for bit and times it too. Without a GPU it says so and stops, unless
 ``--backend emulation``: the same kernels then run through the g++ host emulation, which
 gives the round statistics (rounds, share of the order settled by rounds vs the CPU tail)
@@ -22,7 +22,8 @@ import faiss
 import numpy as np
 from common import host_info
 
-from d2scale import _cuda
+from d2scale.backends import cuda_available
+from d2scale.d2 import _cuda
 from d2scale.graph.symmetric import symmetrize
 from d2scale.types import CsrGraph, KnnGraph
 
@@ -68,8 +69,8 @@ def bench_forward(csr: CsrGraph, scores: np.ndarray, backend) -> dict:
     w = np.exp(-1.0 * csr.distances.astype(np.float64))
     g, seconds = timed(_cuda.forward_scores_cuda, csr, scores, w, "sum", EPS, backend=backend)
     out = {"seconds": seconds}
-    if importlib.util.find_spec("d2scale.forward"):
-        from d2scale.forward import forward_scores
+    if importlib.util.find_spec("d2scale.d2.forward"):
+        from d2scale.d2.forward import forward_scores
 
         cpu, out["seconds_cpu"] = timed(
             forward_scores, csr, scores, gamma_forward=1.0, mode="sum", eps=EPS, device="cpu"
@@ -95,8 +96,8 @@ def bench_reverse(csr: CsrGraph, g0: np.ndarray, gamma: float, fractions, backen
                 "seconds_rounds": seconds,
             }
         )
-    if importlib.util.find_spec("d2scale.reverse"):
-        from d2scale.reverse import greedy_continue
+    if importlib.util.find_spec("d2scale.d2.exact"):
+        from d2scale.d2.exact import greedy_continue
 
         stats: dict = {}
         order, out["seconds_full_order"] = timed(
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     doc: dict = {"benchmark": "bench_mp_gpu", "host": host_info(), "args": vars(args)}
-    if args.backend == "cupy" and not _cuda.cuda_available():
+    if args.backend == "cupy" and not cuda_available():
         doc["skipped"] = "no CUDA GPU with cupy here; --backend emulation gives round stats"
         json.dump(doc, sys.stdout, indent=1)
         return 0

@@ -2,21 +2,44 @@
 
 from __future__ import annotations
 
-from d2scale.runner import ProgressFn, dask_client
+from d2scale.cli.flags import add_flags, values
 
 
-def build_graph_dir(args, progress: ProgressFn) -> None:
-    from d2scale.pipeline import build_graph, open_pool_or_sample
-    from d2scale.sinks import check_writable
+def add_parser(sub, epilog: str) -> None:
+    p = sub.add_parser(
+        "graph",
+        help="build and save the kNN graph of a pool",
+        epilog=epilog,
+        description="Writes GDIR/neighbors.npy (int64 N×K, pool order), GDIR/distances.npy "
+        "(float32 N×K, Euclidean) and GDIR/meta.json; rerunning resumes an interrupted build.",
+    )
+    p.add_argument("--out", required=True, metavar="GDIR", help="graph directory")
+    add_flags(p, "graph")
+    p.set_defaults(run=run)
 
-    check_writable(args.out)
-    pool = open_pool_or_sample(args.metadata_dir, progress)
-    progress(f"pool {pool.url}: {pool.n:,} rows, {args.feature_type} features")
-    with dask_client(args.scheduler, args.workers) as client:
-        knn, info = build_graph(pool, args, args.out, client, progress)
+
+def run(args) -> int:
+    from types import SimpleNamespace
+
+    from d2scale import io
+    from d2scale.graph_stage import build_graph
+    from d2scale.pipeline import check_out_outside_pool, open_pool_or_sample
+    from d2scale.runner import Progress, dask_client
+
+    options = values(args, "graph")
+    progress = Progress(options.pop("quiet"), log_json=options["log_json"])
+    params = SimpleNamespace(**options)
+    if params.metadata_dir is not None:
+        check_out_outside_pool(args.out, params.metadata_dir)
+    io.check_writable(args.out)
+    pool = open_pool_or_sample(params.metadata_dir, progress)
+    progress(f"pool {pool.url}: {pool.n:,} rows, {params.feature_type} features")
+    with dask_client(params.scheduler, params.workers, params.scheduler_file) as client:
+        knn, info = build_graph(pool, params, args.out, client, progress)
     recall = info.get("recall")
     progress(
         f"wrote {args.out}/neighbors.npy ({knn.n:,} × {knn.k}, index {info.get('index')}"
         + (f", recall@k {recall}" if recall is not None else "")
         + ")"
     )
+    return 0

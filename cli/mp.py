@@ -2,26 +2,47 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
 import numpy as np
 
+from d2scale.cli.flags import add_flags, values
 from d2scale.errors import D2ScaleError
+
+
+def add_parser(sub, epilog: str) -> None:
+    p = sub.add_parser(
+        "mp",
+        help="message passing on a saved graph → pick order",
+        description="Forward and reverse message passing (SPEC §1) on a graph directory; "
+        "writes the int64 pick order.",
+        epilog=epilog,
+    )
+    p.add_argument("--graph", required=True, metavar="GDIR", help="graph directory")
+    p.add_argument("--scores", required=True, metavar="S.npy", help="float scores, one per row")
+    p.add_argument("--out", required=True, metavar="ORDER.npy", help="pick order file")
+    p.add_argument("--forward-out", metavar="F.npy", help="also save the forward scores")
+    add_flags(p, "mp", required=("gamma",))
+    p.set_defaults(run=run)
 
 
 def load_scores(path: str, n: int) -> np.ndarray:
     """A 1-D float array of ``n`` finite scores from ``path`` (.npy)."""
-    if not os.path.exists(path):
-        raise D2ScaleError(f"scores file {path} does not exist")
     try:
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise D2ScaleError(
+                    f"scores file {path} is not a .npy file (write it with numpy.save)"
+                )
         scores = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise D2ScaleError(f"scores file {path} does not exist") from None
     except (OSError, ValueError) as e:
         raise D2ScaleError(f"cannot read scores file {path}: {e}") from None
-    if scores.ndim != 1 or not np.issubdtype(scores.dtype, np.number):
+    if scores.ndim != 1 or scores.dtype.kind not in "iuf":
         raise D2ScaleError(
-            f"{path} must hold a 1-D numeric array, found {scores.dtype} {scores.shape}"
+            f"{path} must hold a 1-D array of real numbers, found {scores.dtype} {scores.shape}"
         )
     if scores.shape[0] != n:
         raise D2ScaleError(f"{path} has {scores.shape[0]} scores but the graph has {n} rows")
@@ -32,41 +53,25 @@ def load_scores(path: str, n: int) -> np.ndarray:
     return scores
 
 
-def run_mp(args) -> int:
-    from d2scale.engine import d2_order, load_graph_arrays
-    from d2scale.sinks import save_npy
+def run(args) -> int:
+    from d2scale.d2 import d2_order
+    from d2scale.graph.store import load_graph
+    from d2scale.io import save_npy
 
     t0 = time.perf_counter()
-    knn = load_graph_arrays(args.graph)
+    options = values(args, "mp")
+    knn, _ = load_graph(args.graph, mmap=True)
     scores = load_scores(args.scores, knn.n)
-    budget = knn.n if args.budget is None else args.budget
-    if not 0 <= budget <= knn.n:
-        raise D2ScaleError(
-            f"--budget must be between 0 and the number of rows ({knn.n}); got {budget}"
-        )
-    timings: dict[str, float] = {}
-    result = d2_order(
-        knn,
-        scores,
-        gamma=args.gamma,
-        gamma_forward=args.gamma_forward,
-        mode=args.mode,
-        sampling=args.sampling,
-        budget=budget,
-        device=args.device,
-        greedy=args.greedy,
-        buckets=args.buckets,
-        timings=timings,
-    )
+    result = d2_order(knn, scores, **{k: v for k, v in options.items() if k != "quiet"})
     save_npy(args.out, result.order.astype(np.int64))
     if args.forward_out:
         save_npy(args.forward_out, result.forward)
-    if not args.quiet:
-        stages = ", ".join(f"{k} {v:.2f}s" for k, v in timings.items())
-        total = time.perf_counter() - t0
+    if not options["quiet"]:
+        seconds = ", ".join(f"{k} {v:.2f}s" for k, v in result.stats["seconds"].items())
         print(
-            f"{result.order.shape[0]:,} picks of {knn.n:,} nodes ({result.n_edges:,} edges) "
-            f"in {total:.2f}s [{stages}] -> {args.out}",
+            f"{result.order.shape[0]:,} picks of {knn.n:,} nodes ({result.n_edges:,} edges) on "
+            f"{result.stats['device']} in {time.perf_counter() - t0:.2f}s [{seconds}] "
+            f"-> {args.out}",
             file=sys.stderr,
         )
     return 0

@@ -1,71 +1,79 @@
-"""``select``: the stages in order — pool → scores → kNN graph → D2 order → subset files."""
+"""``select``: read → kNN graph → method → sinks, each a keyed stage under ``OUT/work``."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import platform
 import resource
 import time
+from collections.abc import Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from d2scale import __version__
+from d2scale import __version__, io
+from d2scale.chain import chain_steps, output_fractions, run_chain
 from d2scale.errors import D2ScaleError
+from d2scale.graph_stage import graph_stage
+from d2scale.methods import MethodInputs
 from d2scale.params import SelectParams, budget_for
-from d2scale.runner import Progress, ProgressFn, dask_client, stage
-from d2scale.sinks import check_writable, save_json
+from d2scale.runner import (
+    Progress,
+    ProgressFn,
+    Stages,
+    check_cluster_options,
+    cluster_facts,
+    dask_client,
+    peak_rss_bytes,
+    stage_key,
+    worker_peak_rss,
+)
+from d2scale.sinks import write_outputs
 from d2scale.sources import (
     Pool,
     PoolEmbeddings,
-    check_npz,
     feature_keys,
     open_pool,
     read_columns,
+    read_metadata,
 )
-from d2scale.types import KnnGraph
-from d2scale.uids import check_unique, encode_uids
+from d2scale.types import EmbeddingBlocks, SubsetBlocks
 
 
-def select(params: SelectParams, progress: ProgressFn | None = None) -> dict:
-    """Run D2 selection end to end and write ``params.out``; return the ``run.json`` record."""
-    progress = progress or Progress()
+def select(
+    params: SelectParams,
+    progress: ProgressFn | None = None,
+    *,
+    client=None,
+    pool: Pool | None = None,
+) -> dict:
+    """Run a selection end to end and commit ``params.out``; return the ``run.json`` record.
+
+    ``client``: a ``distributed.Client`` to run on (default: per ``params``, a running
+    cluster or a local one); ``pool``: an opened pool (default: ``params.metadata_dir``).
+    """
+    progress = progress or Progress(log_json=params.log_json)
     params.validate()
-    check_writable(params.out)
+    params = absolute_out(params)
+    if client is None:
+        check_cluster_options(params.scheduler, params.scheduler_file)
+    if pool is None and params.metadata_dir is not None:
+        check_out_outside_pool(params.out, params.metadata_dir)
+    elif pool is not None:
+        for directory in sorted({os.path.dirname(s.parquet) for s in pool.shards}):
+            check_out_outside_pool(params.out, directory)
+    io.check_writable(params.out)
     timings: dict[str, float] = {}
     started = time.time()
-    pool = open_pool_or_sample(params.metadata_dir, progress)
+    pool = pool or open_pool_or_sample(params.metadata_dir, progress)
     progress(f"pool {pool.url}: {pool.n:,} rows in {len(pool.shards)} shards")
-    with dask_client(params.scheduler, params.workers) as client:
-        keys = feature_keys(params.embedding_model, params.feature_type)
-        with stage("read metadata", timings, progress):
-            uids, scores = read_metadata(pool, params.resolved_score_column, client, keys)
-        scores = scores + params.score_shift
-        budgets = {f: budget_for(f, pool.n) for f in params.fractions}
-        _check_sizes(params, pool.n, budgets)
-        with stage("knn graph", timings, progress):
-            knn, graph_info = _graph(params, pool, client, progress)
-        with stage("d2", timings, progress):
-            from d2scale.engine import d2_order
-
-            d2_timings: dict[str, float] = {}
-            result = d2_order(
-                knn,
-                scores,
-                gamma=params.gamma,
-                gamma_forward=params.gamma_forward,
-                mode=params.mode,
-                sampling=params.sampling,
-                budget=max(budgets.values()),
-                device=params.device,
-                greedy=params.greedy,
-                buckets=params.buckets,
-                client=client,
-                timings=d2_timings,
-            )
-    with stage("write outputs", timings, progress):
-        from d2scale.outputs import write_selection
-
-        files = write_selection(params.out, uids, scores, result.forward, result.order, budgets)
+    stages = Stages(io.join(params.out, "work"), progress, timings)
+    with _client(params, client) as client:
+        chain, steps, uids, scores, budgets = _run_stages(params, pool, stages, client, progress)
+        cluster = {**cluster_facts(client), **_memory(client, remote=client.cluster is None)}
     record = {
         "d2scale_version": __version__,
         "command": "select",
@@ -76,29 +84,118 @@ def select(params: SelectParams, progress: ProgressFn | None = None) -> dict:
             "rows": pool.n,
             "shards": [s.name for s in pool.shards],
         },
-        "counts": {
-            "n": pool.n,
-            "edges_symmetric": result.n_edges,
-            "selected": {f"{f:g}": b for f, b in budgets.items()},
+        "counts": {"n": pool.n, "edges_symmetric": chain.ranking.info.get("n_edges")},
+        "graph": stages.runs["graph"].info if "graph" in stages.runs else None,
+        "method": {"name": steps[-1].method, **chain.ranking.info},
+        "steps": chain.steps,
+        "stages": {
+            name: {"key": r.key, "reused": r.reused, "directory": r.directory}
+            for name, r in stages.runs.items()
         },
-        "graph": graph_info,
-        "timings_s": {
-            **timings,
-            **{f"d2.{k}": v for k, v in d2_timings.items()},
-            "total": round(time.time() - started, 3),
-        },
-        "outputs": files,
+        "timings_s": {name: round(s, 3) for name, s in timings.items()},
+        "rates": stage_rates(stages, timings, pool.n, chain.ranking.info.get("n_edges")),
+        "cluster": cluster,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "environment": environment(),
     }
-    save_json(os.path.join(params.out, "run.json"), record)
-    progress(f"wrote {', '.join(files)} and run.json to {params.out}")
+    remove_report(params.out)  # a report describes the set it was made from
+    record = write_outputs(params.out, uids, scores, chain.ranking, budgets, record, started,
+                           uid_text=_uid_text(stages.runs["read"]))  # fmt: skip
+    progress(f"wrote {', '.join(record['outputs'])} and run.json to {params.out}")
+    if params.report:
+        from d2scale.report import write_report
+
+        progress(f"report: {write_report(params.out, pool)}")
     return record
+
+
+def _run_stages(params: SelectParams, pool: Pool, stages: Stages, client, progress):
+    """read → the chain of methods (graph stages on demand); ``(chain, steps, uids, scores,
+    budgets)``."""
+    read_key = stage_key(pool.fingerprint, params.stage_params("read"))
+    read = stages.run("read", read_key, lambda d: _read_stage(d, pool, params, client, progress))
+    uids = io.load_npy(io.join(read.directory, "uids.npy"))
+    scores = io.load_npy(io.join(read.directory, "scores.npy"))
+    steps = chain_steps(params)
+    budgets = {f: budget_for(f, pool.n) for f in output_fractions(params, steps)}
+    _check_sizes(params, pool.n, budgets)
+
+    def make_inputs(rows: np.ndarray, rows_key: str, need: int, step) -> MethodInputs:
+        whole = rows.shape[0] == pool.n
+        step_params = params if whole else dataclasses.replace(params, graph=None)
+        if not whole and params.graph is not None:
+            raise D2ScaleError("--graph holds the whole pool's graph: use it only when "
+                               "the first step needs a graph.")  # fmt: skip
+        return MethodInputs(
+            n=rows.shape[0],
+            scores=scores[rows] if not whole else scores,
+            uids=uids[rows] if not whole else uids,
+            budget=need,
+            knn_graph=lambda: graph_stage(
+                stages, pool, step_params, client, progress, None if whole else rows, rows_key
+            ),  # fmt: skip
+            embeddings=lambda: embedding_blocks(pool, params, None if whole else rows),
+            column=lambda name: read_column(pool, name, client)[rows],
+            stages=stages,
+            upstream_key=stage_key(read_key, rows_key),
+            client=client,
+            seed=params.seed,
+            options=step.options,
+        )
+
+    chain = run_chain(steps, pool.n, max(budgets.values()), make_inputs, params)
+    return chain, steps, uids, scores, budgets
+
+
+@contextlib.contextmanager
+def _client(params: SelectParams, client) -> Iterator:
+    if client is not None:
+        yield client
+        return
+    with dask_client(params.scheduler, params.workers, params.scheduler_file) as own:
+        yield own
+
+
+def absolute_out(params: SelectParams) -> SelectParams:
+    """``params`` with a local ``out`` made absolute: Dask tasks may run in another working
+    directory (a worker process's own), and must write where the driver reads."""
+    if not io.is_local(params.out):
+        return params
+    return dataclasses.replace(params, out=os.path.abspath(io.local_path(params.out)))
+
+
+def stage_rates(stages: Stages, timings: dict[str, float], n: int, edges: int | None) -> dict:
+    """Rows (and edges) per second of every stage computed in this run."""
+    rates = {}
+    for name, run in stages.runs.items():
+        seconds = timings.get(name, 0.0)
+        if run.reused or seconds <= 0:
+            continue
+        rates[name] = {"rows_per_s": round(n / seconds, 1)}
+        if edges and name in ("forward", "reverse"):
+            rates[name]["edges_per_s"] = round(edges / seconds, 1)
+    return rates
+
+
+def _memory(client, remote: bool) -> dict:
+    """Peak resident memory: this process (with a local cluster, its workers too) and, on a
+    running cluster, each worker process."""
+    facts = {"peak_rss_bytes_driver": peak_rss_bytes()}
+    if remote:
+        facts["peak_rss_bytes_workers"] = worker_peak_rss(client)
+    return facts
+
+
+def remove_report(out: str) -> None:
+    """Remove ``report.html`` and ``report/`` of an earlier run (``d2scale report`` remakes
+    them from the committed set)."""
+    io.remove(io.join(out, "report.html"))
+    io.remove(io.join(out, "report"), recursive=True)
 
 
 def open_pool_or_sample(metadata_dir: str | None, progress: ProgressFn) -> Pool:
     """The pool at ``metadata_dir``, or the built-in sample pool when it is None."""
-    if metadata_dir:
+    if metadata_dir is not None:
         return open_pool(metadata_dir)
     from d2scale.synth import sample_pool_dir
 
@@ -106,36 +203,49 @@ def open_pool_or_sample(metadata_dir: str | None, progress: ProgressFn) -> Pool:
     return open_pool(sample_pool_dir())
 
 
-def read_metadata(
-    pool: Pool, score_column: str, client, npz_keys: list[str] = ()
-) -> tuple[np.ndarray, np.ndarray]:
-    """Encoded uids and float64 scores for the whole pool, one Dask task per shard.
-
-    Also checks the npz headers for ``npz_keys`` so that a bad shard fails in seconds.
-    """
-    n = len(pool.shards)
-    futures = client.map(
-        _read_shard, [pool] * n, pool.shards, [score_column] * n, [list(npz_keys)] * n, pure=False
-    )
-    parts = client.gather(futures)
-    uids = np.concatenate([p[0] for p in parts])
-    scores = np.concatenate([p[1] for p in parts])
-    check_unique(uids, where=f"metadata directory {pool.url}")
-    return uids, scores
-
-
-def _read_shard(pool: Pool, shard, score_column: str, npz_keys: list[str]):
-    check_npz(pool, shard, npz_keys)
-    table = read_columns(pool, shard, ["uid", score_column])
-    uids = encode_uids(table.column("uid"), where=shard.parquet)
-    scores = table.column(score_column).to_numpy(zero_copy_only=False).astype(np.float64)
-    bad = np.flatnonzero(~np.isfinite(scores))
-    if bad.size:
+def check_out_outside_pool(out: str, metadata_dir: str) -> None:
+    """Refuse an output directory that is the pool or inside it (outputs would join it)."""
+    if not (io.is_local(out) and io.is_local(metadata_dir)):
+        return
+    out_path = os.path.realpath(io.local_path(out))
+    pool_path = os.path.realpath(io.local_path(metadata_dir))
+    if out_path == pool_path or out_path.startswith(pool_path + os.sep):
         raise D2ScaleError(
-            f"{shard.parquet}, row {int(bad[0])}: score column {score_column!r} is null, NaN "
-            f"or inf ({bad.size} rows in all)"
+            f"the output directory {out} is inside the metadata directory {metadata_dir}; "
+            "choose an --out outside the pool."
         )
-    return uids, scores
+
+
+def embedding_blocks(pool: Pool, params, rows: np.ndarray | None = None) -> EmbeddingBlocks:
+    """The pool's embeddings of the selected feature type (only ``rows``, when given)."""
+    blocks = PoolEmbeddings(pool, feature_keys(params.embedding_model, params.feature_type))
+    return blocks if rows is None else SubsetBlocks(blocks, rows)
+
+
+def read_column(pool: Pool, name: str, client) -> np.ndarray:
+    """One parquet column of the whole pool, in pool order (one Dask task per shard)."""
+    n = len(pool.shards)
+    tables = client.gather(client.map(read_columns, [pool] * n, pool.shards, [[name]] * n))
+    return np.concatenate([t.column(name).to_numpy(zero_copy_only=False) for t in tables])
+
+
+def _read_stage(directory: str, pool: Pool, params: SelectParams, client, progress) -> dict:
+    keys = feature_keys(params.embedding_model, params.feature_type)
+    meta = read_metadata(pool, params.resolved_score_column, client, keys)
+    io.save_npy(io.join(directory, "uids.npy"), meta.uids)
+    io.save_npy(io.join(directory, "scores.npy"), meta.scores + params.score_shift)
+    if meta.spelling is not None:  # uids not written as 32 lower-case digits: keep their text
+        with io.atomic_path(io.join(directory, "uid_text.parquet")) as tmp:
+            pq.write_table(pa.table({"uid": meta.spelling}), tmp)
+    return {"rows": int(meta.uids.shape[0]), "uid_text": meta.spelling is not None}
+
+
+def _uid_text(read) -> pa.ChunkedArray | None:
+    if not read.info.get("uid_text"):
+        return None
+    fs, path = io.filesystem(io.join(read.directory, "uid_text.parquet"))
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f).column("uid")
 
 
 def _check_sizes(params: SelectParams, n: int, budgets: dict[float, int]) -> None:
@@ -148,76 +258,13 @@ def _check_sizes(params: SelectParams, n: int, budgets: dict[float, int]) -> Non
         raise D2ScaleError(f"fraction {empty[0]:g} of {n} samples selects nothing")
 
 
-def _graph(params: SelectParams, pool: Pool, client, progress) -> tuple[KnnGraph, dict]:
-    from d2scale.graph import load_graph
-
-    if params.graph:
-        knn, meta = load_graph(params.graph)
-        if knn.n != pool.n:
-            raise D2ScaleError(
-                f"graph {params.graph} has {knn.n} rows but the pool has {pool.n} samples"
-            )
-        if meta.get("pool_fingerprint") not in (None, pool.fingerprint):
-            raise D2ScaleError(
-                f"graph {params.graph} was built from a different pool than {pool.url}"
-            )
-        if params.n_neighbors > knn.k:
-            raise D2ScaleError(
-                f"n_neighbors ({params.n_neighbors}) exceeds the graph's k ({knn.k})"
-            )
-        knn = KnnGraph(
-            knn.neighbors[:, : params.n_neighbors], knn.distances[:, : params.n_neighbors]
-        )
-        return knn, {"source": params.graph, **meta}
-    gdir = os.path.join(params.out, "graph")
-    return build_graph(pool, params, gdir, client, progress)
-
-
-def build_graph(pool: Pool, params, gdir: str, client, progress) -> tuple[KnnGraph, dict]:
-    """Build (or resume) the kNN graph of ``pool`` into ``gdir``, recording its source.
-
-    ``params`` needs the reader and kNN fields of :class:`SelectParams` (CLI args work too).
-    """
-    from d2scale.graph import build_knn_graph
-
-    keys = feature_keys(params.embedding_model, params.feature_type)
-    source = {
-        "pool_fingerprint": pool.fingerprint,
-        "metadata_dir": pool.url,
-        "embedding_model": params.embedding_model,
-        "feature_type": params.feature_type,
-    }
-    return build_knn_graph(
-        PoolEmbeddings(pool, keys),
-        n_neighbors=params.n_neighbors,
-        index=params.index,
-        recall=params.recall,
-        memory_limit=params.memory_limit,
-        device=params.device,
-        seed=params.seed,
-        client=client,
-        workdir=gdir,
-        progress=progress,
-        meta=source,
-    )
-
-
 def environment() -> dict:
     """Versions and host facts for ``run.json``."""
     import importlib.metadata as md
 
     versions = {}
-    for pkg in (
-        "numpy",
-        "faiss-cpu",
-        "faiss-gpu",
-        "numba",
-        "dask",
-        "distributed",
-        "pyarrow",
-        "fsspec",
-        "cupy-cuda13x",
-    ):
+    for pkg in ("numpy", "faiss-cpu", "faiss-gpu", "numba", "dask", "distributed", "pyarrow",
+                "fsspec", "cupy-cuda13x"):  # fmt: skip
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

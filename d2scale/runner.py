@@ -1,64 +1,365 @@
-"""Execution around the stages: the Dask client, progress lines and stage timings."""
+"""What runs the stages: the Dask client, progress, one timer, and keyed stage results.
+
+A stage of ``select`` (read, graph, forward, reverse) stores its result under
+``OUT/work/<stage>-<key>/``: ``key`` hashes the input fingerprint, the parameters the stage
+depends on and the keys of the stages before it, so a rerun that changes only ``--gamma``
+reuses the graph and the forward pass. A stage directory counts only once its marker
+``_done.json`` exists; the marker is written last (datatrove's completion files), so a
+killed stage is simply recomputed (the graph stage resumes its own parts).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import gc
+import hashlib
+import json
 import logging
 import os
+import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 from d2scale.errors import D2ScaleError
 
 ProgressFn = Callable[[str], None]
+MARKER = "_done.json"
+PLAIN_INTERVAL_S = 10.0  # plain (non-terminal) progress: at most one line per step this often
+_COUNT = re.compile(r"^(?P<label>.+?): (?P<done>\d+)/(?P<total>\d+)(?: (?P<unit>[\w ]+))?$")
+_METER = "{desc}: {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, {rate_fmt}]"
 
 
 class Progress:
-    """Prints ``[d2scale   3.2s] message`` lines to stderr (nothing when ``quiet``)."""
+    """Progress of a run on stderr, and machine-readable events.
 
-    def __init__(self, quiet: bool = False) -> None:
-        self.quiet = quiet
+    Messages of the form ``"label: 3/40 unit"`` (and :meth:`count`) are counted steps: on a
+    terminal each is a live tqdm bar with count, rate and ETA; otherwise the same meter is a
+    plain line at most every ``interval`` seconds and at the step's end. Other messages and
+    stage starts/ends are lines ``[d2scale   3.2s] message``. ``quiet`` prints nothing;
+    ``log_json`` (a path; ``"-"``: stderr, instead of the human output) receives one JSON
+    object per event (``event``: message, stage, progress; ``time``, ``elapsed_s``).
+    """
+
+    def __init__(
+        self,
+        quiet: bool = False,
+        log_json: str | None = None,
+        stream=None,
+        interval: float = PLAIN_INTERVAL_S,
+        tty: bool | None = None,
+    ) -> None:
+        self.stream = stream or sys.stderr
+        self.quiet = quiet or log_json == "-"
+        self.tty = _isatty(self.stream) if tty is None else tty
+        self.interval = interval
         self.start = time.perf_counter()
+        self.lock = threading.RLock()
+        self.events = _open_events(log_json, self.stream)
+        self.bars: dict[str, Any] = {}  # label → tqdm bar (terminal)
+        self.steps: dict[str, list[float]] = {}  # label → [start, last line] (plain lines)
+        self.marks: dict[str, float] = {}  # message → when it was last said (a step's start)
 
     def __call__(self, message: str) -> None:
-        if not self.quiet:
-            elapsed = time.perf_counter() - self.start
-            print(f"[d2scale {elapsed:7.1f}s] {message}", file=sys.stderr, flush=True)
+        self.say(message)
+
+    def say(self, message: str, scope: str | None = None) -> None:
+        """A message; ``"label: 3/40 unit"`` is a counted step. ``scope``: e.g. a bucket."""
+        m = _COUNT.match(message)
+        if m:
+            self.count(m["label"], int(m["done"]), int(m["total"]), m["unit"] or "", scope)
+            return
+        self.marks[_scoped(scope, message)] = time.perf_counter()
+        self.event("message", message=message, scope=scope)
+        self._line(_scoped(scope, message))
+
+    def stage(
+        self, name: str, status: str, seconds: float | None = None, scope: str | None = None,
+        **facts,
+    ) -> None:  # fmt: skip
+        """A stage started (``start``), finished (``done``) or was reused (``reused``)."""
+        self.event("stage", stage=name, status=status, seconds=seconds, scope=scope, **facts)
+        label = _scoped(scope, name)
+        if status == "start":
+            self.marks[label] = time.perf_counter()
+            self._line(f"{label} ...")
+        elif status == "reused":
+            self._line(f"{label}: reusing {facts.get('directory', 'a finished result')}")
+        else:
+            self._line(f"{label} {status} in {seconds or 0.0:.1f}s")
+
+    def count(
+        self, label: str, done: int, total: int, unit: str = "", scope: str | None = None
+    ) -> None:
+        """``done`` of ``total`` ``unit`` of step ``label`` are finished."""
+        self.event("progress", label=label, done=done, total=total, unit=unit, scope=scope)
+        if self.quiet:
+            return
+        with self.lock:
+            if self.tty:
+                self._bar(_scoped(scope, label), done, total, unit)
+            else:
+                self._plain(_scoped(scope, label), done, total, unit)
+
+    def scoped(self, scope: str) -> ScopedProgress:
+        """This progress with every message, stage and step tagged ``scope`` (a bucket)."""
+        return ScopedProgress(self, scope)
+
+    def event(self, kind: str, **fields) -> None:
+        """Write one JSON event (when ``log_json`` is set)."""
+        if self.events is None:
+            return
+        now = time.time()
+        record = {"time": round(now, 3), "elapsed_s": round(self.elapsed(), 3), "event": kind}
+        record.update({k: v for k, v in fields.items() if v is not None})
+        with self.lock:
+            self.events.write(json.dumps(record, default=str) + "\n")
+            self.events.flush()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def close(self) -> None:
+        """Finish open bars and close the event log."""
+        with self.lock:
+            for bar in self.bars.values():
+                bar.close()
+            self.bars.clear()
+            if self.events not in (None, self.stream):
+                self.events.close()
+            self.events = None
+
+    def _line(self, text: str) -> None:
+        if self.quiet:
+            return
+        line = f"[d2scale {self.elapsed():7.1f}s] {text}"
+        with self.lock:
+            if self.tty and self.bars:
+                from tqdm import tqdm
+
+                tqdm.write(line, file=self.stream)
+            else:
+                print(line, file=self.stream, flush=True)
+
+    def _bar(self, label: str, done: int, total: int, unit: str) -> None:
+        from tqdm import tqdm
+
+        bar = self.bars.get(label)
+        if bar is None or done < bar.n or total != bar.total:
+            if bar is not None:
+                bar.close()
+            bar = self.bars[label] = tqdm(
+                total=total, desc=label, unit=f" {unit}" if unit else "it", file=self.stream,
+                dynamic_ncols=True, leave=True, mininterval=0.2,
+            )  # fmt: skip
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+            del self.bars[label]
+
+    def _plain(self, label: str, done: int, total: int, unit: str) -> None:
+        from tqdm import tqdm
+
+        now = time.perf_counter()
+        step = self.steps.get(label)
+        if step is None or done == 0:
+            step = self.steps[label] = [self.marks.get(label, now), -float("inf")]
+        if done < total and now - step[1] < self.interval:
+            return
+        step[1] = now
+        meter = tqdm.format_meter(done, total, now - step[0], prefix=label, unit=unit or "it",
+                                  bar_format=_METER)  # fmt: skip
+        print(f"[d2scale {self.elapsed():7.1f}s] {meter}", file=self.stream, flush=True)
+        if done >= total:
+            del self.steps[label]
+
+
+class ScopedProgress(Progress):
+    """A :class:`Progress` that tags everything with ``scope`` and writes through ``parent``."""
+
+    def __init__(self, parent: Progress, scope: str) -> None:  # noqa: D107 - no own output
+        self.parent, self.scope = parent, scope
+
+    def say(self, message: str, scope: str | None = None) -> None:
+        self.parent.say(message, _scoped(self.scope, scope))
+
+    def stage(self, name, status, seconds=None, scope=None, **facts) -> None:
+        self.parent.stage(name, status, seconds, _scoped(self.scope, scope), **facts)
+
+    def count(self, label, done, total, unit="", scope=None) -> None:
+        self.parent.count(label, done, total, unit, _scoped(self.scope, scope))
+
+    def event(self, kind: str, **fields) -> None:
+        self.parent.event(kind, **{"scope": self.scope, **fields})
+
+    def elapsed(self) -> float:
+        return self.parent.elapsed()
+
+    def close(self) -> None:
+        """The parent owns the output."""
+
+
+def _scoped(scope: str | None, text: str | None) -> str | None:
+    if scope is None:
+        return text
+    return scope if text is None else f"{scope}: {text}"
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _open_events(log_json: str | None, stream):
+    if log_json is None:
+        return None
+    if log_json == "-":
+        return stream
+    from d2scale import io
+
+    if not io.is_local(log_json):
+        raise D2ScaleError(f"--log-json needs a local file or '-'; got {log_json}")
+    try:
+        return open(io.local_path(log_json), "a", encoding="utf-8")  # noqa: SIM115
+    except OSError as e:
+        raise D2ScaleError(f"cannot write the JSON log {log_json}: {e.strerror or e}") from None
+
+
+def say_stage(progress: ProgressFn, name: str, status: str, seconds=None, **facts) -> None:
+    """Announce a stage event through ``progress`` (structured when it is a :class:`Progress`)."""
+    if isinstance(progress, Progress):
+        progress.stage(name, status, seconds, **facts)
+    elif status == "start":
+        progress(f"{name} ...")
+    elif status == "reused":
+        progress(f"{name}: reusing {facts.get('directory')}")
+    else:
+        progress(f"{name} {status} in {seconds or 0.0:.1f}s")
 
 
 @contextlib.contextmanager
-def stage(name: str, timings: dict[str, float], progress: ProgressFn) -> Iterator[None]:
-    """Time a stage into ``timings[name]`` (seconds) and announce its start and end."""
-    progress(f"{name} ...")
+def timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Add the seconds spent in the block to ``timings[name]``."""
     t0 = time.perf_counter()
-    yield
-    timings[name] = round(time.perf_counter() - t0, 3)
-    progress(f"{name} done in {timings[name]:.1f}s")
+    try:
+        yield
+    finally:
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+
+
+def pause_point(name: str) -> None:
+    """Test hook for fault injection: with ``D2SCALE_PAUSE_AT=name`` the process announces
+    ``paused at NAME`` on stderr and sleeps, so a test can SIGKILL it exactly here."""
+    if os.environ.get("D2SCALE_PAUSE_AT") == name:
+        print(f"d2scale: paused at {name}", file=sys.stderr, flush=True)
+        time.sleep(3600)
+
+
+def stage_key(*parts: Any) -> str:
+    """A short stable hash of JSON-able ``parts``."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class StageRun:
+    """The result of one stage: its directory, whether it was reused, and its facts."""
+
+    name: str
+    key: str
+    directory: str
+    reused: bool
+    info: dict = field(default_factory=dict)
+
+
+class Stages:
+    """Runs keyed stages under ``root`` (``OUT/work``), timing and announcing each."""
+
+    def __init__(self, root: str, progress: ProgressFn, timings: dict[str, float]) -> None:
+        from d2scale import io
+
+        self.io = io
+        self.root = root
+        self.progress = progress
+        self.timings = timings
+        self.runs: dict[str, StageRun] = {}
+        io.makedirs(root)
+
+    def directory(self, name: str, key: str) -> str:
+        return self.io.join(self.root, f"{name}-{key}")
+
+    def done(self, directory: str) -> dict | None:
+        """The marker's facts if ``directory`` holds a finished stage, else None."""
+        marker = self.io.join(directory, MARKER)
+        if not self.io.exists(marker):
+            return None
+        try:
+            return self.io.read_json(marker)
+        except (OSError, ValueError):
+            return None  # a damaged marker: recompute
+
+    def run(
+        self,
+        name: str,
+        key: str,
+        compute: Callable[[str], dict],
+        directory: str | None = None,
+        accept: Callable[[dict], bool] | None = None,
+    ) -> StageRun:
+        """Reuse the finished stage ``name``/``key`` (if ``accept(facts)``, when given) or
+        run ``compute(directory)``, which writes its files there and returns facts for the
+        marker (and ``run.json``)."""
+        directory = directory or self.directory(name, key)
+        info = self.done(directory)
+        if info is not None and (accept is None or accept(info)):
+            say_stage(self.progress, name, "reused", directory=directory)
+            self.timings.setdefault(name, 0.0)
+            run = StageRun(name, key, directory, True, info)
+        else:
+            say_stage(self.progress, name, "start")
+            self.io.remove(self.io.join(directory, MARKER))
+            self.io.makedirs(directory)
+            with timed(self.timings, name):
+                info = compute(directory)
+            pause_point(f"before-marker-{name}")
+            self.io.save_json(self.io.join(directory, MARKER), info)
+            say_stage(self.progress, name, "done", round(self.timings[name], 3))
+            run = StageRun(name, key, directory, False, info)
+        self.runs[name] = run
+        pause_point(f"after-{name}")
+        return run
+
+
+def _quiet_dask_logs() -> None:
+    for name in ("distributed", "bokeh", "tornado", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 @contextlib.contextmanager
-def dask_client(scheduler: str | None = None, workers: int | None = None) -> Iterator:
-    """A ``distributed.Client``: to ``scheduler`` if given, else a local in-process cluster.
+def dask_client(
+    scheduler: str | None = None, workers: int | None = None, scheduler_file: str | None = None
+) -> Iterator:
+    """A ``distributed.Client``: to a running cluster (``scheduler`` address or
+    ``scheduler_file``), else to a local in-process cluster.
 
     The local cluster runs one worker with ``workers`` threads (default: all cores); NumPy,
     faiss and the compiled kernels release the GIL, so threads use every core.
     """
-    from distributed import Client, LocalCluster
+    import distributed  # noqa: F401  (its import configures logging: quiet it afterwards)
 
-    for name in ("distributed", "bokeh", "tornado"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    # a failed task's exception is re-raised to the caller, which reports it in one line
-    logging.getLogger("distributed.worker").setLevel(logging.CRITICAL)
-    if scheduler:
-        try:
-            client = Client(scheduler, timeout="20s")
-        except OSError as e:
-            msg = f"cannot connect to the Dask scheduler at {scheduler}: {e}"
-            raise D2ScaleError(msg) from None
-        with client:
+    _quiet_dask_logs()
+    check_cluster_options(scheduler, scheduler_file)
+    if scheduler or scheduler_file:
+        with _remote_client(scheduler, scheduler_file) as client:
             yield client
         return
+    from distributed import Client, LocalCluster
+
     threads = workers or os.cpu_count() or 1
     with (
         LocalCluster(
@@ -70,3 +371,75 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
         Client(cluster) as client,
     ):
         yield client
+
+
+def check_cluster_options(scheduler: str | None, scheduler_file: str | None) -> None:
+    """Refuse both cluster options at once, or a scheduler file that does not exist."""
+    if scheduler and scheduler_file:
+        raise D2ScaleError("give either --scheduler or --scheduler-file, not both.")
+    if scheduler_file and not os.path.exists(scheduler_file):
+        raise D2ScaleError(
+            f"the scheduler file {scheduler_file} does not exist; start the scheduler with "
+            "`dask scheduler --scheduler-file FILE` first."
+        )
+
+
+WORKER_WAIT_S = 60  # how long a run waits for the first worker of a running cluster
+
+
+@contextlib.contextmanager
+def _remote_client(scheduler: str | None, scheduler_file: str | None) -> Iterator:
+    from distributed import Client
+
+    where = scheduler or f"the address in {scheduler_file}"
+    error = None
+    try:
+        if scheduler:
+            client = Client(scheduler, timeout="20s")
+        else:
+            client = Client(scheduler_file=scheduler_file, timeout="20s")
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        error = f"cannot connect to the Dask scheduler at {where}: {e}"
+    if error is not None:
+        # The half-built Client is garbage now: collect it here. Left to a later GC pass, its
+        # __del__ can run inside the next Client's start and deadlock on distributed's
+        # loop-runner lock (seen in the full test suite).
+        gc.collect()
+        raise D2ScaleError(error)
+    with client:
+        try:
+            client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+        except (OSError, TimeoutError):
+            raise D2ScaleError(
+                f"the Dask scheduler at {where} has no workers (waited {WORKER_WAIT_S} s); "
+                "start some with `dask worker ADDRESS`."
+            ) from None
+        yield client
+
+
+def cluster_facts(client) -> dict:
+    """What ``run.json`` says about the cluster: scheduler, workers, dashboard address."""
+    info = client.scheduler_info()
+    workers = info.get("workers", {})
+    return {
+        "scheduler": client.scheduler.address,
+        "workers": len(workers),
+        "threads": sum(w.get("nthreads", 0) for w in workers.values()),
+        "dashboard": client.dashboard_link if "dashboard" in info.get("services", {}) else None,
+    }
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def worker_peak_rss(client) -> dict[str, int]:
+    """Peak resident memory of each worker process of ``client``'s cluster (bytes)."""
+    try:
+        return {addr: int(v) for addr, v in client.run(peak_rss_bytes).items()}
+    except (OSError, TimeoutError, ValueError):
+        return {}

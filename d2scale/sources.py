@@ -1,7 +1,10 @@
 """Read a DataComp metadata pool: ``<name>.parquet`` + ``<name>.npz`` pairs, local or fsspec.
 
 Row ``i`` of a parquet file is row ``i`` of every array in the npz of the same base name.
-Pool order is: files sorted by name, rows in file order. Each pair is one Dask partition.
+Pool order is: files sorted by name, rows in file order. Each pair with rows is one Dask
+partition. :func:`open_pool` reads headers and bounded samples only (:mod:`d2scale.poolfiles`),
+so pairing, shape, dtype and width errors come before any embedding is read, and every file
+of the pool is either read or refused: nothing is skipped.
 """
 
 from __future__ import annotations
@@ -9,37 +12,45 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.registry import known_implementations
 
 from d2scale.errors import D2ScaleError
+from d2scale.params import EMBEDDING_MODELS, FEATURE_TYPES
+from d2scale.poolfiles import EMBEDDING_DIMS, Member, ShardFacts, check_member, inspect_shard
+from d2scale.uids import canonical_text, check_unique, encode_uids, uid_text
 
-EMBEDDING_MODELS = ("l14", "b32")
-FEATURE_TYPES = ("image", "text", "image_text")
 _FEATURE_SUFFIXES = {"image": ("img",), "text": ("txt",), "image_text": ("img", "txt")}
-_DIMS = {"l14": 768, "b32": 512}
+_DIMS = EMBEDDING_DIMS
+_EXTENSIONS = (".parquet", ".npz")
+_LIST_THREADS = 16  # shards inspected at once (range reads, mostly waiting on I/O)
 
 
 @dataclass(frozen=True)
 class Shard:
-    """One parquet/npz pair of the pool."""
+    """One parquet/npz pair of the pool, with the npz members' shapes and dtypes."""
 
     name: str
     parquet: str
     npz: str
     rows: int
     offset: int
+    members: tuple[Member, ...] = ()
 
 
 @dataclass
 class Pool:
-    """An opened metadata directory: its filesystem and its shards in pool order."""
+    """An opened metadata directory: its filesystem, its shards in pool order (pairs with
+    rows; 0-row pairs are checked, then left out) and its content fingerprint."""
 
     url: str
     fs: fsspec.AbstractFileSystem = field(repr=False)
@@ -52,45 +63,119 @@ class Pool:
 
 
 def open_pool(url: str) -> Pool:
-    """List and pair the files of a metadata directory, read row counts from parquet footers."""
-    fs, root = fsspec.core.url_to_fs(url)
+    """List, pair and check the files of a metadata directory; fingerprint their content."""
+    fs, root = _filesystem(url)
+    files = _list_files(fs, root, url)
+    names = _pair_names(files, url)
+    facts = _inspect_all(fs, names, files)
+    shards, offset = [], 0
+    for name, fact in zip(names, facts, strict=True):
+        if fact.rows:
+            parquet, npz = files[f"{name}.parquet"]["name"], files[f"{name}.npz"]["name"]
+            shards.append(Shard(name, parquet, npz, fact.rows, offset, fact.members))
+            offset += fact.rows
+    if offset == 0:
+        raise D2ScaleError(f"the pool at {url} has no rows")
+    signature = json.dumps([[name, fact.digest] for name, fact in zip(names, facts, strict=True)])
+    return Pool(url, fs, shards, hashlib.sha256(signature.encode()).hexdigest()[:16])
+
+
+def _filesystem(url: str):
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as e:  # a known protocol whose package is not installed
+        protocol = url.split("://", 1)[0]
+        known = known_implementations.get(protocol, {})
+        package = getattr(e.__cause__, "name", None) or known.get("class", "").split(".")[0]
+        raise D2ScaleError(
+            f"reading {url} needs the {package} package (pip install {package})"
+        ) from None
+    except ValueError as e:  # "Protocol not known: foo"
+        raise D2ScaleError(f"cannot open metadata directory {url}: {e}") from None
+
+
+def _list_files(fs, root: str, url: str) -> dict[str, dict]:
+    """``{base name: info}`` of the pool's .parquet/.npz files, symbolic links followed."""
     try:
         if not fs.isdir(root):
+            if fs.exists(root):
+                raise D2ScaleError(
+                    f"metadata directory {url} is a file; pass the directory that holds "
+                    "the .parquet and .npz files"
+                )
             raise D2ScaleError(f"metadata directory {url} does not exist")
         entries = fs.ls(root, detail=True)
     except (OSError, ValueError) as e:
         raise D2ScaleError(f"cannot list metadata directory {url}: {e}") from None
-    files = {posixpath.basename(e["name"].rstrip("/")): e for e in entries if e["type"] == "file"}
-    names = sorted(f[: -len(".parquet")] for f in files if f.endswith(".parquet"))
-    if not names:
-        raise D2ScaleError(f"no .parquet files in metadata directory {url} (the pool is empty)")
-    shards, offset, signature = [], 0, []
-    for name in names:
-        if f"{name}.npz" not in files:
-            raise D2ScaleError(f"{name}.parquet has no matching {name}.npz in {url}")
-        parquet = files[f"{name}.parquet"]["name"]
-        rows = _parquet_rows(fs, parquet)
-        shards.append(Shard(name, parquet, files[f"{name}.npz"]["name"], rows, offset))
-        offset += rows
-        signature.append(
-            [name, rows, files[f"{name}.parquet"].get("size"), files[f"{name}.npz"].get("size")]
+    files = {}
+    for entry in entries:
+        base = posixpath.basename(entry["name"].rstrip("/"))
+        if base.lower().endswith(_EXTENSIONS):
+            if not base.endswith(_EXTENSIONS):
+                raise D2ScaleError(
+                    f"{base} in {url}: pool files must end in lower-case .parquet or .npz"
+                )
+            files[base] = _regular_file(fs, entry, base, url)
+    return files
+
+
+def _regular_file(fs, entry: dict, base: str, url: str) -> dict:
+    if entry["type"] not in ("file", "directory"):  # a symbolic link (or a device, a fifo)
+        try:
+            entry = fs.info(entry["name"])  # follows links
+        except FileNotFoundError:
+            raise D2ScaleError(f"{base} in {url} is a broken symbolic link") from None
+    if entry["type"] == "directory":
+        hint = (
+            " (a Spark-style dataset?); each shard must be one .parquet file beside its .npz"
+            if base.endswith(".parquet")
+            else ", not an npz file"
         )
-    if offset == 0:
-        raise D2ScaleError(f"the pool at {url} has no rows")
-    digest = hashlib.sha256(json.dumps(signature).encode()).hexdigest()[:16]
-    return Pool(url, fs, shards, digest)
+        raise D2ScaleError(f"{base} in {url} is a directory{hint}")
+    if entry["type"] != "file":
+        raise D2ScaleError(f"{base} in {url} is not a regular file")
+    return entry
 
 
-def _parquet_rows(fs, path: str) -> int:
-    try:
-        with fs.open(path, "rb") as f:
-            return pq.ParquetFile(f).metadata.num_rows
-    except (OSError, pa.ArrowException) as e:
-        raise D2ScaleError(f"cannot read parquet file {path}: {e}") from None
+def _pair_names(files: dict[str, dict], url: str) -> list[str]:
+    parquets = {f[: -len(".parquet")] for f in files if f.endswith(".parquet")}
+    npzs = {f[: -len(".npz")] for f in files if f.endswith(".npz")}
+    if not files:
+        raise D2ScaleError(f"no .parquet files in metadata directory {url} (the pool is empty)")
+    unpaired = sorted(parquets ^ npzs)
+    if unpaired:
+        name = unpaired[0]
+        more = f" ({len(unpaired)} unpaired files in all)" if len(unpaired) > 1 else ""
+        if name in parquets:
+            raise D2ScaleError(f"{name}.parquet has no matching {name}.npz in {url}{more}")
+        raise D2ScaleError(
+            f"{name}.npz has no matching {name}.parquet in {url}: its rows would be left out{more}"
+        )
+    return sorted(parquets)
+
+
+def _inspect_all(fs, names: list[str], files: dict[str, dict]) -> list[ShardFacts]:
+    """:func:`~d2scale.poolfiles.inspect_shard` of every pair, in parallel; the first error
+    in pool order is raised and the rest are cancelled."""
+
+    def one(name: str) -> ShardFacts:
+        return inspect_shard(fs, name, files[f"{name}.parquet"], files[f"{name}.npz"])
+
+    if len(names) == 1:
+        return [one(names[0])]
+    with ThreadPoolExecutor(max_workers=min(_LIST_THREADS, len(names))) as ex:
+        futures = [ex.submit(one, name) for name in names]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
 
 
 def read_columns(pool: Pool, shard: Shard, columns: list[str]) -> pa.Table:
     """Only ``columns`` of one shard's parquet; an unknown column is a clear error."""
+    columns = list(dict.fromkeys(columns))
     try:
         with pool.fs.open(shard.parquet, "rb") as f:
             pf = pq.ParquetFile(f)
@@ -106,10 +191,14 @@ def read_columns(pool: Pool, shard: Shard, columns: list[str]) -> pa.Table:
 
 
 def feature_keys(embedding_model: str, feature_type: str) -> list[str]:
-    """npz keys making up a feature, e.g. ``image_text`` → ``["l14_img", "l14_txt"]``."""
-    if embedding_model not in EMBEDDING_MODELS:
+    """npz keys making up a feature, e.g. ``image_text`` → ``["l14_img", "l14_txt"]``.
+
+    ``embedding_model`` is ``l14``, ``b32`` or another npz prefix (``d2scale embed`` writes
+    one per model), lowercase letters and digits."""
+    if not re.fullmatch(r"[a-z0-9]+", embedding_model or ""):
         raise D2ScaleError(
-            f"embedding model must be one of {EMBEDDING_MODELS}, got {embedding_model!r}"
+            f"embedding model must be one of {', '.join(EMBEDDING_MODELS)} or another npz "
+            f"prefix of lowercase letters and digits; got {embedding_model!r}"
         )
     if feature_type not in FEATURE_TYPES:
         raise D2ScaleError(f"feature type must be one of {FEATURE_TYPES}, got {feature_type!r}")
@@ -131,8 +220,17 @@ class PoolEmbeddings:
 
     def __post_init__(self) -> None:
         self.sizes = [s.rows for s in self.pool.shards]
-        self.dim = sum(_DIMS[k.split("_")[0]] for k in self.keys)
+        self.dim = sum(_DIMS.get(k.split("_")[0]) or self._file_dim(k) for k in self.keys)
         self.fingerprint = f"{self.pool.fingerprint}:{'+'.join(self.keys)}"
+
+    def _file_dim(self, key: str) -> int:
+        """Columns of npz member ``key`` in the first shard (models other than l14 and b32)."""
+        shard = self.pool.shards[0]
+        check_npz(self.pool, shard, [key])
+        shape = next(m.shape for m in shard.members if m.key == key)
+        if len(shape) != 2:
+            raise D2ScaleError(f"{shard.npz}: array {key!r} must be 2-D, has shape {shape}")
+        return int(shape[1])
 
     def load(self, i: int) -> np.ndarray:
         parts = [x for _, x in self.iter_chunks(i, 32768)]
@@ -177,7 +275,11 @@ class _MemberReader:
         if version not in readers:
             raise D2ScaleError(f"{shard.npz}: array {key!r} has .npy format {version}")
         shape, fortran, self.dtype = readers[version](self.member)
-        _check_shape(np.empty(shape[:1] + (0,) * (len(shape) - 1)), shard, key)
+        check_member(Member(key, shape, self.dtype.str), shard.rows, shard.parquet, shard.npz)
+        if len(shape) != 2 or shape[0] != shard.rows:
+            raise D2ScaleError(
+                f"{shard.npz}: array {key!r} has shape {shape}, expected ({shard.rows}, d)"
+            )
         if self.dtype.hasobject or self.dtype.kind not in "fiu":
             raise D2ScaleError(f"{shard.npz}: array {key!r} has dtype {self.dtype}, not numbers")
         self.cols = int(shape[1])
@@ -199,39 +301,17 @@ class _MemberReader:
 
 
 def check_npz(pool: Pool, shard: Shard, keys: list[str]) -> None:
-    """Fail fast, from the .npy headers only: every key present, 2-D, one row per parquet row."""
-    try:
-        with pool.fs.open(shard.npz, "rb") as f, zipfile.ZipFile(f) as z:
-            names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
-            for key in keys:
-                if key not in names:
-                    raise D2ScaleError(
-                        f"{shard.npz} has no array {key!r} (has: {', '.join(names)})"
-                    )
-                with z.open(f"{key}.npy") as member:
-                    shape = _npy_shape(member)
-                if shape is not None:
-                    _check_shape(np.empty(shape[:1] + (0,) * (len(shape) - 1)), shard, key)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise D2ScaleError(f"cannot read embeddings from {shard.npz}: {e}") from None
+    """Every key is a member of the shard's npz (from the headers read by :func:`open_pool`)."""
+    names = [m.key for m in shard.members]
+    for key in keys:
+        if key not in names:
+            raise D2ScaleError(f"{shard.npz} has no array {key!r} (has: {', '.join(names)})")
 
 
-def _npy_shape(member) -> tuple[int, ...] | None:
-    """Shape from a .npy header (formats 1.0 and 2.0; None for others: checked at load)."""
-    fmt = np.lib.format
-    readers = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
-    reader = readers.get(fmt.read_magic(member))
-    return None if reader is None else reader(member)[0]
-
-
-def _check_shape(arr: np.ndarray, shard: Shard, key: str) -> None:
-    if arr.ndim != 2:
-        raise D2ScaleError(f"{shard.npz}: array {key!r} must be 2-D, has shape {arr.shape}")
-    if arr.shape[0] != shard.rows:
-        raise D2ScaleError(
-            f"row-count mismatch: {shard.npz} array {key!r} has {arr.shape[0]} rows but "
-            f"{shard.parquet} has {shard.rows}"
-        )
+def check_keys(pool: Pool, keys: list[str]) -> None:
+    """:func:`check_npz` for every shard: no I/O, so call it before any work starts."""
+    for shard in pool.shards:
+        check_npz(pool, shard, keys)
 
 
 def _normalise_into(
@@ -246,3 +326,73 @@ def _normalise_into(
             what = "has zero norm" if norms[bad[0]] == 0 else "contains NaN or inf"
             raise D2ScaleError(f"{path}, array {key!r}, row {row}: embedding {what}")
         out[start : start + x.shape[0]] = x / norms[:, None]
+
+
+# -- uids and scores -------------------------------------------------------------------
+
+
+@dataclass
+class PoolMetadata:
+    """Uids and scores of a whole pool, in pool order."""
+
+    uids: np.ndarray  # encoded, d2scale.uids.UID_DTYPE
+    scores: np.ndarray  # float64, finite
+    spelling: pa.ChunkedArray | None  # the uids as written in the input; None: all canonical
+
+    def uid_strings(self) -> pa.ChunkedArray:
+        """The uids as spelt in the input (e.g. upper case, fewer than 32 digits), so that
+        outputs join back on ``uid``."""
+        if self.spelling is not None:
+            return self.spelling
+        return pa.chunked_array([canonical_text(self.uids)])
+
+
+def read_metadata(pool: Pool, score_column: str, client, npz_keys: list[str] = ()) -> PoolMetadata:
+    """Uids and float64 scores for the whole pool, one Dask task per shard.
+
+    ``npz_keys`` are checked against every shard's npz members first (no I/O).
+    """
+    check_keys(pool, list(npz_keys))
+    n = len(pool.shards)
+    futures = client.map(_read_shard, [pool] * n, pool.shards, [score_column] * n, pure=False)
+    parts = client.gather(futures)
+    uids = np.concatenate([p[0] for p in parts])
+    scores = np.concatenate([p[1] for p in parts])
+    check_unique(uids, where=f"metadata directory {pool.url}")
+    spelling = None
+    if any(p[2] is not None for p in parts):
+        chunks = [canonical_text(u) if text is None else text for u, _, text in parts]
+        spelling = pa.chunked_array(chunks, pa.string())
+    return PoolMetadata(uids, scores, spelling)
+
+
+def _read_shard(pool: Pool, shard: Shard, score_column: str):
+    """Encoded uids, float64 scores, and the uid strings when they are not canonical."""
+    table = read_columns(pool, shard, ["uid", score_column])
+    text = uid_text(table.column("uid"), where=shard.parquet)
+    uids = encode_uids(text, where=shard.parquet)
+    scores = score_values(table.column(score_column), score_column, shard.parquet)
+    return uids, scores, None if text.equals(canonical_text(uids)) else text
+
+
+def score_values(column: pa.ChunkedArray, name: str, where: str) -> np.ndarray:
+    """A float, integer or decimal score column as finite float64; anything else (strings,
+    also numeric ones, booleans, lists) is refused rather than coerced."""
+    kind = column.type
+    if pa.types.is_decimal(kind):
+        column = column.cast(pa.float64())
+    elif not (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
+        values = column.drop_null()
+        example = f" (e.g. {values[0].as_py()!r})" if len(values) else ""
+        raise D2ScaleError(
+            f"{where}: score column {name!r} holds {kind} values{example}; scores must be "
+            "floats, integers or decimals (convert the column, or choose another score column)"
+        )
+    scores = column.to_numpy().astype(np.float64)  # nulls become NaN
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        raise D2ScaleError(
+            f"{where}, row {int(bad[0])}: score column {name!r} is null, NaN or inf "
+            f"({bad.size} rows in all)"
+        )
+    return scores

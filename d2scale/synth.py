@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from d2scale.errors import D2ScaleError
-from d2scale.sinks import atomic_path
+from d2scale.io import atomic_path
 
 LATENT_DIM = 48
 LAYOUTS = ("f16-compressed", "f32-stored", "f16-stored", "f32-compressed")  # "mixed" cycles
@@ -103,11 +103,14 @@ def write_pool(
     """Write ``shards`` parquet+npz pairs with ``rows`` samples in all to directory ``out``.
 
     Returns the shard base names. Deterministic for a given (rows, shards, seed, layout).
+    A directory holding other .parquet/.npz files is refused (they would join the pool).
     """
     if rows < 1 or shards < 1 or shards > rows:
         raise D2ScaleError(f"need rows ≥ shards ≥ 1, got rows={rows}, shards={shards}")
     if layout not in (*LAYOUTS, "mixed"):
         raise D2ScaleError(f"layout must be one of {', '.join(LAYOUTS)}, mixed; got {layout!r}")
+    names = [f"{s:08d}" for s in range(shards)]
+    _refuse_other_pool_files(out, names)
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(seed)
     n_clusters = max(8, rows // 150)
@@ -116,7 +119,6 @@ def write_pool(
     weights /= weights.sum()
     spaces = {name: _Space.make(rng, d) for name, d in (("l14", 768), ("b32", 512))}
     bounds = np.linspace(0, rows, shards + 1).astype(int)
-    names = [f"{s:08d}" for s in range(shards)]
 
     def shard(s: int) -> None:
         srng = np.random.default_rng([seed, s])
@@ -133,6 +135,22 @@ def write_pool(
     with ThreadPoolExecutor(max_workers=min(2, shards)) as ex:
         list(ex.map(shard, range(shards)))
     return names
+
+
+def _refuse_other_pool_files(out: str, names: list[str]) -> None:
+    """An older pool's shards left beside the new ones would silently become part of it."""
+    if not os.path.isdir(out):
+        return
+    ours = {f"{name}{ext}" for name in names for ext in (".parquet", ".npz")}
+    others = sorted(
+        f for f in os.listdir(out) if f.lower().endswith((".parquet", ".npz")) and f not in ours
+    )
+    if others:
+        raise D2ScaleError(
+            f"{out} already holds {others[0]} ({len(others)} pool files in all) that this pool "
+            "would not replace, so they would become part of it; write into an empty "
+            "directory or remove them"
+        )
 
 
 def _embeddings(z: np.ndarray, spaces: dict[str, _Space], rng) -> dict[str, np.ndarray]:

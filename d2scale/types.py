@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -81,3 +81,38 @@ class ArrayBlocks:
     def load(self, i: int) -> np.ndarray:
         start = i * self.block_rows
         return self.array[start : start + self.sizes[i]]
+
+
+class SubsetBlocks:
+    """:class:`EmbeddingBlocks` of some rows of ``blocks`` (sorted global ``rows``), keeping
+    its partitions: block ``i`` holds the chosen rows of ``blocks``' block ``i``."""
+
+    def __init__(self, blocks: EmbeddingBlocks, rows: np.ndarray) -> None:
+        self.blocks = blocks
+        self.dim = blocks.dim
+        bounds = np.concatenate([[0], np.cumsum(blocks.sizes)])
+        cuts = np.searchsorted(rows, bounds)
+        self.local = [rows[cuts[i] : cuts[i + 1]] - bounds[i] for i in range(len(blocks.sizes))]
+        self.sizes = [len(r) for r in self.local]
+
+    def load(self, i: int) -> np.ndarray:
+        return self.blocks.load(i)[self.local[i]] if self.sizes[i] else _empty(self.dim)
+
+
+def _empty(dim: int) -> np.ndarray:
+    return np.empty((0, dim), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """What every selection method returns.
+
+    ``order``: row ids (int64, positions in the method's input), best first; rows absent
+    from it are never kept (filters list only their survivors). ``columns``: per-row arrays
+    (one value per input row) written to ``ranking.parquet``, e.g. ``forward_score``.
+    ``info``: JSON-able facts for ``run.json`` (device and variant used, statistics).
+    """
+
+    order: np.ndarray
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)

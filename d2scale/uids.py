@@ -1,4 +1,9 @@
-"""DataComp uids: 32 lowercase hex chars ↔ the ``np.dtype("u8,u8")`` subset-file encoding."""
+"""DataComp uids: up to 32 hex digits ↔ the ``np.dtype("u8,u8")`` subset-file encoding.
+
+Accepted spellings (SPEC §2): 1–32 hexadecimal digits, upper or lower case; shorter uids are
+left-padded with ``0``. Accepted column types: ``string``, ``large_string``, ``string_view``
+and dictionary-encoded strings.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import pyarrow.compute as pc
 from d2scale.errors import D2ScaleError
 
 UID_DTYPE = np.dtype("<u8,<u8")
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 # byte value -> nibble, 255 for anything that is not a hex digit
 _NIBBLE = np.full(256, 255, dtype=np.uint8)
@@ -18,40 +24,53 @@ for _i, _c in enumerate(b"ABCDEF"):
     _NIBBLE[_c] = 10 + _i
 
 
+def uid_text(uids, *, where: str = "input") -> pa.Array:
+    """The uids as one (unchunked) pyarrow ``string`` array; other types are a D2ScaleError."""
+    if isinstance(uids, (pa.Array, pa.ChunkedArray)):
+        arr = uids
+    else:
+        try:
+            arr = pa.array(list(uids), pa.string())
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            raise D2ScaleError(f"{where}: uids must be strings") from None
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    stringlike = (pa.types.is_string, pa.types.is_large_string, _is_string_view)
+    if not any(test(arr.type) for test in stringlike):
+        raise D2ScaleError(f"{where}: the uid column must hold strings, found {arr.type}")
+    return arr if arr.type == pa.string() else arr.cast(pa.string())
+
+
+def _is_string_view(t: pa.DataType) -> bool:
+    return hasattr(pa.types, "is_string_view") and pa.types.is_string_view(t)
+
+
 def encode_uids(uids, *, where: str = "input") -> np.ndarray:
     """Encode uid strings as ``(int(uid[:16], 16), int(uid[16:32], 16))`` records.
 
-    Accepts a pyarrow array, a NumPy array or a list of str. Shorter uids are left-padded with
-    ``0`` and upper-case hex is accepted; null, empty, over-long or non-hex uids raise a
-    :class:`D2ScaleError` naming ``where`` and the first bad row.
+    Accepts a pyarrow array (see :func:`uid_text` for the types), a NumPy array or a list of
+    str. Null, empty, over-long or non-hex uids raise a :class:`D2ScaleError` naming
+    ``where`` and the first bad row.
     """
-    arr = uids if isinstance(uids, (pa.Array, pa.ChunkedArray)) else pa.array(list(uids))
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    if not pa.types.is_string(arr.type) and not pa.types.is_large_string(arr.type):
-        raise D2ScaleError(f"{where}: the uid column must hold strings, found {arr.type}")
+    arr = uid_text(uids, where=where).cast(pa.large_string())  # int64 offsets below
     n = len(arr)
-    lengths = pc.fill_null(pc.utf8_length(arr), 0).to_numpy(zero_copy_only=False)
-    bad = np.flatnonzero((lengths == 0) | (lengths > 32))
-    if bad.size == 0:
-        padded = pc.utf8_lpad(arr, 32, "0")
-        raw = np.frombuffer(
-            padded.buffers()[2], dtype=np.uint8, count=32 * n, offset=32 * padded.offset
-        )
-        offs = np.frombuffer(
-            padded.buffers()[1], dtype=np.int32, count=n + 1, offset=4 * padded.offset
-        )
-        if n and (offs[-1] - offs[0] != 32 * n):  # multi-byte characters
-            bad = np.flatnonzero(np.diff(offs) != 32)
-        else:
-            nib = _NIBBLE[raw[offs[0] : offs[0] + 32 * n]].reshape(n, 32)
-            bad = np.flatnonzero((nib == 255).any(axis=1))
-    if bad.size:
-        i = int(bad[0])
-        raise D2ScaleError(
-            f"{where}, row {i}: malformed uid {arr[i].as_py()!r} "
-            "(expected up to 32 hexadecimal characters)"
-        )
+    if n == 0:
+        return np.empty(0, dtype=UID_DTYPE)
+    chars = pc.fill_null(pc.utf8_length(arr), 0).to_numpy(zero_copy_only=False)
+    padded = pc.utf8_lpad(arr, 32, "0")
+    offs = np.frombuffer(padded.buffers()[1], np.int64, count=n + 1, offset=8 * padded.offset)
+    valid = (chars >= 1) & (chars <= 32) & (np.diff(offs) == 32)  # 32 bytes: all ASCII
+    if arr.null_count:
+        valid &= ~arr.is_null().to_numpy(zero_copy_only=False)
+    first_bad = int(np.argmin(valid)) if not valid.all() else n
+    data = padded.buffers()[2]
+    raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.empty(0, np.uint8)
+    nib = _NIBBLE[raw[offs[0] : offs[0] + 32 * first_bad]].reshape(first_bad, 32)
+    not_hex = np.flatnonzero((nib == 255).any(axis=1))
+    if not_hex.size or first_bad < n:
+        _raise_bad_uid(arr, int(not_hex[0]) if not_hex.size else first_bad, where)
     weights = (np.uint64(16) ** np.arange(15, -1, -1, dtype=np.uint64)).astype(np.uint64)
     nib64 = nib.astype(np.uint64)
     out = np.empty(n, dtype=UID_DTYPE)
@@ -60,9 +79,33 @@ def encode_uids(uids, *, where: str = "input") -> np.ndarray:
     return out
 
 
+def _raise_bad_uid(arr: pa.Array, row: int, where: str):
+    value = arr[row].as_py()
+    if value is None:
+        raise D2ScaleError(f"{where}, row {row}: the uid is missing (null)")
+    raise D2ScaleError(
+        f"{where}, row {row}: malformed uid {value!r} (expected 1 to 32 hexadecimal characters)"
+    )
+
+
+def canonical_text(encoded: np.ndarray) -> pa.Array:
+    """32 lower-case hex digits per encoded uid, as a pyarrow ``string`` array (vectorised)."""
+    n = encoded.shape[0]
+    both = np.empty((n, 2), dtype=">u8")
+    both[:, 0] = encoded["f0"]
+    both[:, 1] = encoded["f1"]
+    octets = both.view(np.uint8).reshape(n, 16)
+    digits = np.empty((n, 32), dtype=np.uint8)
+    digits[:, 0::2] = _HEX_DIGITS[octets >> 4]
+    digits[:, 1::2] = _HEX_DIGITS[octets & 15]
+    kind, width = (pa.string(), np.int32) if 32 * n < 2**31 else (pa.large_string(), np.int64)
+    offsets = np.arange(0, 32 * n + 1, 32, dtype=width)
+    return pa.Array.from_buffers(kind, n, [None, pa.py_buffer(offsets), pa.py_buffer(digits)])
+
+
 def decode_uids(arr: np.ndarray) -> list[str]:
     """Inverse of :func:`encode_uids`: 32 lowercase hex chars per record."""
-    return [f"{int(a):016x}{int(b):016x}" for a, b in zip(arr["f0"], arr["f1"], strict=True)]
+    return canonical_text(np.asarray(arr)).to_pylist()
 
 
 def check_unique(encoded: np.ndarray, *, where: str = "pool") -> None:

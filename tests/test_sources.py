@@ -1,16 +1,19 @@
 import io
 import os
+import re
 import shutil
 import zipfile
 
 import fsspec
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from d2scale.errors import D2ScaleError
-from d2scale.sources import PoolEmbeddings, feature_keys, open_pool, read_columns
+from d2scale.sources import PoolEmbeddings, feature_keys, open_pool, read_columns, read_metadata
 from d2scale.synth import write_pool
+from d2scale.uids import decode_uids
 
 
 def _reference_embeddings(path: str, keys: list[str]) -> np.ndarray:
@@ -104,13 +107,12 @@ def _rewrite_npz(path: str, **changes) -> None:
         f.write(buf.getvalue())
 
 
-def test_row_count_mismatch(small_pool, tmp_path):
+def test_row_count_mismatch_is_found_from_the_headers(small_pool, tmp_path):
     path = _copy(small_pool, tmp_path)
     npz = os.path.join(path, "00000002.npz")
     _rewrite_npz(npz, l14_img=np.load(npz)["l14_img"][:-1])
-    blocks = PoolEmbeddings(open_pool(path), feature_keys("l14", "image"))
     with pytest.raises(D2ScaleError, match="row-count mismatch: .*749 rows .* has 750"):
-        blocks.load(2)
+        open_pool(path)
 
 
 @pytest.mark.parametrize(
@@ -178,3 +180,312 @@ def test_synth_is_deterministic(tmp_path):
     write_pool(str(b), rows=500, shards=2, seed=5)
     for name in ("00000000.parquet", "00000001.npz"):
         assert (a / name).read_bytes() == (b / name).read_bytes()
+
+
+# -- issue 8 findings at the reader level ------------------------------------------------
+
+
+class _InlineClient:
+    """The two ``distributed.Client`` calls read_metadata makes, run in this thread."""
+
+    def map(self, fn, *iterables, pure=True):
+        return [fn(*args) for args in zip(*iterables, strict=True)]
+
+    def gather(self, futures):
+        return futures
+
+
+def _set_column(path, name, values, **write_options):
+    table = pq.read_table(path)
+    i = table.column_names.index(name)
+    pq.write_table(table.set_column(i, name, values), path, **write_options)
+
+
+def _same_size_same_mtime(path, write):
+    """Rewrite ``path`` with ``write()``, asserting its size is unchanged; restore its mtime."""
+    before = os.stat(path)
+    write()
+    assert os.path.getsize(path) == before.st_size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def test_finding1_fingerprint_changes_with_embeddings_at_equal_size_and_mtime(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    write_pool(a, rows=600, shards=2, seed=1, layout="f16-stored")
+    write_pool(b, rows=600, shards=2, seed=2, layout="f16-stored")  # "re-embedded"
+    before = open_pool(a).fingerprint
+    npz = os.path.join(a, "00000001.npz")
+    _same_size_same_mtime(npz, lambda: shutil.copyfile(os.path.join(b, "00000001.npz"), npz))
+    assert open_pool(a).fingerprint != before
+    # a single changed value, in a file that is otherwise byte-identical
+    before = open_pool(a).fingerprint
+    with np.load(npz) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["l14_txt"][123, 45] += np.float16(0.01)
+    _same_size_same_mtime(npz, lambda: np.savez(npz, **arrays))
+    assert open_pool(a).fingerprint != before
+
+
+def test_finding1_fingerprint_changes_with_a_uid_at_equal_size_and_mtime(tmp_path):
+    path = str(tmp_path / "pool")
+    write_pool(path, rows=300, shards=1, seed=4)
+    parquet = os.path.join(path, "00000000.parquet")
+    plain = {"compression": "none", "use_dictionary": False, "write_statistics": False}
+    pq.write_table(pq.read_table(parquet), parquet, **plain)  # uids stored as plain bytes
+    before = open_pool(path).fingerprint
+    uids = pq.read_table(parquet)["uid"].to_pylist()
+    old = uids[200].encode()
+    new = old[:-1] + (b"0" if old[-1:] != b"0" else b"1")
+
+    def patch():
+        with open(parquet, "rb") as f:
+            data = f.read()
+        assert data.count(old) == 1  # the uid's bytes in its data page
+        with open(parquet, "wb") as f:
+            f.write(data.replace(old, new))
+
+    _same_size_same_mtime(parquet, patch)
+    assert pq.read_table(parquet)["uid"][200].as_py() == new.decode()
+    assert open_pool(path).fingerprint != before
+
+
+def test_finding1_fingerprint_without_stamps_hashes_content(small_pool):
+    """The memory filesystem gives no mtime or ETag: content alone must tell pools apart."""
+    mem = fsspec.filesystem("memory")
+    for name in os.listdir(small_pool):
+        with open(os.path.join(small_pool, name), "rb") as src:
+            mem.pipe(f"/fp/{name}", src.read())
+    before = open_pool("memory://fp").fingerprint
+    assert open_pool("memory://fp").fingerprint == before
+    with mem.open("/fp/00000001.npz", "rb") as f:
+        z = np.load(io.BytesIO(f.read()))
+        arrays = {k: z[k] for k in z.files}
+    arrays["b32_img"] = arrays["b32_img"][::-1].copy()  # same bytes, other row order
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    assert len(buf.getvalue()) == mem.size("/fp/00000001.npz")
+    mem.pipe("/fp/00000001.npz", buf.getvalue())
+    assert open_pool("memory://fp").fingerprint != before
+    mem.rm("/fp", recursive=True)
+
+
+def test_finding1_fingerprint_reads_a_bounded_number_of_bytes(tmp_path):
+    """~100 MB of embeddings in one shard: opening the pool reads well under 2 MB of it."""
+    path = str(tmp_path / "big")
+    write_pool(path, rows=10_000, shards=1, seed=0, layout="f32-stored")
+    size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+
+    def read_bytes() -> int:
+        with open("/proc/self/io") as f:
+            return int(next(line for line in f if line.startswith("rchar:")).split()[1])
+
+    start = read_bytes()
+    open_pool(path)
+    used = read_bytes() - start
+    assert size > 90e6 and used < 2e6, (size, used)
+
+
+def test_finding3_npz_without_parquet_is_refused(small_pool, tmp_path):
+    path = _copy(small_pool, tmp_path)
+    os.remove(os.path.join(path, "00000002.parquet"))
+    with pytest.raises(D2ScaleError, match="00000002.npz has no matching 00000002.parquet"):
+        open_pool(path)
+    for name in os.listdir(path):
+        if name.endswith(".parquet"):
+            os.remove(os.path.join(path, name))
+    with pytest.raises(D2ScaleError, match=r"00000000.npz has no matching .*\(4 unpaired"):
+        open_pool(path)
+
+
+def test_finding3_spark_style_parquet_directory_is_refused(small_pool, tmp_path):
+    path = _copy(small_pool, tmp_path)
+    spark = os.path.join(path, "00000001.parquet")
+    os.rename(spark, os.path.join(path, "part-0.parquet"))
+    os.mkdir(spark)
+    os.rename(os.path.join(path, "part-0.parquet"), os.path.join(spark, "part-0.parquet"))
+    with pytest.raises(D2ScaleError, match="00000001.parquet in .* is a directory .*Spark"):
+        open_pool(path)
+
+
+def test_finding3_symlinked_files_are_read(small_pool, tmp_path):
+    links = tmp_path / "links"
+    links.mkdir()
+    for name in os.listdir(small_pool):
+        (links / name).symlink_to(os.path.join(small_pool, name))
+    pool, real = open_pool(str(links)), open_pool(small_pool)
+    assert pool.n == 3000 and [s.name for s in pool.shards] == [s.name for s in real.shards]
+    assert pool.fingerprint == real.fingerprint
+    blocks = PoolEmbeddings(pool, feature_keys("l14", "image"))
+    want = PoolEmbeddings(real, feature_keys("l14", "image"))
+    np.testing.assert_array_equal(blocks.load(3), want.load(3))
+    (links / "00000002.npz").unlink()
+    (links / "00000002.npz").symlink_to(tmp_path / "gone.npz")
+    with pytest.raises(D2ScaleError, match="00000002.npz in .* is a broken symbolic link"):
+        open_pool(str(links))
+
+
+def test_finding3_upper_case_extension_is_refused_not_skipped(small_pool, tmp_path):
+    path = _copy(small_pool, tmp_path)
+    for ext in ("parquet", "npz"):
+        os.rename(
+            os.path.join(path, f"00000003.{ext}"), os.path.join(path, f"00000003.{ext.upper()}")
+        )
+    with pytest.raises(D2ScaleError, match="must end in lower-case .parquet or .npz"):
+        open_pool(path)
+
+
+def test_finding7_zero_row_pair_is_checked_then_left_out(small_pool, tmp_path):
+    path = _copy(small_pool, tmp_path)
+    table = pq.read_table(os.path.join(path, "00000000.parquet")).slice(0, 0)
+    pq.write_table(table, os.path.join(path, "00000001b.parquet"))
+    with np.load(os.path.join(path, "00000000.npz")) as z:
+        np.savez(os.path.join(path, "00000001b.npz"), **{k: z[k][:0] for k in z.files})
+    pool = open_pool(path)
+    assert pool.n == 3000 and [s.name for s in pool.shards] == [
+        "00000000", "00000001", "00000002", "00000003"
+    ]  # fmt: skip
+    assert pool.fingerprint != open_pool(small_pool).fingerprint
+
+
+def _member_case(small_pool, tmp_path, key, array):
+    path = _copy(small_pool, tmp_path)
+    _rewrite_npz(os.path.join(path, "00000001.npz"), **{key: array})
+    return path
+
+
+@pytest.mark.parametrize(
+    ("dtype", "name"), [(np.complex64, "complex64"), (np.int32, "int32"), (np.bool_, "bool")]
+)
+def test_finding11_non_float_embeddings_are_refused(small_pool, tmp_path, dtype, name):
+    arr = np.ones((750, 768), dtype=dtype)
+    path = _member_case(small_pool, tmp_path, "l14_img", arr)
+    with pytest.raises(D2ScaleError, match=f"array 'l14_img' holds {name} values; embeddings"):
+        open_pool(path)
+
+
+def test_finding11_each_member_width_is_checked(small_pool, tmp_path):
+    """1024-d image + 512-d text has the right total width for l14 but is refused."""
+    rng = np.random.default_rng(0)
+    path = _copy(small_pool, tmp_path)
+    _rewrite_npz(
+        os.path.join(path, "00000002.npz"),
+        l14_img=rng.standard_normal((750, 1024)).astype(np.float16),
+        l14_txt=rng.standard_normal((750, 512)).astype(np.float16),
+    )
+    with pytest.raises(D2ScaleError, match="'l14_img' has 1024 dimensions but l14 .* 768"):
+        open_pool(path)
+
+
+def test_finding11_3d_embeddings_report_their_real_shape(small_pool, tmp_path):
+    path = _member_case(small_pool, tmp_path, "b32_txt", np.ones((750, 32, 16), np.float32))
+    with pytest.raises(
+        D2ScaleError, match=r"must be 2-D \(rows × 512\), has shape \(750, 32, 16\)"
+    ):
+        open_pool(path)
+
+
+def test_finding12_unknown_protocol_and_missing_filesystem_package():
+    with pytest.raises(D2ScaleError, match="cannot open metadata directory foo://x: Protocol"):
+        open_pool("foo://x")
+    try:
+        import s3fs  # noqa: F401
+    except ImportError:
+        with pytest.raises(D2ScaleError, match=r"needs the s3fs package \(pip install s3fs\)"):
+            open_pool("s3://bucket/pool")
+
+
+def _damage(path: str, member: str, at: int, length: int = 64) -> None:
+    """Overwrite ``length`` bytes of a member's stored data ``at`` bytes from its start."""
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(member)
+    with open(path, "r+b") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = np.frombuffer(f.read(4), "<u2")
+        f.seek(info.header_offset + 30 + int(name_len) + int(extra_len) + at)
+        f.write(bytes(range(256))[:length] * 1)
+
+
+def test_finding12_damaged_or_truncated_npz_is_one_clear_error(small_pool, tmp_path):
+    path = _copy(small_pool, tmp_path)
+    npz = os.path.join(path, "00000000.npz")  # deflated
+    _damage(npz, "l14_txt.npy", at=2)
+    with pytest.raises(D2ScaleError, match="cannot read embeddings from .*00000000.npz: damaged"):
+        open_pool(path)
+    shutil.copyfile(os.path.join(small_pool, "00000000.npz"), npz)
+    with open(npz, "r+b") as f:
+        f.truncate(os.path.getsize(npz) // 2)
+    with pytest.raises(D2ScaleError, match="00000000.npz: not a complete zip/npz file"):
+        open_pool(path)
+
+
+@pytest.mark.parametrize(
+    ("values", "shown"),
+    [
+        (["n/a", "0.3"], "string values (e.g. 'n/a')"),
+        (["0.25", "0.3"], "string values (e.g. '0.25')"),  # finding 13: numeric strings
+        ([True, False], "bool values"),  # finding 13
+        ([[0.1], [0.2]], "list<element: double> values"),
+    ],
+)
+def test_finding12_13_non_numeric_score_columns_are_refused(small_pool, tmp_path, values, shown):
+    path = _copy(small_pool, tmp_path)
+    parquet = os.path.join(path, "00000003.parquet")
+    _set_column(parquet, "clip_l14_similarity_score", pa.array(values * 375))
+    pool = open_pool(path)
+    with pytest.raises(
+        D2ScaleError,
+        match=re.escape(
+            f"00000003.parquet: score column 'clip_l14_similarity_score' holds {shown}"
+        ),
+    ):
+        read_metadata(pool, "clip_l14_similarity_score", _InlineClient())
+    with pytest.raises(D2ScaleError, match="score column 'text' holds string values"):
+        read_metadata(pool, "text", _InlineClient())
+
+
+@pytest.mark.parametrize("kind", [pa.int16(), pa.uint64(), pa.float16(), pa.decimal128(9, 2)])
+def test_integer_float_and_decimal_scores_are_accepted(small_pool, tmp_path, kind):
+    path = _copy(small_pool, tmp_path)
+    values = pa.array(np.arange(750) % 300, pa.int16()).cast(kind)
+    _set_column(os.path.join(path, "00000000.parquet"), "original_width", values)
+    meta = read_metadata(open_pool(path), "original_width", _InlineClient())
+    assert meta.scores.dtype == np.float64
+    assert meta.scores[:750].tolist() == (np.arange(750) % 300).tolist()
+
+
+@pytest.mark.parametrize("kind", [pa.large_string(), pa.string_view(), "dictionary"])
+def test_finding8_large_string_and_other_uid_column_types(small_pool, tmp_path, kind):
+    path = _copy(small_pool, tmp_path)
+    parquet = os.path.join(path, "00000001.parquet")
+    uids = pq.read_table(parquet)["uid"]
+    cast = uids.dictionary_encode() if kind == "dictionary" else uids.cast(kind)
+    _set_column(parquet, "uid", cast)
+    assert pq.read_table(parquet)["uid"].type == cast.type
+    meta = read_metadata(open_pool(path), "clip_l14_similarity_score", _InlineClient())
+    want = read_metadata(open_pool(small_pool), "clip_l14_similarity_score", _InlineClient())
+    np.testing.assert_array_equal(meta.uids, want.uids)
+    assert meta.spelling is None
+
+
+def test_finding13_uid_spelling_is_kept(small_pool, tmp_path):
+    path = _copy(small_pool, tmp_path)
+    parquet = os.path.join(path, "00000002.parquet")
+    uids = pq.read_table(parquet)["uid"].to_pylist()
+    spelt = [u.upper() if i % 2 else u.lstrip("0") or "0" for i, u in enumerate(uids)]
+    spelt[0] = "00ab"  # fewer than 32 digits: left-padded, kept as written
+    _set_column(parquet, "uid", pa.array(spelt))
+    meta = read_metadata(open_pool(path), "clip_l14_similarity_score", _InlineClient())
+    want = read_metadata(open_pool(small_pool), "clip_l14_similarity_score", _InlineClient())
+    assert want.spelling is None and meta.spelling is not None
+    text = meta.uid_strings().to_pylist()
+    assert text[1500:2250] == spelt and text[:1500] == want.uid_strings().to_pylist()[:1500]
+    assert decode_uids(meta.uids[1501:1502]) == [spelt[1].lower()]
+    assert decode_uids(meta.uids[1500:1501]) == ["0" * 28 + "00ab"]
+
+
+def test_finding13_synth_refuses_a_directory_with_an_older_pool(tmp_path):
+    write_pool(str(tmp_path), rows=40, shards=4, seed=0)
+    write_pool(str(tmp_path), rows=40, shards=4, seed=1)  # same shard names: all replaced
+    with pytest.raises(D2ScaleError, match="already holds 00000002.npz .*4 pool files in all"):
+        write_pool(str(tmp_path), rows=40, shards=2, seed=0)
+    assert open_pool(str(tmp_path)).n == 40

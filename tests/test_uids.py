@@ -3,7 +3,14 @@ import pyarrow as pa
 import pytest
 
 from d2scale.errors import D2ScaleError
-from d2scale.uids import UID_DTYPE, check_unique, decode_uids, encode_uids, subset_array
+from d2scale.uids import (
+    UID_DTYPE,
+    canonical_text,
+    check_unique,
+    decode_uids,
+    encode_uids,
+    subset_array,
+)
 
 
 def test_encoding_matches_hand_computed_values():
@@ -52,3 +59,38 @@ def test_subset_array_is_sorted_little_endian_u8_pairs():
     assert arr.dtype == np.dtype("<u8,<u8") == UID_DTYPE
     assert decode_uids(arr) == sorted(decode_uids(enc))  # fixed width hex sorts like the pair
     assert np.array_equal(arr, np.sort(enc))
+
+
+@pytest.mark.parametrize("kind", [pa.string(), pa.large_string(), pa.string_view()])
+def test_finding8_large_string_and_string_view_encode_like_string(kind):
+    rng = np.random.default_rng(1)
+    uids = [bytes(rng.integers(0, 256, 16, dtype=np.uint8)).hex() for _ in range(300)]
+    want = encode_uids(uids)
+    arr = pa.array(["zz", *uids, "zz"], kind)[1:-1]  # a slice: offsets do not start at 0
+    assert np.array_equal(encode_uids(arr), want)
+    chunked = pa.chunked_array([arr[:100], arr[100:]])
+    assert np.array_equal(encode_uids(chunked), want)
+    assert np.array_equal(encode_uids(pa.array(uids).dictionary_encode()), want)
+
+
+@pytest.mark.parametrize(
+    ("uids", "found"), [([1, 2], "uids must be strings"), (pa.array([b"ab"]), "found binary")]
+)
+def test_non_string_uid_columns_are_refused(uids, found):
+    with pytest.raises(D2ScaleError, match=found):
+        encode_uids(uids)
+
+
+def test_the_first_bad_row_is_reported_whatever_the_fault():
+    with pytest.raises(D2ScaleError, match="row 1: malformed uid 'xyz'"):
+        encode_uids(["ab", "xyz", "0" * 40])
+    with pytest.raises(D2ScaleError, match="row 1: the uid is missing"):
+        encode_uids(["ab", None, "xyz"])
+
+
+def test_canonical_text_is_32_lowercase_digits():
+    enc = encode_uids(["ABC", "0123456789abcdeffedcba9876543210"])
+    text = canonical_text(enc)
+    assert text.type == pa.string()
+    assert text.to_pylist() == ["0" * 29 + "abc", "0123456789abcdeffedcba9876543210"]
+    assert canonical_text(enc[:0]).to_pylist() == []

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from d2scale.errors import D2ScaleError
-from d2scale.sinks import json_default, save_json, save_npy, save_npz
+from d2scale.io import json_default, save_json, save_npy, save_npz
 from d2scale.types import KnnGraph
 
 MANIFEST_VERSION = 2
@@ -123,19 +123,23 @@ def save_graph(gdir: str, graph: KnnGraph, meta: dict, lists: np.ndarray | None 
     save_json(os.path.join(gdir, "meta.json"), meta)
 
 
-def load_graph(gdir: str) -> tuple[KnnGraph, dict]:
-    """Read a graph directory; a missing, truncated or inconsistent file is a D2ScaleError."""
+def load_graph(gdir: str, mmap: bool = False) -> tuple[KnnGraph, dict]:
+    """Read a graph directory (``neighbors.npy`` ints and ``distances.npy`` floats, N × k;
+    ``meta.json`` when present); ``mmap`` maps the arrays read-only instead of loading them.
+    A missing, truncated or inconsistent file is a D2ScaleError."""
     meta_path = os.path.join(gdir, "meta.json")
-    if not os.path.exists(meta_path):
-        raise D2ScaleError(f"{gdir} is not a graph directory (no meta.json)")
-    meta = _read_json(meta_path)
-    nbr = _load_npy(os.path.join(gdir, "neighbors.npy"))
-    dist = _load_npy(os.path.join(gdir, "distances.npy"))
-    if nbr.dtype != np.int64 or nbr.ndim != 2:
-        raise D2ScaleError(f"{gdir}/neighbors.npy must be a 2-D int64 array, got {nbr.dtype}")
-    if dist.dtype != np.float32 or dist.shape != nbr.shape:
+    if not os.path.exists(os.path.join(gdir, "neighbors.npy")):
         raise D2ScaleError(
-            f"{gdir}/distances.npy must be float32 of shape {nbr.shape}, got "
+            f"{gdir} is not a graph directory (no neighbors.npy; `d2scale graph` writes one)"
+        )
+    meta = _read_json(meta_path) if os.path.exists(meta_path) else {}
+    nbr = _load_npy(os.path.join(gdir, "neighbors.npy"), mmap)
+    dist = _load_npy(os.path.join(gdir, "distances.npy"), mmap)
+    if nbr.dtype.kind not in "iu" or nbr.ndim != 2:
+        raise D2ScaleError(f"{gdir}/neighbors.npy must be a 2-D integer array, got {nbr.dtype}")
+    if dist.dtype.kind != "f" or dist.shape != nbr.shape:
+        raise D2ScaleError(
+            f"{gdir}/distances.npy must hold floats of shape {nbr.shape}, got "
             f"{dist.dtype} {dist.shape}"
         )
     if "n" in meta and (meta["n"], meta["k"]) != nbr.shape:
@@ -171,9 +175,9 @@ def _reading(path: str):
         raise D2ScaleError(f"corrupt graph file {path}: {e}") from None
 
 
-def _load_npy(path: str) -> np.ndarray:
+def _load_npy(path: str, mmap: bool = False) -> np.ndarray:
     with _reading(path):
-        return np.load(path, allow_pickle=False)
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
 
 
 def _read_json(path: str) -> dict:

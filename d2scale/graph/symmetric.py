@@ -13,50 +13,15 @@ write disjoint, ordered slots: the output does not depend on the number of threa
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 from numba import njit
 
+from d2scale.backends import n_chunks_for, run_chunks
 from d2scale.errors import D2ScaleError
 from d2scale.types import CsrGraph, KnnGraph
 
-MIN_ROWS_PER_THREAD = 65536  # below this, thread start-up costs more than it saves
-CHUNKS_PER_THREAD = 4  # work items per thread: a preempted thread delays the end less
 BLOCK_ROWS = 1024  # smallest row block; blocks grow so that there are at most MAX_BLOCKS
 MAX_BLOCKS = 4096
-
-
-def cpu_threads() -> int:
-    """Threads available: the CPUs of this process, or ``NUMBA_NUM_THREADS`` if set."""
-    return max(1, int(os.environ.get("NUMBA_NUM_THREADS", len(os.sched_getaffinity(0)))))
-
-
-def n_threads(n_rows: int) -> int:
-    """Threads worth using for ``n_rows`` rows."""
-    return max(1, min(cpu_threads(), n_rows // MIN_ROWS_PER_THREAD))
-
-
-def n_chunks_for(n_rows: int) -> int:
-    """Work items for ``n_rows`` rows: 1 when one thread is used."""
-    threads = n_threads(n_rows)
-    return 1 if threads == 1 else CHUNKS_PER_THREAD * threads
-
-
-def run_chunks(kernel: Callable, n: int, n_chunks: int, *args) -> list:
-    """Call ``kernel(lo, hi, c, *args)`` on ``n_chunks`` contiguous slices of ``range(n)``.
-
-    The slices are work items for a pool of :func:`cpu_threads` threads, so ``kernel`` must
-    release the GIL (numba ``nogil=True``).
-    """
-    bounds = [(c * n // n_chunks, (c + 1) * n // n_chunks, c) for c in range(n_chunks)]
-    threads = min(n_chunks, cpu_threads())
-    if threads == 1:
-        return [kernel(*b, *args) for b in bounds]
-    with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(lambda b: kernel(*b, *args), bounds))
 
 
 def symmetrize(graph: KnnGraph, n_chunks: int | None = None) -> CsrGraph:

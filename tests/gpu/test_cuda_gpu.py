@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from test_kernels import TAIL, check_forward, check_reverse, knn_csr, oracle_forward
 
-from d2scale import _cuda
+from d2scale.d2 import _cuda
 from d2scale.kernels import build_host_library
 
 pytestmark = [

@@ -1,0 +1,78 @@
+"""``d2scale batch JOBS``: selections over many buckets from a YAML or TOML jobs file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from d2scale.params import PARAMS
+
+FLAGS = ("concurrency", "scheduler", "scheduler_file", "workers", "quiet", "log_json")
+
+
+def add_parser(sub, epilog: str) -> None:
+    p = sub.add_parser(
+        "batch",
+        help="run selections over the buckets of a jobs file",
+        description="Runs `select` for every bucket of JOBS (YAML or TOML: out, defaults, "
+        "buckets; `global: true` selects once over their union), each into OUT/NAME/, and "
+        "writes OUT/summary.json, a report per bucket and OUT/index.html. Completed buckets "
+        "are skipped on a rerun; the exit status is 1 when any bucket failed.",
+        epilog=epilog,
+    )
+    p.add_argument("jobs", metavar="JOBS", help="jobs file (.yaml, .yml or .toml)")
+    p.add_argument("--dry-run", action="store_true", help="list what would run; write nothing")
+    group = p.add_argument_group("execution (override the jobs file)")
+    for name in FLAGS:
+        param = PARAMS[name]
+        if param.kind == "bool":
+            group.add_argument(param.flag, dest=name, action="store_true", help=param.help)
+        else:
+            group.add_argument(param.flag, dest=name, type=param.parse, default=None,
+                               metavar=param.metavar, help=param.help)  # fmt: skip
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    from d2scale.batch import load_jobs, parse_batch, plan, run_batch, summary_table
+    from d2scale.runner import Progress
+
+    overrides = {k: getattr(args, k) for k in ("concurrency", "scheduler", "workers")}
+    if args.scheduler_file is not None:  # relative to where the command runs
+        overrides["scheduler_file"] = os.path.abspath(args.scheduler_file)
+    batch = parse_batch(load_jobs(args.jobs), os.path.dirname(os.path.abspath(args.jobs)),
+                        overrides)  # fmt: skip
+    if args.dry_run:
+        return _dry_run(batch, plan(batch))
+    progress = Progress(args.quiet, log_json=args.log_json)
+    try:
+        records = run_batch(batch, progress)
+    finally:
+        progress.close()
+    if not args.quiet:
+        print(summary_table(records))
+    failed = [r["name"] for r in records if r["status"] != "ok"]
+    if failed:
+        print(f"d2scale: error: {len(failed)} of {len(records)} buckets failed "
+              f"({', '.join(failed)}); see {batch.out}/summary.json", file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
+def _dry_run(batch, entries: list[dict]) -> int:
+    print(f"dry run: {len(batch.buckets)} buckets → {batch.out}"
+          + (" (global: one selection over their union)" if batch.is_global else ""))  # fmt: skip
+    for e in entries:
+        rows = f"{e['rows']:,} rows in {e['shards']} shards" if "rows" in e else "?"
+        params = " ".join(f"{k}={v}" for k, v in e["params"].items())
+        line = f"  {e['name']}: {e['action']}: {e['metadata_dir']} ({rows}) → {e['out']}"
+        print(line + (f" [{params}]" if params else "")
+              + (f": {e['error']}" if e.get("error") else ""))  # fmt: skip
+    errors = [e["name"] for e in entries if e["action"] == "error"]
+    if errors:
+        print(f"d2scale: error: buckets {', '.join(errors)} cannot be opened (see above)",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    return 0

@@ -1,0 +1,18 @@
+"""``d2scale methods``: the selection methods ``select --method`` and ``--then`` accept."""
+
+from __future__ import annotations
+
+
+def add_parser(sub, epilog: str) -> None:
+    p = sub.add_parser("methods", help="list the selection methods", epilog=epilog)
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import importlib
+
+    from d2scale.methods.registry import METHODS
+
+    for name, module in METHODS.items():
+        print(f"{name:18s} {importlib.import_module(module).DESCRIPTION}")
+    return 0

@@ -1,0 +1,35 @@
+"""``d2scale select``: pool → kNN graph → D2 order → DataComp subset files."""
+
+from __future__ import annotations
+
+from d2scale.cli.flags import add_flags, values
+
+
+def add_parser(sub, epilog: str) -> None:
+    p = sub.add_parser(
+        "select",
+        help="select a subset of a pool with D2 Pruning",
+        description="Build the kNN graph, run forward and reverse message passing and write "
+        "DataComp subset files (uids*.npy), ranking.parquet and run.json.",
+        epilog=epilog,
+    )
+    add_flags(p, "select")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from d2scale.params import SelectParams
+    from d2scale.pipeline import select
+    from d2scale.runner import Progress
+
+    options = values(args, "select")
+    quiet = options.pop("quiet")
+    progress = Progress(quiet, log_json=options["log_json"])
+    try:
+        record = select(SelectParams(**options), progress)
+    finally:
+        progress.close()
+    if not quiet:
+        for fraction, count in record["counts"]["selected"].items():
+            print(f"fraction {fraction}: {count:,} of {record['counts']['n']:,} uids")
+    return 0

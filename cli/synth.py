@@ -1,0 +1,28 @@
+"""``d2scale synth``: write a synthetic DataComp-format pool."""
+
+from __future__ import annotations
+
+from d2scale.cli.flags import add_flags, values
+
+
+def add_parser(sub, epilog: str) -> None:
+    p = sub.add_parser(
+        "synth",
+        help="write a synthetic DataComp-format pool",
+        epilog=epilog,
+        description="CLIP-like geometry: clustered low-dimensional latents, a shared mean "
+        "direction, correlated image/text embeddings, consistent CLIP scores, exact and near "
+        "duplicates.",
+    )
+    p.add_argument("--out", required=True, metavar="DIR")
+    add_flags(p, "synth", required=("rows",))
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from d2scale.synth import write_pool
+
+    options = values(args, "synth")
+    names = write_pool(args.out, **options)
+    print(f"wrote {options['rows']:,} rows in {len(names)} parquet+npz pairs to {args.out}")
+    return 0

@@ -1,0 +1,156 @@
+"""``d2scale embed`` and ``d2scale export``: the web-data ends (webdataset shards in and out).
+
+``add_parser(sub, epilog)`` registers both commands; torch, open_clip and webdataset are
+imported only when a command runs.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def add_parser(sub, epilog: str) -> None:
+    """Register ``embed`` and ``export`` on an ``add_subparsers()`` object."""
+    add_embed_parser(sub, epilog)
+    add_export_parser(sub, epilog)
+
+
+def add_embed_parser(sub, epilog: str) -> None:
+    p = sub.add_parser(
+        "embed",
+        help="open_clip embeddings of webdataset shards → DataComp parquet+npz pairs",
+        description="Reads webdataset shards, embeds images and captions with open_clip and "
+        "writes one <shard>.parquet + <shard>.npz pair per shard (resumable per shard).",
+        epilog=epilog,
+    )
+    p.add_argument(
+        "--shards",
+        required=True,
+        metavar="PATTERN",
+        help="shard URLs: brace pattern or glob, local or fsspec (e.g. 'pool/{00000..00127}.tar')",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output pool directory")
+    p.add_argument("--model", default="ViT-B-32", help="open_clip model name (default ViT-B-32)")
+    p.add_argument(
+        "--pretrained",
+        default="none",
+        metavar="TAG|PATH|none",
+        help="open_clip pretrained tag, a local checkpoint file, or none for random weights "
+        "(default none)",
+    )
+    p.add_argument(
+        "--prefix",
+        help="npz key prefix (default: b32 for ViT-B-32, l14 for ViT-L-14, else from the name)",
+    )
+    p.add_argument(
+        "--model-config",
+        metavar="FILE.json",
+        help="an open_clip model config registering a custom architecture named after the file",
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="samples per batch (default 64)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--threads", type=int, help="torch and image-decoding threads (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of random weights (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(run=run_embed)
+
+
+def _needs_vision_extra(command: str, error: ImportError):
+    from d2scale.errors import D2ScaleError
+
+    return D2ScaleError(
+        f"d2scale {command} needs the vision extra ({error.name or error} is missing): "
+        "pip install -c constraints.txt 'd2scale[vision]'"
+    )
+
+
+def run_embed(args) -> int:
+    try:
+        from d2scale.embed import EmbedParams, embed
+    except ImportError as e:
+        raise _needs_vision_extra("embed", e) from None
+
+    params = EmbedParams(
+        shards=args.shards,
+        out=args.out,
+        model=args.model,
+        pretrained=args.pretrained,
+        prefix=args.prefix,
+        model_config=args.model_config,
+        batch_size=args.batch_size,
+        device=args.device,
+        threads=args.threads,
+        seed=args.seed,
+    )
+    record = embed(params, quiet=args.quiet)
+    if not args.quiet:
+        t = record["totals"]
+        print(
+            f"{t['written']:,} of {t['samples']:,} samples embedded in {t['shards']} shard pairs "
+            f"({record['resumed_shards']} already done) -> {args.out}",
+            file=sys.stderr,
+        )
+        _report_skipped(t["skipped"], f"{args.out}/embed.json")
+    return 0
+
+
+def _report_skipped(skipped: dict, where: str) -> None:
+    if skipped:
+        reasons = ", ".join(f"{n:,} {reason}" for reason, n in sorted(skipped.items()))
+        print(f"skipped samples: {reasons} (details in {where})", file=sys.stderr)
+
+
+def add_export_parser(sub, epilog: str) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write webdataset shards holding exactly the samples of a subset file",
+        description="Copies every sample whose uid is in the subset file, with all its members, "
+        "into shards of a fixed size (DataComp resharder semantics; resumable).",
+        epilog=epilog,
+    )
+    p.add_argument("--uids", required=True, metavar="FILE", help="subset file (u8,u8 .npy)")
+    p.add_argument("--shards", required=True, metavar="PATTERN", help="input shards (as embed)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output shard directory")
+    p.add_argument(
+        "--samples-per-shard",
+        type=int,
+        default=10000,
+        help="samples per output shard (default 10000; the last shard may hold fewer)",
+    )
+    p.add_argument(
+        "--require-all",
+        action="store_true",
+        help="exit with an error when a uid of the file is in none of the shards",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(run=run_export)
+
+
+def run_export(args) -> int:
+    try:
+        from d2scale.export import ExportParams, export
+    except ImportError as e:
+        raise _needs_vision_extra("export", e) from None
+
+    params = ExportParams(
+        uids=args.uids,
+        shards=args.shards,
+        out=args.out,
+        samples_per_shard=args.samples_per_shard,
+        require_all=args.require_all,
+    )
+    record = export(params, quiet=args.quiet)
+    c = record["counts"]
+    if c["missing"]:
+        print(
+            f"d2scale: warning: {c['missing']:,} of {c['subset']:,} uids are in none of the "
+            f"shards (listed in {args.out}/missing_uids.npy)",
+            file=sys.stderr,
+        )
+    if not args.quiet:
+        print(
+            f"{c['written']:,} samples in {record['shards_written']} shards -> {args.out} "
+            f"({c['read']:,} read, {c['duplicates']:,} repeated uids, {c['no_uid']:,} without uid)",
+            file=sys.stderr,
+        )
+    return 0

@@ -1,0 +1,70 @@
+"""Where work runs: device resolution (``"auto"`` → ``"cpu"``/``"cuda"``) and CPU threads.
+
+``resolve_device`` is the one place that decides the device: ``"auto"`` is CUDA only where
+a GPU is usable *and* the requested variant exists there; CPU-only variants (standby,
+bucketed) fall back to the CPU before any work starts, and an explicit ``"cuda"`` for them
+is refused at once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from d2scale.errors import D2ScaleError
+from d2scale.params import check
+
+MIN_ROWS_PER_THREAD = 65536  # below this, thread start-up costs more than it saves
+CHUNKS_PER_THREAD = 4  # work items per thread: a preempted thread delays the end less
+
+
+def cuda_available() -> bool:
+    """True when cupy imports and sees at least one CUDA device; never raises."""
+    try:
+        import cupy
+
+        return bool(cupy.cuda.is_available())
+    except Exception:
+        return False
+
+
+def resolve_device(device: str, cpu_only: str | None = None) -> str:
+    """``"cpu"`` or ``"cuda"`` for ``device``. ``cpu_only`` names the requested variant when
+    it exists only on the CPU (e.g. ``"greedy='standby'"``)."""
+    check("device", device)
+    if device == "auto":
+        return "cuda" if cpu_only is None and cuda_available() else "cpu"
+    if device == "cuda" and cpu_only is not None:
+        raise D2ScaleError(f"{cpu_only} runs on the CPU only: use device 'cpu' or 'auto'.")
+    return device
+
+
+def cpu_threads() -> int:
+    """Threads available: the CPUs of this process, or ``NUMBA_NUM_THREADS`` if set."""
+    return max(1, int(os.environ.get("NUMBA_NUM_THREADS", len(os.sched_getaffinity(0)))))
+
+
+def n_threads(n_rows: int) -> int:
+    """Threads worth using for ``n_rows`` rows."""
+    return max(1, min(cpu_threads(), n_rows // MIN_ROWS_PER_THREAD))
+
+
+def n_chunks_for(n_rows: int) -> int:
+    """Work items for ``n_rows`` rows: 1 when one thread is used."""
+    threads = n_threads(n_rows)
+    return 1 if threads == 1 else CHUNKS_PER_THREAD * threads
+
+
+def run_chunks(kernel: Callable, n: int, n_chunks: int, *args) -> list:
+    """Call ``kernel(lo, hi, c, *args)`` on ``n_chunks`` contiguous slices of ``range(n)``.
+
+    The slices are work items for a pool of :func:`cpu_threads` threads, so ``kernel`` must
+    release the GIL (numba ``nogil=True``).
+    """
+    bounds = [(c * n // n_chunks, (c + 1) * n // n_chunks, c) for c in range(n_chunks)]
+    threads = min(n_chunks, cpu_threads())
+    if threads == 1:
+        return [kernel(*b, *args) for b in bounds]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda b: kernel(*b, *args), bounds))

@@ -1,0 +1,64 @@
+"""DataComp's image-based baseline: cluster the pool's image embeddings with k-means and keep
+the samples of the clusters that some target embedding (DataComp: ImageNet-1k training
+images) falls into.
+
+As in DataComp, centroids come from L2 k-means (faiss, 20 iterations, seeded, no
+sub-sampling) and both pool rows and targets are assigned to the centroid with the largest
+inner product. DataComp also applies a caption filter first; chain ``basic`` before this
+method for that.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from d2scale.errors import D2ScaleError
+from d2scale.methods._kmeans import assign, kmeans, unit_rows
+from d2scale.methods._options import REQUIRED, step_options
+
+
+def image_clustering_filter(
+    embeddings: np.ndarray,
+    targets: np.ndarray,
+    *,
+    n_clusters: int,
+    seed: int = 0,
+    n_iter: int = 20,
+) -> tuple[np.ndarray, dict]:
+    """Rows (int64, row order) whose cluster holds at least one target, and facts for
+    ``run.json`` (clusters, target clusters)."""
+    x = unit_rows(embeddings)
+    t = unit_rows(targets, "target embedding")
+    if t.shape[1] != x.shape[1]:
+        raise D2ScaleError(
+            f"target embeddings have {t.shape[1]} dimensions but the pool's have {x.shape[1]}."
+        )
+    centroids = kmeans(x, n_clusters, seed=seed, n_iter=n_iter)
+    wanted = np.zeros(n_clusters, dtype=bool)
+    wanted[assign(t, centroids)] = True
+    keep = np.flatnonzero(wanted[assign(x, centroids)]).astype(np.int64)
+    info = {"n_clusters": n_clusters, "target_clusters": int(wanted.sum()), "kept": len(keep)}
+    return keep, info
+
+
+DESCRIPTION = "DataComp image-based: k-means clusters holding a target embedding (targets=T.npy)"
+
+
+def rank(inputs, params):
+    """Registry adapter: the step's embeddings (``--feature-type``; DataComp uses ``image``),
+    ``targets=PATH.npy`` (n × d), ``clusters=K`` (default rows/128), ``iterations=20``."""
+    from d2scale import io
+    from d2scale.methods._kmeans import gather
+    from d2scale.types import Ranking
+
+    spec = {"targets": (str, REQUIRED), "clusters": (int, max(1, inputs.n // 128)),
+            "iterations": (int, 20)}  # fmt: skip
+    opts = step_options("image-clustering", inputs.options, spec)
+    try:
+        targets = io.load_npy(opts["targets"])
+    except (OSError, ValueError) as e:
+        raise D2ScaleError(f"cannot read target embeddings {opts['targets']}: {e}") from None
+    keep, info = image_clustering_filter(gather(inputs.embeddings()), targets,
+                                         n_clusters=opts["clusters"], seed=inputs.seed,
+                                         n_iter=opts["iterations"])  # fmt: skip
+    return Ranking(keep, {}, {**info, "targets": opts["targets"]})

@@ -1,0 +1,165 @@
+"""Webdataset shards (tar files of samples), as shared by ``embed`` and ``export``.
+
+A sample is the group of tar members sharing one key (``000017.jpg``, ``000017.txt``,
+``000017.json``); members are kept as raw bytes. Shards are given as brace patterns
+(``shards/{00000..00127}.tar``) or globs, on local disk or any fsspec URL, and are read with
+webdataset's tar iterators over fsspec streams.
+
+A sample's uid is the ``uid`` of its json member (DataComp shards carry one); without one it is
+a 128-bit BLAKE2b hash of url and caption, 32 hex characters (the image bytes stand in for a
+missing url). ``embed`` and ``export`` use the same rule, so their uids agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import tarfile
+from collections.abc import Iterator
+
+import braceexpand
+import fsspec
+
+from d2scale.errors import D2ScaleError
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
+TEXT_EXTS = ("txt", "text", "caption")
+_HEX = frozenset("0123456789abcdef")
+
+
+class SampleError(ValueError):
+    """A sample that cannot be used; counted by ``reason`` (a short label), never fatal."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def expand_shards(pattern: str) -> list[str]:
+    """Shard URLs of a brace pattern or glob, in pattern order; every shard must exist."""
+    urls: list[str] = []
+    for part in braceexpand.braceexpand(pattern):
+        fs, path = fsspec.core.url_to_fs(part)
+        if any(c in path for c in "*?["):
+            found = sorted(fs.glob(path))
+            urls += [_as_url(part, p) for p in found if not fs.isdir(p)]
+        elif fs.isfile(path):
+            urls.append(part)
+        else:
+            raise D2ScaleError(f"shard {part} does not exist (from --shards {pattern!r})")
+    if not urls:
+        raise D2ScaleError(f"--shards {pattern!r} matches no files")
+    names = [shard_name(u) for u in urls]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise D2ScaleError(f"two shards share the base name {dup!r}; give each a unique name")
+    return urls
+
+
+def _as_url(original: str, path: str) -> str:
+    """``path`` as a URL of the same filesystem as ``original``."""
+    protocol = original.split("://", 1)[0] if "://" in original else None
+    return f"{protocol}://{path}" if protocol else path
+
+
+def shard_name(url: str) -> str:
+    """``s3://b/pool/00000012.tar`` → ``00000012`` (the base name of its output pair)."""
+    base = posixpath.basename(url.rstrip("/"))
+    for ext in (".tar.gz", ".tgz", ".tar"):
+        if base.endswith(ext):
+            return base[: -len(ext)]
+    return base
+
+
+def iter_samples(url: str, *, lcase: bool = True) -> Iterator[dict]:
+    """Raw samples of one shard, in tar order: ``{"__key__": ..., ext: bytes, ...}``.
+
+    Extensions are lower-cased unless ``lcase`` is False (``export`` keeps member names as
+    they are). A truncated or corrupt tar raises :class:`D2ScaleError` naming the shard.
+    """
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    try:
+        with fsspec.open(url, "rb") as stream:
+            files = tar_file_expander([{"url": url, "stream": stream}])
+            for sample in group_by_keys(files, lcase=lcase):
+                yield {k: v for k, v in sample.items() if k != "__url__"}
+    except (OSError, EOFError, ValueError, tarfile.TarError) as e:
+        raise D2ScaleError(f"cannot read shard {url}: {e}") from None
+
+
+def metadata(sample: dict) -> dict:
+    """The sample's json member as a dict (empty without one)."""
+    raw = sample.get("json")
+    if raw is None:
+        return {}
+    try:
+        meta = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SampleError("bad json", str(e)) from None
+    if not isinstance(meta, dict):
+        raise SampleError("bad json", "not an object")
+    return meta
+
+
+def caption(sample: dict, meta: dict) -> str:
+    """The caption: the first text member, else the json's ``caption``, else empty."""
+    for ext in TEXT_EXTS:
+        if ext in sample:
+            try:
+                return sample[ext].decode("utf-8").strip()
+            except UnicodeDecodeError:
+                raise SampleError("bad caption", f"the {ext} member is not UTF-8") from None
+    return str(meta.get("caption") or "")
+
+
+def image_bytes(sample: dict) -> bytes:
+    """The bytes of the sample's image member."""
+    for ext in IMAGE_EXTS:
+        if ext in sample:
+            return sample[ext]
+    raise SampleError("no image", f"members: {', '.join(_members(sample))}")
+
+
+def sample_uid(sample: dict, meta: dict, text: str) -> str:
+    """32 lowercase hex characters: the json ``uid`` (left-padded), else a hash (module doc)."""
+    uid = meta.get("uid")
+    if uid is not None:
+        uid = str(uid).lower()
+        if not 0 < len(uid) <= 32 or not set(uid) <= _HEX:
+            raise SampleError("malformed uid", repr(uid))
+        return uid.rjust(32, "0")
+    url = meta.get("url")
+    h = hashlib.blake2b(digest_size=16)
+    if url:
+        h.update(str(url).encode("utf-8"))
+    else:
+        h.update(hashlib.sha256(image_bytes(sample)).digest())
+    h.update(b"\x00")
+    h.update(text.encode("utf-8"))
+    return h.hexdigest()
+
+
+def _members(sample: dict) -> list[str]:
+    return sorted(k for k in sample if not k.startswith("__"))
+
+
+def uid_of(sample: dict) -> str:
+    """The uid of a raw sample (member names in any case), as ``embed`` computes it."""
+    lower = {k if k.startswith("__") else k.lower(): v for k, v in sample.items()}
+    meta = metadata(lower)
+    return sample_uid(lower, meta, caption(lower, meta))
+
+
+def progress_bar(desc: str, quiet: bool):
+    """A tqdm bar counting samples with their rate (``12 samples [00:03, 4.1 samples/s]``)."""
+    from tqdm import tqdm
+
+    return tqdm(
+        desc=desc,
+        unit=" samples",
+        disable=quiet,
+        bar_format="{desc}: {n_fmt} samples [{elapsed}, {rate_noinv_fmt}{postfix}]",
+    )

@@ -1,0 +1,61 @@
+"""``--method`` / ``--then``: a chain equals running its steps one by one."""
+
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from d2scale.errors import D2ScaleError
+from d2scale.methods import registry
+from d2scale.params import SelectParams
+from d2scale.pipeline import select
+from d2scale.runner import Progress
+from d2scale.uids import decode_uids
+
+
+@pytest.fixture(autouse=True)
+def keep_even_method(monkeypatch):
+    monkeypatch.setitem(registry.METHODS, "keep-even", "keep_even")
+
+
+def run(pool, out, **kw) -> dict:
+    params = SelectParams(metadata_dir=str(pool), out=str(out), index="exact", workers=2, **kw)
+    return select(params, Progress(quiet=True))
+
+
+def even_rows_pool(pool: str, out: str) -> None:
+    """The pool's rows at even global positions, as a pool of its own (same shards)."""
+    start = 0
+    os.makedirs(out)
+    for name in sorted(f[:-8] for f in os.listdir(pool) if f.endswith(".parquet")):
+        table = pq.read_table(os.path.join(pool, f"{name}.parquet"))
+        keep = np.flatnonzero((np.arange(table.num_rows) + start) % 2 == 0)
+        start += table.num_rows
+        pq.write_table(table.take(keep), os.path.join(out, f"{name}.parquet"))
+        with np.load(os.path.join(pool, f"{name}.npz")) as z:
+            np.savez(os.path.join(out, f"{name}.npz"), **{k: z[k][keep] for k in z.files})
+
+
+def test_chain_equals_its_steps_one_by_one(small_pool, tmp_path):
+    record = run(small_pool, tmp_path / "chain", method="keep-even", then=["d2:0.2"])
+    assert [s["method"] for s in record["steps"]] == ["keep-even", "d2"]
+    assert [s["kept"] for s in record["steps"]] == [1500, 600]
+    assert record["counts"]["selected"] == {"0.2": 600}
+    even_rows_pool(small_pool, str(tmp_path / "even"))
+    run(tmp_path / "even", tmp_path / "direct", fraction=[0.4])  # 0.4 of 1,500 = 0.2 of 3,000
+    chained = set(decode_uids(np.load(tmp_path / "chain" / "uids.npy")))
+    direct = set(decode_uids(np.load(tmp_path / "direct" / "uids.npy")))
+    assert chained == direct
+    ranking = pq.read_table(tmp_path / "chain" / "ranking.parquet")
+    assert ranking.num_rows == 3000 and ranking["forward_score"].null_count == 0
+    assert np.isnan(ranking["forward_score"].to_numpy()[1::2]).all()
+
+
+def test_step_errors_are_one_sentence(small_pool, tmp_path):
+    with pytest.raises(D2ScaleError, match="'method' parameter must be one of"):
+        SelectParams(method="nope").validate()
+    with pytest.raises(D2ScaleError, match="options are KEY=VALUE"):
+        SelectParams(then=["d2:eps="]).validate()
+    with pytest.raises(D2ScaleError, match="keeps 1,500 of 3,000 rows, fewer than the 2,400"):
+        run(small_pool, tmp_path, method="keep-even", fraction=[0.8])

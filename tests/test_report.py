@@ -1,0 +1,87 @@
+"""``report.html`` is self-contained (every figure a base64 PNG, nothing fetched), the PNGs
+are written beside it, ``d2scale report OUT`` rebuilds it, and missing sources leave notes."""
+
+import base64
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from d2scale.params import SelectParams
+from d2scale.pipeline import select
+from d2scale.report import FIGURES
+from d2scale.runner import Progress
+
+IMG = re.compile(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'")
+
+
+@pytest.fixture(scope="module")
+def selected(small_pool, tmp_path_factory):
+    """An IVF select of the sample pool with ``report=True``."""
+    out = tmp_path_factory.mktemp("report")
+    params = SelectParams(metadata_dir=small_pool, out=str(out), index="ivf", workers=2,
+                          fraction=[0.1, 0.3], report=True)  # fmt: skip
+    select(params, Progress(quiet=True))
+    return out
+
+
+def report_cli(out):
+    argv = [sys.executable, "-m", "d2scale.cli.main", "report", str(out)]
+    return subprocess.run(argv, capture_output=True, text=True)
+
+
+def test_report_is_self_contained_with_every_figure(selected):
+    page = (selected / "report.html").read_text()
+    images = IMG.findall(page)
+    assert len(images) == len(FIGURES) == 6
+    for name, data in zip(FIGURES, images, strict=True):
+        png = (selected / "report" / f"{name}.png").read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and base64.b64decode(data) == png
+    # nothing is fetched: no external scripts, styles, images or fonts
+    assert not re.search(r"(src|href)=['\"]?(https?:|//)", page)
+    assert "<script" not in page and "<link" not in page
+    assert "Not drawn" not in page
+    assert "3,000 rows" in page and "0.3: 900" in page and "ivf search" in page
+
+
+def test_report_command_rebuilds_it(selected, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(selected, out, ignore=shutil.ignore_patterns("report*"))
+    proc = report_cli(out)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(out / "report.html")
+    assert len(IMG.findall((out / "report.html").read_text())) == 6
+    assert sorted(p.name for p in (out / "report").iterdir()) == sorted(
+        f"{name}.png" for name in FIGURES
+    )
+
+
+def test_missing_sources_leave_notes(selected, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(selected, out, ignore=shutil.ignore_patterns("report*"))
+    # run.json names the graph directory of the original output: point it elsewhere
+    run = (out / "run.json").read_text().replace(str(selected / "work"), str(out / "gone"))
+    (out / "run.json").write_text(run)
+    assert report_cli(out).returncode == 0
+    page = (out / "report.html").read_text()
+    assert len(IMG.findall(page)) == 4
+    assert page.count("Not drawn: the graph directory") == 2
+
+
+def test_exact_graph_has_no_cluster_figure_and_a_rerun_drops_a_stale_report(small_pool, tmp_path):
+    params = SelectParams(metadata_dir=small_pool, out=str(tmp_path), index="exact",
+                          workers=2, report=True)  # fmt: skip
+    select(params, Progress(quiet=True))
+    page = (tmp_path / "report.html").read_text()
+    assert "Not drawn: the graph was built by exact search" in page
+    select(SelectParams(metadata_dir=small_pool, out=str(tmp_path), index="exact", workers=2,
+                        gamma=0.5), Progress(quiet=True))  # fmt: skip
+    assert not (tmp_path / "report.html").exists() and not (tmp_path / "report").exists()
+
+
+def test_report_of_a_directory_without_run_json_is_one_line(tmp_path):
+    proc = report_cli(tmp_path)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(err) == 1 and "has no run.json" in err[0], err
