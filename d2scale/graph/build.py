@@ -288,6 +288,7 @@ class _Build:
             if self.store is not None:
                 self.store.save_plan(plan)
         self.n_shards = len(plan["shards"])
+        self.shard_bytes = (plan.get("largest_shard_bytes"), plan.get("shard_budget_bytes"))
         keep = self.k + 1
         nbr = np.full((self.n, keep), -1, np.int64)
         d2 = np.full((self.n, keep), np.inf)
@@ -326,7 +327,15 @@ class _Build:
         row_bytes = 4 * self.dim + 16 + (0 if self.projection is None else 4 * self.projection.dim)
         groups = shards.plan_shards(order, table, sizes, row_bytes, budget)
         chunks = [shards.plan_items(g, sizes, TASKS_PER_THREAD * self.threads) for g in groups]
-        return {"shards": groups, "chunks": chunks}
+        biggest = max(int(sizes[np.unique(table[g])].sum()) for g in groups) * row_bytes
+        if biggest > budget:  # one list with its probed lists alone exceeds the budget
+            self.say(
+                f"knn graph: warning: a list with its {table.shape[1]} probed lists needs "
+                f"{biggest / 2**20:.0f} MiB, more than the shard budget of "
+                f"{budget / 2**20:.0f} MiB: memory will exceed the limit"
+            )
+        return {"shards": groups, "chunks": chunks, "largest_shard_bytes": biggest,
+                "shard_budget_bytes": budget}  # fmt: skip
 
     def _shard(self, shard_lists, table, lists, is_rep, nlist):
         """A future of the shard holding ``shard_lists`` and the lists they probe."""
@@ -382,6 +391,8 @@ class _Build:
     def describe(self, fingerprint: str) -> dict:
         return {"n": self.n, "k": self.k, "dim": self.dim, "partitions": len(self.sizes),
                 "memory_limit": self.limit, "shards": self.n_shards,
+                "largest_shard_bytes": self.shard_bytes[0],
+                "shard_budget_bytes": self.shard_bytes[1],
                 "fingerprint": fingerprint}  # fmt: skip
 
 
