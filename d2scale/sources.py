@@ -283,6 +283,10 @@ class _MemberReader:
             raise D2ScaleError(f"{shard.npz}: array {key!r} has .npy format {version}")
         shape, fortran, self.dtype = readers[version](self.member)
         check_member(Member(key, shape, self.dtype.str), shard.rows, shard.parquet, shard.npz)
+        if len(shape) != 2 or shape[0] != shard.rows:
+            raise D2ScaleError(
+                f"{shard.npz}: array {key!r} has shape {shape}, expected ({shard.rows}, d)"
+            )
         if self.dtype.hasobject or self.dtype.kind not in "fiu":
             raise D2ScaleError(f"{shard.npz}: array {key!r} has dtype {self.dtype}, not numbers")
         self.cols = int(shape[1])
@@ -315,10 +319,6 @@ def check_keys(pool: Pool, keys: list[str]) -> None:
     """:func:`check_npz` for every shard: no I/O, so call it before any work starts."""
     for shard in pool.shards:
         check_npz(pool, shard, keys)
-
-
-def _check_shape(arr: np.ndarray, shard: Shard, key: str) -> None:
-    check_member(Member(key, arr.shape, arr.dtype.str), shard.rows, shard.parquet, shard.npz)
 
 
 def _normalise_into(
