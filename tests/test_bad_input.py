@@ -686,8 +686,6 @@ def reembed_from(path, source) -> None:
 # -- the lead's part: output sets and resume --------------------------------
 
 
-@pytest.mark.xfail(reason="lead: ranking.parquet must keep the input spelling of uids "
-                   "(PoolMetadata.uid_strings())", strict=True)  # fmt: skip
 def test_finding13_ranking_keeps_the_uid_spelling(mutated, tmp_path):
     pool = mutated("f13-upper-case-uids", uids(str.upper))
     proc = run("select", "--metadata-dir", pool, "--out", tmp_path, *FAST)
