@@ -712,11 +712,10 @@ def test_finding6_orphan_temporaries_are_removed(base, tmp_path):
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
 
-@pytest.mark.xfail(reason="lead: a damaged graph part must be recomputed on resume", strict=True)
 def test_finding12_damaged_graph_part_is_recomputed(base, graph, tmp_path):
     gdir = tmp_path / "g"
     shutil.copytree(graph, gdir)
-    truncate("part-00001.npz")(str(gdir / "parts"))
+    truncate("chunk-00001.npz")(str(gdir / "parts"))
     proc = run("graph", "--metadata-dir", base, "--out", gdir, *FAST, "--feature-type", "image")
     assert proc.returncode == 0, proc.stderr
     assert np.array_equal(np.load(gdir / "neighbors.npy"), np.load(f"{graph}/neighbors.npy"))
