@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 from d2scale.errors import D2ScaleError
 
@@ -473,8 +472,9 @@ def _run_quotas(args) -> int:
         raise D2ScaleError(f"--counts: {e}.") from None
     recalls = _floats(args.recalls, "--recalls") if args.recalls else None
     report = quotas_report(counts, recalls, args.fraction, args.quoter, seed=args.seed)
-    json.dump(report, sys.stdout, indent=2)
-    print()
+    # one key per line, lists inline: easy to read and still JSON
+    lines = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in report.items()]
+    print("{\n" + ",\n".join(lines) + "\n}")
     return 0
 
 

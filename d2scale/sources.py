@@ -28,6 +28,7 @@ from d2scale.errors import D2ScaleError
 from d2scale.params import EMBEDDING_MODELS, FEATURE_TYPES
 from d2scale.poolfiles import (
     EMBEDDING_DIMS,
+    EMBEDDING_MEMBER,
     NPZ_ERRORS,
     Member,
     ShardFacts,
@@ -83,6 +84,7 @@ def open_pool(url: str) -> Pool:
             offset += fact.rows
     if offset == 0:
         raise D2ScaleError(f"the pool at {url} has no rows")
+    _check_widths(shards)
     signature = json.dumps([[name, fact.digest] for name, fact in zip(names, facts, strict=True)])
     return Pool(url, fs, shards, hashlib.sha256(signature.encode()).hexdigest()[:16])
 
@@ -178,6 +180,21 @@ def _inspect_all(fs, names: list[str], files: dict[str, dict]) -> list[ShardFact
             for f in futures:
                 f.cancel()
             raise
+
+
+def _check_widths(shards: list[Shard]) -> None:
+    """Each embedding member has one width across the pool (blocks are concatenated)."""
+    first: dict[str, tuple[int, Shard]] = {}
+    for shard in shards:
+        for m in shard.members:
+            if EMBEDDING_MEMBER.match(m.key) is None:
+                continue
+            width, where = first.setdefault(m.key, (m.shape[1], shard))
+            if m.shape[1] != width:
+                raise D2ScaleError(
+                    f"{shard.npz}: array {m.key!r} has {m.shape[1]} dimensions but in "
+                    f"{where.npz} it has {width}; one pool holds one embedding width per member"
+                )
 
 
 def read_columns(pool: Pool, shard: Shard, columns: list[str]) -> pa.Table:
@@ -283,6 +300,10 @@ class _MemberReader:
             raise D2ScaleError(f"{shard.npz}: array {key!r} has .npy format {version}")
         shape, fortran, self.dtype = readers[version](self.member)
         check_member(Member(key, shape, self.dtype.str), shard.rows, shard.parquet, shard.npz)
+        if len(shape) != 2 or shape[0] != shard.rows:
+            raise D2ScaleError(
+                f"{shard.npz}: array {key!r} has shape {shape}, expected ({shard.rows}, d)"
+            )
         if self.dtype.hasobject or self.dtype.kind not in "fiu":
             raise D2ScaleError(f"{shard.npz}: array {key!r} has dtype {self.dtype}, not numbers")
         self.cols = int(shape[1])
@@ -315,10 +336,6 @@ def check_keys(pool: Pool, keys: list[str]) -> None:
     """:func:`check_npz` for every shard: no I/O, so call it before any work starts."""
     for shard in pool.shards:
         check_npz(pool, shard, keys)
-
-
-def _check_shape(arr: np.ndarray, shard: Shard, key: str) -> None:
-    check_member(Member(key, arr.shape, arr.dtype.str), shard.rows, shard.parquet, shard.npz)
 
 
 def _normalise_into(

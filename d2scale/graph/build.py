@@ -25,7 +25,7 @@ import json
 import resource
 import time
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -41,7 +41,6 @@ EVAL_BUDGET = 1e8  # ... and their share of exact work (rows × n)
 FINGERPRINT_ROWS = 256
 EVAL_CANDIDATES = 8  # search-space candidates per k+1 kept for the evaluation rows
 TASKS_PER_THREAD = 4  # search chunks per cluster thread and shard (load balance)
-TASK_STAGES = ("sample", "assign", "search")  # stages whose work runs as Dask tasks
 INDEXES = ("auto", "exact", "ivf")
 DEVICES = ("auto", "cpu", "cuda")
 MEMORY_FRACTION = 0.5  # default budget: this share of the currently available memory
@@ -120,10 +119,12 @@ class _Build:
 
     @contextmanager
     def stage(self, name: str):
-        """Time a stage; while its tasks run in this process, BLAS uses one thread each."""
+        """Time a stage. BLAS and faiss use one thread per caller throughout: tasks run side
+        by side, and the driver's own work (PCA, k-means, tuning) is small — multi-threaded
+        it only adds spin-waiting when the machine is busy."""
         self.say(f"knn graph: {name}")
         t0 = time.perf_counter()
-        with _blas_one_thread() if name in TASK_STAGES else nullcontext():
+        with _one_thread():
             yield
         self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 3)
 
@@ -287,6 +288,7 @@ class _Build:
             if self.store is not None:
                 self.store.save_plan(plan)
         self.n_shards = len(plan["shards"])
+        self.shard_bytes = (plan.get("largest_shard_bytes"), plan.get("shard_budget_bytes"))
         keep = self.k + 1
         nbr = np.full((self.n, keep), -1, np.int64)
         d2 = np.full((self.n, keep), np.inf)
@@ -325,7 +327,15 @@ class _Build:
         row_bytes = 4 * self.dim + 16 + (0 if self.projection is None else 4 * self.projection.dim)
         groups = shards.plan_shards(order, table, sizes, row_bytes, budget)
         chunks = [shards.plan_items(g, sizes, TASKS_PER_THREAD * self.threads) for g in groups]
-        return {"shards": groups, "chunks": chunks}
+        biggest = max(int(sizes[np.unique(table[g])].sum()) for g in groups) * row_bytes
+        if biggest > budget:  # one list with its probed lists alone exceeds the budget
+            self.say(
+                f"knn graph: warning: a list with its {table.shape[1]} probed lists needs "
+                f"{biggest / 2**20:.0f} MiB, more than the shard budget of "
+                f"{budget / 2**20:.0f} MiB: memory will exceed the limit"
+            )
+        return {"shards": groups, "chunks": chunks, "largest_shard_bytes": biggest,
+                "shard_budget_bytes": budget}  # fmt: skip
 
     def _shard(self, shard_lists, table, lists, is_rep, nlist):
         """A future of the shard holding ``shard_lists`` and the lists they probe."""
@@ -381,6 +391,8 @@ class _Build:
     def describe(self, fingerprint: str) -> dict:
         return {"n": self.n, "k": self.k, "dim": self.dim, "partitions": len(self.sizes),
                 "memory_limit": self.limit, "shards": self.n_shards,
+                "largest_shard_bytes": self.shard_bytes[0],
+                "shard_budget_bytes": self.shard_bytes[1],
                 "fingerprint": fingerprint}  # fmt: skip
 
 
@@ -421,16 +433,18 @@ def _finish(rep: np.ndarray, nbr: np.ndarray, d2: np.ndarray, k: int) -> KnnGrap
 
 
 @contextmanager
-def _blas_one_thread():
-    """BLAS limited to one thread while tasks run in this process (they run side by side)."""
+def _one_thread():
+    """BLAS and faiss's OpenMP limited to one thread (restored afterwards)."""
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    omp = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
     try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - a core dependency
-        ctx = nullcontext()
-    else:
-        ctx = threadpool_limits(1, user_api="blas")
-    with ctx:
-        yield
+        with threadpool_limits(1, user_api="blas"):
+            yield
+    finally:
+        faiss.omp_set_num_threads(omp)
 
 
 def _fingerprint(blocks: EmbeddingBlocks, rows: np.ndarray) -> str:

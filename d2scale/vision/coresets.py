@@ -14,6 +14,7 @@ project's message passing (the engine of ``d2scale mp``) on it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -127,6 +128,25 @@ def select_coreset(
     learning: the samples already labelled).
     """
     params.validate()
+    with _torch_threads_kept():
+        return _select(params, scores, features, class_budget, budget, pool, anchors)
+
+
+@contextlib.contextmanager
+def _torch_threads_kept():
+    """faiss and numba's OpenMP set the process-wide OpenMP thread count, which torch then
+    uses too: training after a selection ran with all cores, and under load ~20× slower.
+    Restore torch's own setting afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _select(params, scores, features, class_budget, budget, pool, anchors) -> Coreset:
     t0 = time.perf_counter()
     targets = np.asarray(scores["targets"], dtype=np.int64)
     n = len(targets)

@@ -123,11 +123,11 @@ def test_only_the_driver_writes_the_store(tmp_path, monkeypatch):
     need no shared filesystem)."""
     import threading
 
-    from d2scale import io as sinks
+    from d2scale import io
 
     writers = set()
     for name in ("save_npz", "save_npy", "save_json"):
-        original = getattr(sinks, name)
+        original = getattr(io, name)
 
         def spy(*a, _original=original, **kw):
             writers.add(threading.current_thread().name)

@@ -208,3 +208,23 @@ def test_kcenter_dense_and_row_paths_agree(monkeypatch):
     dense = kcenter_greedy(x, 15)
     monkeypatch.setattr(cs, "KCENTER_DENSE_MAX", 0)
     assert kcenter_greedy(x, 15).tolist() == dense.tolist()
+
+
+def test_selection_leaves_torch_threads_alone(monkeypatch):
+    # faiss / numba OpenMP calls can set the process-wide thread count, which torch shares;
+    # training after a selection then oversubscribed the cores (~20× slower under load)
+    import torch
+
+    import d2scale.vision.coresets as cs
+
+    real = cs.knn_graph
+
+    def knn_with_side_effect(x, k):
+        torch.set_num_threads(2)  # what the OpenMP runtime did
+        return real(x, k)
+
+    monkeypatch.setattr(cs, "knn_graph", knn_with_side_effect)
+    torch.set_num_threads(1)
+    scores, features = _run()
+    select_coreset(CoresetParams("d2", 0.3), scores, features)
+    assert torch.get_num_threads() == 1
