@@ -78,7 +78,7 @@ step select-cuda 90 $D2 select --metadata-dir $POOL --fraction 0.3 --device cuda
   --graph /tmp/g-cpu --n-neighbors 10 --out /tmp/s-cuda --quiet
 step select-cpu 90 $D2 select --metadata-dir $POOL --fraction 0.3 --device cpu \
   --graph /tmp/g-cpu --n-neighbors 10 --out /tmp/s-cpu --quiet
-step select-equal 30 bash -c "cmp /tmp/s-cuda/uids-0.3.npy /tmp/s-cpu/uids-0.3.npy && echo uids equal;
+step select-equal 30 bash -c "cmp /tmp/s-cuda/uids.npy /tmp/s-cpu/uids.npy && echo uids equal;
   $PY -c \"import json; [print(d, json.load(open(f'/tmp/s-{d}/run.json'))[k]) for d in ('cuda','cpu') for k in ('method', 'timings_s')]\""
 
 step vision-cpu 120 $D2 vision train --dataset digits --device cpu --quiet --out /tmp/v-cpu/full

@@ -459,6 +459,8 @@ def _fingerprint(blocks: EmbeddingBlocks, rows: np.ndarray) -> str:
 
 
 def _device(device: str) -> str:
+    """``auto`` → CPU: the CuPy scan ships every (list, list) block to the GPU and measured
+    5× slower than 16 CPU cores on an H200 (200k × 1536, same graph); ``cuda`` on request."""
     from d2scale.graph.scan import gpu_available
 
     if device == "cuda" and not gpu_available():
@@ -466,7 +468,7 @@ def _device(device: str) -> str:
             "device 'cuda' needs CuPy with a visible GPU (pip install 'd2scale[gpu]'); "
             "use device='cpu' or 'auto'"
         )
-    return "cuda" if device != "cpu" and gpu_available() else "cpu"
+    return "cuda" if device == "cuda" else "cpu"
 
 
 def _validate(blocks, k, index, recall, device, memory_limit, nprobe, nlist) -> tuple[int, int]:

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from d2scale.errors import D2ScaleError
 from d2scale.graph import build_knn_graph, ivf, scan
 from d2scale.types import ArrayBlocks
 
@@ -142,3 +143,15 @@ def test_gpu_kernels_give_the_cpu_graph(pool, index):
     assert info["device"] == "cuda"
     np.testing.assert_array_equal(gpu.neighbors, cpu.neighbors)
     np.testing.assert_array_equal(gpu.distances, cpu.distances)
+
+
+def test_auto_device_keeps_the_graph_on_the_cpu_even_with_a_gpu(monkeypatch):
+    from d2scale.graph import build
+
+    monkeypatch.setattr(scan, "gpu_available", lambda: True)
+    assert build._device("auto") == "cpu"  # the CuPy scan measured slower than 16 CPU cores
+    assert build._device("cpu") == "cpu"
+    assert build._device("cuda") == "cuda"
+    monkeypatch.setattr(scan, "gpu_available", lambda: False)
+    with pytest.raises(D2ScaleError, match="needs CuPy"):
+        build._device("cuda")
