@@ -184,7 +184,8 @@ PARAMS: dict[str, Param] = {
               "selection", (_SEL,), stage="graph", optional=True, metavar="GDIR"),
         # --- execution -----------------------------------------------------------------------
         Param("device", "choice", "auto", "auto: message passing on CUDA when cupy sees a "
-              "GPU and the variant runs there, the kNN graph on the CPU; cuda: both on the GPU", "execution", (_SEL, _GR, _MP),
+              "GPU and the variant runs there, the kNN graph on the CPU; cuda: both on the GPU",
+              "execution", (_SEL, _GR, _MP),
               choices=("auto", "cpu", "cuda")),
         Param("scheduler", "str", None, "address of a running Dask scheduler, e.g. "
               "tcp://host:8786 (default: a local in-process cluster)", "execution",
