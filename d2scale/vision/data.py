@@ -77,25 +77,28 @@ class TensorData:
         batch_size: int,
         *,
         train: bool,
+        augment: bool | None = None,
         seed: int = 0,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Normalised batches of ``split`` restricted to ``indices`` (default: all samples).
 
-        ``train``: shuffled with ``seed`` and augmented (random crop, optional flip).
-        Batches have near-equal sizes (never a lone sample, which BatchNorm cannot take).
+        ``train``: shuffled with ``seed`` and, unless ``augment`` is False, augmented (random
+        crop, optional flip). Batches have near-equal sizes (never a lone sample, which
+        BatchNorm cannot take).
         """
+        augment = train if augment is None else augment and train
         idx = index_tensor(indices, self.size(split), self.device)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         if train:
             idx = idx[torch.randperm(len(idx), generator=gen, device=self.device)]
         for chunk in chunks(idx, batch_size):
             x = self.images[split][chunk].float().div_(255)
-            if train:
-                x = augment(x, self.pad, self.flip, gen)
+            if augment:
+                x = augment_batch(x, self.pad, self.flip, gen)
             yield (x - self.mean) / self.std, self.labels[split][chunk], chunk
 
 
-def augment(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
     """Random translation by up to ``pad`` pixels (zero fill) and, if ``flip``, random
     horizontal flips, drawn per sample from ``gen`` on the tensor's device."""
     b, c, h, w = x.shape

@@ -82,15 +82,24 @@ class FolderData:
         return self.labels[split]
 
     def batches(
-        self, split: str, indices: np.ndarray | None, batch_size: int, *, train: bool, seed: int = 0
+        self,
+        split: str,
+        indices: np.ndarray | None,
+        batch_size: int,
+        *,
+        train: bool,
+        augment: bool | None = None,
+        seed: int = 0,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Normalised ``(x, y, idx)`` batches on the device; ``train`` shuffles with ``seed``
-        and augments (random-resized crop, flip) in seeded loader workers."""
+        and, unless ``augment`` is False, augments (random-resized crop, flip) in seeded loader
+        workers."""
+        augment = train if augment is None else augment and train
         idx = index_tensor(indices, self.size(split), torch.device("cpu")).numpy()
         gen = torch.Generator().manual_seed(seed)
         if train:
             idx = idx[torch.randperm(len(idx), generator=gen).numpy()]
-        ds = _Images(self.paths[split], self.labels[split], self._transform(train))
+        ds = _Images(self.paths[split], self.labels[split], self._transform(augment))
         loader = DataLoader(
             ds,
             batch_size=batch_size,

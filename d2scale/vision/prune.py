@@ -160,11 +160,11 @@ class _Query:
 
 
 def query_recipe(recipe, params: PruneParams, kept_fraction: float):
-    """Query models: 10% of the epochs for random, EL2N and GraNd (DRoP auto-config), else all
-    of them, then DRoP's epoch rule for the fraction of data they see."""
-    epochs = params.query_epochs or (
-        max(1, round(0.1 * recipe.epochs)) if params.scorer in SHORT_QUERY else recipe.epochs
-    )
+    """Query models: 10% of the epochs for random, EL2N and GraNd (DRoP auto-config; a recipe
+    may set ``short_query_epochs``), else all of them, then DRoP's epoch rule for the fraction
+    of data they see."""
+    short = min(recipe.short_query_epochs or 0, recipe.epochs) or max(1, round(0.1 * recipe.epochs))
+    epochs = params.query_epochs or (short if params.scorer in SHORT_QUERY else recipe.epochs)
     return replace(recipe, epochs=pruned_epochs(epochs, kept_fraction), iterations=None)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from d2scale.errors import D2ScaleError
-from d2scale.vision.data import augment, load_dataset
+from d2scale.vision.data import augment_batch, load_dataset
 from d2scale.vision.splits import chunks, holdout_halves
 
 
@@ -93,10 +93,24 @@ def test_batches_cover_the_index_in_near_equal_sizes():
     assert torch.equal(a, b)
 
 
+def test_unaugmented_training_batches_are_still_shuffled():
+    """Query models train without augmentation; they must still see shuffled batches (mnist5k
+    is stored class by class: in index order every batch held one class, and query models
+    learned nothing)."""
+    d = load_dataset("digits")
+    plain = [i for _, _, i in d.batches("train", None, 64, train=True, augment=False, seed=5)]
+    order = torch.cat(plain)
+    assert sorted(order.tolist()) == list(range(d.size("train")))
+    assert order.tolist() != sorted(order.tolist())
+    x_plain = next(iter(d.batches("train", None, 64, train=True, augment=False, seed=5)))[0]
+    x_eval = next(iter(d.batches("train", plain[0], 64, train=False)))[0]
+    assert torch.equal(x_plain, x_eval)  # same samples, no augmentation applied
+
+
 def test_augment_translates_within_padding_and_flips():
     x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4) + 1
     g = torch.Generator().manual_seed(0)
-    out = augment(x, pad=1, flip=False, gen=g)
+    out = augment_batch(x, pad=1, flip=False, gen=g)
     assert out.shape == x.shape
     for i in range(2):  # every output is the input shifted by at most one pixel
         ok = False
@@ -107,7 +121,7 @@ def test_augment_translates_within_padding_and_flips():
                 ]
                 ok |= torch.equal(ref, out[i])
         assert ok
-    flipped = augment(x, pad=0, flip=True, gen=torch.Generator().manual_seed(1))
+    flipped = augment_batch(x, pad=0, flip=True, gen=torch.Generator().manual_seed(1))
     for i in range(2):
         assert torch.equal(flipped[i], x[i]) or torch.equal(flipped[i], x[i].flip(2))
 

@@ -227,3 +227,15 @@ def test_drop_experiment_grid(tmp_path, capsys):
     assert os.listdir(os.path.join(out, "query-cache"))  # random+drop trained a query model
     assert main([*argv[:4], "--dataset", "digits", "--methods", "random+fair", "--out", out]) == 1
     assert "unknown DRoP method 'random+fair'" in capsys.readouterr().err
+
+
+def test_short_query_models_follow_the_recipe():
+    from d2scale.vision.prune import PruneParams, query_recipe
+    from d2scale.vision.train import recipe_for
+
+    dp = PruneParams(strategy="dp", final_frac=0.3, scorer="random", quoter="drop")
+    assert query_recipe(recipe_for("digits", "cnn", "drop"), dp, 1.0).epochs == 3  # 10% of 30
+    assert query_recipe(recipe_for("mnist5k", "cnn", "drop"), dp, 1.0).epochs == 5  # recipe's
+    assert query_recipe(recipe_for("mnist5k", "cnn", "drop", epochs=2), dp, 1.0).epochs == 2
+    d2 = PruneParams(strategy="dp", final_frac=0.3, scorer="d2", quoter="drop")
+    assert query_recipe(recipe_for("mnist5k", "cnn", "drop"), d2, 1.0).epochs == 10  # all
