@@ -21,6 +21,11 @@ SEEDS=${SEEDS:-0,1,2}
 mkdir -p "$OUT/parts"
 pids=()
 for s in ${SEEDS//,/ }; do
+  mkdir -p "$OUT/parts/$s"
+  if [ -d "$OUT/seed-$s" ]; then  # resume: finished cells and query models are reused
+    rm -rf "$OUT/parts/$s/seed-$s" && mv "$OUT/seed-$s" "$OUT/parts/$s/"
+    [ -d "$OUT/query-cache" ] && cp -r "$OUT/query-cache" "$OUT/parts/$s/"
+  fi
   $PY -m d2scale.cli.main vision experiment --dataset "$DATASET" --device "$DEVICE" \
     --threads "$THREADS" --quiet --seeds "$s" "$@" --out "$OUT/parts/$s" \
     >"$OUT/parts/$s.log" 2>&1 &

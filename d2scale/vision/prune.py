@@ -136,6 +136,7 @@ def run_prune(data, model: str, recipe, params: PruneParams, out: str, *, progre
         t2 = time.perf_counter()
         step = _prune_step if params.strategy == "dp" else _acquire_step
         new, info = step(params, query, kept, size, targets, data.num_classes, t)
+        _warn_empty_classes(info, params, progress)
         if params.strategy == "al":
             assert not np.intersect1d(new, kept).size  # never re-acquire
             new = np.union1d(kept, new)
@@ -238,6 +239,20 @@ def _acquire_step(params, query, kept, size, targets, n_classes, t):
     coreset = select_coreset(cp, scores, features, class_budget=quotas, budget=size - len(kept),
                              pool=pool, anchors=kept)  # fmt: skip
     return coreset.indices, _step_info(query, quotas, 0, counts)
+
+
+def _warn_empty_classes(info: dict, params: PruneParams, progress) -> None:
+    """DRoP gives a class no samples when its measured validation recall is 1.0: say so."""
+    quotas, counts = info["quotas"], info["class_counts"]
+    if quotas is None or params.quoter != "drop":
+        return
+    empty = [k for k, (q, c) in enumerate(zip(quotas, counts, strict=True)) if q == 0 and c]
+    if empty:
+        hint = "" if params.recall_smoothing != "none" else "; --recall-smoothing laplace avoids it"
+        progress(
+            f"warning: DRoP quotas keep no samples of class(es) {empty} (validation recall "
+            f"1.0 means zero error){hint}"
+        )
 
 
 def _step_info(query: _Query, quotas, removed: int, counts) -> dict:
