@@ -269,26 +269,33 @@ def results_markdown(records: list[dict]) -> str:
 
 
 def plot_results(records: list[dict], path: str) -> None:
-    """Test accuracy against the fraction kept, one line per method (mean, ±std band)."""
+    """Average and worst-class test accuracy against the fraction kept: two panels, one line
+    per method (mean ± std over seeds), the legend beside them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods, fractions, cells = _grid(records, "test_accuracy")
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for m in methods:
-        fs = [f for f in fractions if (m, f) in cells]
-        mean = np.array([np.mean(cells[(m, f)]) for f in fs])
-        std = np.array([np.std(cells[(m, f)]) for f in fs])
-        ax.errorbar(fs, mean, yerr=std, marker="o", capsize=3, label=m)
-    if ("full", 1.0) in cells:
-        ax.axhline(np.mean(cells[("full", 1.0)]), color="gray", ls="--", label="full data")
-    ax.set_xlabel("fraction of training data kept")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    panels = (("test_accuracy", "test accuracy (%)"), ("worst_class_accuracy", "worst class (%)"))
+    methods = _grid(records, panels[0][0])[0]
+    colors = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
+    for ax, (key, ylabel) in zip(axes, panels, strict=True):
+        _, fractions, cells = _grid(records, key)
+        for i, m in enumerate(methods):
+            fs = [f for f in fractions if (m, f) in cells]
+            mean = np.array([np.mean(cells[(m, f)]) for f in fs])
+            std = np.array([np.std(cells[(m, f)]) for f in fs])
+            style = {"color": colors(i % colors.N), "ls": ("-", "--", ":")[i // colors.N % 3]}
+            ax.errorbar(fs, mean, yerr=std, marker="o", capsize=3, label=m, **style)
+        if ("full", 1.0) in cells:
+            ax.axhline(np.mean(cells[("full", 1.0)]), color="gray", ls="--", label="full data")
+        ax.set_xlabel("fraction of training data kept")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", bbox_inches="tight")
     plt.close(fig)
