@@ -26,7 +26,14 @@ from fsspec.registry import known_implementations
 
 from d2scale.errors import D2ScaleError
 from d2scale.params import EMBEDDING_MODELS, FEATURE_TYPES
-from d2scale.poolfiles import EMBEDDING_DIMS, Member, ShardFacts, check_member, inspect_shard
+from d2scale.poolfiles import (
+    EMBEDDING_DIMS,
+    NPZ_ERRORS,
+    Member,
+    ShardFacts,
+    check_member,
+    inspect_shard,
+)
 from d2scale.uids import canonical_text, check_unique, encode_uids, uid_text
 
 _FEATURE_SUFFIXES = {"image": ("img",), "text": ("txt",), "image_text": ("img", "txt")}
@@ -257,7 +264,7 @@ class PoolEmbeddings:
                                         first=start)  # fmt: skip
                         col += r.cols
                     yield start, out
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        except NPZ_ERRORS as e:
             raise D2ScaleError(f"cannot read embeddings from {shard.npz}: {e}") from None
 
 
