@@ -45,7 +45,7 @@ def select(pool_dir: str, out: str, limit: str | None, fraction: float) -> dict:
         run = json.load(f)
     g = run["graph"]
     return {"memory_limit": limit, "wall_s": round(wall, 1),
-            "peak_rss_gib": round(run["peak_rss_bytes"] / 2**30, 3),
+            "peak_rss_gib": round(run["cluster"]["peak_rss_bytes_driver"] / 2**30, 3),
             "graph": {key: g.get(key) for key in ("index", "nlist", "nprobe", "pca_dim", "shards",
                                                   "recall", "unique_rows", "timings")},
             "uids": os.path.join(out, "uids.npy")}  # fmt: skip

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from d2scale.cli import batch, bench, graph, methods, mp, report, select, synth, web
+from d2scale.cli import batch, bench, graph, methods, mp, report, select, synth, vision, web
 from d2scale.errors import D2ScaleError
 
 EPILOG = "Docs: README.md. Errors print one line and exit with status 1."
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (select, batch, report, graph, mp, synth, methods, web, bench):
+    for command in (select, batch, report, graph, mp, synth, methods, web, vision, bench):
         command.add_parser(sub, EPILOG)
     return parser
 

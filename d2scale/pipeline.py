@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 import platform
-import resource
 import time
 from collections.abc import Iterator
 
@@ -95,7 +95,6 @@ def select(
         "timings_s": {name: round(s, 3) for name, s in timings.items()},
         "rates": stage_rates(stages, timings, pool.n, chain.ranking.info.get("n_edges")),
         "cluster": cluster,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "environment": environment(),
     }
     remove_report(params.out)  # a report describes the set it was made from
@@ -109,13 +108,24 @@ def select(
     return record
 
 
+def _digest(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).view(np.uint8))
+    return h.hexdigest()[:16]
+
+
 def _run_stages(params: SelectParams, pool: Pool, stages: Stages, client, progress):
     """read → the chain of methods (graph stages on demand); ``(chain, steps, uids, scores,
     budgets)``."""
+    # The metadata is always read again (seconds, against hours for the graph): the pool's
+    # fingerprint samples the parquet files, so later stages are keyed on the values read.
     read_key = stage_key(pool.fingerprint, params.stage_params("read"))
-    read = stages.run("read", read_key, lambda d: _read_stage(d, pool, params, client, progress))
+    read = stages.run("read", read_key, lambda d: _read_stage(d, pool, params, client, progress),
+                      accept=lambda facts: False)  # fmt: skip
     uids = io.load_npy(io.join(read.directory, "uids.npy"))
     scores = io.load_npy(io.join(read.directory, "scores.npy"))
+    read_key = stage_key(read_key, _digest(uids, scores))
     steps = chain_steps(params)
     budgets = {f: budget_for(f, pool.n) for f in output_fractions(params, steps)}
     _check_sizes(params, pool.n, budgets)

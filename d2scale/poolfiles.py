@@ -2,8 +2,9 @@
 
 :func:`inspect_shard` gives a shard's row count (parquet footer), the shape and dtype of
 every npz member (zip directory and ``.npy`` headers, nothing else of the arrays) and a
-content digest. Every recognised member (``l14_img``, ``l14_txt``, ``b32_img``,
-``b32_txt``) must be a 2-D float array with one row per parquet row and its model's width.
+content digest. Every embedding member (``<model>_img``/``<model>_txt``: ``l14``, ``b32``
+or another prefix, e.g. from ``d2scale embed``) must be a 2-D float array with one row per
+parquet row; ``l14`` and ``b32`` members must also have their model's width.
 
 The digest covers:
 
@@ -34,7 +35,7 @@ import pyarrow.parquet as pq
 from d2scale.errors import D2ScaleError
 
 EMBEDDING_DIMS = {"l14": 768, "b32": 512}
-RECOGNISED = re.compile(r"^(l14|b32)_(img|txt)$")
+EMBEDDING_MEMBER = re.compile(r"^([a-z0-9]+)_(img|txt)$")
 FLOAT_DTYPES = ("float16", "float32", "float64")
 # what reading an npz can raise on a damaged file (zlib.error: a bad deflate stream;
 # BadZipFile: a bad CRC or directory; EOFError/ValueError: truncated or malformed .npy)
@@ -74,14 +75,17 @@ def inspect_shard(fs, name: str, parquet: dict, npz: dict) -> ShardFacts:
 
 
 def check_member(member: Member, rows: int, parquet: str, npz: str) -> None:
-    """Refuse a recognised member that is not a (rows × model width) float array."""
-    match = RECOGNISED.match(member.key)
+    """Refuse an embedding member that is not a (rows × width) float array, or (l14, b32)
+    whose width is not its model's."""
+    match = EMBEDDING_MEMBER.match(member.key)
     if match is None:
         return
-    key, shape, dim = member.key, member.shape, EMBEDDING_DIMS[match.group(1)]
+    key, shape, dim = member.key, member.shape, EMBEDDING_DIMS.get(match.group(1))
     dtype = np.dtype(member.dtype)
     if len(shape) != 2:
-        raise D2ScaleError(f"{npz}: array {key!r} must be 2-D (rows × {dim}), has shape {shape}")
+        raise D2ScaleError(
+            f"{npz}: array {key!r} must be 2-D (rows × {dim or 'width'}), has shape {shape}"
+        )
     if dtype.name not in FLOAT_DTYPES:
         raise D2ScaleError(
             f"{npz}: array {key!r} holds {dtype.name} values; embeddings must be "
@@ -91,7 +95,7 @@ def check_member(member: Member, rows: int, parquet: str, npz: str) -> None:
         raise D2ScaleError(
             f"row-count mismatch: {npz} array {key!r} has {shape[0]} rows but {parquet} has {rows}"
         )
-    if shape[1] != dim:
+    if dim is not None and shape[1] != dim:
         raise D2ScaleError(
             f"{npz}: array {key!r} has {shape[1]} dimensions but {match.group(1)} "
             f"embeddings have {dim} (another model's embeddings under this name?)"

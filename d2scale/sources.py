@@ -28,6 +28,7 @@ from d2scale.errors import D2ScaleError
 from d2scale.params import EMBEDDING_MODELS, FEATURE_TYPES
 from d2scale.poolfiles import (
     EMBEDDING_DIMS,
+    EMBEDDING_MEMBER,
     NPZ_ERRORS,
     Member,
     ShardFacts,
@@ -83,6 +84,7 @@ def open_pool(url: str) -> Pool:
             offset += fact.rows
     if offset == 0:
         raise D2ScaleError(f"the pool at {url} has no rows")
+    _check_widths(shards)
     signature = json.dumps([[name, fact.digest] for name, fact in zip(names, facts, strict=True)])
     return Pool(url, fs, shards, hashlib.sha256(signature.encode()).hexdigest()[:16])
 
@@ -180,6 +182,21 @@ def _inspect_all(fs, names: list[str], files: dict[str, dict]) -> list[ShardFact
             raise
 
 
+def _check_widths(shards: list[Shard]) -> None:
+    """Each embedding member has one width across the pool (blocks are concatenated)."""
+    first: dict[str, tuple[int, Shard]] = {}
+    for shard in shards:
+        for m in shard.members:
+            if EMBEDDING_MEMBER.match(m.key) is None:
+                continue
+            width, where = first.setdefault(m.key, (m.shape[1], shard))
+            if m.shape[1] != width:
+                raise D2ScaleError(
+                    f"{shard.npz}: array {m.key!r} has {m.shape[1]} dimensions but in "
+                    f"{where.npz} it has {width}; one pool holds one embedding width per member"
+                )
+
+
 def read_columns(pool: Pool, shard: Shard, columns: list[str]) -> pa.Table:
     """Only ``columns`` of one shard's parquet; an unknown column is a clear error."""
     columns = list(dict.fromkeys(columns))
@@ -264,7 +281,7 @@ class PoolEmbeddings:
                                         first=start)  # fmt: skip
                         col += r.cols
                     yield start, out
-        except NPZ_ERRORS as e:
+        except (*NPZ_ERRORS, EOFError) as e:
             raise D2ScaleError(f"cannot read embeddings from {shard.npz}: {e}") from None
 
 

@@ -4,6 +4,7 @@
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -69,7 +70,9 @@ def test_select_cli_logs_events_and_records_memory_rates_dashboard(small_pool, t
             "--log-json", str(log)]  # fmt: skip
     proc = subprocess.run(argv, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "read: 4/4 shards" in proc.stderr  # stderr is a pipe: plain lines
+    # stderr is a pipe: plain lines, counted steps with their meter
+    assert re.search(r"\] knn graph: [^\n]*: (\d+)/\1 [^\n]*<00:00", proc.stderr), proc.stderr
+    assert "\r" not in proc.stderr and "read done in" in proc.stderr
     events = [json.loads(line) for line in log.read_text().splitlines()]
     done = [e["stage"] for e in events if e["event"] == "stage" and e["status"] == "done"]
     assert done == ["read", "graph", "forward", "reverse"]

@@ -489,3 +489,20 @@ def test_finding13_synth_refuses_a_directory_with_an_older_pool(tmp_path):
     with pytest.raises(D2ScaleError, match="already holds 00000002.npz .*4 pool files in all"):
         write_pool(str(tmp_path), rows=40, shards=2, seed=0)
     assert open_pool(str(tmp_path)).n == 40
+
+
+def test_finding11_other_models_members_are_checked_too(small_pool, tmp_path):
+    """``<prefix>_img``/``_txt`` of any model (e.g. from d2scale embed): float, 2-D, one row
+    per parquet row, and one width across the pool."""
+    rng = np.random.default_rng(0)
+    path = _copy(small_pool, tmp_path)
+    for i in range(4):
+        width = 32 if i == 2 else 64
+        _rewrite_npz(os.path.join(path, f"0000000{i}.npz"), vit_img=rng.random((750, width)))
+    with pytest.raises(D2ScaleError, match="'vit_img' has 32 dimensions but in .*00000000.npz"):
+        open_pool(path)
+    _rewrite_npz(os.path.join(path, "00000002.npz"), vit_img=rng.random((750, 64)) + 1j)
+    with pytest.raises(D2ScaleError, match="'vit_img' holds complex128 values"):
+        open_pool(path)
+    _rewrite_npz(os.path.join(path, "00000002.npz"), vit_img=rng.random((750, 64)))
+    assert PoolEmbeddings(open_pool(path), feature_keys("vit", "image")).dim == 64

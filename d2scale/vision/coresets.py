@@ -1,0 +1,387 @@
+"""Coreset selection from a full-data run: random, top-k, D2, CCS, Moderate, k-center.
+
+Every method is a *picker*: ``pick(pool, budget) -> ids`` over a pool of training-sample
+ids. :func:`select_coreset` wraps the pickers the way the D2 / CCS code does (SPEC §3):
+
+1. remove ``int(mis_ratio·N)`` samples with the lowest accumulated margin (AUM), globally;
+2. global mode: one pick of ``int(fraction·N)`` over what remains; class mode: split that
+   budget across classes (:func:`class_budgets`, or given per-class quotas such as DRoP's)
+   and pick within each class — a class no larger than its budget is taken whole.
+
+D2 builds one exact kNN graph per class with the project's own graph code and runs the
+project's message passing (the engine of ``d2scale mp``) on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from d2scale.errors import D2ScaleError
+from d2scale.vision.dynamics import difficulty, score_name
+
+METHODS = ("random", "topk", "d2", "ccs", "moderate", "kcenter")
+CLASS_MODE_DEFAULT = ("d2", "kcenter")  # methods that pick per class unless told otherwise
+MIS_RATIO_METHODS = ("d2", "ccs")  # methods whose mis_ratio "auto" is not 0
+KCENTER_DENSE_MAX = 8192  # k-center: precompute all distances up to this many points (512 MB)
+
+
+@dataclass
+class CoresetParams:
+    """Everything that determines a coreset (see ``d2scale vision select --help``)."""
+
+    method: str
+    fraction: float
+    score: str = "forgetting"  # training-dynamics score (topk, d2, ccs)
+    mis_ratio: float | str = "auto"  # share of N removed first by lowest AUM
+    coreset_mode: str | None = None  # "class" | "global"; None: class for d2 and kcenter
+    n_neighbors: int = 5  # D2: k of each class graph
+    gamma: float = 0.1  # D2: reverse kernel width (0.1 for vision)
+    gamma_forward: float = 1.0  # D2: forward kernel width
+    mode: str = "sum"  # D2: forward "sum" or "product"
+    sampling: str = "weighted"  # D2: reverse update "weighted" or "absolute"
+    strata: int = 50  # CCS: equal-width score strata
+    seed: int = 0
+
+    def validate(self) -> CoresetParams:
+        if self.method not in METHODS:
+            raise D2ScaleError(
+                f"--method must be one of {', '.join(METHODS)}; got {self.method!r}."
+            )
+        if not (isinstance(self.fraction, (int, float)) and 0 < self.fraction <= 1):
+            raise D2ScaleError(f"--fraction must be in (0, 1]; got {self.fraction!r}.")
+        self.score = score_name(self.score)
+        self.mis_ratio = resolve_mis_ratio(self.mis_ratio, self.method, self.fraction)
+        if self.coreset_mode not in (None, "class", "global"):
+            raise D2ScaleError(
+                f"--coreset-mode must be class or global; got {self.coreset_mode!r}."
+            )
+        if self.coreset_mode is None:
+            self.coreset_mode = "class" if self.method in CLASS_MODE_DEFAULT else "global"
+        if (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, (int, np.integer))
+            or (self.seed < 0)
+        ):
+            raise D2ScaleError(f"--seed must be an integer ≥ 0; got {self.seed!r}.")
+        if self.n_neighbors < 1 or self.strata < 1:
+            raise D2ScaleError("--n-neighbors and --strata must be ≥ 1.")
+        for name in ("gamma", "gamma_forward"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise D2ScaleError(f"--{name.replace('_', '-')} must be a finite number ≥ 0.")
+        if self.mode not in ("sum", "product") or self.sampling not in ("weighted", "absolute"):
+            raise D2ScaleError("--mode must be sum|product and --sampling weighted|absolute.")
+        return self
+
+
+def resolve_mis_ratio(value: float | str, method: str, fraction: float) -> float:
+    """``auto``: for D2 and CCS the CCS paper's CIFAR-10 hard-cutoff rates (none at ≥ 50%
+    kept, 0.1 from 20%, 0.4 below, as the seed's 10% command); 0 for other methods."""
+    if value == "auto":
+        if method not in MIS_RATIO_METHODS or fraction >= 0.5:
+            return 0.0
+        return 0.1 if fraction >= 0.2 else 0.4
+    try:
+        ratio = float(value)
+    except (TypeError, ValueError):
+        raise D2ScaleError(f"--mis-ratio must be a number or auto; got {value!r}.") from None
+    if not 0 <= ratio <= 1 - fraction + 1e-12:
+        raise D2ScaleError(
+            f"--mis-ratio must be in [0, 1 − fraction] = [0, {1 - fraction:.3g}]; got {ratio}."
+        )
+    return ratio
+
+
+def budget_of(fraction: float, n: int) -> int:
+    """``int(fraction · n)``, robust to binary rounding (0.29 · 100 is 28.999…)."""
+    return min(n, int(math.floor(fraction * n + 1e-9)))
+
+
+@dataclass
+class Coreset:
+    """Selected training-sample ids (sorted int64) and how they were chosen."""
+
+    indices: np.ndarray
+    info: dict
+
+
+def select_coreset(
+    params: CoresetParams,
+    scores: dict[str, np.ndarray],
+    features: np.ndarray,
+    *,
+    class_budget: np.ndarray | None = None,
+    budget: int | None = None,
+    pool: np.ndarray | None = None,
+    anchors: np.ndarray | None = None,
+) -> Coreset:
+    """Select ``int(fraction·N)`` samples (N = all training samples) per ``params``.
+
+    ``scores`` holds the training dynamics (``targets`` among them) and ``features`` one row
+    per sample. ``class_budget`` (per-class counts, e.g. DRoP quotas) forces class mode with
+    those budgets; ``budget`` replaces ``int(fraction·N)``; ``pool`` restricts the candidates
+    (default: every sample); k-center continues from the centres ``anchors`` (active
+    learning: the samples already labelled).
+    """
+    params.validate()
+    with _torch_threads_kept():
+        return _select(params, scores, features, class_budget, budget, pool, anchors)
+
+
+@contextlib.contextmanager
+def _torch_threads_kept():
+    """faiss and numba's OpenMP set the process-wide OpenMP thread count, which torch then
+    uses too: training after a selection ran with all cores, and under load ~20× slower.
+    Restore torch's own setting afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _select(params, scores, features, class_budget, budget, pool, anchors) -> Coreset:
+    t0 = time.perf_counter()
+    targets = np.asarray(scores["targets"], dtype=np.int64)
+    n = len(targets)
+    if features.shape[0] != n:
+        raise D2ScaleError(f"features have {features.shape[0]} rows but there are {n} samples.")
+    if class_budget is not None:
+        budget = int(np.sum(class_budget))
+    elif budget is None:
+        budget = budget_of(params.fraction, n)
+    cands = np.arange(n) if pool is None else np.sort(np.asarray(pool, dtype=np.int64))
+    cands, removed = remove_mislabeled(cands, scores, int(params.mis_ratio * n))
+    if budget > len(cands):
+        raise D2ScaleError(f"cannot keep {budget} of the {len(cands)} candidate samples.")
+    picker = _Picker(params, scores, features, targets, anchors)
+    info = {"params": asdict(params), "n": n, "budget": budget, "n_removed_by_aum": removed}
+    if params.coreset_mode == "class" or class_budget is not None:
+        chosen, class_budget = _per_class(picker, cands, targets, budget, class_budget)
+        info["class_budgets"] = [int(b) for b in class_budget]
+    else:
+        chosen = picker(cands, budget, None)
+    info["seconds"] = round(time.perf_counter() - t0, 3)
+    chosen = np.sort(chosen.astype(np.int64))
+    assert len(chosen) == budget and len(np.unique(chosen)) == budget
+    return Coreset(chosen, info)
+
+
+def _per_class(picker, cands, targets, budget, class_budget) -> tuple[np.ndarray, np.ndarray]:
+    """Class mode: split the budget (or take the given per-class budgets), pick per class."""
+    n_classes = int(targets.max()) + 1 if class_budget is None else len(class_budget)
+    per_class = group_by_class(cands, targets, n_classes)
+    counts = np.array([len(p) for p in per_class])
+    if class_budget is None:
+        class_budget = class_budgets(counts, budget)
+    elif np.any(np.asarray(class_budget) > counts) or targets.max() >= n_classes:
+        raise D2ScaleError("a class budget exceeds the number of candidates of its class.")
+    pairs = enumerate(zip(per_class, class_budget, strict=True))
+    picks = [picker(p, int(b), c) for c, (p, b) in pairs]
+    return (np.concatenate(picks) if picks else np.zeros(0, np.int64)), class_budget
+
+
+def group_by_class(ids: np.ndarray, targets: np.ndarray, n_classes: int) -> list[np.ndarray]:
+    """``ids`` split by class (each part in ``ids`` order), in one stable sort."""
+    order = np.argsort(targets[ids], kind="stable")
+    bounds = np.searchsorted(targets[ids][order], np.arange(n_classes + 1))
+    return [ids[order[a:b]] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def remove_mislabeled(
+    cands: np.ndarray, scores: dict[str, np.ndarray], n_remove: int
+) -> tuple[np.ndarray, int]:
+    """Drop the ``n_remove`` candidates with the lowest AUM (ties → lower id first)."""
+    if n_remove <= 0:
+        return cands, 0
+    aum = np.asarray(scores["accumulated_margin"], dtype=np.float64)[cands]
+    drop = np.lexsort((cands, aum))[:n_remove]
+    return np.sort(np.delete(cands, drop)), int(min(n_remove, len(cands)))
+
+
+def class_budgets(counts: np.ndarray, budget: int) -> np.ndarray:
+    """Split ``budget`` across classes: classes too small for an even share are taken whole
+    (smallest first), the rest share evenly, and the remainder adds one to each of the largest
+    classes (ties → lower class id)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    if budget > counts.sum():
+        raise D2ScaleError(f"cannot keep {budget} of {int(counts.sum())} samples.")
+    out = np.zeros(len(counts), dtype=np.int64)
+    left = sorted(range(len(counts)), key=lambda c: (counts[c], c))
+    remaining = budget
+    while left:
+        share = remaining // len(left)
+        small = [c for c in left if counts[c] <= share]
+        if not small:
+            break
+        for c in small:
+            out[c] = counts[c]
+            remaining -= counts[c]
+        left = [c for c in left if counts[c] > share]
+    if left:
+        share, extra = divmod(remaining, len(left))
+        out[left] = share
+        out[sorted(left, key=lambda c: (-counts[c], c))[:extra]] += 1
+    return out
+
+
+# ============================================================================ pickers
+
+
+class _Picker:
+    """Dispatches ``(pool, budget, class)`` to the chosen method's picker."""
+
+    def __init__(self, params: CoresetParams, scores, features, targets, anchors=None):
+        self.p, self.scores, self.features, self.targets = params, scores, features, targets
+        self.anchors = np.zeros(0, np.int64) if anchors is None else np.asarray(anchors)
+
+    def __call__(self, pool: np.ndarray, budget: int, cls: int | None) -> np.ndarray:
+        if budget >= len(pool):
+            return pool  # a class no larger than its budget is taken whole
+        if budget == 0:
+            return pool[:0]
+        p = self.p
+        if p.method == "random":
+            return _rng(p.seed, cls).choice(pool, budget, replace=False)
+        if p.method == "topk":
+            return topk(pool, difficulty(self.scores, p.score), budget)
+        if p.method == "ccs":
+            score = np.asarray(self.scores[p.score], dtype=np.float64)[pool]
+            return pool[stratified_sampling(score, budget, p.strata, _rng(p.seed, cls))]
+        if p.method == "moderate":
+            return pool[moderate(self.features[pool], self.targets[pool], budget)]
+        if p.method == "kcenter":
+            return self.kcenter(pool, budget, cls)
+        return pool[self.d2(pool, budget)]
+
+    def kcenter(self, pool: np.ndarray, budget: int, cls: int | None) -> np.ndarray:
+        a = self.anchors if cls is None else self.anchors[self.targets[self.anchors] == cls]
+        if len(a) == 0:
+            return pool[kcenter_greedy(self.features[pool], budget)]
+        x = self.features[np.concatenate([a, pool])]
+        picks = kcenter_greedy(x, budget, initial=np.arange(len(a)))
+        return pool[picks - len(a)]
+
+    def d2(self, pool: np.ndarray, budget: int) -> np.ndarray:
+        from d2scale.d2 import d2_order
+
+        p = self.p
+        s = difficulty(self.scores, p.score)[pool]
+        if s.min() < 0:  # −AUM: D2 expects non-negative scores; shift to start at 0
+            s = s - s.min()
+        knn = knn_graph(self.features[pool], p.n_neighbors)
+        result = d2_order(
+            knn,
+            s,
+            gamma=p.gamma,
+            gamma_forward=p.gamma_forward,
+            mode=p.mode,
+            sampling=p.sampling,
+            budget=budget,
+        )
+        return result.order[:budget]
+
+
+def knn_graph(x: np.ndarray, k: int):
+    """The exact kNN graph (SPEC §1: k nearest *other* points, Euclidean, ties → lower id) of
+    the rows of ``x``, from the project's exact search (sgemm scan, float64-certified).
+
+    The one place the vision code builds graphs: repoint here to change the kNN backend.
+    """
+    from d2scale.graph.scan import topk as exact_topk
+    from d2scale.graph.shards import drop_self
+    from d2scale.types import KnnGraph
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    keep = min(k + 1, len(x))
+    pos, d2 = exact_topk(x, x, [(0, len(x))], keep)
+    nbr, d2 = drop_self(pos, d2, np.arange(len(x)), min(k, len(x) - 1))
+    if nbr.shape[1] < k:  # fewer than k other points: pad as the KnnGraph contract says
+        pad = k - nbr.shape[1]
+        nbr = np.pad(nbr, ((0, 0), (0, pad)), constant_values=-1)
+        d2 = np.pad(d2, ((0, 0), (0, pad)), constant_values=np.inf)
+    return KnnGraph(neighbors=nbr.astype(np.int64), distances=np.sqrt(d2).astype(np.float32))
+
+
+def topk(pool: np.ndarray, score: np.ndarray, budget: int) -> np.ndarray:
+    """The ``budget`` pool members with the highest ``score`` (ties → lower id)."""
+    order = np.lexsort((pool, -score[pool]))
+    return pool[order[:budget]]
+
+
+def stratified_sampling(
+    score: np.ndarray, budget: int, strata: int, rng: np.random.Generator
+) -> np.ndarray:
+    """CCS: positions of ``budget`` samples drawn uniformly within ``strata`` equal-width
+    score strata, the budget allocated from the smallest stratum up (each gets
+    ``min(size, remaining // strata left)``)."""
+    lo, hi = float(score.min()), float(score.max())
+    if hi > lo:
+        bins = np.minimum(((score - lo) / (hi - lo) * strata).astype(np.int64), strata - 1)
+    else:
+        bins = np.zeros(len(score), dtype=np.int64)
+    sizes = np.bincount(bins, minlength=strata)
+    take = np.zeros(strata, dtype=np.int64)
+    remaining = budget
+    for i, s in enumerate(np.argsort(sizes, kind="stable")):
+        take[s] = min(sizes[s], remaining // (strata - i))
+        remaining -= take[s]
+    picks = [rng.permutation(np.flatnonzero(bins == s))[: take[s]] for s in range(strata)]
+    return np.concatenate(picks)
+
+
+def moderate(features: np.ndarray, labels: np.ndarray, budget: int) -> np.ndarray:
+    """Moderate-DS: distance of each sample to its class's coordinate-wise median feature;
+    positions of the ``budget`` samples around the median distance (both extremes dropped)."""
+    dist = np.zeros(len(labels), dtype=np.float64)
+    classes = np.unique(labels)
+    for members in group_by_class(np.arange(len(labels)), np.searchsorted(classes, labels),
+                                  len(classes)):  # fmt: skip
+        x = features[members].astype(np.float64)
+        med = np.median(np.ascontiguousarray(x.T), axis=1)  # rows are contiguous: fast partition
+        dist[members] = np.linalg.norm(x - med, axis=1)
+    order = np.lexsort((np.arange(len(dist)), dist))
+    start = (len(dist) - budget) // 2
+    return order[start : start + budget]
+
+
+def kcenter_greedy(x: np.ndarray, budget: int, initial: np.ndarray | None = None) -> np.ndarray:
+    """k-center greedy: positions in ``x`` of ``budget`` new centres, each the point farthest
+    from all centres so far (ties → lowest position). Without ``initial`` centres the first is
+    the point nearest the mean. Squared distances in float64 from one matrix product: the
+    whole distance matrix up to ``KCENTER_DENSE_MAX`` rows, else one row per pick."""
+    x = np.asarray(x, dtype=np.float64)
+    sq = np.einsum("ij,ij->i", x, x)
+    dense = np.maximum(sq[:, None] - 2 * x @ x.T + sq, 0) if len(x) <= KCENTER_DENSE_MAX else None
+
+    def dist_to(u: int) -> np.ndarray:
+        return dense[u] if dense is not None else np.maximum(sq - 2 * x @ x[u] + sq[u], 0)
+
+    chosen = np.zeros(len(x), dtype=bool)
+    min_d = np.full(len(x), np.inf)
+    picks: list[int] = []
+    if initial is not None and len(initial):
+        for u in np.asarray(initial):
+            np.minimum(min_d, dist_to(int(u)), out=min_d)
+        chosen[np.asarray(initial)] = True
+    else:
+        picks.append(int(np.argmin(((x - x.mean(0)) ** 2).sum(1))))
+        chosen[picks[0]] = True
+        min_d = dist_to(picks[0]).copy()
+    while len(picks) < budget:
+        u = int(np.argmax(np.where(chosen, -np.inf, min_d)))
+        picks.append(u)
+        chosen[u] = True
+        np.minimum(min_d, dist_to(u), out=min_d)
+    return np.asarray(picks, dtype=np.int64)
+
+
+def _rng(seed: int, cls: int | None) -> np.random.Generator:
+    """One independent stream per class (class mode) or the seed's own (global mode)."""
+    return np.random.default_rng(seed if cls is None else [seed, cls])

@@ -1,0 +1,294 @@
+"""Experiment grids over methods × fractions × seeds.
+
+The coreset grid (:func:`run_experiment`, D2 protocol): one full-data run per seed, then
+select + train every (method, fraction) cell. The DRoP grid (:func:`run_drop_experiment`):
+one full-data reference model per seed, then a ``dp`` prune run per (scorer+quoter, CDB-W,
+fraction). Layout of ``out``::
+
+    seed-<s>/full/                 full-data run (D2 grid: dynamics.npz, features.npy)
+    seed-<s>/<method>-<fraction>/  a cell: coreset.npy + selection.json, or a prune run
+    query-cache/                   DRoP grid: query models shared by the cells
+    results.json  results.md  accuracy.png
+
+A cell whose ``metrics.json`` exists is skipped, so a rerun resumes the grid.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from d2scale.errors import D2ScaleError
+from d2scale.io import atomic_path, save_json, save_npy
+from d2scale.vision import runs
+from d2scale.vision.coresets import METHODS, CoresetParams, select_coreset
+from d2scale.vision.dynamics import score_name
+from d2scale.vision.prune import SCORERS, PruneParams, run_prune
+from d2scale.vision.train import train
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A grid method: ``name`` (one of ``METHODS``) and, for ``topk-<score>``, its score."""
+
+    name: str
+    score: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}-{self.score}" if self.score else self.name
+
+
+def parse_methods(text: str) -> list[MethodSpec]:
+    """``random,topk-forgetting,d2,…`` → method specs (``<method>-<score>`` sets the score)."""
+    specs = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        name, _, score = item.partition("-")
+        if name not in METHODS:
+            raise D2ScaleError(f"unknown method {item!r}; methods: {', '.join(METHODS)}.")
+        specs.append(MethodSpec(name, score_name(score) if score else None))
+    if not specs:
+        raise D2ScaleError("--methods lists no method.")
+    return specs
+
+
+def run_experiment(
+    data,
+    model: str,
+    recipe,
+    *,
+    methods: list[MethodSpec],
+    fractions: list[float],
+    seeds: list[int],
+    out: str,
+    select_params: dict,
+    progress: Callable[[str], None] = print,
+    bars: bool = False,
+) -> list[dict]:
+    """Run the grid (resuming finished cells) and write the results files; the records."""
+    records = []
+    for seed in seeds:
+        full_dir = os.path.join(out, f"seed-{seed}", "full")
+        if not runs.is_finished(full_dir):
+            progress(f"seed {seed}: full-data run")
+            result = train(
+                data,
+                model,
+                replace(recipe, iterations=None),
+                seed=seed,
+                dynamics=True,
+                out=full_dir,
+                progress=bars,
+                desc="full",
+            )
+            runs.save_run(full_dir, result)
+        records.append(_record("full", 1.0, seed, runs.read_metrics(full_dir)))
+        scores, features = runs.load_run(full_dir)
+        for spec in methods:
+            for fraction in fractions:
+                cell = os.path.join(out, f"seed-{seed}", f"{spec.label}-{fraction:g}")
+                if not runs.is_finished(cell):
+                    progress(f"seed {seed}: {spec.label} at {fraction:g}")
+                    _run_cell(
+                        data,
+                        model,
+                        recipe,
+                        spec,
+                        fraction,
+                        seed,
+                        cell,
+                        scores,
+                        features,
+                        select_params,
+                        bars,
+                    )
+                records.append(_record(spec.label, fraction, seed, runs.read_metrics(cell)))
+    write_results(out, records)
+    return records
+
+
+def _run_cell(data, model, recipe, spec, fraction, seed, cell, scores, features, sp, bars):
+    t0 = time.perf_counter()
+    params = CoresetParams(method=spec.name, fraction=fraction, seed=seed, **sp)
+    if spec.score:
+        params.score = spec.score
+    coreset = select_coreset(params, scores, features)
+    save_npy(os.path.join(cell, "coreset.npy"), coreset.indices)
+    save_json(os.path.join(cell, "selection.json"), coreset.info)
+    result = train(
+        data,
+        model,
+        recipe,
+        indices=coreset.indices,
+        seed=seed,
+        out=cell,
+        progress=bars,
+        desc=f"{spec.label} {fraction:g}",
+    )
+    extra = {
+        "method": spec.label,
+        "fraction": fraction,
+        "n_selected": len(coreset.indices),
+        "select_seconds": coreset.info["seconds"],
+        "cell_seconds": round(time.perf_counter() - t0, 2),
+    }
+    runs.save_run(cell, result, extra)
+
+
+def _record(method: str, fraction: float, seed: int, m: dict) -> dict:
+    return {
+        "method": method,
+        "fraction": fraction,
+        "seed": seed,
+        "test_accuracy": m["test_accuracy"],
+        "worst_class_accuracy": m["worst_class_accuracy"],
+        "per_class_accuracy": m["per_class_accuracy"],
+        "n_selected": m["n_train"],
+        "seconds": m["cell_seconds"] if "cell_seconds" in m else m["seconds"],
+    }
+
+
+# ============================================================================ DRoP grid
+
+
+def parse_drop_methods(text: str) -> list[tuple[str, str]]:
+    """``random,random+drop,el2n+uniform,…`` → (scorer, quoter) pairs (default quoter none)."""
+    pairs = []
+    for item in (t.strip().lower() for t in text.split(",") if t.strip()):
+        scorer, _, quoter = item.partition("+")
+        if scorer not in SCORERS or quoter not in ("", "none", "uniform", "drop"):
+            raise D2ScaleError(
+                f"unknown DRoP method {item!r}: use <scorer>[+none|+uniform|+drop] with a "
+                f"scorer among {', '.join(SCORERS)}."
+            )
+        pairs.append((scorer, quoter or "none"))
+    if not pairs:
+        raise D2ScaleError("--methods lists no method.")
+    return pairs
+
+
+def run_drop_experiment(
+    data,
+    model: str,
+    recipe,
+    *,
+    methods: list[tuple[str, str]],
+    fractions: list[float],
+    seeds: list[int],
+    cdbw: list[bool],
+    num_inits: int,
+    smoothings: tuple[str, ...] = ("none",),
+    out: str,
+    select_params: dict,
+    progress: Callable[[str], None] = print,
+    bars: bool = False,
+) -> list[dict]:
+    """DRoP pruning grid: per seed a full-data reference model, then ``vision prune
+    --strategy dp`` for every (scorer+quoter, CDB-W, recall smoothing, fraction) — smoothing
+    only where recalls are used (DRoP quotas, CDB-W); query models are shared through
+    ``out/query-cache``. Writes the same results files as :func:`run_experiment`."""
+    records = []
+    cache = os.path.join(out, "query-cache")
+    for seed in seeds:
+        full_dir = os.path.join(out, f"seed-{seed}", "full")
+        if not runs.is_finished(full_dir):
+            progress(f"seed {seed}: full-data reference model")
+            runs.save_run(full_dir, train(data, model, recipe, seed=seed, out=full_dir,
+                                          progress=bars, desc="full"))  # fmt: skip
+        records.append(_record("full", 1.0, seed, runs.read_metrics(full_dir)))
+        cells = itertools.product(methods, cdbw, smoothings, fractions)
+        for (scorer, quoter), weighted, smoothing, fraction in cells:
+            if smoothing != "none" and not (weighted or quoter == "drop"):
+                continue  # smoothing changes nothing here: the cell without it covers it
+            label = (scorer + ("" if quoter == "none" else f"+{quoter}") + ("+cdbw" * weighted)
+                     + ("" if smoothing == "none" else f"+{smoothing}"))  # fmt: skip
+            cell = os.path.join(out, f"seed-{seed}", f"{label}-{fraction:g}")
+            if not runs.is_finished(cell):
+                progress(f"seed {seed}: {label} at {fraction:g}")
+                params = PruneParams("dp", fraction, scorer=scorer, quoter=quoter,
+                                     num_inits=num_inits, cdbw_final=weighted,
+                                     recall_smoothing=smoothing, seed=seed,
+                                     select=select_params)  # fmt: skip
+                run_prune(data, model, recipe, params, cell, progress=lambda _: None,
+                          bars=bars, query_cache=cache)  # fmt: skip
+            m = runs.read_metrics(cell)
+            m |= {"n_train": m["n_kept"], "cell_seconds": m["timings"]["total"]}
+            records.append(_record(label, fraction, seed, m))
+    write_results(out, records)
+    return records
+
+
+# ============================================================================ results files
+
+
+def write_results(out: str, records: list[dict]) -> None:
+    """``results.json`` (every record), ``results.md`` (mean ± std over seeds), the plot."""
+    save_json(os.path.join(out, "results.json"), {"records": records})
+    with atomic_path(os.path.join(out, "results.md")) as tmp, open(tmp, "w") as f:
+        f.write(results_markdown(records))
+    plot_results(records, os.path.join(out, "accuracy.png"))
+
+
+def _grid(records: list[dict], key: str) -> tuple[list[str], list[float], dict]:
+    methods = list(dict.fromkeys(r["method"] for r in records if r["method"] != "full"))
+    fractions = sorted({r["fraction"] for r in records if r["method"] != "full"})
+    cells: dict[tuple[str, float], list[float]] = {}
+    for r in records:
+        cells.setdefault((r["method"], r["fraction"]), []).append(100 * r[key])
+    return methods, fractions, cells
+
+
+def _fmt(values: list[float] | None) -> str:
+    if not values:
+        return "–"
+    return f"{np.mean(values):.1f} ± {np.std(values):.1f}"
+
+
+def results_markdown(records: list[dict]) -> str:
+    """Two tables (test and worst-class accuracy, %), methods × fractions kept."""
+    seeds = sorted({r["seed"] for r in records})
+    lines = [f"Mean ± std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}), in %.", ""]
+    for key, title in (
+        ("test_accuracy", "Test accuracy"),
+        ("worst_class_accuracy", "Worst-class test accuracy"),
+    ):
+        methods, fractions, cells = _grid(records, key)
+        lines += [f"**{title}** (full data: {_fmt(cells.get(('full', 1.0)))})", ""]
+        lines.append("| method | " + " | ".join(f"{f:g} kept" for f in fractions) + " |")
+        lines.append("|---|" + "---|" * len(fractions))
+        for m in methods:
+            row = " | ".join(_fmt(cells.get((m, f))) for f in fractions)
+            lines.append(f"| {m} | {row} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_results(records: list[dict], path: str) -> None:
+    """Test accuracy against the fraction kept, one line per method (mean, ±std band)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods, fractions, cells = _grid(records, "test_accuracy")
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for m in methods:
+        fs = [f for f in fractions if (m, f) in cells]
+        mean = np.array([np.mean(cells[(m, f)]) for f in fs])
+        std = np.array([np.std(cells[(m, f)]) for f in fs])
+        ax.errorbar(fs, mean, yerr=std, marker="o", capsize=3, label=m)
+    if ("full", 1.0) in cells:
+        ax.axhline(np.mean(cells[("full", 1.0)]), color="gray", ls="--", label="full data")
+    ax.set_xlabel("fraction of training data kept")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

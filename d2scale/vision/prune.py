@@ -1,0 +1,290 @@
+"""DRoP (Vysogorets, Ahuja, Kempe, ICLR 2025): distributionally robust pruning and active
+learning, the seed's workflow.
+
+Per iteration t = 1..I (target sizes interpolated linearly, the last exactly the final one):
+1. train ``num_inits`` query models (seeds differ) on the current samples, without
+   augmentation; average their scores and their per-class validation recall at the epoch of
+   best validation accuracy;
+2. per-class quotas (:mod:`d2scale.vision.quotas`): ``none``, ``uniform`` or ``drop``;
+3. ``dp`` keeps, within each class's quota, the samples the scorer prefers; ``al`` acquires,
+   within quotas over the unlabelled pool, samples from it (never one already labelled).
+Then the final model trains on the result (DRoP's epoch rule, CDB-W if asked) and
+``OUT/metrics.json`` records average, per-class and worst-class accuracy on the reported
+test half, the quotas, the kept ids and timings. Query runs are cached by their inputs
+(``query_cache``), so grids share them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from d2scale.errors import D2ScaleError
+from d2scale.io import save_json, save_npy
+from d2scale.vision import runs
+from d2scale.vision.coresets import CoresetParams, budget_of, remove_mislabeled, select_coreset
+from d2scale.vision.quotas import class_quotas, estimate_recall
+from d2scale.vision.train import cdbw_key, pruned_epochs, run_signature, train
+
+# scorer → (coreset method, training-dynamics score)
+SCORERS = {
+    "random": ("random", None),
+    "el2n": ("topk", "el2n"),
+    "grand": ("topk", "grand"),
+    "forgetting": ("topk", "forgetting"),
+    "dynunc": ("topk", "dynamic_uncertainty"),
+    "aum": ("topk", "accumulated_margin"),
+    "entropy": ("topk", "entropy"),
+    "d2": ("d2", None),
+    "kcenter": ("kcenter", None),
+}
+# the DRoP seed's scorer names (lower-cased)
+SCORER_ALIASES = {"dynamicuncertainty": "dynunc", "gradientbased": "grand", "coreset": "kcenter"}
+# active learning scores unlabelled samples with the final query model (eval mode)
+AL_SCORES = {"el2n": "final_el2n", "grand": "final_grand", "entropy": "entropy"}
+AL_SCORERS = ("random", "el2n", "grand", "entropy", "d2", "kcenter")
+# DRoP auto-config: query models for these train 10% of the epochs (the seed's Random query
+# runs its default 16 of VGG-16's 160); the others need full training dynamics
+SHORT_QUERY = ("random", "el2n", "grand")
+QUERY_SEED_STRIDE = 7919  # query model i of iteration t trains with seed + 7919·(1 + i + 10·t)
+
+
+@dataclass
+class PruneParams:
+    """Everything that determines a DRoP run (see ``d2scale vision prune --help``)."""
+
+    strategy: str  # "dp" (prune) or "al" (acquire)
+    final_frac: float
+    init_frac: float | None = None  # al: initial labelled fraction (default F / (I + 1))
+    scorer: str = "random"
+    quoter: str = "none"
+    num_inits: int = 1
+    iterations: int = 1
+    cdbw_final: bool = False
+    cdbw_query: bool = False
+    query_epochs: int | None = None
+    recall_smoothing: str = "none"  # "laplace": (hits + 1) / (n + 2) for quotas and CDB-W
+    seed: int = 0
+    select: dict = field(default_factory=dict)  # CoresetParams keywords (d2: n_neighbors, …)
+
+    def validate(self) -> PruneParams:
+        if self.strategy not in ("dp", "al"):
+            raise D2ScaleError(f"--strategy must be dp or al; got {self.strategy!r}.")
+        if self.quoter == "auto":  # the seed's "Auto" means no quotas
+            self.quoter = "none"
+        if self.quoter not in ("none", "uniform", "drop"):
+            raise D2ScaleError(f"--quoter must be none, uniform or drop; got {self.quoter!r}.")
+        self.scorer = SCORER_ALIASES.get(self.scorer.lower(), self.scorer.lower())
+        allowed = AL_SCORERS if self.strategy == "al" else tuple(SCORERS)
+        if self.scorer not in allowed:
+            raise D2ScaleError(
+                f"--scorer for --strategy {self.strategy} must be one of {', '.join(allowed)}; "
+                f"got {self.scorer!r}."
+            )
+        estimate_recall([], [], self.recall_smoothing)
+        if not 0 < self.final_frac <= 1:
+            raise D2ScaleError(f"--final-frac must be in (0, 1]; got {self.final_frac}.")
+        if self.num_inits < 1 or self.iterations < 1:
+            raise D2ScaleError("--num-inits and --iterations must be ≥ 1.")
+        if self.strategy == "al":
+            if self.init_frac is None:
+                self.init_frac = self.final_frac / (self.iterations + 1)
+            if not 0 < self.init_frac < self.final_frac:
+                raise D2ScaleError(
+                    f"--init-frac must be in (0, --final-frac = {self.final_frac}); "
+                    f"got {self.init_frac}."
+                )
+        return self
+
+
+def target_sizes(params: PruneParams, n: int) -> list[int]:
+    """Sample counts after each iteration: linear in the fraction, ending at the final one."""
+    start = 1.0 if params.strategy == "dp" else params.init_frac
+    fracs = [start + (params.final_frac - start) * t / params.iterations
+             for t in range(1, params.iterations + 1)]  # fmt: skip
+    sizes = [budget_of(f, n) for f in fracs]
+    sizes[-1] = budget_of(params.final_frac, n)
+    return sizes
+
+
+def initial_labelled(n: int, init_frac: float, seed: int) -> np.ndarray:
+    """AL: the seeded random initial labelled set (sorted ids)."""
+    size = max(1, budget_of(init_frac, n))
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+
+
+def run_prune(data, model: str, recipe, params: PruneParams, out: str, *, progress=print,
+              bars: bool = False, query_cache: str | None = None) -> dict:  # fmt: skip
+    """The DRoP workflow; writes ``out/metrics.json`` (and ``kept.npy``) and returns metrics."""
+    params.validate()
+    t0 = time.perf_counter()
+    n, targets = data.size("train"), data.targets("train")
+    cache = query_cache or os.path.join(out, "query")
+    kept = (
+        np.arange(n)
+        if params.strategy == "dp"
+        else initial_labelled(n, params.init_frac, params.seed)
+    )
+    history, timings = [], {"query": 0.0, "select": 0.0}
+    for t, size in enumerate(target_sizes(params, n)):
+        progress(f"iteration {t + 1}/{params.iterations}: {len(kept):,} → {size:,} samples")
+        t1 = time.perf_counter()
+        query = _query(data, model, recipe, params, kept, t, cache, bars)
+        t2 = time.perf_counter()
+        step = _prune_step if params.strategy == "dp" else _acquire_step
+        new, info = step(params, query, kept, size, targets, data.num_classes, t)
+        if params.strategy == "al":
+            assert not np.intersect1d(new, kept).size  # never re-acquire
+            new = np.union1d(kept, new)
+        kept = new
+        timings["query"] += t2 - t1
+        timings["select"] += time.perf_counter() - t2
+        history.append({"iteration": t + 1, "size": int(size), **info})
+    return _final(data, model, recipe, params, kept, history, timings, out, t0, bars, progress)
+
+
+# ============================================================================ query models
+
+
+@dataclass
+class _Query:
+    """Averaged query-model outputs (None when the scorer and quoter need no model)."""
+
+    scores: dict[str, np.ndarray] | None
+    features: np.ndarray | None
+    recall: np.ndarray | None
+    runs: list[str]
+
+
+def query_recipe(recipe, params: PruneParams, kept_fraction: float):
+    """Query models: 10% of the epochs for random, EL2N and GraNd (DRoP auto-config), else all
+    of them, then DRoP's epoch rule for the fraction of data they see."""
+    epochs = params.query_epochs or (
+        max(1, round(0.1 * recipe.epochs)) if params.scorer in SHORT_QUERY else recipe.epochs
+    )
+    return replace(recipe, epochs=pruned_epochs(epochs, kept_fraction), iterations=None)
+
+
+def _query(data, model, recipe, params, kept, t, cache, bars) -> _Query:
+    if params.scorer == "random" and params.quoter != "drop":
+        return _Query(None, None, None, [])
+    n = data.size("train")
+    qr = query_recipe(recipe, params, len(kept) / n)
+    indices = None if len(kept) == n else kept
+    scores, recalls, dirs, features = [], [], [], None
+    for i in range(params.num_inits):
+        seed = params.seed + QUERY_SEED_STRIDE * (1 + i + 10 * t)
+        cdbw = cdbw_key(params.cdbw_query, params.recall_smoothing)
+        sig = run_signature(data, model, qr, indices, seed, False, cdbw, True)
+        qdir = os.path.join(cache, sig[:20])
+        if not runs.is_finished(qdir):
+            res = train(data, model, qr, indices=indices, seed=seed, augment=False,
+                        cdbw=params.cdbw_query, recall_smoothing=params.recall_smoothing,
+                        dynamics=True, out=qdir, progress=bars,
+                        desc=f"query {i + 1}/{params.num_inits}")  # fmt: skip
+            runs.save_run(qdir, res)
+        s, features = runs.load_run(qdir)
+        scores.append(s)
+        m = runs.read_metrics(qdir)
+        recalls.append(estimate_recall(m["val_recall_at_best"], m["val_class_counts"],
+                                       params.recall_smoothing))  # fmt: skip
+        dirs.append(qdir)
+    mean = {k: np.mean([s[k] for s in scores], axis=0) for k in scores[0] if k != "targets"}
+    mean["targets"] = scores[0]["targets"]
+    return _Query(mean, features, np.mean(recalls, axis=0), dirs)
+
+
+# ============================================================================ selection steps
+
+
+def _coreset_params(params: PruneParams, n: int, size: int, t: int, al: bool) -> CoresetParams:
+    method, score = SCORERS[params.scorer]
+    kw = dict(params.select)
+    if al:
+        kw["mis_ratio"] = 0.0
+        score = "entropy" if params.scorer == "d2" else score  # no dynamics on unlabelled data
+    cp = CoresetParams(method=method, fraction=max(size, 1) / n, seed=params.seed + t, **kw)
+    if score:
+        cp.score = score
+    return cp.validate()
+
+
+def _prune_step(params, query, kept, size, targets, n_classes, t):
+    n = len(targets)
+    cp = _coreset_params(params, n, size, t, al=False)
+    scores = query.scores or {"targets": targets}
+    features = query.features if query.features is not None else np.zeros((n, 1), np.float32)
+    cands, removed = remove_mislabeled(kept, scores, int(cp.mis_ratio * len(kept)))
+    cp.mis_ratio = 0.0
+    counts = np.bincount(targets[cands], minlength=n_classes)
+    quotas = class_quotas(params.quoter, counts, query.recall, size, params.seed + t)
+    coreset = select_coreset(cp, scores, features, class_budget=quotas, budget=size, pool=cands)
+    return coreset.indices, _step_info(query, quotas, removed, counts)
+
+
+def _acquire_step(params, query, kept, size, targets, n_classes, t):
+    n = len(targets)
+    cp = _coreset_params(params, n, size, t, al=True)
+    pool = np.setdiff1d(np.arange(n), kept)
+    scores = {"targets": targets}
+    if query.scores is not None:
+        scores |= {k: query.scores[v] for k, v in AL_SCORES.items()}
+    features = query.features if query.features is not None else np.zeros((n, 1), np.float32)
+    counts = np.bincount(targets[pool], minlength=n_classes)
+    quotas = class_quotas(params.quoter, counts, query.recall, size - len(kept), params.seed + t)
+    coreset = select_coreset(cp, scores, features, class_budget=quotas, budget=size - len(kept),
+                             pool=pool, anchors=kept)  # fmt: skip
+    return coreset.indices, _step_info(query, quotas, 0, counts)
+
+
+def _step_info(query: _Query, quotas, removed: int, counts) -> dict:
+    return {
+        "class_counts": counts.tolist(),
+        "quotas": None if quotas is None else quotas.tolist(),
+        "val_recall": None if query.recall is None else [round(float(r), 6) for r in query.recall],
+        "n_removed_by_aum": removed,
+        "query_runs": query.runs,
+    }
+
+
+# ============================================================================ final model
+
+
+def _final(data, model, recipe, params, kept, history, timings, out, t0, bars, progress):
+    n = data.size("train")
+    final = replace(recipe, epochs=pruned_epochs(recipe.epochs, len(kept) / n), iterations=None)
+    progress(f"final model on {len(kept):,} samples ({final.epochs} epochs)")
+    t1 = time.perf_counter()
+    result = train(data, model, final, indices=None if len(kept) == n else kept,
+                   seed=params.seed, cdbw=params.cdbw_final,
+                   recall_smoothing=params.recall_smoothing, out=os.path.join(out, "final"),
+                   progress=bars, desc="final")  # fmt: skip
+    timings["final"] = time.perf_counter() - t1
+    timings["total"] = time.perf_counter() - t0
+    m = result.metrics
+    counts = np.bincount(data.targets("train")[kept], minlength=data.num_classes)
+    metrics = {
+        "strategy": params.strategy,
+        "scorer": params.scorer,
+        "quoter": params.quoter,
+        "cdbw_final": params.cdbw_final,
+        "final_frac": params.final_frac,
+        "n_train": n,
+        "n_kept": len(kept),
+        "test_accuracy": m["test_accuracy"],
+        "worst_class_accuracy": m["worst_class_accuracy"],
+        "per_class_accuracy": m["per_class_accuracy"],
+        "kept_per_class": counts.tolist(),
+        "quotas": [h["quotas"] for h in history],
+        "iterations": history,
+        "final_model": m,
+        "params": dict(vars(params)),
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+        "kept_indices": kept.tolist(),
+    }
+    save_npy(os.path.join(out, "kept.npy"), kept.astype(np.int64))
+    save_json(os.path.join(out, "metrics.json"), metrics)
+    return metrics

@@ -1,0 +1,152 @@
+"""Every user mistake on the vision commands prints one line and exits 1."""
+
+from __future__ import annotations
+
+import pytest
+
+from d2scale.cli.main import main
+
+CASES = [
+    (["train", "--dataset", "digits", "--seed", "-1", "--out", "R"], "expected an integer ≥ 0"),
+    (["train", "--dataset", "digits", "--epochs", "0", "--out", "R"], "expected an integer ≥ 1"),
+    (["train", "--dataset", "digits", "--threads", "0", "--out", "R"], "expected an integer ≥ 1"),
+    (["train", "--dataset", "svhn", "--out", "R"], "invalid choice: 'svhn'"),
+    (["train", "--dataset", "digits", "--model", "vit", "--out", "R"], "choose from resnet18"),
+    (["train", "--dataset", "digits"], "give --out RUN"),
+    (["train", "--dataset", "cifar10", "--out", "R"], "needs --data-dir"),
+    (["train", "--dataset", "digits", "--lr", "0", "--out", "R"], "--lr must be > 0"),
+    (
+        ["select", "--run", "R", "--method", "d2", "--fraction", "1.5", "--out", "c.npy"],
+        "--fraction must be in (0, 1]",
+    ),
+    (
+        [
+            "select",
+            "--run",
+            "R",
+            "--method",
+            "d2",
+            "--fraction",
+            "0.3",
+            "--mis-ratio",
+            "0.8",
+            "--out",
+            "c.npy",
+        ],
+        "--mis-ratio must be in [0, 1 − fraction]",
+    ),
+    (
+        [
+            "select",
+            "--run",
+            "R",
+            "--method",
+            "d2",
+            "--fraction",
+            "0.3",
+            "--mis-ratio",
+            "lots",
+            "--out",
+            "c.npy",
+        ],
+        "--mis-ratio must be a number or auto",
+    ),
+    (
+        [
+            "select",
+            "--run",
+            "R",
+            "--method",
+            "d2",
+            "--fraction",
+            "0.3",
+            "--score",
+            "loss",
+            "--out",
+            "c.npy",
+        ],
+        "--score must be one of",
+    ),
+    (["select", "--run", "R", "--fraction", "0.3", "--out", "c.npy"], "give --method"),
+    (
+        ["experiment", "--dataset", "digits", "--fractions", "x", "--out", "G"],
+        "--fractions must be a comma list of numbers",
+    ),
+    (["experiment", "--dataset", "digits", "--seeds", "a", "--out", "G"], "--seeds: expected"),
+    (
+        [
+            "experiment",
+            "--dataset",
+            "digits",
+            "--protocol",
+            "drop",
+            "--cdbw",
+            "maybe",
+            "--out",
+            "G",
+        ],
+        "--cdbw takes off, on or off,on",
+    ),
+    (
+        ["quotas", "--counts", "1.5,2", "--recalls", "0.5,0.5", "--fraction", "0.5"],
+        "--counts: expected an integer ≥ 0",
+    ),
+    (["quotas", "--counts", "10,10", "--recalls", "0.5", "--fraction", "0.5"], "recalls in"),
+    (
+        ["quotas", "--counts", "10,10", "--recalls", "0.5,0.5", "--fraction", "0"],
+        "--fraction must be in (0, 1]",
+    ),
+    (
+        ["prune", "--dataset", "digits", "--strategy", "2", "--final-frac", "0.5", "--out", "P"],
+        "choose dp (or 1) or al (or 0)",
+    ),
+    (
+        ["prune", "--dataset", "digits", "--final-frac", "0", "--out", "P"],
+        "--final-frac must be in (0, 1]",
+    ),
+    (
+        [
+            "prune",
+            "--dataset",
+            "digits",
+            "--strategy",
+            "al",
+            "--final-frac",
+            "0.3",
+            "--init-frac",
+            "0.5",
+            "--out",
+            "P",
+        ],
+        "--init-frac must be in",
+    ),
+    (
+        [
+            "prune",
+            "--dataset",
+            "digits",
+            "--strategy",
+            "al",
+            "--scorer",
+            "forgetting",
+            "--final-frac",
+            "0.3",
+            "--out",
+            "P",
+        ],
+        "--scorer for --strategy al must be one of",
+    ),
+    (
+        ["prune", "--dataset", "digits", "--quoter", "fair", "--final-frac", "0.3", "--out", "P"],
+        "invalid choice: 'fair'",
+    ),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), CASES)
+def test_one_line_error(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["vision", *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("d2scale: error: ") and err.count("\n") == 1, err
+    assert message in err, err
