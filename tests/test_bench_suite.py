@@ -44,3 +44,16 @@ def test_unknown_section_is_refused():
     proc = subprocess.run(argv, capture_output=True, text=True)
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(err) == 1 and "unknown section 'nope'" in err[0], err
+
+
+def test_knn_table_takes_the_fastest_of_several_baselines(report):
+    from suite_table import render
+
+    report["sections"] = {"knn": {"params": {"k": 10, "recall_target": 0.95}, "results": [{
+        "n": 1000, "d2scale": {"wall_s": 2.0, "recall": 0.96, "nlist": 64},
+        "exact_flat": {"wall_s": 30.0},
+        "big_batch_search": [{"wall_s": 5.0, "recall": 0.97, "nlist": 32},
+                             {"wall_s": 4.0, "recall": 0.955, "nlist": 64}]}]}}  # fmt: skip
+    row = render(report).splitlines()[-1]
+    assert row == "| 1,000 | 2.0 s (recall 0.96, nlist 64) | 30.0 s | – | 4.0 s (recall 0.955, " \
+                  "nlist 64) | – |", row  # fmt: skip

@@ -88,7 +88,7 @@ def cli_select(pool, out, cwd, *flags) -> dict:
         return json.load(f)
 
 
-@pytest.mark.parametrize("index", ["exact", "ivf"])
+@pytest.mark.parametrize("index", ["exact", pytest.param("ivf", marks=pytest.mark.slow)])
 def test_cluster_run_gives_the_uids_of_the_local_run(cluster, small_pool, tmp_path, index):
     address, _, worker_dirs = cluster
     expected = local_run(small_pool, tmp_path / "local", index=index, fraction=[0.3])
@@ -129,6 +129,7 @@ def test_scheduler_file_and_other_partitioning(cluster, small_pool, tmp_path):
     assert np.array_equal(np.load(tmp_path / "remote" / "uids.npy"), expected)
 
 
+@pytest.mark.slow  # concurrency is also covered locally by test_batch.py
 def test_batch_runs_buckets_concurrently_on_the_cluster(cluster, small_pool, tmp_path):
     import yaml
 

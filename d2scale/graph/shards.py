@@ -13,7 +13,6 @@ shards never need merging and their number does not change the graph.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,18 +49,9 @@ def task_client(client=None):
     if client is not None:
         yield client
         return
-    from distributed import Client, LocalCluster
+    from d2scale.runner import dask_client
 
-    with (
-        LocalCluster(
-            n_workers=1,
-            threads_per_worker=len(os.sched_getaffinity(0)),
-            processes=False,
-            dashboard_address=":0",  # no fixed port: several builds may run at once
-            silence_logs=logging.CRITICAL,
-        ) as cluster,
-        Client(cluster, set_as_default=False) as local,
-    ):
+    with dask_client(workers=len(os.sched_getaffinity(0))) as local:
         yield local
 
 
