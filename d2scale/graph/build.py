@@ -30,7 +30,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from d2scale.errors import D2ScaleError
-from d2scale.graph import dedup, ivf, shards
+from d2scale.graph import dedup, ivf, probed, shards
 from d2scale.graph.store import GraphStore, save_graph
 from d2scale.types import EmbeddingBlocks, KnnGraph
 
@@ -210,6 +210,7 @@ class _Build:
         rows' exact neighbours and search-space candidates (when ``x_eval`` is given)."""
         hashes = np.empty((self.n, 2), np.uint64)
         lists = np.empty(self.n, np.int32)
+        self.probes = None
         x_eval = np.empty((0, self.dim), np.float32) if x_eval is None else x_eval
         self.kept = {} if self._one_shard() else None
         sent = self.client.scatter([self.projection, centroids, x_eval], broadcast=True,
@@ -217,10 +218,11 @@ class _Build:
         keep = (self.k + 1, EVAL_CANDIDATES * (self.k + 1))
         futs = {}
         for p, (a, b) in enumerate(zip(self.offsets[:-1], self.offsets[1:], strict=True)):
-            saved = self.store.load_part(f"assign-{p:05d}", ("hashes", "lists")) \
+            saved = self.store.load_part(f"assign-{p:05d}", ("hashes", "lists", "probes")) \
                 if self.store and not x_eval.shape[0] else None  # fmt: skip
             if saved is not None and saved["lists"].shape == (b - a,):
                 hashes[a:b], lists[a:b] = saved["hashes"], saved["lists"]
+                self._put_probes(a, b, saved["probes"])
                 continue
             futs[p] = self.submit(shards.assign_part, self.bf, p, int(a), *sent, keep,
                                   self.kept is not None)  # fmt: skip
@@ -228,13 +230,21 @@ class _Build:
         for p, res in self._as_completed(futs, "assign"):
             a, b = self.offsets[p], self.offsets[p + 1]
             hashes[a:b], lists[a:b] = res["hashes"], res["lists"]
+            self._put_probes(a, b, res["probes"])
             if res["truth"] is not None:
                 evals.append((res["truth"], res["cands"]))
             if self.store is not None:
-                self.store.save_part(f"assign-{p:05d}", hashes=res["hashes"], lists=res["lists"])
+                self.store.save_part(f"assign-{p:05d}", hashes=res["hashes"], lists=res["lists"],
+                                     probes=res["probes"])  # fmt: skip
             if self.kept is not None and res["x"] is not None:
                 self.kept[p] = futs[p]
         return hashes, lists, evals
+
+    def _put_probes(self, a: int, b: int, probes: np.ndarray) -> None:
+        """Keep rows a:b's nearest lists (for per-row probing)."""
+        if self.probes is None:
+            self.probes = np.empty((self.n, probes.shape[1]), dtype=probes.dtype)
+        self.probes[a:b] = probes
 
     def tune(self, centroids, lists, rep, evals, eval_ids, nprobe) -> dict:
         """Recall@k of the evaluation rows for each (nprobe, candidates) from the lists and
@@ -250,14 +260,20 @@ class _Build:
         cands = _first_reps(cands, rep)
         m_opts = [k1] if self.projection is None else [k1 + 4, 2 * k1, 3 * k1, 4 * k1]
         probes = [nprobe] if nprobe else ivf.nprobe_grid(nlist)
+        cap = self.probes.shape[1]
         grid = [(p, m) for p in probes for m in m_opts]
-        curve = ivf.recall_curve(truth, cands, lists[eval_ids], lists, centroids, grid)
+        by_row = [(p, m) for p, m in grid if p <= cap]
+        curves = {
+            "row": ivf.recall_from_probes(truth, cands, self.probes[eval_ids],
+                                          np.arange(len(eval_ids)), lists, nlist, by_row),
+            "list": ivf.recall_curve(truth, cands, lists[eval_ids], lists, centroids, grid),
+        }  # fmt: skip
         d_s = self.dim if self.projection is None else self.projection.dim
         rerank = 0 if self.projection is None else 2 * self.dim
         cost = {pm: pm[0] * self.n / nlist * d_s + pm[1] * rerank for pm in grid}
-        ok = [pm for pm in grid if curve[pm][0] - curve[pm][1] >= self.recall]
-        best = min(ok, key=cost.get) if ok else max(grid, key=lambda pm: (curve[pm], -cost[pm]))
+        mode, curve, best, ok = _pick(curves, cost, self.recall)
         return {
+            "probing": mode,
             "nprobe": best[0],
             "candidates": best[1],
             "recall": round(curve[best][0], 5),
@@ -268,11 +284,12 @@ class _Build:
             "exact search: the search takes the exact search-space top candidates of the "
             "probed lists, so what it finds follows from the rows' lists and their exact "
             "neighbours; the cheapest setting whose recall minus one standard error reaches "
-            "the target",
+            "the target (each row probing the lists nearest to itself, 'row', or to its "
+            "list's centroid, 'list')",
             "n_eval": len(eval_ids),
             "recall_curve": {
-                f"nprobe={p},candidates={m}": round(curve[(p, m)][0], 5)
-                for p, m in grid
+                f"nprobe={p},candidates={m}": round(r, 5)
+                for (p, m), (r, _) in curve.items()
                 if p <= 2 * best[0]
             },  # fmt: skip
         }
@@ -280,8 +297,13 @@ class _Build:
     def search(self, centroids, lists, rep, tuned, plan):
         """Top-(k+1) of every distinct row among its probed lists."""
         nlist = centroids.shape[0]
-        table = ivf.probe_table(centroids, tuned["nprobe"])
         is_rep = rep == np.arange(self.n)
+        by_row = tuned.get("probing") == "row"
+        if by_row:  # what each list's rows probe, for the shard plan; each row's own probes
+            row_probes = self.probes[:, : tuned["nprobe"]]
+            table = probed.union_table(lists[is_rep], row_probes[is_rep], nlist)
+        else:
+            table = ivf.probe_table(centroids, tuned["nprobe"])
         sizes = np.bincount(lists[is_rep], minlength=nlist)
         if plan is None:
             plan = self.plan(centroids, table, sizes)
@@ -293,7 +315,8 @@ class _Build:
         nbr = np.full((self.n, keep), -1, np.int64)
         d2 = np.full((self.n, keep), np.inf)
         chunk = 0
-        t_f = self.client.scatter(table, broadcast=True, hash=False)
+        task = probed.search_rows if by_row else shards.search_lists
+        t_f = self.client.scatter(row_probes if by_row else table, broadcast=True, hash=False)
         for s, (shard_lists, items) in enumerate(zip(plan["shards"], plan["chunks"], strict=True)):
             todo = {}
             for c, chunk_items in enumerate(items, chunk):
@@ -307,7 +330,7 @@ class _Build:
             if not todo:
                 continue
             shard_f = self._shard(shard_lists, table, lists, is_rep, nlist)
-            futs = {c: self.submit(shards.search_lists, shard_f, it, t_f, keep,
+            futs = {c: self.submit(task, shard_f, it, t_f, keep,
                                   tuned["candidates"], self.device)
                     for c, it in todo.items()}  # fmt: skip
             del shard_f
@@ -340,7 +363,8 @@ class _Build:
     def _shard(self, shard_lists, table, lists, is_rep, nlist):
         """A future of the shard holding ``shard_lists`` and the lists they probe."""
         need = np.zeros(nlist, bool)
-        need[table[shard_lists].ravel()] = True
+        probed_lists = table[shard_lists].ravel()
+        need[probed_lists[probed_lists >= 0]] = True
         pieces = []
         for p in range(len(self.sizes)):
             a, b = self.offsets[p], self.offsets[p + 1]
@@ -369,7 +393,8 @@ class _Build:
     # ------------------------------------------------------------ memory
     def _driver_bytes(self) -> int:
         """What the driver holds besides shards: per-row state and the result arrays."""
-        return self.n * (16 + 4 + 8 + 1 + (self.k + 1) * 16 + self.k * 12)
+        probes = 0 if self.probes is None else self.probes[:1].nbytes
+        return self.n * (16 + 4 + 8 + 1 + (self.k + 1) * 16 + self.k * 12 + probes)
 
     def _one_shard(self) -> bool:
         need = 2 * self.n * (4 * self.dim + 16) + self._driver_bytes()
@@ -397,6 +422,20 @@ class _Build:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _pick(curves: dict, cost: dict, target: float) -> tuple:
+    """(probing, its curve, (nprobe, candidates), target reached) of the cheapest setting
+    whose recall minus one standard error reaches ``target``; else the best recall."""
+    ok = [(cost[pm], mode, pm) for mode, cur in curves.items() for pm, (r, se) in cur.items()
+          if r - se >= target]  # fmt: skip
+    if ok:
+        _, mode, best = min(ok, key=lambda t: (t[0], t[1] != "row"))
+        return mode, curves[mode], best, True
+    top = [(cur[pm], -cost[pm], mode == "row", mode, pm) for mode, cur in curves.items()
+           for pm in cur]  # fmt: skip
+    *_, mode, best = max(top)
+    return mode, curves[mode], best, False
 
 
 def _first_reps(cands: np.ndarray, rep: np.ndarray) -> np.ndarray:
