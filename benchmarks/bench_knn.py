@@ -92,7 +92,7 @@ class Float16Blocks:
     """EmbeddingBlocks over a float16 array (memory-mapped): float32 blocks on load."""
 
     path: str
-    block_rows: int = 65536
+    block_rows: int = 16384  # partitions of ~16k rows, like web-data shards (~10k samples)
 
     def __post_init__(self) -> None:
         arr = np.load(self.path, mmap_mode="r")

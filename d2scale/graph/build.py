@@ -39,7 +39,7 @@ TRAIN_ROWS_PER_LIST = 32  # k-means sample size per list
 EVAL_ROWS = (200, 1000)  # held-out rows for recall tuning: bounds ...
 EVAL_BUDGET = 1e8  # ... and their share of exact work (rows × n)
 FINGERPRINT_ROWS = 256
-EVAL_CANDIDATES = 8  # search-space candidates per k+1 kept for the evaluation rows
+EVAL_CANDIDATES = 4  # search-space candidates per k+1 kept for the evaluation rows
 TASKS_PER_THREAD = 4  # search chunks per cluster thread and shard (load balance)
 INDEXES = ("auto", "exact", "ivf")
 DEVICES = ("auto", "cpu", "cuda")
@@ -170,7 +170,7 @@ class _Build:
             del hashes
         if tuned is None:
             with self.stage("tune"):
-                tuned = self.tune(centroids, lists, rep, evals, eval_ids, nprobe)
+                tuned = self.tune(centroids, lists, rep, evals, (eval_ids, x_eval), nprobe)
             if self.store is not None:
                 self.store.save_model(_model_arrays(projection, centroids), tuned)
         with self.stage("search"):
@@ -210,7 +210,6 @@ class _Build:
         rows' exact neighbours and search-space candidates (when ``x_eval`` is given)."""
         hashes = np.empty((self.n, 2), np.uint64)
         lists = np.empty(self.n, np.int32)
-        self.probes = None
         x_eval = np.empty((0, self.dim), np.float32) if x_eval is None else x_eval
         self.kept = {} if self._one_shard() else None
         sent = self.client.scatter([self.projection, centroids, x_eval], broadcast=True,
@@ -218,11 +217,10 @@ class _Build:
         keep = (self.k + 1, EVAL_CANDIDATES * (self.k + 1))
         futs = {}
         for p, (a, b) in enumerate(zip(self.offsets[:-1], self.offsets[1:], strict=True)):
-            saved = self.store.load_part(f"assign-{p:05d}", ("hashes", "lists", "probes")) \
+            saved = self.store.load_part(f"assign-{p:05d}", ("hashes", "lists")) \
                 if self.store and not x_eval.shape[0] else None  # fmt: skip
             if saved is not None and saved["lists"].shape == (b - a,):
                 hashes[a:b], lists[a:b] = saved["hashes"], saved["lists"]
-                self._put_probes(a, b, saved["probes"])
                 continue
             futs[p] = self.submit(shards.assign_part, self.bf, p, int(a), *sent, keep,
                                   self.kept is not None)  # fmt: skip
@@ -230,29 +228,24 @@ class _Build:
         for p, res in self._as_completed(futs, "assign"):
             a, b = self.offsets[p], self.offsets[p + 1]
             hashes[a:b], lists[a:b] = res["hashes"], res["lists"]
-            self._put_probes(a, b, res["probes"])
             if res["truth"] is not None:
                 evals.append((res["truth"], res["cands"]))
             if self.store is not None:
-                self.store.save_part(f"assign-{p:05d}", hashes=res["hashes"], lists=res["lists"],
-                                     probes=res["probes"])  # fmt: skip
+                self.store.save_part(f"assign-{p:05d}", hashes=res["hashes"], lists=res["lists"])
             if self.kept is not None and res["x"] is not None:
                 self.kept[p] = futs[p]
         return hashes, lists, evals
 
-    def _put_probes(self, a: int, b: int, probes: np.ndarray) -> None:
-        """Keep rows a:b's nearest lists (for per-row probing)."""
-        if self.probes is None:
-            self.probes = np.empty((self.n, probes.shape[1]), dtype=probes.dtype)
-        self.probes[a:b] = probes
-
-    def tune(self, centroids, lists, rep, evals, eval_ids, nprobe) -> dict:
+    def tune(self, centroids, lists, rep, evals, eval_rows, nprobe) -> dict:
         """Recall@k of the evaluation rows for each (nprobe, candidates) from the lists and
         exact neighbours alone; the cheapest setting whose recall minus one standard error
         reaches the target."""
         from d2scale.graph.scan import merge
 
         nlist, k1 = centroids.shape[0], self.k + 1
+        eval_ids, x_eval = eval_rows
+        y_eval = x_eval if self.projection is None else self.projection(x_eval)
+        eval_probes = ivf.nearest_lists(y_eval, centroids, ivf.probe_cap(nlist))
         ids, d2 = merge([e[0] for e in evals], k1)
         truth = rep[np.maximum(shards.drop_self(ids, d2, eval_ids, self.k)[0], 0)]
         truth[ids[:, :1].repeat(self.k, 1) < 0] = -1  # no padding expected; kept for safety
@@ -260,11 +253,11 @@ class _Build:
         cands = _first_reps(cands, rep)
         m_opts = [k1] if self.projection is None else [k1 + 4, 2 * k1, 3 * k1, 4 * k1]
         probes = [nprobe] if nprobe else ivf.nprobe_grid(nlist)
-        cap = self.probes.shape[1]
+        cap = eval_probes.shape[1]
         grid = [(p, m) for p in probes for m in m_opts]
         by_row = [(p, m) for p, m in grid if p <= cap]
         curves = {
-            "row": ivf.recall_from_probes(truth, cands, self.probes[eval_ids],
+            "row": ivf.recall_from_probes(truth, cands, eval_probes,
                                           np.arange(len(eval_ids)), lists, nlist, by_row),
             "list": ivf.recall_curve(truth, cands, lists[eval_ids], lists, centroids, grid),
         }  # fmt: skip
@@ -299,8 +292,8 @@ class _Build:
         nlist = centroids.shape[0]
         is_rep = rep == np.arange(self.n)
         by_row = tuned.get("probing") == "row"
-        if by_row:  # what each list's rows probe, for the shard plan; each row's own probes
-            row_probes = self.probes[:, : tuned["nprobe"]]
+        if by_row:  # each row's own probes, and what each list's rows probe (shard plan)
+            row_probes = self.row_probes(centroids, lists, is_rep, tuned["nprobe"])
             table = probed.union_table(lists[is_rep], row_probes[is_rep], nlist)
         else:
             table = ivf.probe_table(centroids, tuned["nprobe"])
@@ -342,6 +335,23 @@ class _Build:
                     self.store.save_part(f"chunk-{c:05d}", q=q, nbr=nb, d2=dd)
         self.kept = None
         return nbr, d2
+
+    def row_probes(self, centroids, lists, is_rep, nprobe: int) -> np.ndarray:
+        """The ``nprobe`` nearest lists of every distinct row (other rows: zeros), computed
+        by tasks from the rows kept by the assignment or read again."""
+        sent = self.client.scatter([self.projection, centroids], broadcast=True, hash=False)
+        futs = {}
+        for p in range(len(self.sizes)):
+            a, b = self.offsets[p], self.offsets[p + 1]
+            local = np.flatnonzero(is_rep[a:b])
+            kept = self.kept.get(p) if self.kept is not None else None
+            futs[p] = self.submit(probed.probe_part, kept if kept is not None else self.bf, p,
+                                  local, *sent, nprobe)  # fmt: skip
+        out = np.zeros((self.n, min(nprobe, centroids.shape[0])), np.uint16
+                       if centroids.shape[0] <= 65536 else np.int32)  # fmt: skip
+        for p, (local, near) in self._as_completed(futs, "probes"):
+            out[self.offsets[p] + local] = near
+        return out
 
     def plan(self, centroids, table, sizes) -> dict:
         """Shards (list groups fitting the memory budget) and their search chunks."""
@@ -393,7 +403,7 @@ class _Build:
     # ------------------------------------------------------------ memory
     def _driver_bytes(self) -> int:
         """What the driver holds besides shards: per-row state and the result arrays."""
-        probes = 0 if self.probes is None else self.probes[:1].nbytes
+        probes = 2 * ivf.PROBE_CAP  # per-row probing: each row's nearest lists
         return self.n * (16 + 4 + 8 + 1 + (self.k + 1) * 16 + self.k * 12 + probes)
 
     def _one_shard(self) -> bool:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from d2scale.graph import scan
-from d2scale.graph.shards import Shard, single_threaded
+from d2scale.graph import ivf, scan
+from d2scale.graph.shards import Shard, extract_part, single_threaded
 
 _NO_ID = np.iinfo(np.int64).max
 
@@ -44,6 +44,20 @@ def _select_rows(part, qn, pos0, heap_d, heap_i, rows):
                 bar = hd[-1] - q
 
 
+def probe_part(
+    source, part: int, local: np.ndarray, projection, centroids: np.ndarray, nprobe: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``nprobe`` nearest lists of the rows ``local`` of partition ``part``: (local,
+    lists). ``source``: the partition's assignment result holding its rows, or the blocks."""
+    single_threaded()
+    if isinstance(source, dict):  # rows kept by the assignment
+        y = source["x"][local] if source["y"] is None else source["y"][local]
+    else:
+        y = extract_part(source, part, 0, local, np.zeros(local.size, np.int32), projection)
+        y = y[1] if y[2] is None else y[2]
+    return local, ivf.nearest_lists(y, centroids, nprobe)
+
+
 def union_table(lists: np.ndarray, probes: np.ndarray, nlist: int) -> np.ndarray:
     """For each list, the lists probed by any of its rows (int32, ``-1`` padded): what a
     shard answering that list must hold."""
@@ -57,7 +71,11 @@ def union_table(lists: np.ndarray, probes: np.ndarray, nlist: int) -> np.ndarray
 
 
 def topk_probed(
-    shard: Shard, q: np.ndarray, probes: np.ndarray, keep: int, ip: scan.IpFn = scan.ip_cpu,
+    shard: Shard,
+    q: np.ndarray,
+    probes: np.ndarray,
+    keep: int,
+    ip: scan.IpFn = scan.ip_cpu,
     margin: int = scan.MARGIN,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact search-space top-``keep`` of the shard rows ``q`` among the rows of their own

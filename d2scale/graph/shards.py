@@ -103,8 +103,7 @@ def assign_part(
     keep: tuple[int, int],
     keep_rows: bool,
 ) -> dict:
-    """One pass over partition ``part``: row hashes, IVF lists (in the search space) with each
-    row's nearest lists (:func:`ivf.probe_cap` of them, for per-row probing), and
+    """One pass over partition ``part``: row hashes, IVF lists (in the search space), and
     for the evaluation rows their exact top-``keep[0]`` by full distance and top-``keep[1]``
     by search-space distance among its rows (global ids, squared distances).
 
@@ -114,7 +113,6 @@ def assign_part(
     n = blocks.sizes[part]
     hashes = np.empty((n, 2), dtype=np.uint64)
     lists = np.empty(n, dtype=np.int32)
-    probes = None
     kept_x = np.empty((n, blocks.dim), dtype=np.float32) if keep_rows else None
     kept_y = None
     y_eval = x_eval if projection is None else projection(x_eval)
@@ -123,11 +121,7 @@ def assign_part(
         e = s + x.shape[0]
         y = x if projection is None else projection(x)
         hashes[s:e] = dedup.row_hashes(x)
-        near = ivf.nearest_lists(y, centroids, ivf.probe_cap(centroids.shape[0]))
-        if probes is None:
-            probes = np.empty((n, near.shape[1]), dtype=near.dtype)
-        probes[s:e] = near
-        lists[s:e] = near[:, 0]
+        lists[s:e] = ivf.assign(y, centroids)
         if kept_x is not None:
             kept_x[s:e] = x
             if projection is not None:
@@ -137,10 +131,8 @@ def assign_part(
         if x_eval.shape[0]:
             truth = _fold(truth, scan.topk(x_eval, x, [(0, e - s)], keep[0]), offset + s, keep[0])
             cands = _fold(cands, scan.topk(y_eval, y, [(0, e - s)], keep[1]), offset + s, keep[1])
-    if probes is None:  # an empty partition
-        probes = np.empty((0, ivf.probe_cap(centroids.shape[0])), dtype=np.uint16)
-    return {"hashes": hashes, "lists": lists, "probes": probes, "truth": truth,
-            "cands": cands, "x": kept_x, "y": kept_y}  # fmt: skip
+    return {"hashes": hashes, "lists": lists, "truth": truth, "cands": cands,
+            "x": kept_x, "y": kept_y}  # fmt: skip
 
 
 def _fold(acc, got, first: int, keep: int):
