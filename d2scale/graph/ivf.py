@@ -108,6 +108,40 @@ def fit_pca(sample: np.ndarray, energy: float = PCA_ENERGY, multiple: int = 16):
     return Projection(mean.astype(np.float32), comps)
 
 
+def eval_neighbours(
+    x_eval: np.ndarray,
+    y_eval: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    keep: tuple[int, int],
+    projection: Projection | None,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """For the evaluation rows, their exact top-``keep[0]`` among the rows ``x`` by full
+    distance and their exact top-``keep[1]`` by search-space distance (positions, squared
+    distances; as :func:`scan.topk`).
+
+    The full-space top comes from the search-space one where that is certain: a projection
+    onto orthonormal directions never lengthens a difference, so once the exact distances
+    of the search-space candidates put a row's ``keep[0]``-th neighbour closer than its
+    last candidate (less the projection's float32 error), no other row can come closer.
+    Only the rows not so certified are searched in full.
+    """
+    cands = scan.topk(y_eval, y, [(0, y.shape[0])], keep[1])
+    if projection is None:  # the search space is the full space
+        return (cands[0][:, : keep[0]], cands[1][:, : keep[0]]), cands
+    pos, d2 = scan.rerank(x_eval, x, cands[0], np.arange(x.shape[0]), keep[0])
+    # |projected distance error| ≤ γ_d·√d'·(‖x_q − μ‖ + ‖x_b − μ‖) (float32 sums, unit w)
+    gamma = (x.shape[1] + 3) * 2.0**-24 / (1 - (x.shape[1] + 3) * 2.0**-24)
+    norm = lambda v: np.linalg.norm((v - projection.mean).astype(np.float64), axis=1)  # noqa: E731
+    slack = gamma * np.sqrt(projection.dim) * (norm(x_eval) + norm(x).max()) * 1.01
+    bound = np.sqrt(cands[1][:, -1]) - slack
+    sure = (cands[0][:, -1] < 0) | (np.sqrt(d2[:, -1]) < bound)
+    if not sure.all():
+        rest = np.flatnonzero(~sure)
+        pos[rest], d2[rest] = scan.topk(x_eval[rest], x, [(0, x.shape[0])], keep[0])
+    return (pos, d2), cands
+
+
 # ---------------------------------------------------------------- lists
 
 
