@@ -279,6 +279,8 @@ def bench_size(n: int, args, workdir: str) -> dict:
             "recall": round(recall_with_ties(x, q, neighbors[q], kth), 4),
             "recall_self_reported": info.get("recall"), "recall_se": info.get("recall_se"),
             "index": info["index"], "nlist": info.get("nlist"), "nprobe": info.get("nprobe"),
+            "probing": info.get("probing"), "candidates": info.get("candidates"),
+            "pca_dim": info.get("pca_dim"), "shards": info.get("shards"),
             "unique_rows": info.get("unique_rows"), "timings": info["timings"],
             "peak_rss_gib": round(info["peak_rss_bytes"] / 2**30, 2),
             "float16_embedding_gib": round(n * x.shape[1] * 2 / 2**30, 2),
