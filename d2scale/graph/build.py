@@ -6,8 +6,9 @@ Stages (each timed, reported through ``progress`` and recorded for ``run.json``)
 ``train``   (IVF) k-means lists;
 ``assign``  one pass over the pool: row hashes (exact duplicates), every row's list, and the
             exact neighbours of the evaluation rows;
-``tune``    (IVF) the smallest ``nprobe`` whose recall@k on the held-out evaluation rows
-            (minus one standard error) reaches the target — computed from the lists alone;
+``tune``    (IVF) the cheapest probing (each row's own nearest lists, or its list's) and
+            ``nprobe`` whose recall@k on the held-out evaluation rows (minus one standard
+            error) reaches the target — computed from the lists alone;
 ``search``  shard by shard: tasks gather the shard's rows, then search its lists in chunks;
 ``write``   the consolidated graph (with ``workdir``).
 
@@ -293,7 +294,7 @@ class _Build:
         is_rep = rep == np.arange(self.n)
         by_row = tuned.get("probing") == "row"
         if by_row:  # each row's own probes, and what each list's rows probe (shard plan)
-            row_probes = self.row_probes(centroids, lists, is_rep, tuned["nprobe"])
+            row_probes = self.row_probes(centroids, is_rep, tuned["nprobe"])
             table = probed.union_table(lists[is_rep], row_probes[is_rep], nlist)
         else:
             table = ivf.probe_table(centroids, tuned["nprobe"])
@@ -336,7 +337,7 @@ class _Build:
         self.kept = None
         return nbr, d2
 
-    def row_probes(self, centroids, lists, is_rep, nprobe: int) -> np.ndarray:
+    def row_probes(self, centroids, is_rep, nprobe: int) -> np.ndarray:
         """The ``nprobe`` nearest lists of every distinct row (other rows: zeros), computed
         by tasks from the rows kept by the assignment or read again."""
         sent = self.client.scatter([self.projection, centroids], broadcast=True, hash=False)
