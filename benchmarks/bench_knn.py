@@ -46,6 +46,7 @@ from common import host_info
 
 LATENT = 48
 EVAL_QUERIES = 1000  # rows whose recall is measured (seeded, independent of d2scale's own)
+TRUTH_CHUNK = 65536  # rows per exact-search chunk
 
 
 # ---------------------------------------------------------------- data
@@ -92,7 +93,7 @@ class Float16Blocks:
     """EmbeddingBlocks over a float16 array (memory-mapped): float32 blocks on load."""
 
     path: str
-    block_rows: int = 65536
+    block_rows: int = 16384  # partitions of ~16k rows, like web-data shards (~10k samples)
 
     def __post_init__(self) -> None:
         arr = np.load(self.path, mmap_mode="r")
@@ -158,11 +159,21 @@ def recall_with_ties(x: np.ndarray, q: np.ndarray, found: np.ndarray, kth: np.nd
 
 
 def exact_truth(x: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, float]:
-    """faiss exact search of the queries; returns the exact k-th neighbour distance of each."""
+    """faiss exact search of the queries; returns the exact k-th neighbour distance of each.
+    ``x`` may be a float16 memory map: it is searched in float32 chunks (memory stays small
+    for large pools)."""
     import faiss
 
+    xq = np.asarray(x[q], dtype=np.float32)
     t0 = time.perf_counter()
-    _, ids = faiss.knn(x[q], x, k + 1)
+    found_d, found_i = [], []
+    for s in range(0, x.shape[0], TRUTH_CHUNK):
+        d, i = faiss.knn(xq, np.asarray(x[s : s + TRUTH_CHUNK], dtype=np.float32), k + 1)
+        found_d.append(d)
+        found_i.append(i + s)
+    dist, ids = np.concatenate(found_d, axis=1), np.concatenate(found_i, axis=1)
+    order = np.argsort(dist, axis=1, kind="stable")[:, : k + 1]
+    ids = np.take_along_axis(ids, order, axis=1)
     dt = time.perf_counter() - t0
     kth = np.empty(len(q))
     for i, (row, f) in enumerate(zip(q, ids, strict=True)):
@@ -252,7 +263,7 @@ def data_path(n: int, args, workdir: str) -> str:
 
 def bench_size(n: int, args, workdir: str) -> dict:
     data = data_path(n, args, workdir)
-    x = np.load(data).astype(np.float32)
+    x = np.load(data, mmap_mode="r")  # float16; the in-memory baselines get a float32 copy
     k = args.k
     q = np.sort(np.random.default_rng(12345).choice(n, min(n, args.eval_queries), replace=False))
     kth, t_exact_q = exact_truth(x, q, k)
@@ -268,12 +279,16 @@ def bench_size(n: int, args, workdir: str) -> dict:
             "recall": round(recall_with_ties(x, q, neighbors[q], kth), 4),
             "recall_self_reported": info.get("recall"), "recall_se": info.get("recall_se"),
             "index": info["index"], "nlist": info.get("nlist"), "nprobe": info.get("nprobe"),
+            "probing": info.get("probing"), "candidates": info.get("candidates"),
+            "pca_dim": info.get("pca_dim"), "shards": info.get("shards"),
             "unique_rows": info.get("unique_rows"), "timings": info["timings"],
             "peak_rss_gib": round(info["peak_rss_bytes"] / 2**30, 2),
             "float16_embedding_gib": round(n * x.shape[1] * 2 / 2**30, 2),
             "load_before": round(load, 2),
         }  # fmt: skip
     nlist = (out.get("d2scale") or {}).get("nlist") or _nlist(n)
+    if "big_batch_search" in methods or "pynndescent" in methods:
+        x = np.asarray(x, dtype=np.float32)
     if "big_batch_search" in methods:
         out["big_batch_search"] = [
             big_batch(x, q, kth, k, max(1, int(f * nlist)), args.recall)

@@ -6,8 +6,9 @@ Stages (each timed, reported through ``progress`` and recorded for ``run.json``)
 ``train``   (IVF) k-means lists;
 ``assign``  one pass over the pool: row hashes (exact duplicates), every row's list, and the
             exact neighbours of the evaluation rows;
-``tune``    (IVF) the smallest ``nprobe`` whose recall@k on the held-out evaluation rows
-            (minus one standard error) reaches the target — computed from the lists alone;
+``tune``    (IVF) the cheapest probing (each row's own nearest lists, or its list's) and
+            ``nprobe`` whose recall@k on the held-out evaluation rows (minus one standard
+            error) reaches the target — computed from the lists alone;
 ``search``  shard by shard: tasks gather the shard's rows, then search its lists in chunks;
 ``write``   the consolidated graph (with ``workdir``).
 
@@ -30,7 +31,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from d2scale.errors import D2ScaleError
-from d2scale.graph import dedup, ivf, shards
+from d2scale.graph import dedup, ivf, probed, shards
 from d2scale.graph.store import GraphStore, save_graph
 from d2scale.types import EmbeddingBlocks, KnnGraph
 
@@ -39,7 +40,7 @@ TRAIN_ROWS_PER_LIST = 32  # k-means sample size per list
 EVAL_ROWS = (200, 1000)  # held-out rows for recall tuning: bounds ...
 EVAL_BUDGET = 1e8  # ... and their share of exact work (rows × n)
 FINGERPRINT_ROWS = 256
-EVAL_CANDIDATES = 8  # search-space candidates per k+1 kept for the evaluation rows
+EVAL_CANDIDATES = 4  # search-space candidates per k+1 kept for the evaluation rows
 TASKS_PER_THREAD = 4  # search chunks per cluster thread and shard (load balance)
 INDEXES = ("auto", "exact", "ivf")
 DEVICES = ("auto", "cpu", "cuda")
@@ -170,7 +171,7 @@ class _Build:
             del hashes
         if tuned is None:
             with self.stage("tune"):
-                tuned = self.tune(centroids, lists, rep, evals, eval_ids, nprobe)
+                tuned = self.tune(centroids, lists, rep, evals, (eval_ids, x_eval), nprobe)
             if self.store is not None:
                 self.store.save_model(_model_arrays(projection, centroids), tuned)
         with self.stage("search"):
@@ -236,13 +237,16 @@ class _Build:
                 self.kept[p] = futs[p]
         return hashes, lists, evals
 
-    def tune(self, centroids, lists, rep, evals, eval_ids, nprobe) -> dict:
+    def tune(self, centroids, lists, rep, evals, eval_rows, nprobe) -> dict:
         """Recall@k of the evaluation rows for each (nprobe, candidates) from the lists and
         exact neighbours alone; the cheapest setting whose recall minus one standard error
         reaches the target."""
         from d2scale.graph.scan import merge
 
         nlist, k1 = centroids.shape[0], self.k + 1
+        eval_ids, x_eval = eval_rows
+        y_eval = x_eval if self.projection is None else self.projection(x_eval)
+        eval_probes = ivf.nearest_lists(y_eval, centroids, ivf.probe_cap(nlist))
         ids, d2 = merge([e[0] for e in evals], k1)
         truth = rep[np.maximum(shards.drop_self(ids, d2, eval_ids, self.k)[0], 0)]
         truth[ids[:, :1].repeat(self.k, 1) < 0] = -1  # no padding expected; kept for safety
@@ -250,14 +254,20 @@ class _Build:
         cands = _first_reps(cands, rep)
         m_opts = [k1] if self.projection is None else [k1 + 4, 2 * k1, 3 * k1, 4 * k1]
         probes = [nprobe] if nprobe else ivf.nprobe_grid(nlist)
+        cap = eval_probes.shape[1]
         grid = [(p, m) for p in probes for m in m_opts]
-        curve = ivf.recall_curve(truth, cands, lists[eval_ids], lists, centroids, grid)
+        by_row = [(p, m) for p, m in grid if p <= cap]
+        curves = {
+            "row": ivf.recall_from_probes(truth, cands, eval_probes,
+                                          np.arange(len(eval_ids)), lists, nlist, by_row),
+            "list": ivf.recall_curve(truth, cands, lists[eval_ids], lists, centroids, grid),
+        }  # fmt: skip
         d_s = self.dim if self.projection is None else self.projection.dim
         rerank = 0 if self.projection is None else 2 * self.dim
         cost = {pm: pm[0] * self.n / nlist * d_s + pm[1] * rerank for pm in grid}
-        ok = [pm for pm in grid if curve[pm][0] - curve[pm][1] >= self.recall]
-        best = min(ok, key=cost.get) if ok else max(grid, key=lambda pm: (curve[pm], -cost[pm]))
+        mode, curve, best, ok = _pick(curves, cost, self.recall)
         return {
+            "probing": mode,
             "nprobe": best[0],
             "candidates": best[1],
             "recall": round(curve[best][0], 5),
@@ -268,11 +278,12 @@ class _Build:
             "exact search: the search takes the exact search-space top candidates of the "
             "probed lists, so what it finds follows from the rows' lists and their exact "
             "neighbours; the cheapest setting whose recall minus one standard error reaches "
-            "the target",
+            "the target (each row probing the lists nearest to itself, 'row', or to its "
+            "list's centroid, 'list')",
             "n_eval": len(eval_ids),
             "recall_curve": {
-                f"nprobe={p},candidates={m}": round(curve[(p, m)][0], 5)
-                for p, m in grid
+                f"nprobe={p},candidates={m}": round(r, 5)
+                for (p, m), (r, _) in curve.items()
                 if p <= 2 * best[0]
             },  # fmt: skip
         }
@@ -280,8 +291,13 @@ class _Build:
     def search(self, centroids, lists, rep, tuned, plan):
         """Top-(k+1) of every distinct row among its probed lists."""
         nlist = centroids.shape[0]
-        table = ivf.probe_table(centroids, tuned["nprobe"])
         is_rep = rep == np.arange(self.n)
+        by_row = tuned.get("probing") == "row"
+        if by_row:  # each row's own probes, and what each list's rows probe (shard plan)
+            row_probes = self.row_probes(centroids, is_rep, tuned["nprobe"])
+            table = probed.union_table(lists[is_rep], row_probes[is_rep], nlist)
+        else:
+            table = ivf.probe_table(centroids, tuned["nprobe"])
         sizes = np.bincount(lists[is_rep], minlength=nlist)
         if plan is None:
             plan = self.plan(centroids, table, sizes)
@@ -293,7 +309,8 @@ class _Build:
         nbr = np.full((self.n, keep), -1, np.int64)
         d2 = np.full((self.n, keep), np.inf)
         chunk = 0
-        t_f = self.client.scatter(table, broadcast=True, hash=False)
+        task = probed.search_rows if by_row else shards.search_lists
+        t_f = self.client.scatter(row_probes if by_row else table, broadcast=True, hash=False)
         for s, (shard_lists, items) in enumerate(zip(plan["shards"], plan["chunks"], strict=True)):
             todo = {}
             for c, chunk_items in enumerate(items, chunk):
@@ -307,7 +324,7 @@ class _Build:
             if not todo:
                 continue
             shard_f = self._shard(shard_lists, table, lists, is_rep, nlist)
-            futs = {c: self.submit(shards.search_lists, shard_f, it, t_f, keep,
+            futs = {c: self.submit(task, shard_f, it, t_f, keep,
                                   tuned["candidates"], self.device)
                     for c, it in todo.items()}  # fmt: skip
             del shard_f
@@ -319,6 +336,23 @@ class _Build:
                     self.store.save_part(f"chunk-{c:05d}", q=q, nbr=nb, d2=dd)
         self.kept = None
         return nbr, d2
+
+    def row_probes(self, centroids, is_rep, nprobe: int) -> np.ndarray:
+        """The ``nprobe`` nearest lists of every distinct row (other rows: zeros), computed
+        by tasks from the rows kept by the assignment or read again."""
+        sent = self.client.scatter([self.projection, centroids], broadcast=True, hash=False)
+        futs = {}
+        for p in range(len(self.sizes)):
+            a, b = self.offsets[p], self.offsets[p + 1]
+            local = np.flatnonzero(is_rep[a:b])
+            kept = self.kept.get(p) if self.kept is not None else None
+            futs[p] = self.submit(probed.probe_part, kept if kept is not None else self.bf, p,
+                                  local, *sent, nprobe)  # fmt: skip
+        out = np.zeros((self.n, min(nprobe, centroids.shape[0])), np.uint16
+                       if centroids.shape[0] <= 65536 else np.int32)  # fmt: skip
+        for p, (local, near) in self._as_completed(futs, "probes"):
+            out[self.offsets[p] + local] = near
+        return out
 
     def plan(self, centroids, table, sizes) -> dict:
         """Shards (list groups fitting the memory budget) and their search chunks."""
@@ -340,7 +374,8 @@ class _Build:
     def _shard(self, shard_lists, table, lists, is_rep, nlist):
         """A future of the shard holding ``shard_lists`` and the lists they probe."""
         need = np.zeros(nlist, bool)
-        need[table[shard_lists].ravel()] = True
+        probed_lists = table[shard_lists].ravel()
+        need[probed_lists[probed_lists >= 0]] = True
         pieces = []
         for p in range(len(self.sizes)):
             a, b = self.offsets[p], self.offsets[p + 1]
@@ -369,7 +404,8 @@ class _Build:
     # ------------------------------------------------------------ memory
     def _driver_bytes(self) -> int:
         """What the driver holds besides shards: per-row state and the result arrays."""
-        return self.n * (16 + 4 + 8 + 1 + (self.k + 1) * 16 + self.k * 12)
+        probes = 2 * ivf.PROBE_CAP  # per-row probing: each row's nearest lists
+        return self.n * (16 + 4 + 8 + 1 + (self.k + 1) * 16 + self.k * 12 + probes)
 
     def _one_shard(self) -> bool:
         need = 2 * self.n * (4 * self.dim + 16) + self._driver_bytes()
@@ -397,6 +433,20 @@ class _Build:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _pick(curves: dict, cost: dict, target: float) -> tuple:
+    """(probing, its curve, (nprobe, candidates), target reached) of the cheapest setting
+    whose recall minus one standard error reaches ``target``; else the best recall."""
+    ok = [(cost[pm], mode, pm) for mode, cur in curves.items() for pm, (r, se) in cur.items()
+          if r - se >= target]  # fmt: skip
+    if ok:
+        _, mode, best = min(ok, key=lambda t: (t[0], t[1] != "row"))
+        return mode, curves[mode], best, True
+    top = [(cur[pm], -cost[pm], mode == "row", mode, pm) for mode, cur in curves.items()
+           for pm in cur]  # fmt: skip
+    *_, mode, best = max(top)
+    return mode, curves[mode], best, False
 
 
 def _first_reps(cands: np.ndarray, rep: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ from d2scale.graph import scan
 PCA_ENERGY = 0.9  # variance kept by the automatic PCA search space
 PCA_ROWS = 20_000  # rows used to fit the PCA
 MAX_NPROBE = 512
+PROBE_CAP = 48  # per-row probing: the most lists a row may probe (its nearest, kept per row)
 MIN_POINTS_PER_LIST = 39  # faiss warns below this many training points per centroid
 KMEANS_ITER = 10
 
@@ -107,6 +108,40 @@ def fit_pca(sample: np.ndarray, energy: float = PCA_ENERGY, multiple: int = 16):
     return Projection(mean.astype(np.float32), comps)
 
 
+def eval_neighbours(
+    x_eval: np.ndarray,
+    y_eval: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    keep: tuple[int, int],
+    projection: Projection | None,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """For the evaluation rows, their exact top-``keep[0]`` among the rows ``x`` by full
+    distance and their exact top-``keep[1]`` by search-space distance (positions, squared
+    distances; as :func:`scan.topk`).
+
+    The full-space top comes from the search-space one where that is certain: a projection
+    onto orthonormal directions never lengthens a difference, so once the exact distances
+    of the search-space candidates put a row's ``keep[0]``-th neighbour closer than its
+    last candidate (less the projection's float32 error), no other row can come closer.
+    Only the rows not so certified are searched in full.
+    """
+    cands = scan.topk(y_eval, y, [(0, y.shape[0])], keep[1])
+    if projection is None:  # the search space is the full space
+        return (cands[0][:, : keep[0]], cands[1][:, : keep[0]]), cands
+    pos, d2 = scan.rerank(x_eval, x, cands[0], np.arange(x.shape[0]), keep[0])
+    # |projected distance error| ≤ γ_d·√d'·(‖x_q − μ‖ + ‖x_b − μ‖) (float32 sums, unit w)
+    gamma = (x.shape[1] + 3) * 2.0**-24 / (1 - (x.shape[1] + 3) * 2.0**-24)
+    norm = lambda v: np.linalg.norm((v - projection.mean).astype(np.float64), axis=1)  # noqa: E731
+    slack = gamma * np.sqrt(projection.dim) * (norm(x_eval) + norm(x).max()) * 1.01
+    bound = np.sqrt(cands[1][:, -1]) - slack
+    sure = (cands[0][:, -1] < 0) | (np.sqrt(d2[:, -1]) < bound)
+    if not sure.all():
+        rest = np.flatnonzero(~sure)
+        pos[rest], d2[rest] = scan.topk(x_eval[rest], x, [(0, x.shape[0])], keep[0])
+    return (pos, d2), cands
+
+
 # ---------------------------------------------------------------- lists
 
 
@@ -131,6 +166,19 @@ def assign(x: np.ndarray, centroids: np.ndarray, ip: scan.IpFn = scan.ip_cpu) ->
     return pos[:, 0].astype(np.int32)
 
 
+def probe_cap(nlist: int) -> int:
+    """How many nearest lists the assignment keeps per row (the largest per-row ``nprobe``)."""
+    return int(min(nlist, PROBE_CAP))
+
+
+def nearest_lists(x: np.ndarray, centroids: np.ndarray, p: int) -> np.ndarray:
+    """The ``p`` nearest lists of each row, nearest first, by exact distance then list id
+    (uint16 when the ids fit, else int32): the first column is the row's list."""
+    nlist = centroids.shape[0]
+    pos, _ = scan.topk(x, centroids, [(0, nlist)], min(p, nlist))
+    return pos.astype(np.uint16 if nlist <= 65536 else np.int32)
+
+
 def probe_table(centroids: np.ndarray, nprobe: int, lists: np.ndarray | None = None) -> np.ndarray:
     """The ``nprobe`` nearest lists of each list's centroid (int32), the list itself first,
     then by (exact distance, id); ``lists``: only these rows of the table (default: all)."""
@@ -152,7 +200,8 @@ def recall_curve(
     centroids: np.ndarray,
     grid: list[tuple[int, int]],
 ) -> dict[tuple[int, int], tuple[float, float]]:
-    """Recall@k (mean, standard error) of the evaluation rows for each (nprobe, m) of grid.
+    """Recall@k (mean, standard error) of the evaluation rows for each (nprobe, m) of grid
+    when every row probes the lists nearest to *its list's* centroid (:func:`probe_table`).
 
     ``truth``: their exact neighbours; ``cands``: their exact search-space top-M over all
     rows, in order (global ids, ``-1`` padding; with exact duplicates: both given as
@@ -164,10 +213,25 @@ def recall_curve(
     """
     nlist = centroids.shape[0]
     uniq, inv = np.unique(eval_lists, return_inverse=True)
-    table = probe_table(centroids, max(p for p, _ in grid), uniq).astype(np.int64)
-    rank = np.full((uniq.size, nlist), nlist, dtype=np.int32)  # rank[u, B]: B's probe rank
-    np.put_along_axis(rank, table, np.arange(table.shape[1], dtype=np.int32)[None, :], axis=1)
-    c_rank = np.where(cands >= 0, rank[inv[:, None], lists[np.maximum(cands, 0)]], nlist)
+    table = probe_table(centroids, max(p for p, _ in grid), uniq)
+    return recall_from_probes(truth, cands, table, inv, lists, nlist, grid)
+
+
+def recall_from_probes(
+    truth: np.ndarray,
+    cands: np.ndarray,
+    probes: np.ndarray,
+    row_of: np.ndarray,
+    lists: np.ndarray,
+    nlist: int,
+    grid: list[tuple[int, int]],
+) -> dict[tuple[int, int], tuple[float, float]]:
+    """As :func:`recall_curve` for any probing: evaluation row ``i`` probes the first
+    ``nprobe`` lists of ``probes[row_of[i]]`` (lists in probing order)."""
+    probes = np.asarray(probes, dtype=np.int64)
+    rank = np.full((probes.shape[0], nlist), nlist, dtype=np.int32)  # rank[u, B]: B's rank
+    np.put_along_axis(rank, probes, np.arange(probes.shape[1], dtype=np.int32)[None, :], axis=1)
+    c_rank = np.where(cands >= 0, rank[row_of[:, None], lists[np.maximum(cands, 0)]], nlist)
     valid = truth >= 0
     out = {}
     for p, m in grid:

@@ -129,8 +129,9 @@ def assign_part(
                     kept_y = np.empty((n, projection.dim), dtype=np.float32)
                 kept_y[s:e] = y
         if x_eval.shape[0]:
-            truth = _fold(truth, scan.topk(x_eval, x, [(0, e - s)], keep[0]), offset + s, keep[0])
-            cands = _fold(cands, scan.topk(y_eval, y, [(0, e - s)], keep[1]), offset + s, keep[1])
+            got_t, got_c = ivf.eval_neighbours(x_eval, y_eval, x, y, keep, projection)
+            truth = _fold(truth, got_t, offset + s, keep[0])
+            cands = _fold(cands, got_c, offset + s, keep[1])
     return {"hashes": hashes, "lists": lists, "truth": truth, "cands": cands,
             "x": kept_x, "y": kept_y}  # fmt: skip
 

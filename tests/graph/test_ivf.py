@@ -155,3 +155,21 @@ def test_auto_device_keeps_the_graph_on_the_cpu_even_with_a_gpu(monkeypatch):
     monkeypatch.setattr(scan, "gpu_available", lambda: False)
     with pytest.raises(D2ScaleError, match="needs CuPy"):
         build._device("cuda")
+
+
+@pytest.mark.parametrize("pca", [True, False])
+def test_eval_neighbours_equal_a_full_exact_search(pca):
+    """The evaluation rows' exact neighbours, taken from search-space candidates where the
+    projection's lower bound certifies them, equal those of a full exact search."""
+    x = clip_like(3000, dim=96, seed=2)
+    x[500:520] = x[11]  # exact duplicates: ties by id
+    projection = ivf.fit_pca(x) if pca else None
+    assert (projection is not None) == pca
+    y = x if projection is None else projection(x)
+    q = np.arange(0, 3000, 37)
+    (pos, d2), (c_pos, c_d2) = ivf.eval_neighbours(x[q], y[q], x, y, (11, 44), projection)
+    want = scan.topk(x[q], x, [(0, 3000)], 11)
+    np.testing.assert_array_equal(pos, want[0])
+    np.testing.assert_array_equal(d2, want[1])
+    want_c = scan.topk(y[q], y, [(0, 3000)], 44)
+    np.testing.assert_array_equal(c_pos, want_c[0])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from d2scale.errors import D2ScaleError
-from d2scale.graph import build_knn_graph, load_graph, load_lists, save_graph, shards
+from d2scale.graph import build_knn_graph, load_graph, load_lists, probed, save_graph, shards
 from d2scale.types import ArrayBlocks, KnnGraph
 
 
@@ -25,14 +25,15 @@ X = clip_like(5000, seed=9)
 BLOCK = 500  # 10 partitions
 
 # Task wrappers, referenced by module name so that Dask workers in this process find them.
-ORIGINAL_SEARCH = shards.search_lists
+ORIGINAL_SEARCH = {"list": shards.search_lists, "row": probed.search_rows}
 SEARCHED: list[int] = []  # first query list of every searched chunk
 FAIL_AT = {"list": -1}
 
 
-def counting_search(shard, items, *args):
+def counting_search(shard, items, probes, *args):
     SEARCHED.append(items[0][0])
-    return ORIGINAL_SEARCH(shard, items, *args)
+    by_row = probes.shape[0] == X.shape[0]  # per-row probes (else a per-list table)
+    return ORIGINAL_SEARCH["row" if by_row else "list"](shard, items, probes, *args)
 
 
 def failing_search(shard, items, *args):
@@ -84,6 +85,7 @@ def test_layout_and_round_trip(tmp_path, uninterrupted):
 def test_resume_recomputes_only_missing_chunks(tmp_path, monkeypatch, uninterrupted):
     gdir = str(tmp_path / "g")
     monkeypatch.setattr(shards, "search_lists", failing_search)
+    monkeypatch.setattr(probed, "search_rows", failing_search)
     FAIL_AT["list"] = 3
     with pytest.raises(RuntimeError, match="injected failure"):
         build(gdir, memory_limit=1_500_000)  # several shards: some finish before the failure
