@@ -44,6 +44,7 @@ TASKS_PER_THREAD = 4  # search chunks per cluster thread and shard (load balance
 INDEXES = ("auto", "exact", "ivf")
 DEVICES = ("auto", "cpu", "cuda")
 RERANK_CANDIDATE_BYTES = 80  # per query and candidate in a re-ranking task (ids, order, d²)
+RERANK_BLOCK_ROWS = 1 << 16  # queries per re-ranking task at most (larger gain little)
 MEMORY_FRACTION = 0.5  # default budget: this share of the currently available memory
 
 
@@ -400,13 +401,17 @@ class _Build:
                 f"{biggest / 2**20:.0f} MiB, more than the shard budget of "
                 f"{budget / 2**20:.0f} MiB: memory will exceed the limit"
             )
+        self.say(
+            f"knn graph: {len(groups)} shards of {'search-space' if split else 'full'} rows "
+            f"(budget {budget / 2**20:.0f} MiB, limit {self.limit / 2**20:.0f} MiB)"
+        )
         plan = {"shards": groups, "chunks": chunks, "largest_shard_bytes": biggest,
                 "shard_budget_bytes": budget}  # fmt: skip
         if split:  # full rows of the queries + the task's per-candidate arrays
             reps = int(sizes.sum())
-            plan["rerank_blocks"] = rerank.plan_blocks(
-                reps, 4 * self.dim + RERANK_CANDIDATE_BYTES * m, free, self.threads
-            )
+            row_bytes = 4 * self.dim + RERANK_CANDIDATE_BYTES * m
+            budget = min(free, RERANK_BLOCK_ROWS * row_bytes * self.threads)
+            plan["rerank_blocks"] = rerank.plan_blocks(reps, row_bytes, budget, self.threads)
         return plan
 
     def _shard(self, shard_lists, table, lists, is_rep, nlist, full: bool = True):
@@ -445,15 +450,17 @@ class _Build:
         return self.n * (16 + 4 + 8 + 1 + (self.k + 1) * 16 + self.k * 12)
 
     def _one_shard(self) -> bool:
-        need = 2 * self.n * (4 * self.dim + 16) + self._driver_bytes()
+        """Whether all full rows fit in one shard: kept by the assignment, gathered into
+        pieces and placed in the shard (three copies at the peak)."""
+        need = 3 * self.n * (4 * self.dim + 16) + self._driver_bytes()
         return need <= self.limit
 
     def _check_exact_fits(self) -> None:
         if not self._one_shard():
             raise D2ScaleError(
                 f"exact search holds all {self.n:,} embeddings ({self.n * self.dim * 4 / 2**30:.1f}"
-                " GiB float32, twice while gathering) in memory, more than the memory limit; "
-                "use index 'ivf' or raise the memory limit"
+                " GiB float32, up to three copies while gathering) in memory, more than the "
+                "memory limit; use index 'ivf' or raise the memory limit"
             )
 
     # ------------------------------------------------------------ output
