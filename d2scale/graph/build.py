@@ -9,6 +9,8 @@ Stages (each timed, reported through ``progress`` and recorded for ``run.json``)
 ``tune``    (IVF) the smallest ``nprobe`` whose recall@k on the held-out evaluation rows
             (minus one standard error) reaches the target — computed from the lists alone;
 ``search``  shard by shard: tasks gather the shard's rows, then search its lists in chunks;
+``rerank``  (when the full rows do not fit the memory limit) the search-space candidates
+            re-ranked by exact distance, block by block, tasks streaming the pool;
 ``write``   the consolidated graph (with ``workdir``).
 
 Only distinct vectors are searched (:mod:`d2scale.graph.dedup`); every search is exact over
