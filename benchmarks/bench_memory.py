@@ -5,7 +5,9 @@
 Writes (once, cached in ``--workdir``) a synthetic DataComp pool, runs
 ``d2scale select --feature-type image_text`` (1536-d) twice in fresh processes — with the
 memory limit and without — and prints ONE JSON document with each run's peak RSS (from its
-``run.json``), wall time, graph facts and whether the two uid files are equal.
+``run.json``: the process's ``ru_maxrss``), wall and CPU time, the 1-minute load average
+before and after, graph facts (shards, re-ranking blocks) and whether the two uid files are
+equal.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -36,18 +39,24 @@ def select(pool_dir: str, out: str, limit: str | None, fraction: float) -> dict:
            "--feature-type", "image_text", "--fraction", str(fraction), "--out", out]  # fmt: skip
     if limit:
         cmd += ["--memory-limit", limit]
-    t0 = time.perf_counter()
+    t0, load0 = time.perf_counter(), os.getloadavg()[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     if proc.returncode:
         raise RuntimeError(proc.stderr[-3000:])
     with open(os.path.join(out, "run.json")) as f:
         run = json.load(f)
     g = run["graph"]
-    return {"memory_limit": limit, "wall_s": round(wall, 1),
+    keys = ("index", "nlist", "nprobe", "candidates", "pca_dim", "shards", "rerank_blocks",
+            "largest_shard_bytes", "shard_budget_bytes", "recall", "unique_rows",
+            "timings")  # fmt: skip
+    return {"memory_limit": limit, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+            "load_avg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)],
             "peak_rss_gib": round(run["cluster"]["peak_rss_bytes_driver"] / 2**30, 3),
-            "graph": {key: g.get(key) for key in ("index", "nlist", "nprobe", "pca_dim", "shards",
-                                                  "recall", "unique_rows", "timings")},
+            "graph": {key: g.get(key) for key in keys},
             "uids": os.path.join(out, "uids.npy")}  # fmt: skip
 
 

@@ -263,6 +263,40 @@ class PoolEmbeddings:
     def iter_chunks(self, i: int, rows: int) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, float32 unit rows) of shard ``i``, ``rows`` rows at a time."""
         shard = self.pool.shards[i]
+        for start, raw in self._raw_chunks(i, rows, shard.rows):
+            out = np.empty((raw[0][1].shape[0], self.dim), dtype=np.float32)
+            self._normalise(raw, out, shard.npz, start + np.arange(out.shape[0]))
+            yield start, out
+
+    def iter_rows(
+        self, i: int, local: np.ndarray, rows: int
+    ) -> Iterator[tuple[int, int, np.ndarray]]:
+        """``(a, b, float32 unit rows local[a:b])`` of shard ``i`` for the sorted rows
+        ``local``: the members are read ``rows`` rows at a time up to the last one wanted,
+        and only the wanted rows are normalised (to the same values :meth:`iter_chunks`
+        gives)."""
+        local = np.asarray(local, dtype=np.int64)
+        if local.size == 0:
+            return
+        shard = self.pool.shards[i]
+        for start, raw in self._raw_chunks(i, rows, int(local[-1]) + 1):
+            a, b = np.searchsorted(local, [start, start + raw[0][1].shape[0]])
+            if b > a:
+                sel = local[a:b] - start
+                out = np.empty((b - a, self.dim), dtype=np.float32)
+                self._normalise([(r, x[sel]) for r, x in raw], out, shard.npz, local[a:b])
+                yield int(a), int(b), out
+
+    def _normalise(self, raw: list, out: np.ndarray, path: str, ids: np.ndarray) -> None:
+        """Normalise the raw rows (row numbers ``ids``) of each member into ``out``."""
+        col = 0
+        for r, x in raw:
+            _normalise_into(x, out[:, col : col + r.cols], path, r.key, ids=ids)
+            col += r.cols
+
+    def _raw_chunks(self, i: int, rows: int, stop: int) -> Iterator[tuple[int, list]]:
+        """(first row, [(member reader, raw rows)]) of shard ``i`` up to row ``stop``."""
+        shard = self.pool.shards[i]
         try:
             with self.pool.fs.open(shard.npz, "rb") as f, zipfile.ZipFile(f) as z:
                 names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
@@ -272,15 +306,9 @@ class PoolEmbeddings:
                         f"{shard.npz}: embeddings have {sum(r.cols for r in readers)} "
                         f"dimensions, expected {self.dim}"
                     )
-                for start in range(0, shard.rows, max(1, rows)):
-                    m = min(rows, shard.rows - start)
-                    out = np.empty((m, self.dim), dtype=np.float32)
-                    col = 0
-                    for r in readers:
-                        _normalise_into(r.read(m), out[:, col : col + r.cols], shard.npz, r.key,
-                                        first=start)  # fmt: skip
-                        col += r.cols
-                    yield start, out
+                for start in range(0, stop, max(1, rows)):
+                    m = min(rows, stop - start)
+                    yield start, [(r, r.read(m)) for r in readers]
         except (*NPZ_ERRORS, EOFError) as e:
             raise D2ScaleError(f"cannot read embeddings from {shard.npz}: {e}") from None
 
@@ -339,14 +367,14 @@ def check_keys(pool: Pool, keys: list[str]) -> None:
 
 
 def _normalise_into(
-    arr: np.ndarray, out: np.ndarray, path: str, key: str, chunk: int = 8192, first: int = 0
+    arr: np.ndarray, out: np.ndarray, path: str, key: str, chunk: int = 8192, ids=None
 ):
     for start in range(0, arr.shape[0], chunk):
         x = arr[start : start + chunk].astype(np.float64)
         norms = np.sqrt(np.einsum("ij,ij->i", x, x))
         bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
         if bad.size:
-            row = first + start + int(bad[0])
+            row = start + int(bad[0]) if ids is None else int(ids[start + int(bad[0])])
             what = "has zero norm" if norms[bad[0]] == 0 else "contains NaN or inf"
             raise D2ScaleError(f"{path}, array {key!r}, row {row}: embedding {what}")
         out[start : start + x.shape[0]] = x / norms[:, None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -97,6 +98,26 @@ class SubsetBlocks:
 
     def load(self, i: int) -> np.ndarray:
         return self.blocks.load(i)[self.local[i]] if self.sizes[i] else _empty(self.dim)
+
+    def iter_chunks(self, i: int, rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, rows) of block ``i``, about ``rows`` source rows read at a time (from
+        the source's ``iter_rows`` when it has one, else from its whole block)."""
+        for a, _, x in self.iter_rows(i, np.arange(self.sizes[i]), rows):
+            yield a, x
+
+    def iter_rows(
+        self, i: int, local: np.ndarray, rows: int
+    ) -> Iterator[tuple[int, int, np.ndarray]]:
+        """``(a, b, rows local[a:b])`` of block ``i`` for its sorted rows ``local``."""
+        chosen = self.local[i][np.asarray(local, dtype=np.int64)]
+        own = getattr(self.blocks, "iter_rows", None)
+        if own is not None:
+            yield from own(i, chosen, rows)
+        elif chosen.size:
+            x = self.blocks.load(i)
+            for a in range(0, chosen.size, max(1, rows)):
+                b = min(chosen.size, a + rows)
+                yield a, b, np.ascontiguousarray(x[chosen[a:b]], dtype=np.float32)
 
 
 def _empty(dim: int) -> np.ndarray:

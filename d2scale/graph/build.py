@@ -10,6 +10,8 @@ Stages (each timed, reported through ``progress`` and recorded for ``run.json``)
             ``nprobe`` whose recall@k on the held-out evaluation rows (minus one standard
             error) reaches the target — computed from the lists alone;
 ``search``  shard by shard: tasks gather the shard's rows, then search its lists in chunks;
+``rerank``  (when the full rows do not fit the memory limit) the search-space candidates
+            re-ranked by exact distance, block by block, tasks streaming the pool;
 ``write``   the consolidated graph (with ``workdir``).
 
 Only distinct vectors are searched (:mod:`d2scale.graph.dedup`); every search is exact over
@@ -31,7 +33,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from d2scale.errors import D2ScaleError
-from d2scale.graph import dedup, ivf, probed, shards
+from d2scale.graph import dedup, ivf, probed, rerank, shards
 from d2scale.graph.store import GraphStore, save_graph
 from d2scale.types import EmbeddingBlocks, KnnGraph
 
@@ -44,6 +46,8 @@ EVAL_CANDIDATES = 4  # search-space candidates per k+1 kept for the evaluation r
 TASKS_PER_THREAD = 4  # search chunks per cluster thread and shard (load balance)
 INDEXES = ("auto", "exact", "ivf")
 DEVICES = ("auto", "cpu", "cuda")
+RERANK_CANDIDATE_BYTES = 80  # per query and candidate in a re-ranking task (ids, order, d²)
+RERANK_BLOCK_ROWS = 1 << 16  # queries per re-ranking task at most (larger gain little)
 MEMORY_FRACTION = 0.5  # default budget: this share of the currently available memory
 
 
@@ -161,9 +165,11 @@ class _Build:
         else:
             with self.stage("train"):
                 projection = ivf.fit_pca(x_train) if pca else None
-                y_train = x_train if projection is None else projection(x_train)
-                centroids = ivf.train_centroids(y_train, nlist, self.seed)
+                if projection is not None:
+                    x_train = projection(x_train)  # the full sample is dropped here
+                centroids = ivf.train_centroids(x_train, nlist, self.seed)
             tuned = None
+        del x_train
         self.projection = projection
         with self.stage("assign"):
             hashes, lists, evals = self.assign(centroids, x_eval if tuned is None else None)
@@ -176,6 +182,9 @@ class _Build:
                 self.store.save_model(_model_arrays(projection, centroids), tuned)
         with self.stage("search"):
             nbr, d2 = self.search(centroids, lists, rep, tuned, manifest.get("plan"))
+        if d2 is None:  # search-space candidates: re-ranked in a separate, streamed pass
+            with self.stage("rerank"):
+                nbr, d2 = self.rerank(nbr, rep == np.arange(self.n), lists, centroids)
         with self.stage("expand"):
             graph = _finish(rep, nbr, d2, self.k)
         self.lists = lists if kind == "ivf" else None
@@ -195,16 +204,18 @@ class _Build:
         train = np.sort(perm[:n_train])
         held = perm[n_train:] if self.n - n_train >= n_eval else perm
         eval_ids = np.sort(held[:n_eval])
-        rows = np.unique(np.concatenate([fp_rows, train, eval_ids]).astype(np.int64))
-        futs = [
-            self.submit(shards.take_rows, self.bf, p, local)
-            for p, local in shards.part_rows(self.offsets, rows).items()
-        ]
-        got = self.client.gather(futs)
-        x = np.concatenate(got) if got else np.empty((0, self.dim), np.float32)
-        at = lambda r: x[np.searchsorted(rows, r)]  # noqa: E731
-        fingerprint = _fingerprint(self.blocks, at(np.sort(fp_rows)))
-        return fingerprint, at(train), at(eval_ids), eval_ids
+        wanted = [np.sort(fp_rows), train, eval_ids]
+        xs = [np.empty((r.size, self.dim), np.float32) for r in wanted]
+        rows = np.unique(np.concatenate(wanted).astype(np.int64))
+        by_part = shards.part_rows(self.offsets, rows)
+        futs = {p: self.submit(shards.take_rows, self.bf, p, local) for p, local in by_part.items()}
+        for p, got in self._as_completed(futs, "sample"):  # copied into place: no concatenation
+            ids = by_part[p] + self.offsets[p]
+            for r, x in zip(wanted, xs, strict=True):
+                a, b = np.searchsorted(r, [ids[0], ids[-1] + 1])
+                x[a:b] = got[np.searchsorted(ids, r[a:b])]
+        fingerprint = _fingerprint(self.blocks, xs[0])
+        return fingerprint, xs[1], xs[2], eval_ids
 
     def assign(self, centroids, x_eval):
         """Hashes and lists of every row (from the store where saved), and the evaluation
@@ -300,30 +311,34 @@ class _Build:
             table = ivf.probe_table(centroids, tuned["nprobe"])
         sizes = np.bincount(lists[is_rep], minlength=nlist)
         if plan is None:
-            plan = self.plan(centroids, table, sizes)
+            plan = self.plan(centroids, table, sizes, tuned["candidates"])
             if self.store is not None:
                 self.store.save_plan(plan)
         self.n_shards = len(plan["shards"])
         self.shard_bytes = (plan.get("largest_shard_bytes"), plan.get("shard_budget_bytes"))
+        self.rerank_blocks = plan.get("rerank_blocks")
+        split = self.rerank_blocks is not None
         keep = self.k + 1
-        nbr = np.full((self.n, keep), -1, np.int64)
-        d2 = np.full((self.n, keep), np.inf)
+        width, names = (tuned["candidates"], ("q", "cand")) if split else (keep, ("q", "nbr", "d2"))
+        nbr = np.full((self.n, width), -1, np.int32 if split and self.n < 2**31 else np.int64)
+        d2 = None if split else np.full((self.n, keep), np.inf)
         chunk = 0
         task = probed.search_rows if by_row else shards.search_lists
         t_f = self.client.scatter(row_probes if by_row else table, broadcast=True, hash=False)
         for s, (shard_lists, items) in enumerate(zip(plan["shards"], plan["chunks"], strict=True)):
             todo = {}
             for c, chunk_items in enumerate(items, chunk):
-                got = self.store.load_part(f"chunk-{c:05d}", ("q", "nbr", "d2")) \
-                    if self.store else None  # fmt: skip
-                if got is not None:
-                    nbr[got["q"]], d2[got["q"]] = got["nbr"], got["d2"]
-                else:
+                got = self.store.load_part(f"chunk-{c:05d}", names) if self.store else None
+                if got is None:
                     todo[c] = chunk_items
+                elif split:
+                    nbr[got["q"]] = got["cand"]
+                else:
+                    nbr[got["q"]], d2[got["q"]] = got["nbr"], got["d2"]
             chunk += len(items)
             if not todo:
                 continue
-            shard_f = self._shard(shard_lists, table, lists, is_rep, nlist)
+            shard_f = self._shard(shard_lists, table, lists, is_rep, nlist, not split)
             futs = {c: self.submit(task, shard_f, it, t_f, keep,
                                   tuned["candidates"], self.device)
                     for c, it in todo.items()}  # fmt: skip
@@ -331,9 +346,12 @@ class _Build:
             for c, (q, nb, dd) in self._as_completed(
                 futs, f"search shard {s + 1}/{len(plan['shards'])}"
             ):
-                nbr[q], d2[q] = nb, dd
+                nbr[q] = nb
+                if not split:
+                    d2[q] = dd
                 if self.store is not None:
-                    self.store.save_part(f"chunk-{c:05d}", q=q, nbr=nb, d2=dd)
+                    part = {"cand": nb} if split else {"nbr": nb, "d2": dd}
+                    self.store.save_part(f"chunk-{c:05d}", q=q, **part)
         self.kept = None
         return nbr, d2
 
@@ -354,11 +372,62 @@ class _Build:
             out[self.offsets[p] + local] = near
         return out
 
-    def plan(self, centroids, table, sizes) -> dict:
-        """Shards (list groups fitting the memory budget) and their search chunks."""
+    def rerank(self, cand, is_rep, lists, centroids) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-(k+1) of every distinct row among its search-space candidates ``cand``:
+        blocks of rows, taken in the search's list order (so a block's candidates lie in few
+        lists), re-ranked by tasks that read only their candidates' rows from the pool (a
+        bounded number of blocks in flight, so neither the tasks nor their arguments outgrow
+        the budget)."""
+        from distributed import as_completed
+
+        keep = self.k + 1
+        nbr = np.full((self.n, keep), -1, np.int64)
+        d2 = np.full((self.n, keep), np.inf)
+        rank_of = np.empty(centroids.shape[0], np.int64)
+        rank_of[ivf.list_order(centroids, self.seed)] = np.arange(centroids.shape[0])
+        q_all = np.flatnonzero(is_rep)
+        q_all = q_all[np.lexsort((q_all, rank_of[lists[q_all]]))]
+        todo = []
+        for b, (first, end) in enumerate(self.rerank_blocks):
+            got = self.store.load_part(f"rerank-{b:05d}", ("q", "nbr", "d2")) \
+                if self.store else None  # fmt: skip
+            if got is not None:
+                nbr[got["q"]], d2[got["q"]] = got["nbr"], got["d2"]
+            else:
+                todo.append((b, np.sort(q_all[first:end])))
+        offsets = self.client.scatter(self.offsets, broadcast=True, hash=False)
+        running = as_completed(loop=self.client.loop)
+        keys: dict = {}
+
+        def submit_next() -> None:
+            if todo:
+                b, q = todo.pop(0)
+                fut = self.submit(shards.rerank_streamed, self.bf, offsets, q, cand[q], keep)
+                keys[fut.key] = b
+                running.add(fut)
+
+        total = len(todo)
+        for _ in range(2 * self.threads):
+            submit_next()
+        for i, fut in enumerate(running, 1):
+            self.say(f"knn graph: re-rank: {i}/{total}")
+            q, nb, dd = fut.result()
+            nbr[q], d2[q] = nb, dd
+            if self.store is not None:
+                self.store.save_part(f"rerank-{keys.pop(fut.key):05d}", q=q, nbr=nb, d2=dd)
+            del fut
+            submit_next()
+        return nbr, d2
+
+    def plan(self, centroids, table, sizes, m: int) -> dict:
+        """Shards (list groups fitting the memory budget), their search chunks, and — when
+        the full rows do not all fit — the blocks of the separate re-ranking pass."""
         order = ivf.list_order(centroids, self.seed)
-        budget = max(1, self.limit - self._driver_bytes()) // 2  # pieces + shard
-        row_bytes = 4 * self.dim + 16 + (0 if self.projection is None else 4 * self.projection.dim)
+        split = self.projection is not None and not self._one_shard()
+        free = max(1, self.limit - self._driver_bytes() - (self.n * m * 4 if split else 0))
+        budget = free // 2  # pieces + shard
+        row_bytes = 16 + (0 if split else 4 * self.dim)
+        row_bytes += 0 if self.projection is None else 4 * self.projection.dim
         groups = shards.plan_shards(order, table, sizes, row_bytes, budget)
         chunks = [shards.plan_items(g, sizes, TASKS_PER_THREAD * self.threads) for g in groups]
         biggest = max(int(sizes[np.unique(table[g])].sum()) for g in groups) * row_bytes
@@ -368,11 +437,22 @@ class _Build:
                 f"{biggest / 2**20:.0f} MiB, more than the shard budget of "
                 f"{budget / 2**20:.0f} MiB: memory will exceed the limit"
             )
-        return {"shards": groups, "chunks": chunks, "largest_shard_bytes": biggest,
+        self.say(
+            f"knn graph: {len(groups)} shards of {'search-space' if split else 'full'} rows "
+            f"(budget {budget / 2**20:.0f} MiB, limit {self.limit / 2**20:.0f} MiB)"
+        )
+        plan = {"shards": groups, "chunks": chunks, "largest_shard_bytes": biggest,
                 "shard_budget_bytes": budget}  # fmt: skip
+        if split:  # full rows of the queries + the task's per-candidate arrays
+            reps = int(sizes.sum())
+            row_bytes = 4 * self.dim + RERANK_CANDIDATE_BYTES * m
+            budget = min(free, RERANK_BLOCK_ROWS * row_bytes * self.threads)
+            plan["rerank_blocks"] = rerank.plan_blocks(reps, row_bytes, budget, self.threads)
+        return plan
 
-    def _shard(self, shard_lists, table, lists, is_rep, nlist):
-        """A future of the shard holding ``shard_lists`` and the lists they probe."""
+    def _shard(self, shard_lists, table, lists, is_rep, nlist, full: bool = True):
+        """A future of the shard holding ``shard_lists`` and the lists they probe (their full
+        rows too when ``full``)."""
         need = np.zeros(nlist, bool)
         probed_lists = table[shard_lists].ravel()
         need[probed_lists[probed_lists >= 0]] = True
@@ -386,7 +466,7 @@ class _Build:
                 pieces.append(self.submit(shards.pieces_from_kept, self.kept[p], local, int(a)))
             else:
                 pieces.append(self.submit(shards.extract_part, self.bf, p, int(a), local,
-                                          lists[a:b][local], self.projection))  # fmt: skip
+                                          lists[a:b][local], self.projection, full))  # fmt: skip
         return self.submit(shards.build_shard, pieces, nlist)
 
     def _as_completed(self, futs: dict, what: str):
@@ -408,15 +488,17 @@ class _Build:
         return self.n * (16 + 4 + 8 + 1 + (self.k + 1) * 16 + self.k * 12 + probes)
 
     def _one_shard(self) -> bool:
-        need = 2 * self.n * (4 * self.dim + 16) + self._driver_bytes()
+        """Whether all full rows fit in one shard: kept by the assignment, gathered into
+        pieces and placed in the shard (three copies at the peak)."""
+        need = 3 * self.n * (4 * self.dim + 16) + self._driver_bytes()
         return need <= self.limit
 
     def _check_exact_fits(self) -> None:
         if not self._one_shard():
             raise D2ScaleError(
                 f"exact search holds all {self.n:,} embeddings ({self.n * self.dim * 4 / 2**30:.1f}"
-                " GiB float32, twice while gathering) in memory, more than the memory limit; "
-                "use index 'ivf' or raise the memory limit"
+                " GiB float32, up to three copies while gathering) in memory, more than the "
+                "memory limit; use index 'ivf' or raise the memory limit"
             )
 
     # ------------------------------------------------------------ output
@@ -429,6 +511,7 @@ class _Build:
                 "memory_limit": self.limit, "shards": self.n_shards,
                 "largest_shard_bytes": self.shard_bytes[0],
                 "shard_budget_bytes": self.shard_bytes[1],
+                "rerank_blocks": None if self.rerank_blocks is None else len(self.rerank_blocks),
                 "fingerprint": fingerprint}  # fmt: skip
 
 

@@ -95,7 +95,9 @@ def fit_pca(sample: np.ndarray, energy: float = PCA_ENERGY, multiple: int = 16):
     if sample.shape[0] < 2:
         return None
     mean = sample.mean(axis=0, dtype=np.float64)
-    xc = (sample - mean).astype(np.float32)
+    xc = np.empty(sample.shape, dtype=np.float32)
+    for a in range(0, sample.shape[0], 2048):  # centred in float64 by row blocks (no n×d copy)
+        xc[a : a + 2048] = sample[a : a + 2048] - mean
     cov = (xc.T @ xc).astype(np.float64) / max(1, xc.shape[0] - 1)
     evals, evecs = np.linalg.eigh(cov)
     evals, evecs = evals[::-1].clip(0), evecs[:, ::-1]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from d2scale.graph import dedup, ivf, scan
+from d2scale.graph import dedup, ivf, rerank, scan
 from d2scale.types import EmbeddingBlocks
 
 CHUNK_BYTES = 8 << 20  # float32 bytes of the embedding chunks that tasks read at a time
@@ -71,6 +71,21 @@ def iter_chunks(blocks: EmbeddingBlocks, part: int) -> Iterator[tuple[int, np.nd
         yield s, np.ascontiguousarray(x[s : s + rows], dtype=np.float32)
 
 
+def iter_rows(
+    blocks: EmbeddingBlocks, part: int, local: np.ndarray
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(a, b, float32 rows local[a:b])`` of partition ``part`` for the sorted rows
+    ``local``, a bounded chunk at a time (sources with ``iter_rows`` convert only those)."""
+    own = getattr(blocks, "iter_rows", None)
+    if own is not None:
+        yield from own(part, local, chunk_rows(blocks.dim))
+        return
+    for s, x in iter_chunks(blocks, part):
+        a, b = np.searchsorted(local, [s, s + x.shape[0]])
+        if b > a:
+            yield int(a), int(b), x[local[a:b] - s]
+
+
 def part_rows(offsets: np.ndarray, rows: np.ndarray) -> dict[int, np.ndarray]:
     """Group sorted global ``rows`` by partition: ``{partition: local rows}``."""
     parts = np.searchsorted(offsets, rows, side="right") - 1
@@ -79,9 +94,8 @@ def part_rows(offsets: np.ndarray, rows: np.ndarray) -> dict[int, np.ndarray]:
 
 def _pick(blocks: EmbeddingBlocks, part: int, local: np.ndarray) -> np.ndarray:
     out = np.empty((local.size, blocks.dim), dtype=np.float32)
-    for s, x in iter_chunks(blocks, part):
-        a, b = np.searchsorted(local, [s, s + x.shape[0]])
-        out[a:b] = x[local[a:b] - s]
+    for a, b, x in iter_rows(blocks, part, local):
+        out[a:b] = x
     return out
 
 
@@ -155,11 +169,19 @@ def extract_part(
     local: np.ndarray,
     lists: np.ndarray,
     projection: ivf.Projection | None,
+    full: bool = True,
 ) -> tuple:
-    """The rows ``local`` (sorted) of partition ``part``: (ids, rows, projected, lists)."""
+    """The rows ``local`` (sorted) of partition ``part``: (ids, rows, projected, lists).
+    ``full=False``: only the projected rows (rows None), projected chunk by chunk so the full
+    rows are never held together."""
     single_threaded()
-    x = _pick(blocks, part, local)
-    return local + offset, x, None if projection is None else projection(x), lists
+    if full or projection is None:
+        x = _pick(blocks, part, local)
+        return local + offset, x, None if projection is None else projection(x), lists
+    y = np.empty((local.size, projection.dim), dtype=np.float32)
+    for a, b, x in iter_rows(blocks, part, local):
+        y[a:b] = projection(x)
+    return local + offset, None, y, lists
 
 
 @dataclass
@@ -167,7 +189,8 @@ class Shard:
     """Rows of some IVF lists, sorted by (list, id): list ``l`` is rows
     ``lims[at[l]]:lims[at[l] + 1]`` (``at[l] = -1`` for lists not held). ``aug`` holds the
     search-space rows augmented for one-sgemm distances (:func:`scan.augment`); ``x`` the
-    full rows for re-ranking (None when the search space is the full space)."""
+    full rows for re-ranking (None when the search space is the full space, or when the
+    candidates are re-ranked in a separate pass: :func:`rerank_streamed`)."""
 
     ids: np.ndarray
     x: np.ndarray | None
@@ -192,7 +215,7 @@ def build_shard(pieces: list[tuple], nlist: int) -> Shard:
     at_row[order] = np.arange(ids.size)
     projected = pieces[0][2] is not None
     aug = _place(pieces, 2 if projected else 1, at_row, augment=True)
-    x = _place(pieces, 1, at_row) if projected else None
+    x = _place(pieces, 1, at_row) if projected and pieces[0][1] is not None else None
     held, first = np.unique(lists[order], return_index=True)
     lims = np.append(first, ids.size).astype(np.int64)
     at = np.full(nlist, -1, dtype=np.int64)
@@ -216,8 +239,10 @@ def search_lists(
     shard: Shard, items: list, table: np.ndarray, keep: int, m: int, device: str = "cpu"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For the queries ``items`` — (list, first, end) row ranges within a list — the exact
-    search-space top-``m`` among the rows of their probed lists (``table[list]``), re-ranked
-    by exact full distance to the top ``keep``: (query ids, neighbour ids, distances²)."""
+    search-space top-``m`` among the rows of their probed lists (``table[list]``): (query
+    ids, neighbour ids, distances²). A shard holding full rows re-ranks them by exact full
+    distance to the top ``keep``; else the ``m`` candidates are returned as they are (the
+    final result when the search space is the full space)."""
     single_threaded()
     ip = scan.ip_for(device)
     out = []
@@ -227,12 +252,43 @@ def search_lists(
         spans = [shard.span(int(p)) for p in table[lst] if p >= 0 and shard.at[p] >= 0]
         pos, d2 = scan.topk(shard.search_rows(q), None, spans, m, shard.ids, ip, aug=shard.aug)
         if shard.x is not None:
-            pos, d2 = scan.rerank(shard.x[q], shard.x, pos, shard.ids, keep)
-        nbr = np.where(pos >= 0, shard.ids[np.maximum(pos, 0)], -1)
+            nbr, d2 = rerank.rerank_held(shard.x[q], shard.x, pos, shard.ids, keep)
+        else:
+            nbr = np.where(pos >= 0, shard.ids[np.maximum(pos, 0)], -1)
         out.append((shard.ids[q], nbr, d2))
     if not out:
-        return np.empty(0, np.int64), np.empty((0, keep), np.int64), np.empty((0, keep))
+        width = keep if shard.x is not None else m
+        return np.empty(0, np.int64), np.empty((0, width), np.int64), np.empty((0, width))
     return tuple(np.concatenate([o[i] for o in out]) for i in range(3))
+
+
+def rerank_streamed(
+    blocks: EmbeddingBlocks, offsets: np.ndarray, q_ids: np.ndarray, cand: np.ndarray, keep: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Task: re-rank the candidates ``cand`` (global ids, ``-1`` padding) of the sorted
+    queries ``q_ids`` by exact distance, streaming the pool: (query ids, neighbour ids,
+    squared distances)."""
+    single_threaded()
+    xq = np.empty((q_ids.size, blocks.dim), dtype=np.float32)
+    at = 0
+    for p, local in part_rows(offsets, q_ids).items():
+        xq[at : at + local.size] = take_rows(blocks, p, local)
+        at += local.size
+    flat = cand.ravel()
+    order = np.argsort(flat, kind="stable")
+    by_id = flat[order].astype(np.int64)
+    d2 = np.full(flat.size, np.inf)
+    m = cand.shape[1]
+    wanted = np.unique(by_id[np.searchsorted(by_id, 0) :])
+    for p, local in part_rows(offsets, wanted).items():
+        for a, b, x in iter_rows(blocks, p, local):
+            ids = local[a:b] + offsets[p]
+            lo, hi = np.searchsorted(by_id, [ids[0], ids[-1] + 1])
+            sel = order[lo:hi]
+            d2[sel] = rerank.pair_d2(xq, sel // m, x, np.searchsorted(ids, by_id[lo:hi]))
+    del xq
+    nbr, dd = rerank.rank(cand, d2.reshape(cand.shape), keep)
+    return q_ids, nbr, dd
 
 
 # ---------------------------------------------------------------- planning

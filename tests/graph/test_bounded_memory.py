@@ -1,0 +1,88 @@
+"""Bounded memory: shards hold only search-space rows and a separate pass re-ranks the
+candidates by streaming the pool; the graph is the one of an unlimited build."""
+
+import numpy as np
+import pytest
+
+from d2scale.graph import build_knn_graph, rerank
+from d2scale.sources import PoolEmbeddings, feature_keys, open_pool
+from d2scale.synth import write_pool
+from d2scale.types import ArrayBlocks, SubsetBlocks
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("pool"))
+    write_pool(path, rows=5000, shards=3, seed=5, layout="mixed")
+    return PoolEmbeddings(open_pool(path), feature_keys("l14", "image_text"))
+
+
+@pytest.mark.parametrize("rows", [1, 700, 10**6])
+def test_iter_rows_gives_the_rows_of_iter_chunks(pool, rows):
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        whole = pool.load(i)
+        local = np.sort(rng.choice(pool.sizes[i], 300, replace=False))
+        got = np.empty((local.size, pool.dim), np.float32)
+        spans = []
+        for a, b, x in pool.iter_rows(i, local, rows):
+            got[a:b] = x
+            spans.append((a, b))
+        assert spans[0][0] == 0 and spans[-1][1] == local.size
+        assert all(s[1] == t[0] for s, t in zip(spans, spans[1:], strict=False))
+        np.testing.assert_array_equal(got, whole[local])  # bit for bit
+
+
+def test_subset_blocks_stream_their_rows(pool):
+    rows = np.sort(np.random.default_rng(1).choice(sum(pool.sizes), 900, replace=False))
+    sub = SubsetBlocks(pool, rows)
+    for i in range(3):
+        chunks = list(sub.iter_chunks(i, 128))
+        got = np.concatenate([x for _, x in chunks]) if chunks else np.empty((0, pool.dim))
+        np.testing.assert_array_equal(got, sub.load(i))
+
+
+def test_a_tiny_memory_limit_does_not_change_the_graph(pool):
+    """3 MB: shards of search-space rows only, many re-ranking blocks."""
+    free, free_info = build_knn_graph(pool, n_neighbors=6, index="ivf")
+    tight, info = build_knn_graph(pool, n_neighbors=6, index="ivf", memory_limit=3_000_000)
+    assert free_info["shards"] == 1 and free_info["rerank_blocks"] is None
+    assert info["pca_dim"] is not None and info["shards"] > 1 and info["rerank_blocks"] > 10
+    np.testing.assert_array_equal(tight.neighbors, free.neighbors)
+    np.testing.assert_array_equal(tight.distances, free.distances)
+
+
+def test_resumed_split_build_equals_a_fresh_one(tmp_path):
+    """Candidates and re-ranked blocks are saved; a damaged block is recomputed."""
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((3000, 6)) @ rng.standard_normal((6, 48))  # PCA applies
+    x = (z + 0.1 * rng.standard_normal((3000, 48))).astype(np.float32)
+    kw = {"n_neighbors": 5, "index": "ivf", "memory_limit": 800_000}
+    first, info = build_knn_graph(ArrayBlocks(x, 700), workdir=str(tmp_path), **kw)
+    assert info["rerank_blocks"] > 1
+    (tmp_path / "parts" / "rerank-00001.npz").write_bytes(b"damaged")
+    (tmp_path / "parts" / "chunk-00000.npz").unlink()
+    again, _ = build_knn_graph(ArrayBlocks(x, 700), workdir=str(tmp_path), **kw)
+    np.testing.assert_array_equal(again.neighbors, first.neighbors)
+    np.testing.assert_array_equal(again.distances, first.distances)
+
+
+def test_plan_blocks_fit_the_budget():
+    blocks = rerank.plan_blocks(1000, 100, 10_000, 2)
+    assert blocks[0] == (0, 50) and blocks[-1][1] == 1000
+    assert all(b - a <= 50 for a, b in blocks)
+    assert rerank.plan_blocks(10, 1, 10**9, 2) == [(0, 5), (5, 10)]
+    assert rerank.plan_blocks(0, 1, 10, 2) == []
+
+
+def test_streamed_and_held_reranks_agree():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((200, 33)).astype(np.float32)
+    pos = rng.integers(-1, 200, (20, 9))
+    ids = np.arange(200)
+    held_ids, held_d2 = rerank.rerank_held(x[:20], x, pos, ids, 4)
+    d2 = ((x[:20, None, :].astype(np.float64) - x[np.maximum(pos, 0)]) ** 2).sum(-1)
+    cand = np.where(pos >= 0, pos, -1)
+    ref_ids, ref_d2 = rerank.rank(cand, d2, 4)
+    np.testing.assert_array_equal(held_ids, ref_ids)
+    np.testing.assert_allclose(held_d2, ref_d2, rtol=1e-12)
