@@ -249,8 +249,9 @@ def _warn_empty_classes(info: dict, params: PruneParams, progress) -> None:
     empty = [k for k, (q, c) in enumerate(zip(quotas, counts, strict=True)) if q == 0 and c]
     if empty:
         hint = "" if params.recall_smoothing != "none" else "; --recall-smoothing laplace avoids it"
+        verb = "keep no" if params.strategy == "dp" else "acquire no new"
         progress(
-            f"warning: DRoP quotas keep no samples of class(es) {empty} (validation recall "
+            f"warning: DRoP quotas {verb} samples of class(es) {empty} (validation recall "
             f"1.0 means zero error){hint}"
         )
 
