@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit
 
 from d2scale.graph import ivf, rerank, scan
+from d2scale.graph.scan import _push
 from d2scale.graph.shards import Shard, extract_part, single_threaded
 
 _NO_ID = np.iinfo(np.int64).max
@@ -33,14 +34,7 @@ def _select_rows(part, qn, pos0, heap_d, heap_i, rows):
         row = part[t]
         for r in range(row.shape[0]):
             if row[r] < bar:
-                j = hd.shape[0] - 1
-                s = q + row[r]
-                while j > 0 and hd[j - 1] > s:
-                    hd[j] = hd[j - 1]
-                    hi[j] = hi[j - 1]
-                    j -= 1
-                hd[j] = s
-                hi[j] = pos0 + r
+                _push(hd, hi, q + row[r], pos0 + r)
                 bar = hd[-1] - q
 
 
