@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -39,6 +40,7 @@ def select(pool_dir: str, out: str, limit: str | None, fraction: float) -> dict:
            "--feature-type", "image_text", "--fraction", str(fraction), "--out", out]  # fmt: skip
     if limit:
         cmd += ["--memory-limit", limit]
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run: a reused graph stage would not count
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
