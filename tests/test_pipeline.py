@@ -166,10 +166,22 @@ def test_ctrl_c_is_one_line_and_status_130(small_pool, tmp_path):
     argv = [sys.executable, "-m", "d2scale.cli.main", "select", "--metadata-dir", str(small_pool),
             "--out", str(tmp_path), "--index", "exact", "--workers", "2"]  # fmt: skip
     env = {**os.environ, "D2SCALE_PAUSE_AT": "after-read"}
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
+    # a shell's background job starts with SIGINT ignored, and Python then keeps it ignored:
+    # give the child the default disposition, as a terminal would
+    def default_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    proc = subprocess.Popen(
+        argv, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=default_sigint
+    )
     for line in proc.stderr:
         if "paused at after-read" in line:
             break
     proc.send_signal(signal.SIGINT)
-    rest = proc.stderr.read().strip().splitlines()
-    assert proc.wait(timeout=60) == 130 and rest == ["d2scale: interrupted"], rest
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("select did not stop within 60 s of SIGINT") from None
+    rest = err.strip().splitlines()
+    assert proc.returncode == 130 and rest == ["d2scale: interrupted"], rest
