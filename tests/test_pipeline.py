@@ -166,6 +166,7 @@ def test_ctrl_c_is_one_line_and_status_130(small_pool, tmp_path):
     argv = [sys.executable, "-m", "d2scale.cli.main", "select", "--metadata-dir", str(small_pool),
             "--out", str(tmp_path), "--index", "exact", "--workers", "2"]  # fmt: skip
     env = {**os.environ, "D2SCALE_PAUSE_AT": "after-read"}
+
     # a shell's background job starts with SIGINT ignored, and Python then keeps it ignored:
     # give the child the default disposition, as a terminal would
     def default_sigint() -> None:
