@@ -8,9 +8,6 @@ is refused at once.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import gc
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,15 +17,6 @@ from d2scale.params import check
 
 MIN_ROWS_PER_THREAD = 65536  # below this, thread start-up costs more than it saves
 CHUNKS_PER_THREAD = 4  # work items per thread: a preempted thread delays the end less
-
-
-def release_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``), so
-    that resident memory follows what is live between the graph's shards; a no-op where the
-    C library has no ``malloc_trim``."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
 
 
 def cuda_available() -> bool:

@@ -32,7 +32,6 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from d2scale.backends import release_memory
 from d2scale.errors import D2ScaleError
 from d2scale.graph import dedup, ivf, probed, rerank, shards
 from d2scale.graph.store import GraphStore, save_graph
@@ -353,7 +352,6 @@ class _Build:
                 if self.store is not None:
                     part = {"cand": nb} if split else {"nbr": nb, "d2": dd}
                     self.store.save_part(f"chunk-{c:05d}", q=q, **part)
-            release_memory()  # the shard is dropped: hand its pages back before the next
         self.kept = None
         return nbr, d2
 
@@ -418,7 +416,6 @@ class _Build:
             if self.store is not None:
                 self.store.save_part(f"rerank-{keys.pop(fut.key):05d}", q=q, nbr=nb, d2=dd)
             del fut
-            release_memory()
             submit_next()
         return nbr, d2
 
