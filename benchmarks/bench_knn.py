@@ -106,6 +106,21 @@ class Float16Blocks:
         start = i * self.block_rows
         return np.asarray(arr[start : start + self.sizes[i]], dtype=np.float32)
 
+    def iter_chunks(self, i: int, rows: int):
+        """(first row, float32 rows) of block ``i``, ``rows`` at a time (as d2scale's sources)."""
+        arr, start = np.load(self.path, mmap_mode="r"), i * self.block_rows
+        for a in range(0, self.sizes[i], rows):
+            b = min(self.sizes[i], a + rows)
+            yield a, np.asarray(arr[start + a : start + b], dtype=np.float32)
+
+    def iter_rows(self, i: int, local: np.ndarray, rows: int):
+        """(a, b, float32 rows local[a:b]) of block ``i``: only the wanted rows are read and
+        converted, as d2scale's own pool source does."""
+        arr, start = np.load(self.path, mmap_mode="r"), i * self.block_rows
+        for a in range(0, local.size, rows):
+            b = min(local.size, a + rows)
+            yield a, b, np.asarray(arr[start + local[a:b]], dtype=np.float32)
+
 
 # ---------------------------------------------------------------- d2scale (child process)
 

@@ -23,18 +23,24 @@ recomputed), and a directory holding another input or other parameters is refuse
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import resource
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
 
 import numpy as np
 
+from d2scale.backends import bound_heap_growth, release_free_pages
 from d2scale.errors import D2ScaleError
 from d2scale.graph import dedup, ivf, probed, rerank, shards
 from d2scale.graph.store import GraphStore, save_graph
+from d2scale.io import save_npy
 from d2scale.types import EmbeddingBlocks, KnnGraph
 
 AUTO_EXACT_MAX = 15_000  # "auto" picks exact search up to this many rows
@@ -84,15 +90,19 @@ def build_knn_graph(
     device_used = _device(device)
     kind = index if index != "auto" else ("exact" if n <= AUTO_EXACT_MAX else "ivf")
     limit = memory_limit or default_memory_limit()
+    bound_heap_growth()
     build = _Build(blocks, k, recall, seed, device_used, progress, workdir, limit)
-    with shards.task_client(client) as cl:
-        build.client = cl
-        build.bf = cl.scatter(blocks, broadcast=True, hash=False)
-        graph, info = build.run(kind, nlist, nprobe, pca)
-    info = {"index": kind, "device": device_used, **info, **(meta or {})}
-    info["peak_rss_bytes"] = peak_rss()
-    if build.store is not None:
-        build.write(graph, info)
+    try:
+        with shards.task_client(client) as cl:
+            build.client = cl
+            build.bf = cl.scatter(blocks, broadcast=True, hash=False)
+            graph, info = build.run(kind, nlist, nprobe, pca)
+        info = {"index": kind, "device": device_used, **info, **(meta or {})}
+        info["peak_rss_bytes"] = peak_rss()
+        if build.store is not None:
+            build.write(graph, info)
+    finally:
+        build.drop_spill(done=build.store is None or build.finished)
     return graph, {**info, "timings": build.timings}
 
 
@@ -121,6 +131,8 @@ class _Build:
         self.limit = limit
         self.timings: dict[str, float] = {}
         self.client = self.bf = self.projection = None
+        self.kept = self.spill = None
+        self.finished = False
 
     @contextmanager
     def stage(self, name: str):
@@ -218,35 +230,43 @@ class _Build:
         return fingerprint, xs[1], xs[2], eval_ids
 
     def assign(self, centroids, x_eval):
-        """Hashes and lists of every row (from the store where saved), and the evaluation
-        rows' exact neighbours and search-space candidates (when ``x_eval`` is given)."""
+        """Hashes, lists and nearest lists (per-row probes) of every row (from the store
+        where saved), and the evaluation rows' exact neighbours and search-space candidates
+        (when ``x_eval`` is given). Rows are kept for the search where they fit."""
         hashes = np.empty((self.n, 2), np.uint64)
-        lists = np.empty(self.n, np.int32)
+        n_probes = ivf.probe_cap(centroids.shape[0])
+        self.probes = np.empty((self.n, n_probes), ivf.list_dtype(centroids.shape[0]))
         x_eval = np.empty((0, self.dim), np.float32) if x_eval is None else x_eval
-        self.kept = {} if self._one_shard() else None
+        mode = self.keep_mode = self._keep_mode()
+        self.kept = {} if mode in ("full", "search") else None
+        if mode == "spill":
+            self.spill = self.store.parts_dir if self.store else tempfile.mkdtemp(prefix="d2scale-")
         sent = self.client.scatter([self.projection, centroids, x_eval], broadcast=True,
                                    hash=False)  # fmt: skip
         keep = (self.k + 1, EVAL_CANDIDATES * (self.k + 1))
         futs = {}
         for p, (a, b) in enumerate(zip(self.offsets[:-1], self.offsets[1:], strict=True)):
-            saved = self.store.load_part(f"assign-{p:05d}", ("hashes", "lists")) \
+            saved = self.store.load_part(f"assign-{p:05d}", ("hashes", "probes")) \
                 if self.store and not x_eval.shape[0] else None  # fmt: skip
-            if saved is not None and saved["lists"].shape == (b - a,):
-                hashes[a:b], lists[a:b] = saved["hashes"], saved["lists"]
+            spilled = self.spill is None or os.path.exists(self._spill_path(p))
+            if saved is not None and saved["probes"].shape == (b - a, n_probes) and spilled:
+                hashes[a:b], self.probes[a:b] = saved["hashes"], saved["probes"]
                 continue
             futs[p] = self.submit(shards.assign_part, self.bf, p, int(a), *sent, keep,
-                                  self.kept is not None)  # fmt: skip
+                                  n_probes, "search" if mode == "spill" else mode)  # fmt: skip
         evals = []
         for p, res in self._as_completed(futs, "assign"):
             a, b = self.offsets[p], self.offsets[p + 1]
-            hashes[a:b], lists[a:b] = res["hashes"], res["lists"]
+            hashes[a:b], self.probes[a:b] = res["hashes"], res["probes"]
             if res["truth"] is not None:
                 evals.append((res["truth"], res["cands"]))
+            if self.spill is not None:  # written before the part that says it is done
+                save_npy(self._spill_path(p), res["y"])
             if self.store is not None:
-                self.store.save_part(f"assign-{p:05d}", hashes=res["hashes"], lists=res["lists"])
-            if self.kept is not None and res["x"] is not None:
+                self.store.save_part(f"assign-{p:05d}", hashes=res["hashes"], probes=res["probes"])
+            if self.kept is not None:
                 self.kept[p] = futs[p]
-        return hashes, lists, evals
+        return hashes, self.probes[:, 0].astype(np.int32), evals
 
     def tune(self, centroids, lists, rep, evals, eval_rows, nprobe) -> dict:
         """Recall@k of the evaluation rows for each (nprobe, candidates) from the lists and
@@ -303,17 +323,15 @@ class _Build:
         """Top-(k+1) of every distinct row among its probed lists."""
         nlist = centroids.shape[0]
         is_rep = rep == np.arange(self.n)
-        by_row = tuned.get("probing") == "row"
-        if by_row:  # each row's own probes, and what each list's rows probe (shard plan)
-            row_probes = self.row_probes(centroids, is_rep, tuned["nprobe"])
-            table = probed.union_table(lists[is_rep], row_probes[is_rep], nlist)
-        else:
-            table = ivf.probe_table(centroids, tuned["nprobe"])
         sizes = np.bincount(lists[is_rep], minlength=nlist)
+        row_probes, table = self.probe_tables(centroids, lists, is_rep, tuned)
+        self.probes = None
         if plan is None:
             plan = self.plan(centroids, table, sizes, tuned["candidates"])
             if self.store is not None:
                 self.store.save_plan(plan)
+        self.report(plan, table.shape[1])
+        by_row = tuned.get("probing") == "row"
         self.n_shards = len(plan["shards"])
         self.shard_bytes = (plan.get("largest_shard_bytes"), plan.get("shard_budget_bytes"))
         self.rerank_blocks = plan.get("rerank_blocks")
@@ -352,25 +370,18 @@ class _Build:
                 if self.store is not None:
                     part = {"cand": nb} if split else {"nbr": nb, "d2": dd}
                     self.store.save_part(f"chunk-{c:05d}", q=q, **part)
+            release_free_pages()  # the shard is dropped: its pages go back before the next
         self.kept = None
         return nbr, d2
 
-    def row_probes(self, centroids, is_rep, nprobe: int) -> np.ndarray:
-        """The ``nprobe`` nearest lists of every distinct row (other rows: zeros), computed
-        by tasks from the rows kept by the assignment or read again."""
-        sent = self.client.scatter([self.projection, centroids], broadcast=True, hash=False)
-        futs = {}
-        for p in range(len(self.sizes)):
-            a, b = self.offsets[p], self.offsets[p + 1]
-            local = np.flatnonzero(is_rep[a:b])
-            kept = self.kept.get(p) if self.kept is not None else None
-            futs[p] = self.submit(probed.probe_part, kept if kept is not None else self.bf, p,
-                                  local, *sent, nprobe)  # fmt: skip
-        out = np.zeros((self.n, min(nprobe, centroids.shape[0])), np.uint16
-                       if centroids.shape[0] <= 65536 else np.int32)  # fmt: skip
-        for p, (local, near) in self._as_completed(futs, "probes"):
-            out[self.offsets[p] + local] = near
-        return out
+    def probe_tables(self, centroids, lists, is_rep, setting) -> tuple:
+        """(each row's probes or None, each list's probed lists) of a setting: per-row
+        probes come from the assignment; a list's table is then the union of its rows'."""
+        nlist, nprobe = centroids.shape[0], setting["nprobe"]
+        if setting.get("probing") != "row":
+            return None, ivf.probe_table(centroids, nprobe)
+        row_probes = np.ascontiguousarray(self.probes[:, :nprobe])
+        return row_probes, probed.union_table(lists[is_rep], row_probes[is_rep], nlist)
 
     def rerank(self, cand, is_rep, lists, centroids) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-(k+1) of every distinct row among its search-space candidates ``cand``:
@@ -416,6 +427,7 @@ class _Build:
             if self.store is not None:
                 self.store.save_part(f"rerank-{keys.pop(fut.key):05d}", q=q, nbr=nb, d2=dd)
             del fut
+            release_free_pages()
             submit_next()
         return nbr, d2
 
@@ -424,31 +436,39 @@ class _Build:
         the full rows do not all fit — the blocks of the separate re-ranking pass."""
         order = ivf.list_order(centroids, self.seed)
         split = self.projection is not None and not self._one_shard()
-        free = max(1, self.limit - self._driver_bytes() - (self.n * m * 4 if split else 0))
+        held = self.n * m * 4 if split else 0  # the candidates found
+        if split and self.kept is not None:  # and the search-space rows kept by the assignment
+            held += self.n * 4 * self.projection.dim
+        free = max(1, self.limit - self._driver_bytes() - held)
         budget = free // 2  # pieces + shard
         row_bytes = 16 + (0 if split else 4 * self.dim)
         row_bytes += 0 if self.projection is None else 4 * self.projection.dim
         groups = shards.plan_shards(order, table, sizes, row_bytes, budget)
         chunks = [shards.plan_items(g, sizes, TASKS_PER_THREAD * self.threads) for g in groups]
-        biggest = max(int(sizes[np.unique(table[g])].sum()) for g in groups) * row_bytes
-        if biggest > budget:  # one list with its probed lists alone exceeds the budget
-            self.say(
-                f"knn graph: warning: a list with its {table.shape[1]} probed lists needs "
-                f"{biggest / 2**20:.0f} MiB, more than the shard budget of "
-                f"{budget / 2**20:.0f} MiB: memory will exceed the limit"
-            )
-        self.say(
-            f"knn graph: {len(groups)} shards of {'search-space' if split else 'full'} rows "
-            f"(budget {budget / 2**20:.0f} MiB, limit {self.limit / 2**20:.0f} MiB)"
-        )
-        plan = {"shards": groups, "chunks": chunks, "largest_shard_bytes": biggest,
-                "shard_budget_bytes": budget}  # fmt: skip
+        rows = [_probed_rows(table, sizes, g) for g in groups]
+        plan = {"shards": groups, "chunks": chunks, "largest_shard_bytes": max(rows) * row_bytes,
+                "shard_budget_bytes": budget, "gathered_rows": sum(rows),
+                "rows": "search-space" if split else "full"}  # fmt: skip
         if split:  # full rows of the queries + the task's per-candidate arrays
             reps = int(sizes.sum())
             row_bytes = 4 * self.dim + RERANK_CANDIDATE_BYTES * m
             budget = min(free, RERANK_BLOCK_ROWS * row_bytes * self.threads)
             plan["rerank_blocks"] = rerank.plan_blocks(reps, row_bytes, budget, self.threads)
         return plan
+
+    def report(self, plan: dict, width: int) -> None:
+        """Say how the search is sharded (and warn when one shard exceeds its budget)."""
+        biggest, budget = plan["largest_shard_bytes"], plan["shard_budget_bytes"]
+        if biggest > budget:  # one list with its probed lists alone exceeds the budget
+            self.say(
+                f"knn graph: warning: a list with its {width} probed lists needs "
+                f"{biggest / 2**20:.0f} MiB, more than the shard budget of "
+                f"{budget / 2**20:.0f} MiB: memory will exceed the limit"
+            )
+        self.say(
+            f"knn graph: {len(plan['shards'])} shards of {plan.get('rows', '')} rows "
+            f"(budget {budget / 2**20:.0f} MiB, limit {self.limit / 2**20:.0f} MiB)"
+        )
 
     def _shard(self, shard_lists, table, lists, is_rep, nlist, full: bool = True):
         """A future of the shard holding ``shard_lists`` and the lists they probe (their full
@@ -464,6 +484,11 @@ class _Build:
                 continue
             if self.kept is not None and p in self.kept:
                 pieces.append(self.submit(shards.pieces_from_kept, self.kept[p], local, int(a)))
+            elif self.spill is not None and not full:  # read here: the driver owns the spill
+                y = np.load(self._spill_path(p), mmap_mode="r")
+                piece = (local + a, None, np.asarray(y[local]), lists[a:b][local])
+                pieces.append(self.client.scatter([piece], hash=False)[0])
+                del y, piece
             else:
                 pieces.append(self.submit(shards.extract_part, self.bf, p, int(a), local,
                                           lists[a:b][local], self.projection, full))  # fmt: skip
@@ -487,6 +512,36 @@ class _Build:
         probes = 2 * ivf.PROBE_CAP  # per-row probing: each row's nearest lists
         return self.n * (16 + 4 + 8 + 1 + (self.k + 1) * 16 + self.k * 12 + probes)
 
+    def _keep_mode(self) -> str:
+        """Which rows the assignment keeps for the search (see :func:`shards.assign_part`):
+        all (full and search-space) when the full rows fit one shard, else the search-space
+        rows when they fit one shard (three copies: kept, gathered, placed) beside the
+        candidates, else ``"spill"``: the search-space rows go to disk, so that each shard
+        reads its rows from there instead of reading and projecting the pool again."""
+        if self._one_shard():
+            return "full"
+        if self.projection is None:
+            return ""
+        most_candidates = 4 * (self.k + 1)  # the tuner's largest choice
+        need = 3 * self.n * (4 * self.projection.dim + 16) + self._driver_bytes()
+        return "search" if need + self.n * most_candidates * 4 <= self.limit else "spill"
+
+    def _spill_path(self, part: int) -> str:
+        return os.path.join(self.spill, f"searchspace-{part:05d}.npy")
+
+    def drop_spill(self, done: bool) -> None:
+        """Delete the spilled search-space rows once the graph is written (or, without a
+        store, always: nothing resumes from them)."""
+        if self.spill is None or not done:
+            return
+        if self.store is None:
+            shutil.rmtree(self.spill, ignore_errors=True)
+        else:
+            for p in range(len(self.sizes)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self._spill_path(p))
+        self.spill = None
+
     def _one_shard(self) -> bool:
         """Whether all full rows fit in one shard: kept by the assignment, gathered into
         pieces and placed in the shard (three copies at the peak)."""
@@ -505,6 +560,7 @@ class _Build:
     def write(self, graph: KnnGraph, info: dict) -> None:
         with self.stage("write"):
             save_graph(self.store.gdir, graph, {**info, "timings": self.timings}, self.lists)
+        self.finished = True
 
     def describe(self, fingerprint: str) -> dict:
         return {"n": self.n, "k": self.k, "dim": self.dim, "partitions": len(self.sizes),
@@ -512,6 +568,8 @@ class _Build:
                 "largest_shard_bytes": self.shard_bytes[0],
                 "shard_budget_bytes": self.shard_bytes[1],
                 "rerank_blocks": None if self.rerank_blocks is None else len(self.rerank_blocks),
+                "search_rows_from": {"full": "kept", "search": "kept", "spill": "disk"}.get(
+                    getattr(self, "keep_mode", ""), "pool"),
                 "fingerprint": fingerprint}  # fmt: skip
 
 
@@ -530,6 +588,12 @@ def _pick(curves: dict, cost: dict, target: float) -> tuple:
            for pm in cur]  # fmt: skip
     *_, mode, best = max(top)
     return mode, curves[mode], best, False
+
+
+def _probed_rows(table: np.ndarray, sizes: np.ndarray, shard_lists: list[int]) -> int:
+    """Rows a shard answering ``shard_lists`` holds: theirs and their probed lists'."""
+    held = np.unique(table[shard_lists])
+    return int(sizes[held[held >= 0]].sum())
 
 
 def _first_reps(cands: np.ndarray, rep: np.ndarray) -> np.ndarray:

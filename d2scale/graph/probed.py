@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from d2scale.graph import ivf, rerank, scan
+from d2scale.graph import rerank, scan
 from d2scale.graph.scan import _push
-from d2scale.graph.shards import Shard, extract_part, single_threaded
+from d2scale.graph.shards import Shard, single_threaded
 
 _NO_ID = np.iinfo(np.int64).max
 
@@ -36,20 +36,6 @@ def _select_rows(part, qn, pos0, heap_d, heap_i, rows):
             if row[r] < bar:
                 _push(hd, hi, q + row[r], pos0 + r)
                 bar = hd[-1] - q
-
-
-def probe_part(
-    source, part: int, local: np.ndarray, projection, centroids: np.ndarray, nprobe: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The ``nprobe`` nearest lists of the rows ``local`` of partition ``part``: (local,
-    lists). ``source``: the partition's assignment result holding its rows, or the blocks."""
-    single_threaded()
-    if isinstance(source, dict):  # rows kept by the assignment
-        y = source["x"][local] if source["y"] is None else source["y"][local]
-    else:
-        y = extract_part(source, part, 0, local, np.zeros(local.size, np.int32), projection)
-        y = y[1] if y[2] is None else y[2]
-    return local, ivf.nearest_lists(y, centroids, nprobe)
 
 
 def union_table(lists: np.ndarray, probes: np.ndarray, nlist: int) -> np.ndarray:

@@ -115,39 +115,48 @@ def assign_part(
     centroids: np.ndarray,
     x_eval: np.ndarray,
     keep: tuple[int, int],
-    keep_rows: bool,
+    n_probes: int,
+    keep_rows: str = "",
 ) -> dict:
-    """One pass over partition ``part``: row hashes, IVF lists (in the search space), and
-    for the evaluation rows their exact top-``keep[0]`` by full distance and top-``keep[1]``
-    by search-space distance among its rows (global ids, squared distances).
+    """One pass over partition ``part``: row hashes, each row's ``n_probes`` nearest IVF lists
+    (in the search space; the first is its list), and for the evaluation rows their exact
+    top-``keep[0]`` by full distance and top-``keep[1]`` by search-space distance among its
+    rows (global ids, squared distances).
 
-    ``keep_rows``: also return the rows, full and projected (when all fits in one shard).
+    ``keep_rows``: also return the rows — ``"full"``: full and projected rows (when all fits
+    in one shard), ``"search"``: the projected rows only (when they fit), ``""``: none.
     """
     single_threaded()
     n = blocks.sizes[part]
     hashes = np.empty((n, 2), dtype=np.uint64)
-    lists = np.empty(n, dtype=np.int32)
-    kept_x = np.empty((n, blocks.dim), dtype=np.float32) if keep_rows else None
+    probes = None
+    kept_x = np.empty((n, blocks.dim), dtype=np.float32) if keep_rows == "full" else None
     kept_y = None
+    if keep_rows and projection is not None:
+        kept_y = np.empty((n, projection.dim), dtype=np.float32)
     y_eval = x_eval if projection is None else projection(x_eval)
     truth = cands = None
     for s, x in iter_chunks(blocks, part):
         e = s + x.shape[0]
         y = x if projection is None else projection(x)
         hashes[s:e] = dedup.row_hashes(x)
-        lists[s:e] = ivf.assign(y, centroids)
+        near = ivf.nearest_lists(y, centroids, n_probes)
+        if probes is None:
+            probes = np.empty((n, near.shape[1]), dtype=near.dtype)
+        probes[s:e] = near
         if kept_x is not None:
             kept_x[s:e] = x
-            if projection is not None:
-                if kept_y is None:
-                    kept_y = np.empty((n, projection.dim), dtype=np.float32)
-                kept_y[s:e] = y
+        if kept_y is not None:
+            kept_y[s:e] = y
         if x_eval.shape[0]:
             got_t, got_c = ivf.eval_neighbours(x_eval, y_eval, x, y, keep, projection)
             truth = _fold(truth, got_t, offset + s, keep[0])
             cands = _fold(cands, got_c, offset + s, keep[1])
-    return {"hashes": hashes, "lists": lists, "truth": truth, "cands": cands,
-            "x": kept_x, "y": kept_y}  # fmt: skip
+    if probes is None:
+        probes = ivf.nearest_lists(np.empty((0, centroids.shape[1]), np.float32), centroids,
+                                   n_probes)  # fmt: skip
+    return {"hashes": hashes, "lists": probes[:, 0].astype(np.int32), "probes": probes,
+            "truth": truth, "cands": cands, "x": kept_x, "y": kept_y}  # fmt: skip
 
 
 def _fold(acc, got, first: int, keep: int):
@@ -158,8 +167,8 @@ def _fold(acc, got, first: int, keep: int):
 
 def pieces_from_kept(assigned: dict, local: np.ndarray, offset: int) -> tuple:
     """The rows ``local`` of an assignment that kept its rows: (ids, rows, projected, lists)."""
-    y = None if assigned["y"] is None else assigned["y"][local]
-    return local + offset, assigned["x"][local], y, assigned["lists"][local]
+    x, y = (None if assigned[f] is None else assigned[f][local] for f in ("x", "y"))
+    return local + offset, x, y, assigned["lists"][local]
 
 
 def extract_part(

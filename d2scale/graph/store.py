@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import zipfile
 from contextlib import contextmanager
 
@@ -29,7 +30,7 @@ from d2scale.errors import D2ScaleError
 from d2scale.io import json_default, save_json, save_npy, save_npz
 from d2scale.types import KnnGraph
 
-MANIFEST_VERSION = 2
+MANIFEST_VERSION = 3  # 3: assignment parts hold each row's nearest lists
 
 
 class GraphStore:
@@ -70,6 +71,8 @@ class GraphStore:
                 )
             return old
         manifest = {"version": MANIFEST_VERSION, "fingerprint": fingerprint, "params": params}
+        if old is not None:  # another format's parts are not reused
+            shutil.rmtree(self.parts_dir, ignore_errors=True)
         os.makedirs(self.parts_dir, exist_ok=True)
         save_json(self.manifest_path, manifest)
         return manifest

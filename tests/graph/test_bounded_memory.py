@@ -48,22 +48,25 @@ def test_a_tiny_memory_limit_does_not_change_the_graph(pool):
     tight, info = build_knn_graph(pool, n_neighbors=6, index="ivf", memory_limit=3_000_000)
     assert free_info["shards"] == 1 and free_info["rerank_blocks"] is None
     assert info["pca_dim"] is not None and info["shards"] > 1 and info["rerank_blocks"] > 10
+    assert free_info["search_rows_from"] == "kept" and info["search_rows_from"] == "disk"
     np.testing.assert_array_equal(tight.neighbors, free.neighbors)
     np.testing.assert_array_equal(tight.distances, free.distances)
 
 
-@pytest.mark.slow  # ~5 min since per-row probing: at this tiny limit the build shards badly
 def test_resumed_split_build_equals_a_fresh_one(tmp_path):
-    """Candidates and re-ranked blocks are saved; a damaged block is recomputed."""
+    """Candidates, re-ranked blocks and spilled search-space rows are saved; a damaged or
+    missing one is recomputed; the spill is deleted once the graph is written."""
     rng = np.random.default_rng(3)
-    z = rng.standard_normal((3000, 6)) @ rng.standard_normal((6, 48))  # PCA applies
-    x = (z + 0.1 * rng.standard_normal((3000, 48))).astype(np.float32)
-    kw = {"n_neighbors": 5, "index": "ivf", "memory_limit": 800_000}
-    first, info = build_knn_graph(ArrayBlocks(x, 700), workdir=str(tmp_path), **kw)
-    assert info["rerank_blocks"] > 1
+    z = rng.standard_normal((2000, 6)) @ rng.standard_normal((6, 48))  # PCA applies
+    x = (z + 0.1 * rng.standard_normal((2000, 48))).astype(np.float32)
+    kw = {"n_neighbors": 5, "index": "ivf", "memory_limit": 600_000}
+    first, info = build_knn_graph(ArrayBlocks(x, 500), workdir=str(tmp_path), **kw)
+    assert info["rerank_blocks"] > 1 and info["search_rows_from"] == "disk"
+    assert not list((tmp_path / "parts").glob("searchspace-*"))
+    (tmp_path / "meta.json").unlink()  # as if killed after the re-ranking
     (tmp_path / "parts" / "rerank-00001.npz").write_bytes(b"damaged")
-    (tmp_path / "parts" / "chunk-00000.npz").unlink()
-    again, _ = build_knn_graph(ArrayBlocks(x, 700), workdir=str(tmp_path), **kw)
+    (tmp_path / "parts" / "chunk-00000.npz").unlink()  # needs a shard: the spill is gone
+    again, _ = build_knn_graph(ArrayBlocks(x, 500), workdir=str(tmp_path), **kw)
     np.testing.assert_array_equal(again.neighbors, first.neighbors)
     np.testing.assert_array_equal(again.distances, first.distances)
 
