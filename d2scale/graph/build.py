@@ -54,6 +54,7 @@ INDEXES = ("auto", "exact", "ivf")
 DEVICES = ("auto", "cpu", "cuda")
 RERANK_CANDIDATE_BYTES = 80  # per query and candidate in a re-ranking task (ids, order, d²)
 RERANK_BLOCK_ROWS = 1 << 16  # queries per re-ranking task at most (larger gain little)
+RERANK_MIN_ROWS = 1024  # ... and at least (each task streams the pool: a few MB more at most)
 MEMORY_FRACTION = 0.5  # default budget: this share of the currently available memory
 
 
@@ -453,6 +454,7 @@ class _Build:
             reps = int(sizes.sum())
             row_bytes = 4 * self.dim + RERANK_CANDIDATE_BYTES * m
             budget = min(free, RERANK_BLOCK_ROWS * row_bytes * self.threads)
+            budget = max(budget, RERANK_MIN_ROWS * row_bytes * self.threads)
             plan["rerank_blocks"] = rerank.plan_blocks(reps, row_bytes, budget, self.threads)
         return plan
 

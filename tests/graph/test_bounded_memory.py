@@ -43,11 +43,11 @@ def test_subset_blocks_stream_their_rows(pool):
 
 
 def test_a_tiny_memory_limit_does_not_change_the_graph(pool):
-    """3 MB: shards of search-space rows only, many re-ranking blocks."""
+    """3 MB: shards of search-space rows only (read from disk), several re-ranking blocks."""
     free, free_info = build_knn_graph(pool, n_neighbors=6, index="ivf")
     tight, info = build_knn_graph(pool, n_neighbors=6, index="ivf", memory_limit=3_000_000)
     assert free_info["shards"] == 1 and free_info["rerank_blocks"] is None
-    assert info["pca_dim"] is not None and info["shards"] > 1 and info["rerank_blocks"] > 10
+    assert info["pca_dim"] is not None and info["shards"] > 1 and info["rerank_blocks"] >= 4
     assert free_info["search_rows_from"] == "kept" and info["search_rows_from"] == "disk"
     np.testing.assert_array_equal(tight.neighbors, free.neighbors)
     np.testing.assert_array_equal(tight.distances, free.distances)
