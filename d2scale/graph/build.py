@@ -53,7 +53,7 @@ TASKS_PER_THREAD = 4  # search chunks per cluster thread and shard (load balance
 INDEXES = ("auto", "exact", "ivf")
 DEVICES = ("auto", "cpu", "cuda")
 RERANK_CANDIDATE_BYTES = 80  # per query and candidate in a re-ranking task (ids, order, d²)
-RERANK_BLOCK_ROWS = 1 << 16  # queries per re-ranking task at most (larger gain little)
+RERANK_BLOCK_ROWS = 1 << 19  # queries per re-ranking task at most (each reads the pool)
 RERANK_MIN_ROWS = 1024  # ... and at least (each task streams the pool: a few MB more at most)
 MEMORY_FRACTION = 0.5  # default budget: this share of the currently available memory
 
@@ -357,9 +357,8 @@ class _Build:
             chunk += len(items)
             if not todo:
                 continue
-            shard_f = self._shard(shard_lists, table, lists, is_rep, nlist, not split)
-            futs = {c: self.submit(task, shard_f, it, t_f, keep,
-                                  tuned["candidates"], self.device)
+            shard_f = self._shard(shard_lists, table, lists, is_rep, nlist)
+            futs = {c: self.submit(task, shard_f, it, t_f, width, self.device)
                     for c, it in todo.items()}  # fmt: skip
             del shard_f
             for c, (q, nb, dd) in self._as_completed(
@@ -436,14 +435,13 @@ class _Build:
         """Shards (list groups fitting the memory budget), their search chunks, and — when
         the full rows do not all fit — the blocks of the separate re-ranking pass."""
         order = ivf.list_order(centroids, self.seed)
-        split = self.projection is not None and not self._one_shard()
+        split = self.projection is not None
         held = self.n * m * 4 if split else 0  # the candidates found
         if split and self.kept is not None:  # and the search-space rows kept by the assignment
             held += self.n * 4 * self.projection.dim
         free = max(1, self.limit - self._driver_bytes() - held)
         budget = free // 2  # pieces + shard
-        row_bytes = 16 + (0 if split else 4 * self.dim)
-        row_bytes += 0 if self.projection is None else 4 * self.projection.dim
+        row_bytes = 16 + 4 * (self.dim if self.projection is None else self.projection.dim)
         groups = shards.plan_shards(order, table, sizes, row_bytes, budget)
         chunks = [shards.plan_items(g, sizes, TASKS_PER_THREAD * self.threads) for g in groups]
         rows = [_probed_rows(table, sizes, g) for g in groups]
@@ -472,9 +470,8 @@ class _Build:
             f"(budget {budget / 2**20:.0f} MiB, limit {self.limit / 2**20:.0f} MiB)"
         )
 
-    def _shard(self, shard_lists, table, lists, is_rep, nlist, full: bool = True):
-        """A future of the shard holding ``shard_lists`` and the lists they probe (their full
-        rows too when ``full``)."""
+    def _shard(self, shard_lists, table, lists, is_rep, nlist):
+        """A future of the shard holding ``shard_lists`` and the lists they probe."""
         need = np.zeros(nlist, bool)
         probed_lists = table[shard_lists].ravel()
         need[probed_lists[probed_lists >= 0]] = True
@@ -486,14 +483,14 @@ class _Build:
                 continue
             if self.kept is not None and p in self.kept:
                 pieces.append(self.submit(shards.pieces_from_kept, self.kept[p], local, int(a)))
-            elif self.spill is not None and not full:  # read here: the driver owns the spill
+            elif self.spill is not None:  # read here: the driver owns the spill
                 y = np.load(self._spill_path(p), mmap_mode="r")
-                piece = (local + a, None, np.asarray(y[local]), lists[a:b][local])
+                piece = (local + a, np.asarray(y[local]), lists[a:b][local])
                 pieces.append(self.client.scatter([piece], hash=False)[0])
                 del y, piece
             else:
                 pieces.append(self.submit(shards.extract_part, self.bf, p, int(a), local,
-                                          lists[a:b][local], self.projection, full))  # fmt: skip
+                                          lists[a:b][local], self.projection))  # fmt: skip
         return self.submit(shards.build_shard, pieces, nlist)
 
     def _as_completed(self, futs: dict, what: str):
@@ -515,15 +512,15 @@ class _Build:
         return self.n * (16 + 4 + 8 + 1 + (self.k + 1) * 16 + self.k * 12 + probes)
 
     def _keep_mode(self) -> str:
-        """Which rows the assignment keeps for the search (see :func:`shards.assign_part`):
-        all (full and search-space) when the full rows fit one shard, else the search-space
-        rows when they fit one shard (three copies: kept, gathered, placed) beside the
-        candidates, else ``"spill"``: the search-space rows go to disk, so that each shard
-        reads its rows from there instead of reading and projecting the pool again."""
-        if self._one_shard():
-            return "full"
+        """Which rows the assignment keeps for the search (see :func:`shards.assign_part`).
+        With a PCA search space: its rows when they fit one shard (three copies: kept,
+        gathered, placed) beside the candidates, else ``"spill"``: they go to disk, so that
+        each shard reads its rows from there instead of reading and projecting the pool
+        again; the full rows are read again only by the re-ranking pass (holding them all
+        measured slower at 1M × 768: 98 s and 10.5 GB against 80 s and 1.5 GB). Without one:
+        the full rows when they fit one shard."""
         if self.projection is None:
-            return ""
+            return "full" if self._one_shard() else ""
         most_candidates = 4 * (self.k + 1)  # the tuner's largest choice
         need = 3 * self.n * (4 * self.projection.dim + 16) + self._driver_bytes()
         return "search" if need + self.n * most_candidates * 4 <= self.limit else "spill"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from d2scale.graph import rerank, scan
+from d2scale.graph import scan
 from d2scale.graph.scan import _push
 from d2scale.graph.shards import Shard, single_threaded
 
@@ -101,23 +101,18 @@ def topk_probed(
 
 
 def search_rows(
-    shard: Shard, items: list, probes: np.ndarray, keep: int, m: int, device: str = "cpu"
+    shard: Shard, items: list, probes: np.ndarray, m: int, device: str = "cpu"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For the queries ``items`` — (list, first, end) row ranges within a list — the exact
     search-space top-``m`` among the rows of their own probed lists (``probes[global id]``):
-    (query ids, neighbour ids, d²). A shard holding full rows re-ranks them by exact full
-    distance to the top ``keep``; else the ``m`` candidates are returned as they are (as
-    :func:`d2scale.graph.shards.search_lists`)."""
+    (query ids, neighbour ids, d²), as :func:`d2scale.graph.shards.search_lists`."""
     single_threaded()
     spans = [shard.span(lst) for lst, _, _ in items]
     q = np.concatenate([np.arange(s0 + a, s0 + b) for (s0, _), (_, a, b) in
                         zip(spans, items, strict=True)] or [np.empty(0, np.int64)])  # fmt: skip
     if q.size == 0:
-        width = keep if shard.x is not None else m
-        return np.empty(0, np.int64), np.empty((0, width), np.int64), np.empty((0, width))
+        return np.empty(0, np.int64), np.empty((0, m), np.int64), np.empty((0, m))
     ids = shard.ids[q]
     pos, d2 = topk_probed(shard, q, np.asarray(probes[ids], dtype=np.int64), m,
                           scan.ip_for(device))  # fmt: skip
-    if shard.x is not None:
-        return (ids, *rerank.rerank_held(shard.x[q], shard.x, pos, shard.ids, keep))
     return ids, np.where(pos >= 0, shard.ids[np.maximum(pos, 0)], -1), d2

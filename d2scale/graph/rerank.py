@@ -1,16 +1,12 @@
 """Exact re-ranking of search-space candidates by full Euclidean distances.
 
 A PCA search finds each query's best ``m`` candidates; their exact order comes from float64
-sums over the full vectors. Two ways to get those vectors, with bit-identical results (one
-kernel, :func:`pair_d2`, computes every distance):
-
-* :func:`rerank_held`: a shard that holds the full rows of its queries and candidates (the
-  whole build fits the memory limit);
-* :func:`d2scale.graph.shards.rerank_streamed`: a Dask task that holds only the full rows
-  of a block of queries and streams the pool past them, chunk by chunk, computing each
-  (query, candidate) pair when the candidate's chunk goes by. Its memory is the query block
-  and one chunk, whatever the pool's size, so search shards need to hold only search-space
-  vectors.
+sums over the full vectors (:func:`pair_d2`). The search shards hold only search-space rows,
+so the full rows are read in a separate pass: :func:`d2scale.graph.shards.rerank_streamed`,
+a Dask task that holds only the full rows of a block of queries and streams the pool past
+them, chunk by chunk, computing each (query, candidate) pair when the candidate's chunk goes
+by. Its memory is the query block and one chunk, whatever the pool's size. Every distance
+comes from the one kernel, so the result does not depend on the blocks.
 """
 
 from __future__ import annotations
@@ -51,17 +47,6 @@ def rank(cand: np.ndarray, d2: np.ndarray, keep: int) -> tuple[np.ndarray, np.nd
     """Each row's best ``keep`` candidates (global ids, ``-1`` = none) by (distance, id)."""
     d2 = np.where(cand >= 0, d2, np.inf)
     return scan.merge([(cand.astype(np.int64), d2)], keep)
-
-
-def rerank_held(
-    xq: np.ndarray, xb: np.ndarray, pos: np.ndarray, ids: np.ndarray, keep: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The best ``keep`` of the candidate positions ``pos`` into ``xb`` (ids ``ids``), by exact
-    distance then id: (global ids, squared distances)."""
-    q, j = np.nonzero(pos >= 0)
-    d2 = np.full(pos.shape, np.inf)
-    d2[q, j] = pair_d2(xq, q, xb, pos[q, j])
-    return rank(np.where(pos >= 0, ids[np.maximum(pos, 0)], -1), d2, keep)
 
 
 def plan_blocks(n: int, row_bytes: int, budget: int, tasks: int) -> list[tuple[int, int]]:

@@ -166,9 +166,10 @@ def _fold(acc, got, first: int, keep: int):
 
 
 def pieces_from_kept(assigned: dict, local: np.ndarray, offset: int) -> tuple:
-    """The rows ``local`` of an assignment that kept its rows: (ids, rows, projected, lists)."""
-    x, y = (None if assigned[f] is None else assigned[f][local] for f in ("x", "y"))
-    return local + offset, x, y, assigned["lists"][local]
+    """The rows ``local`` of an assignment that kept its rows: (ids, search-space rows,
+    lists)."""
+    rows = assigned["x"] if assigned["y"] is None else assigned["y"]
+    return local + offset, rows[local], assigned["lists"][local]
 
 
 def extract_part(
@@ -178,31 +179,26 @@ def extract_part(
     local: np.ndarray,
     lists: np.ndarray,
     projection: ivf.Projection | None,
-    full: bool = True,
 ) -> tuple:
-    """The rows ``local`` (sorted) of partition ``part``: (ids, rows, projected, lists).
-    ``full=False``: only the projected rows (rows None), projected chunk by chunk so the full
-    rows are never held together."""
+    """The rows ``local`` (sorted) of partition ``part`` in the search space: (ids, rows,
+    lists); projected chunk by chunk, so the full rows are never held together."""
     single_threaded()
-    if full or projection is None:
-        x = _pick(blocks, part, local)
-        return local + offset, x, None if projection is None else projection(x), lists
+    if projection is None:
+        return local + offset, _pick(blocks, part, local), lists
     y = np.empty((local.size, projection.dim), dtype=np.float32)
     for a, b, x in iter_rows(blocks, part, local):
         y[a:b] = projection(x)
-    return local + offset, None, y, lists
+    return local + offset, y, lists
 
 
 @dataclass
 class Shard:
-    """Rows of some IVF lists, sorted by (list, id): list ``l`` is rows
-    ``lims[at[l]]:lims[at[l] + 1]`` (``at[l] = -1`` for lists not held). ``aug`` holds the
-    search-space rows augmented for one-sgemm distances (:func:`scan.augment`); ``x`` the
-    full rows for re-ranking (None when the search space is the full space, or when the
-    candidates are re-ranked in a separate pass: :func:`rerank_streamed`)."""
+    """Search-space rows of some IVF lists, sorted by (list, id): list ``l`` is rows
+    ``lims[at[l]]:lims[at[l] + 1]`` (``at[l] = -1`` for lists not held), held in ``aug``
+    augmented for one-sgemm distances (:func:`scan.augment`). With a PCA search space the
+    candidates found are re-ranked later by :func:`rerank_streamed`."""
 
     ids: np.ndarray
-    x: np.ndarray | None
     aug: np.ndarray
     lims: np.ndarray
     at: np.ndarray
@@ -216,42 +212,32 @@ class Shard:
 
 
 def build_shard(pieces: list[tuple], nlist: int) -> Shard:
-    """Concatenate (ids, rows, projected rows, lists) pieces into a :class:`Shard`."""
+    """Concatenate (ids, search-space rows, lists) pieces into a :class:`Shard`."""
     ids = np.concatenate([p[0] for p in pieces]).astype(np.int64)
-    lists = np.concatenate([p[3] for p in pieces]).astype(np.int64)
+    lists = np.concatenate([p[2] for p in pieces]).astype(np.int64)
     order = np.lexsort((ids, lists))
     at_row = np.empty(ids.size, dtype=np.int64)
     at_row[order] = np.arange(ids.size)
-    projected = pieces[0][2] is not None
-    aug = _place(pieces, 2 if projected else 1, at_row, augment=True)
-    x = _place(pieces, 1, at_row) if projected and pieces[0][1] is not None else None
+    aug = np.empty((ids.size, pieces[0][1].shape[1] + 1), dtype=np.float32)
+    start = 0
+    for p in pieces:  # placed, not concatenated first
+        m = p[0].shape[0]
+        aug[at_row[start : start + m]] = scan.augment(p[1])
+        start += m
     held, first = np.unique(lists[order], return_index=True)
     lims = np.append(first, ids.size).astype(np.int64)
     at = np.full(nlist, -1, dtype=np.int64)
     at[held] = np.arange(held.size)
-    return Shard(ids[order], x, aug, lims, at)
-
-
-def _place(pieces: list[tuple], field: int, at_row: np.ndarray, augment: bool = False):
-    """Member ``field`` of the pieces placed at rows ``at_row`` (no concatenated copy),
-    augmented (:func:`scan.augment`) when asked."""
-    out = np.empty((at_row.size, pieces[0][field].shape[1] + augment), dtype=np.float32)
-    start = 0
-    for p in pieces:
-        m = p[0].shape[0]
-        out[at_row[start : start + m]] = scan.augment(p[field]) if augment else p[field]
-        start += m
-    return out
+    return Shard(ids[order], aug, lims, at)
 
 
 def search_lists(
-    shard: Shard, items: list, table: np.ndarray, keep: int, m: int, device: str = "cpu"
+    shard: Shard, items: list, table: np.ndarray, m: int, device: str = "cpu"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For the queries ``items`` — (list, first, end) row ranges within a list — the exact
     search-space top-``m`` among the rows of their probed lists (``table[list]``): (query
-    ids, neighbour ids, distances²). A shard holding full rows re-ranks them by exact full
-    distance to the top ``keep``; else the ``m`` candidates are returned as they are (the
-    final result when the search space is the full space)."""
+    ids, neighbour ids, distances²; the final result when the search space is the full
+    space)."""
     single_threaded()
     ip = scan.ip_for(device)
     out = []
@@ -260,14 +246,9 @@ def search_lists(
         q = slice(s0 + a, s0 + b)
         spans = [shard.span(int(p)) for p in table[lst] if p >= 0 and shard.at[p] >= 0]
         pos, d2 = scan.topk(shard.search_rows(q), None, spans, m, shard.ids, ip, aug=shard.aug)
-        if shard.x is not None:
-            nbr, d2 = rerank.rerank_held(shard.x[q], shard.x, pos, shard.ids, keep)
-        else:
-            nbr = np.where(pos >= 0, shard.ids[np.maximum(pos, 0)], -1)
-        out.append((shard.ids[q], nbr, d2))
+        out.append((shard.ids[q], np.where(pos >= 0, shard.ids[np.maximum(pos, 0)], -1), d2))
     if not out:
-        width = keep if shard.x is not None else m
-        return np.empty(0, np.int64), np.empty((0, width), np.int64), np.empty((0, width))
+        return np.empty(0, np.int64), np.empty((0, m), np.int64), np.empty((0, m))
     return tuple(np.concatenate([o[i] for o in out]) for i in range(3))
 
 

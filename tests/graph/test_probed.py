@@ -21,7 +21,7 @@ def make_shard(x: np.ndarray, nlist: int, projection=None):
     near = ivf.nearest_lists(y, centroids, nlist).astype(np.int64)
     lists = near[:, 0]
     ids = np.arange(x.shape[0])
-    shard = shards.build_shard([(ids, x, None if projection is None else y, lists)], nlist)
+    shard = shards.build_shard([(ids, y, lists)], nlist)
     return shard, near, lists
 
 
@@ -52,8 +52,8 @@ def test_results_do_not_depend_on_how_queries_are_grouped():
     shard, near, lists = make_shard(x, 12)
     sizes = np.bincount(lists, minlength=12)
     whole = probed.search_rows(shard, shards.plan_items(list(range(12)), sizes, 1)[0], near[:, :4],
-                               keep=6, m=6)  # fmt: skip
-    parts = [probed.search_rows(shard, items, near[:, :4], keep=6, m=6)
+                               m=6)  # fmt: skip
+    parts = [probed.search_rows(shard, items, near[:, :4], m=6)
              for items in shards.plan_items(list(range(12)), sizes, 7)]  # fmt: skip
     ids = np.concatenate([p[0] for p in parts])
     order = np.argsort(ids)

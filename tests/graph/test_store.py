@@ -66,9 +66,11 @@ def test_layout_and_round_trip(tmp_path, uninterrupted):
     with open(os.path.join(gdir, "manifest.json")) as f:
         manifest = json.load(f)
     n_chunks = sum(len(c) for c in manifest["plan"]["chunks"])
+    n_blocks = len(manifest["plan"].get("rerank_blocks") or [])
     assert sorted(os.listdir(os.path.join(gdir, "parts"))) == sorted(
         [f"assign-{p:05d}.npz" for p in range(10)] + [f"chunk-{c:05d}.npz" for c in range(n_chunks)]
-    )
+        + [f"rerank-{b:05d}.npz" for b in range(n_blocks)]
+    )  # fmt: skip
     loaded, meta = load_graph(gdir)
     np.testing.assert_array_equal(loaded.neighbors, graph.neighbors)
     np.testing.assert_array_equal(loaded.distances, graph.distances)
