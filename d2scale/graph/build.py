@@ -38,7 +38,7 @@ import numpy as np
 
 from d2scale.backends import bound_heap_growth, release_free_pages
 from d2scale.errors import D2ScaleError
-from d2scale.graph import dedup, ivf, probed, rerank, shards
+from d2scale.graph import dedup, ivf, probed, rerank, scan, shards
 from d2scale.graph.store import GraphStore, save_graph
 from d2scale.io import save_npy
 from d2scale.types import EmbeddingBlocks, KnnGraph
@@ -591,7 +591,7 @@ def _pick(curves: dict, cost: dict, target: float) -> tuple:
 
 def _probed_rows(table: np.ndarray, sizes: np.ndarray, shard_lists: list[int]) -> int:
     """Rows a shard answering ``shard_lists`` holds: theirs and their probed lists'."""
-    held = np.unique(table[shard_lists])
+    held = scan.unique_sorted(table[shard_lists])
     return int(sizes[held[held >= 0]].sum())
 
 

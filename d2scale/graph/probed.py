@@ -39,10 +39,16 @@ def _select_rows(part, qn, pos0, heap_d, heap_i, rows):
 
 
 def union_table(lists: np.ndarray, probes: np.ndarray, nlist: int) -> np.ndarray:
-    """For each list, the lists probed by any of its rows (int32, ``-1`` padded): what a
-    shard answering that list must hold."""
-    pairs = np.unique(lists.astype(np.int64) * nlist + probes.astype(np.int64)[:, :].T)
-    a, b = pairs // nlist, pairs % nlist
+    """For each list, the lists probed by any of its rows (int32, ascending, ``-1`` padded):
+    what a shard answering that list must hold."""
+    if nlist <= 8192:  # a dense (list, probed list) mask: no sort of all the pairs
+        mask = np.zeros((nlist, nlist), dtype=bool)
+        for col in range(probes.shape[1]):
+            mask[lists, probes[:, col]] = True
+        a, b = np.nonzero(mask)
+    else:
+        pairs = scan.unique_sorted(lists.astype(np.int64) * nlist + probes.astype(np.int64).T)
+        a, b = pairs // nlist, pairs % nlist
     width = int(np.bincount(a, minlength=nlist).max()) if a.size else 1
     table = np.full((nlist, max(width, 1)), -1, dtype=np.int32)
     start = np.searchsorted(a, np.arange(nlist))

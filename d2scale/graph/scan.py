@@ -129,6 +129,21 @@ def _rank(cand, exact, gid, keep, pos_out, d_out):
             n = min(n + 1, keep)
 
 
+def unique_sorted(values: np.ndarray, return_index: bool = False):
+    """``np.unique`` by sorting (numpy 2.4's hash-based ``np.unique`` measured 5–25× slower
+    on millions of ints); ``values`` already sorted ascending is taken as it is."""
+    v = np.asarray(values).ravel()
+    if v.size > 1 and (v[1:] < v[:-1]).any():
+        order = np.argsort(v, kind="stable") if return_index else None
+        v = v[order] if return_index else np.sort(v)
+    else:
+        order = None
+    first = np.flatnonzero(np.concatenate([[True], v[1:] != v[:-1]])) if v.size else v[:0]
+    if not return_index:
+        return v[first]
+    return v[first], (first if order is None else order[first])
+
+
 def norms2(x: np.ndarray) -> np.ndarray:
     """Squared row norms (float32)."""
     return np.einsum("ij,ij->i", x, x)

@@ -89,7 +89,12 @@ def iter_rows(
 def part_rows(offsets: np.ndarray, rows: np.ndarray) -> dict[int, np.ndarray]:
     """Group sorted global ``rows`` by partition: ``{partition: local rows}``."""
     parts = np.searchsorted(offsets, rows, side="right") - 1
-    return {int(p): rows[parts == p] - offsets[p] for p in np.unique(parts)}
+    step = np.diff(parts)
+    if (step < 0).any():
+        raise ValueError("part_rows needs sorted rows")
+    cuts = np.flatnonzero(step) + 1
+    groups = zip(np.split(parts, cuts), np.split(rows, cuts), strict=True)
+    return {int(p[0]): r - offsets[p[0]] for p, r in groups if p.size}
 
 
 def _pick(blocks: EmbeddingBlocks, part: int, local: np.ndarray) -> np.ndarray:
@@ -224,7 +229,7 @@ def build_shard(pieces: list[tuple], nlist: int) -> Shard:
         m = p[0].shape[0]
         aug[at_row[start : start + m]] = scan.augment(p[1])
         start += m
-    held, first = np.unique(lists[order], return_index=True)
+    held, first = scan.unique_sorted(lists[order], return_index=True)
     lims = np.append(first, ids.size).astype(np.int64)
     at = np.full(nlist, -1, dtype=np.int64)
     at[held] = np.arange(held.size)
@@ -269,7 +274,7 @@ def rerank_streamed(
     by_id = flat[order].astype(np.int64)
     d2 = np.full(flat.size, np.inf)
     m = cand.shape[1]
-    wanted = np.unique(by_id[np.searchsorted(by_id, 0) :])
+    wanted = scan.unique_sorted(by_id[np.searchsorted(by_id, 0) :])
     for p, local in part_rows(offsets, wanted).items():
         for a, b, x in iter_rows(blocks, p, local):
             ids = local[a:b] + offsets[p]
