@@ -44,6 +44,8 @@ from dataclasses import dataclass
 import numpy as np
 from common import host_info
 
+from d2scale.halfprec import to_float32
+
 LATENT = 48
 EVAL_QUERIES = 1000  # rows whose recall is measured (seeded, independent of d2scale's own)
 TRUTH_CHUNK = 65536  # rows per exact-search chunk
@@ -104,14 +106,14 @@ class Float16Blocks:
     def load(self, i: int) -> np.ndarray:
         arr = np.load(self.path, mmap_mode="r")
         start = i * self.block_rows
-        return np.asarray(arr[start : start + self.sizes[i]], dtype=np.float32)
+        return to_float32(arr[start : start + self.sizes[i]])
 
     def iter_chunks(self, i: int, rows: int):
         """(first row, float32 rows) of block ``i``, ``rows`` at a time (as d2scale's sources)."""
         arr, start = np.load(self.path, mmap_mode="r"), i * self.block_rows
         for a in range(0, self.sizes[i], rows):
             b = min(self.sizes[i], a + rows)
-            yield a, np.asarray(arr[start + a : start + b], dtype=np.float32)
+            yield a, to_float32(arr[start + a : start + b])
 
     def iter_rows(self, i: int, local: np.ndarray, rows: int):
         """(a, b, float32 rows local[a:b]) of block ``i``: only the wanted rows are read and
@@ -119,7 +121,7 @@ class Float16Blocks:
         arr, start = np.load(self.path, mmap_mode="r"), i * self.block_rows
         for a in range(0, local.size, rows):
             b = min(local.size, a + rows)
-            yield a, b, np.asarray(arr[start + local[a:b]], dtype=np.float32)
+            yield a, b, to_float32(arr[start + local[a:b]])
 
 
 # ---------------------------------------------------------------- d2scale (child process)

@@ -369,8 +369,12 @@ def check_keys(pool: Pool, keys: list[str]) -> None:
 def _normalise_into(
     arr: np.ndarray, out: np.ndarray, path: str, key: str, chunk: int = 8192, ids=None
 ):
+    half = arr.dtype == np.float16
+    if half:  # numba's compiled conversion: imported only where needed (start-up time)
+        from d2scale.halfprec import to_float32
     for start in range(0, arr.shape[0], chunk):
-        x = arr[start : start + chunk].astype(np.float64)
+        x = arr[start : start + chunk]
+        x = (to_float32(x) if half else x).astype(np.float64)  # exact either way
         norms = np.sqrt(np.einsum("ij,ij->i", x, x))
         bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
         if bad.size:
