@@ -235,7 +235,7 @@ class _Build:
         where saved), and the evaluation rows' exact neighbours and search-space candidates
         (when ``x_eval`` is given). Rows are kept for the search where they fit."""
         hashes = np.empty((self.n, 2), np.uint64)
-        n_probes = ivf.probe_cap(centroids.shape[0])
+        n_probes = min(ivf.PROBE_FIRST, ivf.probe_cap(centroids.shape[0]))
         self.probes = np.empty((self.n, n_probes), ivf.list_dtype(centroids.shape[0]))
         x_eval = np.empty((0, self.dim), np.float32) if x_eval is None else x_eval
         mode = self.keep_mode = self._keep_mode()
@@ -380,8 +380,28 @@ class _Build:
         nlist, nprobe = centroids.shape[0], setting["nprobe"]
         if setting.get("probing") != "row":
             return None, ivf.probe_table(centroids, nprobe)
+        if nprobe > self.probes.shape[1]:  # more than the assignment ranked
+            self.probes = self.more_probes(centroids, nprobe)
         row_probes = np.ascontiguousarray(self.probes[:, :nprobe])
         return row_probes, probed.union_table(lists[is_rep], row_probes[is_rep], nlist)
+
+    def more_probes(self, centroids, nprobe: int) -> np.ndarray:
+        """Every row's ``nprobe`` nearest lists, ranked by tasks from the rows the
+        assignment kept or spilled (else read from the pool again)."""
+        sent = self.client.scatter([self.projection, centroids], broadcast=True, hash=False)
+        futs = {}
+        for p in range(len(self.sizes)):
+            if self.kept is not None:
+                source = self.kept[p]
+            elif self.spill is not None:  # read here: the driver owns the spill
+                source = self.client.scatter([np.load(self._spill_path(p))], hash=False)[0]
+            else:
+                source = self.bf
+            futs[p] = self.submit(probed.probe_part, source, p, *sent, nprobe)
+        out = np.empty((self.n, nprobe), self.probes.dtype)
+        for p, near in self._as_completed(futs, "probes"):
+            out[self.offsets[p] : self.offsets[p + 1]] = near
+        return out
 
     def rerank(self, cand, is_rep, lists, centroids) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-(k+1) of every distinct row among its search-space candidates ``cand``:

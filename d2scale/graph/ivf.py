@@ -26,6 +26,7 @@ PCA_ENERGY = 0.9  # variance kept by the automatic PCA search space
 PCA_ROWS = 20_000  # rows used to fit the PCA
 MAX_NPROBE = 512
 PROBE_CAP = 48  # per-row probing: the most lists a row may probe (its nearest, kept per row)
+PROBE_FIRST = 24  # ... of which the assignment ranks this many (more: a pass after tuning)
 MIN_POINTS_PER_LIST = 39  # faiss warns below this many training points per centroid
 KMEANS_ITER = 10
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from d2scale.graph import scan
+from d2scale.graph import ivf, scan
 from d2scale.graph.scan import _push
-from d2scale.graph.shards import Shard, single_threaded
+from d2scale.graph.shards import Shard, extract_part, single_threaded
 
 _NO_ID = np.iinfo(np.int64).max
 
@@ -36,6 +36,20 @@ def _select_rows(part, qn, pos0, heap_d, heap_i, rows):
             if row[r] < bar:
                 _push(hd, hi, q + row[r], pos0 + r)
                 bar = hd[-1] - q
+
+
+def probe_part(source, part: int, projection, centroids: np.ndarray, nprobe: int) -> np.ndarray:
+    """Task: the ``nprobe`` nearest lists of every row of partition ``part``. ``source``: the
+    partition's assignment result holding its rows, its search-space rows, or the blocks."""
+    single_threaded()
+    if isinstance(source, dict):  # rows kept by the assignment
+        y = source["x"] if source["y"] is None else source["y"]
+    elif isinstance(source, np.ndarray):  # spilled search-space rows
+        y = source
+    else:
+        local = np.arange(source.sizes[part])
+        y = extract_part(source, part, 0, local, np.zeros(local.size, np.int32), projection)[1]
+    return ivf.nearest_lists(y, centroids, nprobe)
 
 
 def union_table(lists: np.ndarray, probes: np.ndarray, nlist: int) -> np.ndarray:

@@ -95,3 +95,21 @@ def test_broad_clusters_are_tuned_with_per_row_probes_and_reach_the_recall():
     truth, _ = build_knn_graph(ArrayBlocks(x, 6000), n_neighbors=10, index="exact")
     measured = ivf.recall_at_k(graph.neighbors, truth.neighbors)[0]
     assert measured >= 0.89 and abs(measured - info["recall"]) < 4 * info["recall_se"] + 0.01
+
+
+@pytest.mark.parametrize("limit", [None, 2_000_000])
+def test_probes_ranked_after_tuning_equal_those_of_the_assignment(monkeypatch, limit):
+    """The assignment ranks PROBE_FIRST lists per row; a tuned nprobe beyond that is ranked
+    by a pass over the kept (or, at a tight limit, spilled) rows: the graph is the same."""
+    rng = np.random.default_rng(2)
+    z = rng.standard_normal((4000, 6)) @ rng.standard_normal((6, 48))  # PCA applies
+    x = (z + 0.3 * rng.standard_normal((4000, 48))).astype(np.float32)
+    kw = {"n_neighbors": 6, "index": "ivf", "nlist": 64, "nprobe": 12, "memory_limit": limit}
+    monkeypatch.setattr(ivf, "PROBE_FIRST", 8)
+    later, info = build_knn_graph(ArrayBlocks(x, 1000), **kw)
+    assert info["probing"] == "row" and info["nprobe"] == 12
+    assert info["search_rows_from"] == ("kept" if limit is None else "disk")
+    monkeypatch.setattr(ivf, "PROBE_FIRST", 48)
+    first, _ = build_knn_graph(ArrayBlocks(x, 1000), **kw)
+    np.testing.assert_array_equal(later.neighbors, first.neighbors)
+    np.testing.assert_array_equal(later.distances, first.distances)
