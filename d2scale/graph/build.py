@@ -389,18 +389,20 @@ class _Build:
         """Every row's ``nprobe`` nearest lists, ranked by tasks from the rows the
         assignment kept or spilled (else read from the pool again)."""
         sent = self.client.scatter([self.projection, centroids], broadcast=True, hash=False)
-        futs = {}
-        for p in range(len(self.sizes)):
-            if self.kept is not None:
-                source = self.kept[p]
-            elif self.spill is not None:  # read here: the driver owns the spill
-                source = self.client.scatter([np.load(self._spill_path(p))], hash=False)[0]
-            else:
-                source = self.bf
-            futs[p] = self.submit(probed.probe_part, source, p, *sent, nprobe)
         out = np.empty((self.n, nprobe), self.probes.dtype)
-        for p, near in self._as_completed(futs, "probes"):
-            out[self.offsets[p] : self.offsets[p + 1]] = near
+        window = 2 * self.threads  # partitions in flight: spilled rows are read by the driver
+        for first in range(0, len(self.sizes), window):
+            futs = {}
+            for p in range(first, min(first + window, len(self.sizes))):
+                if self.kept is not None:
+                    source = self.kept[p]
+                elif self.spill is not None:
+                    source = self.client.scatter([np.load(self._spill_path(p))], hash=False)[0]
+                else:
+                    source = self.bf
+                futs[p] = self.submit(probed.probe_part, source, p, *sent, nprobe)
+            for p, near in self._as_completed(futs, "probes"):
+                out[self.offsets[p] : self.offsets[p + 1]] = near
         return out
 
     def rerank(self, cand, is_rep, lists, centroids) -> tuple[np.ndarray, np.ndarray]:

@@ -4,8 +4,10 @@ Layout of a graph directory ``GDIR``::
 
     manifest.json          input fingerprint, parameters, and (once planned) the search plan
     model.npz              trained IVF model (centroids) and the tuning result, reused on resume
-    parts/assign-00000.npz row hashes and IVF lists of partition 0
-    parts/chunk-00000.npz  search results of chunk 0 (query ids, neighbour ids, distances²)
+    parts/assign-00000.npz row hashes and nearest IVF lists of partition 0
+    parts/searchspace-00000.npy  its projected rows, when spilled (deleted once written)
+    parts/chunk-00000.npz  search results of chunk 0 (query ids, candidate/neighbour ids)
+    parts/rerank-00000.npz re-ranked block 0 (query ids, neighbour ids, distances²)
     neighbors.npy          int64 N × k, row order = pool order, -1 padding
     distances.npy          float32 N × k Euclidean, inf padding
     lists.npy              int32 N, IVF list of each row (IVF graphs only)
