@@ -133,6 +133,7 @@ class _Build:
         self.timings: dict[str, float] = {}
         self.client = self.bf = self.projection = None
         self.kept = self.spill = None
+        self.keep_mode = ""
         self.finished = False
 
     @contextmanager
@@ -239,7 +240,7 @@ class _Build:
         self.probes = np.empty((self.n, n_probes), ivf.list_dtype(centroids.shape[0]))
         x_eval = np.empty((0, self.dim), np.float32) if x_eval is None else x_eval
         mode = self.keep_mode = self._keep_mode()
-        self.kept = {} if mode in ("full", "search") else None
+        self.kept = {} if mode == "kept" else None
         if mode == "spill":
             self.spill = self.store.parts_dir if self.store else tempfile.mkdtemp(prefix="d2scale-")
         sent = self.client.scatter([self.projection, centroids, x_eval], broadcast=True,
@@ -254,7 +255,7 @@ class _Build:
                 hashes[a:b], self.probes[a:b] = saved["hashes"], saved["probes"]
                 continue
             futs[p] = self.submit(shards.assign_part, self.bf, p, int(a), *sent, keep,
-                                  n_probes, "search" if mode == "spill" else mode)  # fmt: skip
+                                  n_probes, bool(mode))  # fmt: skip
         evals = []
         for p, res in self._as_completed(futs, "assign"):
             a, b = self.offsets[p], self.offsets[p + 1]
@@ -262,7 +263,7 @@ class _Build:
             if res["truth"] is not None:
                 evals.append((res["truth"], res["cands"]))
             if self.spill is not None:  # written before the part that says it is done
-                save_npy(self._spill_path(p), res["y"])
+                save_npy(self._spill_path(p), res["rows"])
             if self.store is not None:
                 self.store.save_part(f"assign-{p:05d}", hashes=res["hashes"], probes=res["probes"])
             if self.kept is not None:
@@ -468,7 +469,7 @@ class _Build:
         chunks = [shards.plan_items(g, sizes, TASKS_PER_THREAD * self.threads) for g in groups]
         rows = [_probed_rows(table, sizes, g) for g in groups]
         plan = {"shards": groups, "chunks": chunks, "largest_shard_bytes": max(rows) * row_bytes,
-                "shard_budget_bytes": budget, "gathered_rows": sum(rows),
+                "shard_budget_bytes": budget,
                 "rows": "search-space" if split else "full"}  # fmt: skip
         if split:  # full rows of the queries + the task's per-candidate arrays
             reps = int(sizes.sum())
@@ -534,18 +535,19 @@ class _Build:
         return self.n * (16 + 4 + 8 + 1 + (self.k + 1) * 16 + self.k * 12 + probes)
 
     def _keep_mode(self) -> str:
-        """Which rows the assignment keeps for the search (see :func:`shards.assign_part`).
-        With a PCA search space: its rows when they fit one shard (three copies: kept,
-        gathered, placed) beside the candidates, else ``"spill"``: they go to disk, so that
-        each shard reads its rows from there instead of reading and projecting the pool
-        again; the full rows are read again only by the re-ranking pass (holding them all
-        measured slower at 1M × 768: 98 s and 10.5 GB against 80 s and 1.5 GB). Without one:
-        the full rows when they fit one shard."""
+        """What the assignment does with the search-space rows (see
+        :func:`shards.assign_part`): ``"kept"`` in memory for the search when they fit one
+        shard (three copies: kept, gathered, placed), with a PCA search space beside the
+        candidates; else, with a PCA search space, ``"spill"``: they go to disk, so that each
+        shard reads its rows from there instead of reading and projecting the pool again
+        (the full rows are read again only by the re-ranking pass: holding them all measured
+        slower at 1M × 768, 98 s and 10.5 GB against 80 s and 1.5 GB); else ``""``: the
+        shards read the full rows from the pool."""
         if self.projection is None:
-            return "full" if self._one_shard() else ""
+            return "kept" if self._one_shard() else ""
         most_candidates = 4 * (self.k + 1)  # the tuner's largest choice
         need = 3 * self.n * (4 * self.projection.dim + 16) + self._driver_bytes()
-        return "search" if need + self.n * most_candidates * 4 <= self.limit else "spill"
+        return "kept" if need + self.n * most_candidates * 4 <= self.limit else "spill"
 
     def _spill_path(self, part: int) -> str:
         return os.path.join(self.spill, f"searchspace-{part:05d}.npy")
@@ -589,8 +591,7 @@ class _Build:
                 "largest_shard_bytes": self.shard_bytes[0],
                 "shard_budget_bytes": self.shard_bytes[1],
                 "rerank_blocks": None if self.rerank_blocks is None else len(self.rerank_blocks),
-                "search_rows_from": {"full": "kept", "search": "kept", "spill": "disk"}.get(
-                    getattr(self, "keep_mode", ""), "pool"),
+                "search_rows_from": {"kept": "kept", "spill": "disk"}.get(self.keep_mode, "pool"),
                 "fingerprint": fingerprint}  # fmt: skip
 
 

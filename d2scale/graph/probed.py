@@ -44,7 +44,7 @@ def probe_part(source, part: int, projection, centroids: np.ndarray, nprobe: int
     partition's assignment result holding its rows, its search-space rows, or the blocks."""
     single_threaded()
     if isinstance(source, dict):  # rows kept by the assignment
-        y = source["x"] if source["y"] is None else source["y"]
+        y = source["rows"]
     elif isinstance(source, np.ndarray):  # spilled search-space rows
         y = source
     else:

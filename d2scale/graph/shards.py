@@ -121,47 +121,35 @@ def assign_part(
     x_eval: np.ndarray,
     keep: tuple[int, int],
     n_probes: int,
-    keep_rows: str = "",
+    keep_rows: bool = False,
 ) -> dict:
     """One pass over partition ``part``: row hashes, each row's ``n_probes`` nearest IVF lists
     (in the search space; the first is its list), and for the evaluation rows their exact
     top-``keep[0]`` by full distance and top-``keep[1]`` by search-space distance among its
-    rows (global ids, squared distances).
-
-    ``keep_rows``: also return the rows — ``"full"``: full and projected rows (when all fits
-    in one shard), ``"search"``: the projected rows only (when they fit), ``""``: none.
+    rows (global ids, squared distances). ``keep_rows``: also return the rows in the search
+    space (projected, or the full rows when there is no projection).
     """
     single_threaded()
-    n = blocks.sizes[part]
+    n, nlist = blocks.sizes[part], centroids.shape[0]
     hashes = np.empty((n, 2), dtype=np.uint64)
-    probes = None
-    kept_x = np.empty((n, blocks.dim), dtype=np.float32) if keep_rows == "full" else None
-    kept_y = None
-    if keep_rows and projection is not None:
-        kept_y = np.empty((n, projection.dim), dtype=np.float32)
+    probes = np.empty((n, min(n_probes, nlist)), dtype=ivf.list_dtype(nlist))
+    d_s = blocks.dim if projection is None else projection.dim
+    rows = np.empty((n, d_s), dtype=np.float32) if keep_rows else None
     y_eval = x_eval if projection is None else projection(x_eval)
     truth = cands = None
     for s, x in iter_chunks(blocks, part):
         e = s + x.shape[0]
         y = x if projection is None else projection(x)
         hashes[s:e] = dedup.row_hashes(x)
-        near = ivf.nearest_lists(y, centroids, n_probes)
-        if probes is None:
-            probes = np.empty((n, near.shape[1]), dtype=near.dtype)
-        probes[s:e] = near
-        if kept_x is not None:
-            kept_x[s:e] = x
-        if kept_y is not None:
-            kept_y[s:e] = y
+        probes[s:e] = ivf.nearest_lists(y, centroids, n_probes)
+        if rows is not None:
+            rows[s:e] = y
         if x_eval.shape[0]:
             got_t, got_c = ivf.eval_neighbours(x_eval, y_eval, x, y, keep, projection)
             truth = _fold(truth, got_t, offset + s, keep[0])
             cands = _fold(cands, got_c, offset + s, keep[1])
-    if probes is None:
-        probes = ivf.nearest_lists(np.empty((0, centroids.shape[1]), np.float32), centroids,
-                                   n_probes)  # fmt: skip
     return {"hashes": hashes, "lists": probes[:, 0].astype(np.int32), "probes": probes,
-            "truth": truth, "cands": cands, "x": kept_x, "y": kept_y}  # fmt: skip
+            "truth": truth, "cands": cands, "rows": rows}  # fmt: skip
 
 
 def _fold(acc, got, first: int, keep: int):
@@ -173,8 +161,7 @@ def _fold(acc, got, first: int, keep: int):
 def pieces_from_kept(assigned: dict, local: np.ndarray, offset: int) -> tuple:
     """The rows ``local`` of an assignment that kept its rows: (ids, search-space rows,
     lists)."""
-    rows = assigned["x"] if assigned["y"] is None else assigned["y"]
-    return local + offset, rows[local], assigned["lists"][local]
+    return local + offset, assigned["rows"][local], assigned["lists"][local]
 
 
 def extract_part(
