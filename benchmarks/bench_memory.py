@@ -5,7 +5,7 @@
 Writes (once, cached in ``--workdir``) a synthetic DataComp pool, runs
 ``d2scale select --feature-type image_text`` (1536-d) twice in fresh processes — with the
 memory limit and without — and prints ONE JSON document with each run's peak RSS (from its
-``run.json``: the process's ``ru_maxrss``), wall and CPU time, the 1-minute load average
+``run.json``: the process's own peak, ``VmHWM``), wall and CPU time, the 1-minute load average
 before and after, graph facts (shards, re-ranking blocks) and whether the two uid files are
 equal.
 """

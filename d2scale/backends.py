@@ -50,6 +50,21 @@ def release_free_pages() -> None:
         libc.malloc_trim(0)
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (bytes): Linux's ``VmHWM``, which starts
+    afresh with the program. (``ru_maxrss`` survives ``exec``: a d2scale started by a large
+    process would report that process's size.) Elsewhere ``ru_maxrss`` (macOS: bytes)."""
+    import resource
+    import sys
+
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
 def cuda_available() -> bool:
     """True when cupy imports and sees at least one CUDA device; never raises."""
     try:

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from d2scale import __version__, io
+from d2scale.backends import peak_rss_bytes
 from d2scale.chain import chain_steps, output_fractions, run_chain
 from d2scale.errors import D2ScaleError
 from d2scale.graph_stage import graph_stage
@@ -27,7 +28,6 @@ from d2scale.runner import (
     check_cluster_options,
     cluster_facts,
     dask_client,
-    peak_rss_bytes,
     stage_key,
     worker_peak_rss,
 )

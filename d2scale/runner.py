@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from d2scale.backends import peak_rss_bytes
 from d2scale.errors import D2ScaleError
 
 ProgressFn = Callable[[str], None]
@@ -427,14 +428,6 @@ def cluster_facts(client) -> dict:
         "threads": sum(w.get("nthreads", 0) for w in workers.values()),
         "dashboard": client.dashboard_link if "dashboard" in info.get("services", {}) else None,
     }
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def worker_peak_rss(client) -> dict[str, int]:

@@ -36,3 +36,15 @@ def test_memory_limit_bounds_peak_rss_with_the_same_uids(tmp_path):
     # the unlimited run re-ranks half the pool's full rows per task; the limited one not
     peak = [r["cluster"]["peak_rss_bytes_driver"] for r in (limited, free)]
     assert peak[0] < peak[1] - 100 * 2**20
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux /proc only")
+def test_peak_rss_is_the_programs_own_not_its_parents():
+    """``ru_maxrss`` survives fork + exec: a d2scale run started by a large process must
+    not report that process's size as its own peak."""
+    ballast = bytearray(600 * 2**20)
+    ballast[::4096] = b"\1" * len(ballast[::4096])  # resident, not just reserved
+    code = "from d2scale.backends import peak_rss_bytes; print(peak_rss_bytes())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(out.stdout) < 300 * 2**20
+    del ballast

@@ -27,7 +27,6 @@ import contextlib
 import hashlib
 import json
 import os
-import resource
 import shutil
 import tempfile
 import time
@@ -36,7 +35,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from d2scale.backends import bound_heap_growth, release_free_pages
+from d2scale.backends import bound_heap_growth, peak_rss_bytes, release_free_pages
 from d2scale.errors import D2ScaleError
 from d2scale.graph import dedup, ivf, probed, rerank, scan, shards
 from d2scale.graph.store import GraphStore, save_graph
@@ -99,7 +98,7 @@ def build_knn_graph(
             build.bf = cl.scatter(blocks, broadcast=True, hash=False)
             graph, info = build.run(kind, nlist, nprobe, pca)
         info = {"index": kind, "device": device_used, **info, **(meta or {})}
-        info["peak_rss_bytes"] = peak_rss()
+        info["peak_rss_bytes"] = peak_rss_bytes()
         if build.store is not None:
             build.write(graph, info)
     finally:
@@ -112,11 +111,6 @@ def default_memory_limit() -> int:
     import psutil
 
     return int(MEMORY_FRACTION * psutil.virtual_memory().available)
-
-
-def peak_rss() -> int:
-    """Peak resident memory of this process so far (bytes)."""
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 class _Build:
