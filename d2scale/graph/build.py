@@ -389,7 +389,7 @@ class _Build:
         for first in range(0, len(self.sizes), window):
             futs = {}
             for p in range(first, min(first + window, len(self.sizes))):
-                if self.kept is not None:
+                if self.kept is not None and p in self.kept:  # (not when restored)
                     source = self.kept[p]
                 elif self.spill is not None:
                     source = self.client.scatter([np.load(self._spill_path(p))], hash=False)[0]

@@ -113,3 +113,20 @@ def test_probes_ranked_after_tuning_equal_those_of_the_assignment(monkeypatch, l
     first, _ = build_knn_graph(ArrayBlocks(x, 1000), **kw)
     np.testing.assert_array_equal(later.neighbors, first.neighbors)
     np.testing.assert_array_equal(later.distances, first.distances)
+
+
+def test_a_resumed_build_ranks_the_extra_probes_again(monkeypatch, tmp_path):
+    """Restored assignment parts keep no rows: probes beyond PROBE_FIRST come from the
+    pool then, and the resumed graph equals the first."""
+    rng = np.random.default_rng(2)
+    z = rng.standard_normal((3000, 6)) @ rng.standard_normal((6, 48))
+    x = (z + 0.3 * rng.standard_normal((3000, 48))).astype(np.float32)
+    kw = {"n_neighbors": 6, "index": "ivf", "nlist": 48, "nprobe": 12, "workdir": str(tmp_path)}
+    monkeypatch.setattr(ivf, "PROBE_FIRST", 8)
+    first, info = build_knn_graph(ArrayBlocks(x, 1000), **kw)
+    assert info["probing"] == "row"
+    for part in (tmp_path / "parts").glob("chunk-*"):
+        part.unlink()  # the search runs again, over restored assignments
+    again, _ = build_knn_graph(ArrayBlocks(x, 1000), **kw)
+    np.testing.assert_array_equal(again.neighbors, first.neighbors)
+    np.testing.assert_array_equal(again.distances, first.distances)
