@@ -73,8 +73,7 @@ class GraphStore:
                 )
             return old
         manifest = {"version": MANIFEST_VERSION, "fingerprint": fingerprint, "params": params}
-        if old is not None:  # another format's parts are not reused
-            shutil.rmtree(self.parts_dir, ignore_errors=True)
+        shutil.rmtree(self.parts_dir, ignore_errors=True)  # no parts without their manifest
         os.makedirs(self.parts_dir, exist_ok=True)
         save_json(self.manifest_path, manifest)
         return manifest
