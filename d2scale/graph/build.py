@@ -164,6 +164,7 @@ class _Build:
                   "pca": pca}  # fmt: skip
         manifest = self.store.begin(fingerprint, params) if self.store else {}
         model = self.store.load_model() if self.store else None
+        bound = None
         if model is not None:
             projection, centroids, tuned = _restore(model)
         elif kind == "exact":
@@ -173,14 +174,17 @@ class _Build:
         else:
             with self.stage("train"):
                 projection = ivf.fit_pca(x_train) if pca else None
-                if projection is not None:
-                    x_train = projection(x_train)  # the full sample is dropped here
+                if projection is not None:  # a task bounds the evaluation rows' neighbours
+                    bound = self.submit(ivf.eval_bound, x_eval, x_train, self.k + 1)
+                    x_train = projection(x_train)  # meanwhile: the full sample is dropped
                 centroids = ivf.train_centroids(x_train, nlist, self.seed)
             tuned = None
         del x_train
         self.projection = projection
         with self.stage("assign"):
-            hashes, lists, evals = self.assign(centroids, x_eval if tuned is None else None)
+            bounded = bound.result() if bound is not None else None
+            evaluate = (x_eval, bounded) if tuned is None else None
+            hashes, lists, evals = self.assign(centroids, evaluate)
             rep = dedup.representatives(hashes)
             del hashes
         if tuned is None:
@@ -225,19 +229,20 @@ class _Build:
         fingerprint = _fingerprint(self.blocks, xs[0])
         return fingerprint, xs[1], xs[2], eval_ids
 
-    def assign(self, centroids, x_eval):
+    def assign(self, centroids, evaluate):
         """Hashes, lists and nearest lists (per-row probes) of every row (from the store
         where saved), and the evaluation rows' exact neighbours and search-space candidates
-        (when ``x_eval`` is given). Rows are kept for the search where they fit."""
+        (when ``evaluate`` — the evaluation rows and the bound of their neighbours' distances
+        or None — is given). Rows are kept for the search where they fit."""
         hashes = np.empty((self.n, 2), np.uint64)
         n_probes = min(ivf.PROBE_FIRST, ivf.probe_cap(centroids.shape[0]))
         self.probes = np.empty((self.n, n_probes), ivf.list_dtype(centroids.shape[0]))
-        x_eval = np.empty((0, self.dim), np.float32) if x_eval is None else x_eval
+        x_eval, bound = evaluate or (np.empty((0, self.dim), np.float32), None)
         mode = self.keep_mode = self._keep_mode()
         self.kept = {} if mode == "kept" else None
         if mode == "spill":
             self.spill = self.store.parts_dir if self.store else tempfile.mkdtemp(prefix="d2scale-")
-        sent = self.client.scatter([self.projection, centroids, x_eval], broadcast=True,
+        sent = self.client.scatter([self.projection, centroids, x_eval, bound], broadcast=True,
                                    hash=False)  # fmt: skip
         keep = (self.k + 1, EVAL_CANDIDATES * (self.k + 1))
         futs = {}

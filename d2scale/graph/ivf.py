@@ -26,7 +26,7 @@ PCA_ENERGY = 0.9  # variance kept by the automatic PCA search space
 PCA_ROWS = 20_000  # rows used to fit the PCA
 MAX_NPROBE = 512
 PROBE_CAP = 48  # per-row probing: the most lists a row may probe (its nearest, kept per row)
-PROBE_FIRST = 24  # ... of which the assignment ranks this many (more: a pass after tuning)
+PROBE_FIRST = 32  # ... of which the assignment ranks this many (more: a pass after tuning)
 MIN_POINTS_PER_LIST = 39  # faiss warns below this many training points per centroid
 KMEANS_ITER = 10
 
@@ -111,6 +111,17 @@ def fit_pca(sample: np.ndarray, energy: float = PCA_ENERGY, multiple: int = 16):
     return Projection(mean.astype(np.float32), comps)
 
 
+def eval_bound(x_eval: np.ndarray, sample: np.ndarray, keep: int) -> np.ndarray:
+    """Task: for each evaluation row, the exact squared distance of its ``keep``-th nearest
+    row of ``sample`` (rows of the pool; ``inf`` when it has fewer): no row farther than
+    that can be among its ``keep`` nearest rows of the whole pool."""
+    from d2scale.graph.shards import single_threaded
+
+    single_threaded()
+    _, d2 = scan.topk(x_eval, sample, [(0, sample.shape[0])], keep)
+    return d2[:, keep - 1]
+
+
 def eval_neighbours(
     x_eval: np.ndarray,
     y_eval: np.ndarray,
@@ -118,27 +129,33 @@ def eval_neighbours(
     y: np.ndarray,
     keep: tuple[int, int],
     projection: Projection | None,
+    bound: np.ndarray | None = None,
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """For the evaluation rows, their exact top-``keep[0]`` among the rows ``x`` by full
-    distance and their exact top-``keep[1]`` by search-space distance (positions, squared
-    distances; as :func:`scan.topk`).
+    distance — or, with ``bound`` (:func:`eval_bound`), all of those that may be among their
+    top-``keep[0]`` of the whole pool — and their exact top-``keep[1]`` by search-space
+    distance (positions, squared distances; as :func:`scan.topk`).
 
     The full-space top comes from the search-space one where that is certain: a projection
-    onto orthonormal directions never lengthens a difference, so once the exact distances
-    of the search-space candidates put a row's ``keep[0]``-th neighbour closer than its
-    last candidate (less the projection's float32 error), no other row can come closer.
-    Only the rows not so certified are searched in full.
+    onto orthonormal directions never lengthens a difference, so a search-space distance
+    (less the projection's float32 error) bounds the full one from below. Only candidates
+    whose lower bound is within ``bound`` are re-ranked, and a row is certified when every
+    row past its last candidate is farther than ``bound`` or than its ``keep[0]``-th
+    re-ranked neighbour. Only the rows not so certified are searched in full.
     """
     cands = scan.topk(y_eval, y, [(0, y.shape[0])], keep[1])
     if projection is None:  # the search space is the full space
         return (cands[0][:, : keep[0]], cands[1][:, : keep[0]]), cands
-    pos, d2 = scan.rerank(x_eval, x, cands[0], np.arange(x.shape[0]), keep[0])
     # |projected distance error| ≤ γ_d·√d'·(‖x_q − μ‖ + ‖x_b − μ‖) (float32 sums, unit w)
     gamma = (x.shape[1] + 3) * 2.0**-24 / (1 - (x.shape[1] + 3) * 2.0**-24)
     widest = _centred_norms(x, projection.mean).max()
     slack = gamma * np.sqrt(projection.dim) * (_centred_norms(x_eval, projection.mean) + widest)
-    bound = np.sqrt(cands[1][:, -1]) - slack
-    sure = (cands[0][:, -1] < 0) | (np.sqrt(d2[:, -1]) < bound)
+    lower = np.sqrt(cands[1]) - slack[:, None]  # full distance ≥ this (inf: no candidate)
+    beyond = lower[:, -1]  # ... and every row not among the candidates is at least this far
+    ub = np.full(x_eval.shape[0], np.inf) if bound is None else np.sqrt(bound) * (1 + 1e-9)
+    near = np.where(lower <= ub[:, None], cands[0], -1)
+    pos, d2 = scan.rerank(x_eval, x, near, np.arange(x.shape[0]), keep[0])
+    sure = (cands[0][:, -1] < 0) | (beyond > ub) | (np.sqrt(d2[:, -1]) < beyond)
     if not sure.all():
         rest = np.flatnonzero(~sure)
         pos[rest], d2[rest] = scan.topk(x_eval[rest], x, [(0, x.shape[0])], keep[0])

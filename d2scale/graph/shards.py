@@ -119,13 +119,15 @@ def assign_part(
     projection: ivf.Projection | None,
     centroids: np.ndarray,
     x_eval: np.ndarray,
+    bound: np.ndarray | None,
     keep: tuple[int, int],
     n_probes: int,
     keep_rows: bool = False,
 ) -> dict:
     """One pass over partition ``part``: row hashes, each row's ``n_probes`` nearest IVF lists
     (in the search space; the first is its list), and for the evaluation rows their exact
-    top-``keep[0]`` by full distance and top-``keep[1]`` by search-space distance among its
+    top-``keep[0]`` by full distance (those within ``bound``, see
+    :func:`ivf.eval_neighbours`) and top-``keep[1]`` by search-space distance among its
     rows (global ids, squared distances). ``keep_rows``: also return the rows in the search
     space (projected, or the full rows when there is no projection).
     """
@@ -145,7 +147,7 @@ def assign_part(
         if rows is not None:
             rows[s:e] = y
         if x_eval.shape[0]:
-            got_t, got_c = ivf.eval_neighbours(x_eval, y_eval, x, y, keep, projection)
+            got_t, got_c = ivf.eval_neighbours(x_eval, y_eval, x, y, keep, projection, bound)
             truth = _fold(truth, got_t, offset + s, keep[0])
             cands = _fold(cands, got_c, offset + s, keep[1])
     return {"hashes": hashes, "lists": probes[:, 0].astype(np.int32), "probes": probes,
@@ -253,8 +255,9 @@ def rerank_streamed(
     single_threaded()
     xq = np.empty((q_ids.size, blocks.dim), dtype=np.float32)
     at = 0
-    for p, local in part_rows(offsets, q_ids).items():
-        xq[at : at + local.size] = take_rows(blocks, p, local)
+    for p, local in part_rows(offsets, q_ids).items():  # read into place: no temporaries
+        for a, b, x in iter_rows(blocks, p, local):
+            xq[at + a : at + b] = x
         at += local.size
     flat = cand.ravel()
     order = np.argsort(flat, kind="stable")

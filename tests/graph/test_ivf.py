@@ -157,6 +157,32 @@ def test_auto_device_keeps_the_graph_on_the_cpu_even_with_a_gpu(monkeypatch):
         build._device("cuda")
 
 
+def test_bounded_eval_neighbours_of_chunks_merge_to_the_exact_neighbours():
+    """With the bound from a sample of the pool, each chunk re-ranks only the candidates that
+    may be among a row's pool-wide neighbours; merged over the chunks they are the exact
+    neighbours of a full search (ties by id included)."""
+    x = clip_like(6000, dim=96, seed=5)
+    x[4000:4030] = x[17]  # exact duplicates: ties by id
+    projection = ivf.fit_pca(x)
+    y = projection(x)
+    q = np.concatenate([[17], np.arange(3, 6000, 53)])
+    q.sort()
+    sample = np.random.default_rng(0).choice(6000, 2000, replace=False)
+    bound = ivf.eval_bound(x[q], x[np.sort(sample)], 11)
+    assert np.isfinite(bound).all()
+    parts = []
+    for a in range(0, 6000, 1500):
+        (pos, d2), _ = ivf.eval_neighbours(x[q], y[q], x[a : a + 1500], y[a : a + 1500],
+                                           (11, 44), projection, bound)  # fmt: skip
+        parts.append((np.where(pos >= 0, pos + a, -1), d2))
+        assert ((pos >= 0).sum(axis=1) <= 11).all()
+    ids, d2 = scan.merge(parts, 11)
+    want = scan.topk(x[q], x, [(0, 6000)], 11)
+    np.testing.assert_array_equal(ids, want[0])
+    np.testing.assert_array_equal(d2, want[1])
+    assert (d2[:, -1] <= bound).all()
+
+
 @pytest.mark.parametrize("pca", [True, False])
 def test_eval_neighbours_equal_a_full_exact_search(pca):
     """The evaluation rows' exact neighbours, taken from search-space candidates where the
