@@ -175,7 +175,8 @@ class _Build:
             with self.stage("train"):
                 projection = ivf.fit_pca(x_train) if pca else None
                 if projection is not None:  # a task bounds the evaluation rows' neighbours
-                    bound = self.submit(ivf.eval_bound, x_eval, x_train, self.k + 1)
+                    rows = self.client.scatter([x_eval, x_train], hash=False)
+                    bound = self.submit(ivf.eval_bound, *rows, self.k + 1)
                     x_train = projection(x_train)  # meanwhile: the full sample is dropped
                 centroids = ivf.train_centroids(x_train, nlist, self.seed)
             tuned = None

@@ -148,7 +148,9 @@ def eval_neighbours(
         return (cands[0][:, : keep[0]], cands[1][:, : keep[0]]), cands
     # |projected distance error| ≤ γ_d·√d'·(‖x_q − μ‖ + ‖x_b − μ‖) (float32 sums, unit w)
     gamma = (x.shape[1] + 3) * 2.0**-24 / (1 - (x.shape[1] + 3) * 2.0**-24)
-    widest = _centred_norms(x, projection.mean).max()
+    widest = (
+        np.sqrt(float(scan.norms2(x).max(initial=0.0))) + float(np.linalg.norm(projection.mean))
+    ) * 1.01  # ≥ ‖x_b − μ‖
     slack = gamma * np.sqrt(projection.dim) * (_centred_norms(x_eval, projection.mean) + widest)
     lower = np.sqrt(cands[1]) - slack[:, None]  # full distance ≥ this (inf: no candidate)
     beyond = lower[:, -1]  # ... and every row not among the candidates is at least this far
