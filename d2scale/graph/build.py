@@ -175,8 +175,9 @@ class _Build:
             with self.stage("train"):
                 projection = ivf.fit_pca(x_train) if pca else None
                 if projection is not None:  # a task bounds the evaluation rows' neighbours
-                    rows = self.client.scatter([x_eval, x_train], hash=False)
-                    bound = self.submit(ivf.eval_bound, *rows, self.k + 1)
+                    bound = self.submit(ivf.eval_bound,
+                                        *self.client.scatter([x_eval, x_train], hash=False),
+                                        self.k + 1)  # fmt: skip
                     x_train = projection(x_train)  # meanwhile: the full sample is dropped
                 centroids = ivf.train_centroids(x_train, nlist, self.seed)
             tuned = None
@@ -184,6 +185,7 @@ class _Build:
         self.projection = projection
         with self.stage("assign"):
             bounded = bound.result() if bound is not None else None
+            del bound  # (and with it the scattered sample)
             evaluate = (x_eval, bounded) if tuned is None else None
             hashes, lists, evals = self.assign(centroids, evaluate)
             rep = dedup.representatives(hashes)

@@ -24,6 +24,7 @@ from d2scale.graph import scan
 
 PCA_ENERGY = 0.9  # variance kept by the automatic PCA search space
 PCA_ROWS = 20_000  # rows used to fit the PCA
+BOUND_SAMPLE_ROWS = 8192  # sample rows per sgemm when bounding the evaluation rows' neighbours
 MAX_NPROBE = 512
 PROBE_CAP = 48  # per-row probing: the most lists a row may probe (its nearest, kept per row)
 PROBE_FIRST = 32  # ... of which the assignment ranks this many (more: a pass after tuning)
@@ -118,8 +119,13 @@ def eval_bound(x_eval: np.ndarray, sample: np.ndarray, keep: int) -> np.ndarray:
     from d2scale.graph.shards import single_threaded
 
     single_threaded()
-    _, d2 = scan.topk(x_eval, sample, [(0, sample.shape[0])], keep)
-    return d2[:, keep - 1]
+    step = BOUND_SAMPLE_ROWS
+    tops = [scan.topk(x_eval, sample[a : a + step], [(0, min(step, sample.shape[0] - a))], keep)
+            for a in range(0, sample.shape[0], step)]  # fmt: skip
+    if not tops:
+        return np.full(x_eval.shape[0], np.inf)
+    return scan.merge([(np.where(p >= 0, p + i * step, -1), d) for i, (p, d) in
+                       enumerate(tops)], keep)[1][:, keep - 1]  # fmt: skip
 
 
 def eval_neighbours(

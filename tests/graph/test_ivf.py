@@ -157,7 +157,7 @@ def test_auto_device_keeps_the_graph_on_the_cpu_even_with_a_gpu(monkeypatch):
         build._device("cuda")
 
 
-def test_bounded_eval_neighbours_of_chunks_merge_to_the_exact_neighbours():
+def test_bounded_eval_neighbours_of_chunks_merge_to_the_exact_neighbours(monkeypatch):
     """With the bound from a sample of the pool, each chunk re-ranks only the candidates that
     may be among a row's pool-wide neighbours; merged over the chunks they are the exact
     neighbours of a full search (ties by id included)."""
@@ -170,6 +170,8 @@ def test_bounded_eval_neighbours_of_chunks_merge_to_the_exact_neighbours():
     sample = np.random.default_rng(0).choice(6000, 2000, replace=False)
     bound = ivf.eval_bound(x[q], x[np.sort(sample)], 11)
     assert np.isfinite(bound).all()
+    monkeypatch.setattr(ivf, "BOUND_SAMPLE_ROWS", 300)  # the sample in blocks: the same bound
+    np.testing.assert_array_equal(ivf.eval_bound(x[q], x[np.sort(sample)], 11), bound)
     parts = []
     for a in range(0, 6000, 1500):
         (pos, d2), _ = ivf.eval_neighbours(x[q], y[q], x[a : a + 1500], y[a : a + 1500],
