@@ -3,9 +3,11 @@
 Stages (each timed, reported through ``progress`` and recorded for ``run.json``):
 
 ``sample``  seeded rows for the input fingerprint, IVF training and recall evaluation;
-``train``   (IVF) k-means lists;
-``assign``  one pass over the pool: row hashes (exact duplicates), every row's list, and the
-            exact neighbours of the evaluation rows;
+``train``   (IVF) PCA and k-means lists; meanwhile a task bounds the evaluation rows'
+            neighbour distances by their neighbours in the training sample;
+``assign``  one pass over the pool: row hashes (exact duplicates), every row's list and
+            nearest lists, and the exact neighbours of the evaluation rows (only candidates
+            within the bound are re-ranked);
 ``tune``    (IVF) the cheapest probing (each row's own nearest lists, or its list's) and
             ``nprobe`` whose recall@k on the held-out evaluation rows (minus one standard
             error) reaches the target — computed from the lists alone;
