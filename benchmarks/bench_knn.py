@@ -1,10 +1,13 @@
 """kNN graph benchmark: d2scale vs faiss big_batch_search, NN-descent and exact search.
 
-    python benchmarks/bench_knn.py --data real --sizes 100000          # real text embeddings
-    python benchmarks/bench_knn.py --data hard --sizes 200000          # CLIP-like synthetic
+    python benchmarks/bench_knn.py --data real --sizes 100000 --repeat 3   # real text embeddings
+    python benchmarks/bench_knn.py --data hard --sizes 200000 --repeat 3   # CLIP-like synthetic
 
 Prints ONE JSON document; every method runs in this one invocation, one after the other, on
-the same data, with the load average before each (the machine may be shared). Per pool it
+the same data, with the load average before each (the machine may be shared). ``--repeat R``
+runs the timed methods round robin R times and reports each one's median round (and every
+round's wall time, and d2scale's speed-up round by round): on a shared machine whose speed
+drifts by ±20% over minutes, only runs interleaved like this compare fairly. Per pool it
 reports recall@k of ``--eval-queries`` seeded rows (against exact search; a neighbour as
 close as the true k-th counts, so exact-duplicate ties count whichever copy was found) and
 wall time of:
@@ -224,20 +227,24 @@ def exact_truth(x: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, float
 # ---------------------------------------------------------------- baselines
 
 
-def big_batch(x, q, kth, k, nlist, target) -> dict:
-    """faiss IVF-Flat (nlist), nprobe tuned on the evaluation rows, big_batch_search of all."""
+def ivf_flat(x, nlist):
+    """faiss IVF-Flat over all rows (k-means on a seeded sample of 39 rows per list)."""
     import faiss
-    from faiss.contrib.big_batch_search import big_batch_search
 
     n, d = x.shape
-    t0, c0 = time.perf_counter(), time.process_time()
     index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
     index.cp.niter = 10
     index.train(x[np.sort(np.random.default_rng(1).choice(n, min(n, 39 * nlist), replace=False))])
     index.add(x)
-    t_build, c_build = time.perf_counter() - t0, time.process_time() - c0
+    return index
+
+
+def tune_big_batch(x, q, kth, k, nlist, target) -> dict:
+    """Untimed: the smallest nprobe whose recall on the evaluation rows reaches ``target``
+    (doubling, then bisection), with the recall curve."""
+    index = ivf_flat(x, nlist)
     curve, nprobe = {}, 1
-    while True:  # untimed tuning: doubling, then bisection to the smallest reaching target
+    while True:
         index.nprobe = nprobe
         curve[nprobe] = recall_with_ties(x, q, index.search(x[q], k + 1)[1], kth)
         if curve[nprobe] >= target or nprobe >= nlist:
@@ -249,19 +256,28 @@ def big_batch(x, q, kth, k, nlist, target) -> dict:
         index.nprobe = mid
         curve[mid] = recall_with_ties(x, q, index.search(x[q], k + 1)[1], kth)
         lo, nprobe = (lo, mid) if curve[mid] >= target else (mid, nprobe)
-    index.nprobe = nprobe
+    return {"nlist": nlist, "nprobe": nprobe,
+            "recall_curve": {str(p): round(r, 4) for p, r in sorted(curve.items())}}  # fmt: skip
+
+
+def big_batch(x, q, kth, k, nlist, nprobe) -> dict:
+    """Timed: IVF-Flat train + add, then ``big_batch_search`` of all rows at ``nprobe``."""
+    from faiss.contrib.big_batch_search import big_batch_search
+
     load = os.getloadavg()[0]
+    t0, c0 = time.perf_counter(), time.process_time()
+    index = ivf_flat(x, nlist)
+    t_build, c_build = time.perf_counter() - t0, time.process_time() - c0
+    index.nprobe = nprobe
     t0, c0 = time.perf_counter(), time.process_time()
     with contextlib.redirect_stdout(io.StringIO()):  # big_batch_search prints at verbose=0
         _, ids = big_batch_search(index, x, k + 1, threaded=1)
     t_search, c_search = time.perf_counter() - t0, time.process_time() - c0
     return {
-        "nlist": nlist, "nprobe": nprobe, "recall": round(recall_with_ties(x, q, ids[q], kth), 4),
-        "recall_curve": {str(p): round(r, 4) for p, r in sorted(curve.items())},
+        "recall": round(recall_with_ties(x, q, ids[q], kth), 4),
         "train_add_s": round(t_build, 2), "search_s": round(t_search, 2),
         "wall_s": round(t_build + t_search, 2), "cpu_s": round(c_build + c_search, 1),
         "load_before": round(load, 2),
-        "note": "all N queries, threaded=1, faiss OpenMP on every core; nprobe tuning untimed",
     }  # fmt: skip
 
 
@@ -272,7 +288,7 @@ def nn_descent(x, q, kth, k) -> dict:
     except ImportError:
         return {"skipped": "pynndescent is not installed"}
     jobs = len(os.sched_getaffinity(0))
-    NNDescent(x[:5000], n_neighbors=2 * k, n_jobs=jobs, random_state=0)  # compile
+    NNDescent(x[:5000], n_neighbors=2 * k, n_jobs=jobs, random_state=0)  # compile (once)
     load = os.getloadavg()[0]
     t0, c0 = time.perf_counter(), time.process_time()
     nnd = NNDescent(x, n_neighbors=2 * k, n_jobs=jobs, random_state=0)
@@ -301,28 +317,49 @@ def data_path(n: int, args, workdir: str) -> str:
 
 
 def bench_size(n: int, args, workdir: str) -> dict:
+    """Every method on one pool; with ``--repeat R`` the timed runs go round robin R times
+    (d2scale, each big_batch_search, pynndescent, then again), so a machine whose speed
+    drifts slows all of them alike; each method's figures are the median round's."""
     data = data_path(n, args, workdir)
     x = np.load(data, mmap_mode="r")  # float16; the in-memory baselines get a float32 copy
     k = args.k
     q = np.sort(np.random.default_rng(12345).choice(n, min(n, args.eval_queries), replace=False))
     kth, t_exact_q = exact_truth(x, q, k)
-    out = {"n": n, "dim": int(x.shape[1]), "k": k, "data": args.data,
+    out = {"n": n, "dim": int(x.shape[1]), "k": k, "data": args.data, "rounds": args.repeat,
            "exact_flat": {"wall_s": round(t_exact_q * n / len(q), 1),
                           "note": f"faiss.knn on {len(q)} rows, extrapolated to {n}"}}  # fmt: skip
     methods = args.methods.split(",")
-    if "d2scale" in methods:
-        cold = {}
-        if args.cold:
-            load = os.getloadavg()[0]
-            info, _ = run_d2scale(data, k, args.recall, workdir, args.memory_limit)
-            cold = {"cold_wall_s": info["wall_s"], "cold_cpu_s": info["cpu_s"],
-                    "cold_load_before": round(load, 2)}  # fmt: skip
+    runs: dict[str, list[dict]] = {}
+    if "d2scale" in methods and args.cold:
         load = os.getloadavg()[0]
-        info, neighbors = run_d2scale(data, k, args.recall, workdir, args.memory_limit,
-                                      warm_rows=min(WARM_ROWS, n // 4))  # fmt: skip
+        info, _ = run_d2scale(data, k, args.recall, workdir, args.memory_limit)
+        out["d2scale_cold"] = {"wall_s": info["wall_s"], "cpu_s": info["cpu_s"],
+                               "load_before": round(load, 2),
+                               "note": "first build of a fresh process"}  # fmt: skip
+    tuned = None
+    for _ in range(args.repeat):
+        if "d2scale" in methods:
+            load = os.getloadavg()[0]
+            info, neighbors = run_d2scale(data, k, args.recall, workdir, args.memory_limit,
+                                          warm_rows=min(WARM_ROWS, n // 4))  # fmt: skip
+            info["recall_measured"] = round(recall_with_ties(x, q, neighbors[q], kth), 4)
+            runs.setdefault("d2scale", []).append({**info, "load_before": round(load, 2)})
+        if tuned is None and ("big_batch_search" in methods or "pynndescent" in methods):
+            x = np.asarray(x, dtype=np.float32)
+            nlist = (runs.get("d2scale") or [{}])[0].get("nlist") or _nlist(n)
+            tuned = [tune_big_batch(x, q, kth, k, max(1, int(f * nlist)), args.recall)
+                     for f in map(float, args.bbs_nlists.split(","))] \
+                if "big_batch_search" in methods else []  # fmt: skip
+        for i, t in enumerate(tuned or []):
+            runs.setdefault(f"bbs{i}", []).append(big_batch(x, q, kth, k, t["nlist"], t["nprobe"]))
+        if "pynndescent" in methods:
+            runs.setdefault("pynndescent", []).append(nn_descent(x, q, kth, k))
+    if "d2scale" in runs:
+        info = _median_run(runs["d2scale"])
         out["d2scale"] = {
-            "wall_s": info["wall_s"], "cpu_s": info["cpu_s"], **cold,
-            "recall": round(recall_with_ties(x, q, neighbors[q], kth), 4),
+            "wall_s": info["wall_s"], "cpu_s": info["cpu_s"],
+            "wall_s_rounds": [r["wall_s"] for r in runs["d2scale"]],
+            "recall": info["recall_measured"],
             "recall_self_reported": info.get("recall"), "recall_se": info.get("recall_se"),
             "index": info["index"], "nlist": info.get("nlist"), "nprobe": info.get("nprobe"),
             "probing": info.get("probing"), "candidates": info.get("candidates"),
@@ -330,31 +367,46 @@ def bench_size(n: int, args, workdir: str) -> dict:
             "unique_rows": info.get("unique_rows"), "timings": info["timings"],
             "peak_rss_gib": round(info["peak_rss_bytes"] / 2**30, 2),
             "float16_embedding_gib": round(n * x.shape[1] * 2 / 2**30, 2),
-            "load_before": round(load, 2),
+            "load_before": info["load_before"],
+            "note": "warm: after an untimed build of the first rows in the same process",
         }  # fmt: skip
-    nlist = (out.get("d2scale") or {}).get("nlist") or _nlist(n)
-    if "big_batch_search" in methods or "pynndescent" in methods:
-        x = np.asarray(x, dtype=np.float32)
-    if "big_batch_search" in methods:
+    if tuned:
         out["big_batch_search"] = [
-            big_batch(x, q, kth, k, max(1, int(f * nlist)), args.recall)
-            for f in map(float, args.bbs_nlists.split(","))
-        ]
-    if "pynndescent" in methods:
-        out["pynndescent"] = nn_descent(x, q, kth, k)
+            {**t, **_median_run(runs[f"bbs{i}"]),
+             "wall_s_rounds": [r["wall_s"] for r in runs[f"bbs{i}"]],
+             "note": "all N queries, threaded=1, faiss OpenMP on every core; "
+                     "nprobe tuning untimed"}
+            for i, t in enumerate(tuned)
+        ]  # fmt: skip
+    if "pynndescent" in runs:
+        out["pynndescent"] = _median_run(runs["pynndescent"])
+        if "wall_s" in out["pynndescent"]:
+            out["pynndescent"]["wall_s_rounds"] = [r["wall_s"] for r in runs["pynndescent"]]
     if "d2scale" in out:
         wall, cpu = out["d2scale"]["wall_s"], out["d2scale"]["cpu_s"]
         ok = [b for b in out.get("big_batch_search", []) if b["recall"] >= args.recall]
         if ok:
             out["speedup_vs_best_big_batch_search"] = round(min(b["wall_s"] for b in ok) / wall, 2)
-        if ok:
-            best = min(b["cpu_s"] for b in ok)
-            out["cpu_ratio_vs_best_big_batch_search"] = round(best / cpu, 2)
+            out["cpu_ratio_vs_best_big_batch_search"] = round(min(b["cpu_s"] for b in ok) / cpu, 2)
+            best = min(range(len(ok)), key=lambda i: ok[i]["wall_s"])
+            out["speedup_vs_best_big_batch_search_by_round"] = [
+                round(b / d, 2)
+                for b, d in zip(ok[best]["wall_s_rounds"], out["d2scale"]["wall_s_rounds"],
+                                strict=True)
+            ]  # fmt: skip
         if "wall_s" in out.get("pynndescent", {}):
             out["speedup_vs_pynndescent"] = round(out["pynndescent"]["wall_s"] / wall, 2)
             out["cpu_ratio_vs_pynndescent"] = round(out["pynndescent"]["cpu_s"] / cpu, 2)
         out["speedup_vs_exact"] = round(out["exact_flat"]["wall_s"] / wall, 1)
     return out
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The run of median wall time (the lower middle one of an even number)."""
+    timed = [r for r in runs if "wall_s" in r]
+    if not timed:
+        return runs[0]
+    return sorted(timed, key=lambda r: r["wall_s"])[(len(timed) - 1) // 2]
 
 
 def _nlist(n: int) -> int:
@@ -398,6 +450,12 @@ def main() -> None:
     p.add_argument("--bbs-nlists", default="0.5,1,2", help="factors of d2scale's nlist")
     p.add_argument("--eval-queries", type=int, default=1000)
     p.add_argument("--memory-limit", type=int, help="d2scale's memory_limit (bytes)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="timed rounds, round robin over the methods (each method's median reported)",
+    )
     p.add_argument(
         "--no-cold",
         dest="cold",
