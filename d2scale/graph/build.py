@@ -294,14 +294,20 @@ class _Build:
         cap = eval_probes.shape[1]
         grid = [(p, m) for p in probes for m in m_opts]
         by_row = [(p, m) for p, m in grid if p <= cap]
-        curves = {
-            "row": ivf.recall_from_probes(truth, cands, eval_probes,
-                                          np.arange(len(eval_ids)), lists, nlist, by_row),
-            "list": ivf.recall_curve(truth, cands, lists[eval_ids], lists, centroids, grid),
-        }  # fmt: skip
         d_s = self.dim if self.projection is None else self.projection.dim
         rerank = 0 if self.projection is None else 2 * self.dim
         cost = {pm: pm[0] * self.n / nlist * d_s + pm[1] * rerank for pm in grid}
+        curves = {
+            "row": ivf.recall_from_probes(
+                truth, cands, eval_probes, np.arange(len(eval_ids)), lists, nlist, by_row
+            )
+        }
+        # probing by list centroids only where it would cost less than per-row probing's pick
+        row_ok = [cost[pm] for pm, (r, se) in curves["row"].items() if r - se >= self.recall]
+        by_list = [pm for pm in grid if cost[pm] < min(row_ok, default=np.inf)]
+        if by_list:
+            curves["list"] = ivf.recall_curve(truth, cands, lists[eval_ids], lists, centroids,
+                                              by_list)  # fmt: skip
         mode, curve, best, ok = _pick(curves, cost, self.recall)
         return {
             "probing": mode,
@@ -625,11 +631,11 @@ def _probed_rows(table: np.ndarray, sizes: np.ndarray, shard_lists: list[int]) -
 def _first_reps(cands: np.ndarray, rep: np.ndarray) -> np.ndarray:
     """Candidates as representatives, each only at its first place (repeats → -1)."""
     out = np.where(cands >= 0, rep[np.maximum(cands, 0)], -1)
-    for i in range(out.shape[0]):
-        _, first = np.unique(out[i], return_index=True)
-        dup = np.ones(out.shape[1], bool)
-        dup[first] = False
-        out[i, dup] = -1
+    order = np.argsort(out, axis=1, kind="stable")  # equal ones: the first place first
+    ranked = np.take_along_axis(out, order, axis=1)
+    repeat = np.zeros(out.shape, dtype=bool)
+    repeat[:, 1:] = ranked[:, 1:] == ranked[:, :-1]
+    np.put_along_axis(out, order, np.where(repeat, -1, ranked), axis=1)
     return out
 
 

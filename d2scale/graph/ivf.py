@@ -276,14 +276,19 @@ def recall_from_probes(
     np.put_along_axis(rank, probes, np.arange(probes.shape[1], dtype=np.int32)[None, :], axis=1)
     c_rank = np.where(cands >= 0, rank[row_of[:, None], lists[np.maximum(cands, 0)]], nlist)
     valid = truth >= 0
+    # where each true neighbour is among the candidates (at most once: repeats are -1)
+    match = (truth[:, :, None] == cands[:, None, :]) & valid[:, :, None]
+    listed, at = match.any(axis=2), match.argmax(axis=2)
+    t_rank = np.where(listed, np.take_along_axis(c_rank, at, axis=1), nlist)
+    n_valid = np.maximum(valid.sum(axis=1), 1)
     out = {}
-    for p, m in grid:
-        probed = c_rank < p
-        kept = np.where(probed & (np.cumsum(probed, axis=1) <= m), cands, -1)
-        found = (truth[:, :, None] == kept[:, None, :]).any(axis=2) & valid
-        per_row = found.sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
-        se = per_row.std(ddof=1) / np.sqrt(per_row.size) if per_row.size > 1 else 0.0
-        out[(p, m)] = (float(per_row.mean()) if per_row.size else 1.0, float(se))
+    for p in sorted({p for p, _ in grid}):
+        probed = c_rank < p  # a candidate is kept while fewer than m probed ones precede it
+        place = np.take_along_axis(np.cumsum(probed, axis=1), at, axis=1)
+        for m in [m for q, m in grid if q == p]:
+            per_row = ((t_rank < p) & (place <= m)).sum(axis=1) / n_valid
+            se = per_row.std(ddof=1) / np.sqrt(per_row.size) if per_row.size > 1 else 0.0
+            out[(p, m)] = (float(per_row.mean()) if per_row.size else 1.0, float(se))
     return out
 
 

@@ -201,3 +201,39 @@ def test_eval_neighbours_equal_a_full_exact_search(pca):
     np.testing.assert_array_equal(d2, want[1])
     want_c = scan.topk(y[q], y, [(0, 3000)], 44)
     np.testing.assert_array_equal(c_pos, want_c[0])
+
+
+def test_recall_from_probes_counts_what_the_search_would_keep():
+    """A true neighbour counts at (nprobe, m) when it is among the first m candidates that
+    lie in the row's first nprobe probed lists: checked against that rule written out."""
+    rng = np.random.default_rng(3)
+    rows, k, m_max, nlist, n = 60, 5, 20, 16, 400
+    lists = rng.integers(0, nlist, n)
+    probes = np.stack([rng.permutation(nlist)[:8] for _ in range(rows)])
+    cands = np.stack([rng.permutation(n)[:m_max] for _ in range(rows)])
+    cands[rng.random(cands.shape) < 0.1] = -1  # repeats removed
+    truth = np.where(
+        rng.random((rows, k)) < 0.7, cands[:, :k][:, ::-1], rng.integers(0, n, (rows, k))
+    )
+    truth[:, -1] = np.where(rng.random(rows) < 0.2, -1, truth[:, -1])
+    truth[:, 0] = np.where(truth[:, 0] >= 0, truth[:, 0], 0)
+    truth[5, 1] = truth[5, 2]  # a representative twice (exact duplicates)
+    grid = [(p, m) for p in (1, 2, 3, 5, 8) for m in (3, 7, 20)]
+    got = ivf.recall_from_probes(truth, cands, probes, np.arange(rows), lists, nlist, grid)
+    for p, m in grid:
+        per_row = []
+        for t, c, pr in zip(truth, cands, probes, strict=True):
+            kept = [x for x in c if x >= 0 and lists[x] in set(pr[:p].tolist())][:m]
+            valid = t[t >= 0]
+            per_row.append(np.isin(valid, kept).sum() / max(1, valid.size))
+        assert got[(p, m)][0] == pytest.approx(np.mean(per_row))
+        assert got[(p, m)][1] == pytest.approx(np.std(per_row, ddof=1) / np.sqrt(rows))
+
+
+def test_first_reps_keeps_each_representative_at_its_first_place():
+    from d2scale.graph.build import _first_reps
+
+    rep = np.array([0, 1, 1, 3, 0, 5, 3, 7])
+    cands = np.array([[2, 1, 4, 0, -1, 6, 3, 5], [7, 7, -1, -1, 5, 0, 1, 2]])
+    want = np.array([[1, -1, 0, -1, -1, 3, -1, 5], [7, -1, -1, -1, 5, 0, 1, -1]])
+    np.testing.assert_array_equal(_first_reps(cands, rep), want)
