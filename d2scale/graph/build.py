@@ -177,7 +177,7 @@ class _Build:
             with self.stage("train"):
                 projection = ivf.fit_pca(x_train) if pca else None
                 if projection is not None:  # a task bounds the evaluation rows' neighbours
-                    bound = self.submit(ivf.eval_bound,
+                    bound = self.submit(shards.eval_bound,
                                         *self.client.scatter([x_eval, x_train], hash=False),
                                         self.k + 1)  # fmt: skip
                     x_train = projection(x_train)  # meanwhile: the full sample is dropped

@@ -112,13 +112,10 @@ def fit_pca(sample: np.ndarray, energy: float = PCA_ENERGY, multiple: int = 16):
     return Projection(mean.astype(np.float32), comps)
 
 
-def eval_bound(x_eval: np.ndarray, sample: np.ndarray, keep: int) -> np.ndarray:
-    """Task: for each evaluation row, the exact squared distance of its ``keep``-th nearest
-    row of ``sample`` (rows of the pool; ``inf`` when it has fewer): no row farther than
-    that can be among its ``keep`` nearest rows of the whole pool."""
-    from d2scale.graph.shards import single_threaded
-
-    single_threaded()
+def neighbour_bound(x_eval: np.ndarray, sample: np.ndarray, keep: int) -> np.ndarray:
+    """For each evaluation row, the exact squared distance of its ``keep``-th nearest row of
+    ``sample`` (rows of the pool; ``inf`` when it has fewer): no row farther than that can be
+    among its ``keep`` nearest rows of the whole pool."""
     step = BOUND_SAMPLE_ROWS
     tops = [scan.topk(x_eval, sample[a : a + step], [(0, min(step, sample.shape[0] - a))], keep)
             for a in range(0, sample.shape[0], step)]  # fmt: skip
@@ -138,7 +135,7 @@ def eval_neighbours(
     bound: np.ndarray | None = None,
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """For the evaluation rows, their exact top-``keep[0]`` among the rows ``x`` by full
-    distance — or, with ``bound`` (:func:`eval_bound`), all of those that may be among their
+    distance — or, with ``bound`` (:func:`neighbour_bound`), all of those that may be among their
     top-``keep[0]`` of the whole pool — and their exact top-``keep[1]`` by search-space
     distance (positions, squared distances; as :func:`scan.topk`).
 

@@ -112,6 +112,12 @@ def take_rows(blocks: EmbeddingBlocks, part: int, local: np.ndarray) -> np.ndarr
     return _pick(blocks, part, local)
 
 
+def eval_bound(x_eval: np.ndarray, sample: np.ndarray, keep: int) -> np.ndarray:
+    """Task: :func:`ivf.neighbour_bound` of the evaluation rows by the training sample."""
+    single_threaded()
+    return ivf.neighbour_bound(x_eval, sample, keep)
+
+
 def assign_part(
     blocks: EmbeddingBlocks,
     part: int,

@@ -168,10 +168,10 @@ def test_bounded_eval_neighbours_of_chunks_merge_to_the_exact_neighbours(monkeyp
     q = np.concatenate([[17], np.arange(3, 6000, 53)])
     q.sort()
     sample = np.random.default_rng(0).choice(6000, 2000, replace=False)
-    bound = ivf.eval_bound(x[q], x[np.sort(sample)], 11)
+    bound = ivf.neighbour_bound(x[q], x[np.sort(sample)], 11)
     assert np.isfinite(bound).all()
     monkeypatch.setattr(ivf, "BOUND_SAMPLE_ROWS", 300)  # the sample in blocks: the same bound
-    np.testing.assert_array_equal(ivf.eval_bound(x[q], x[np.sort(sample)], 11), bound)
+    np.testing.assert_array_equal(ivf.neighbour_bound(x[q], x[np.sort(sample)], 11), bound)
     parts = []
     for a in range(0, 6000, 1500):
         (pos, d2), _ = ivf.eval_neighbours(x[q], y[q], x[a : a + 1500], y[a : a + 1500],
