@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit
 
 from d2scale.graph import ivf, scan
-from d2scale.graph.scan import _push
+from d2scale.graph.scan import _fold_row
 from d2scale.graph.shards import Shard, extract_part, single_threaded
 
 _NO_ID = np.iinfo(np.int64).max
@@ -28,15 +28,7 @@ QUERY_TILE = 256  # queries per sgemm: their distances to one list stay in the L
 def _select_rows(part, qn, pos0, heap_d, heap_i, rows):
     """Fold ``qn[t] + part[t]`` (positions from ``pos0``) into heap row ``rows[t]``."""
     for t in range(part.shape[0]):
-        i = rows[t]
-        hd, hi = heap_d[i], heap_i[i]
-        q = qn[t]
-        bar = hd[-1] - q
-        row = part[t]
-        for r in range(row.shape[0]):
-            if row[r] < bar:
-                _push(hd, hi, q + row[r], pos0 + r)
-                bar = hd[-1] - q
+        _fold_row(heap_d[rows[t]], heap_i[rows[t]], qn[t], part[t], pos0)
 
 
 def probe_part(source, part: int, projection, centroids: np.ndarray, nprobe: int) -> np.ndarray:

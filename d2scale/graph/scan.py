@@ -75,18 +75,21 @@ def _push(hd, hi, s, r):
 
 
 @njit(cache=True, nogil=True)
+def _fold_row(hd, hi, q, row, pos0):
+    """Fold the distances ``q + row`` (positions from pos0) into one sorted heap."""
+    bar = hd[-1] - q
+    for r in range(row.shape[0]):
+        if row[r] < bar:
+            _push(hd, hi, q + row[r], pos0 + r)
+            bar = hd[-1] - q
+
+
+@njit(cache=True, nogil=True)
 def _select(part, qn, pos0, out_d, out_i):
     """Fold the block of distances ``qn + part`` (positions from pos0) into the sorted
     heaps; ``part`` = ‖b‖² − 2q·b from one augmented sgemm."""
     for i in range(part.shape[0]):
-        hd, hi = out_d[i], out_i[i]
-        q = qn[i]
-        bar = hd[-1] - q
-        row = part[i]
-        for r in range(row.shape[0]):
-            if row[r] < bar:
-                _push(hd, hi, q + row[r], pos0 + r)
-                bar = hd[-1] - q
+        _fold_row(out_d[i], out_i[i], qn[i], part[i], pos0)
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})

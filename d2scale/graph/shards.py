@@ -97,8 +97,13 @@ def part_rows(offsets: np.ndarray, rows: np.ndarray) -> dict[int, np.ndarray]:
     return {int(p[0]): r - offsets[p[0]] for p, r in groups if p.size}
 
 
-def _pick(blocks: EmbeddingBlocks, part: int, local: np.ndarray) -> np.ndarray:
-    out = np.empty((local.size, blocks.dim), dtype=np.float32)
+def _pick(
+    blocks: EmbeddingBlocks, part: int, local: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Rows ``local`` (sorted) of partition ``part`` as float32, read chunk by chunk into
+    ``out`` (default: a new array)."""
+    if out is None:
+        out = np.empty((local.size, blocks.dim), dtype=np.float32)
     for a, b, x in iter_rows(blocks, part, local):
         out[a:b] = x
     return out
@@ -156,8 +161,8 @@ def assign_part(
             got_t, got_c = ivf.eval_neighbours(x_eval, y_eval, x, y, keep, projection, bound)
             truth = _fold(truth, got_t, offset + s, keep[0])
             cands = _fold(cands, got_c, offset + s, keep[1])
-    return {"hashes": hashes, "lists": probes[:, 0].astype(np.int32), "probes": probes,
-            "truth": truth, "cands": cands, "rows": rows}  # fmt: skip
+    return {"hashes": hashes, "probes": probes, "truth": truth, "cands": cands,
+            "rows": rows}  # fmt: skip
 
 
 def _fold(acc, got, first: int, keep: int):
@@ -169,7 +174,7 @@ def _fold(acc, got, first: int, keep: int):
 def pieces_from_kept(assigned: dict, local: np.ndarray, offset: int) -> tuple:
     """The rows ``local`` of an assignment that kept its rows: (ids, search-space rows,
     lists)."""
-    return local + offset, assigned["rows"][local], assigned["lists"][local]
+    return local + offset, assigned["rows"][local], assigned["probes"][local, 0]
 
 
 def extract_part(
@@ -262,8 +267,7 @@ def rerank_streamed(
     xq = np.empty((q_ids.size, blocks.dim), dtype=np.float32)
     at = 0
     for p, local in part_rows(offsets, q_ids).items():  # read into place: no temporaries
-        for a, b, x in iter_rows(blocks, p, local):
-            xq[at + a : at + b] = x
+        _pick(blocks, p, local, xq[at : at + local.size])
         at += local.size
     flat = cand.ravel()
     order = np.argsort(flat, kind="stable")
