@@ -16,7 +16,7 @@ wall time of:
   subprocess, embeddings memory-mapped as float16 and served as float32 blocks; its peak RSS
   is the memory figure. ``wall_s``/``cpu_s`` are timed *warm*, by the rule pynndescent is
   timed by: after an untimed build of the pool's first 20,000 rows in the same process
-  (imports, numba's cached kernels loaded). ``cold_wall_s`` is the same build as the first
+  (imports, numba's cached kernels loaded). ``d2scale_cold`` is the same build as the first
   thing a fresh process does (``--no-cold`` skips it); numba's on-disk cache is filled
   beforehand by a small run, so neither includes compilation;
 * ``big_batch_search``: ``faiss.contrib.big_batch_search`` (``threaded=1``, faiss on every
