@@ -29,7 +29,7 @@ wall time of:
 
 Data: ``real`` = all-MiniLM-L6-v2 embeddings of real text with web-like duplicates
 (``benchmarks/real_pool.py``, built and cached on first use); ``synth`` mirrors
-``d2scale.synth`` (tight latent clusters of ~150 rows, 1% exact duplicates); ``hard`` has 64
+``d2scale.pool.synth`` (tight latent clusters of ~150 rows, 1% exact duplicates); ``hard`` has 64
 broad clusters (SPEC §4). Synthetic data are cached as float16 ``.npy`` files in
 ``--workdir``.
 """
@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 from common import host_info
 
-from d2scale.halfprec import to_float32
+from d2scale.pool.halfprec import to_float32
 
 LATENT = 48
 EVAL_QUERIES = 1000  # rows whose recall is measured (seeded, independent of d2scale's own)
@@ -69,7 +69,7 @@ def clip_like(path: str, n: int, dim: int, kind: str, seed: int = 0) -> None:
     mean = rng.standard_normal(dim)
     mean /= np.linalg.norm(mean)
     proj = np.linalg.qr(rng.standard_normal((dim, LATENT)))[0]
-    if kind == "synth":  # as d2scale.synth.write_pool
+    if kind == "synth":  # as d2scale.pool.synth.write_pool
         centres = rng.standard_normal((max(8, n // 150), LATENT))
         weights = rng.lognormal(0.0, 1.0, len(centres))
         weights /= weights.sum()

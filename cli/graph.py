@@ -22,9 +22,10 @@ def run(args) -> int:
     from types import SimpleNamespace
 
     from d2scale import io
-    from d2scale.graph_stage import build_graph
-    from d2scale.pipeline import check_out_outside_pool, open_pool_or_sample
-    from d2scale.runner import Progress, dask_client
+    from d2scale.backends import dask_client
+    from d2scale.progress import Progress
+    from d2scale.select.graph_stage import build_graph
+    from d2scale.select.pipeline import check_out_outside_pool, open_pool_or_sample
 
     options = values(args, "graph")
     progress = Progress(options.pop("quiet"), log_json=options["log_json"])

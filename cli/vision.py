@@ -227,7 +227,7 @@ def _recipe(args, family: str):
 
 
 def _say(args):
-    from d2scale.runner import Progress
+    from d2scale.progress import Progress
 
     return Progress(args.quiet)
 

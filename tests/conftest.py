@@ -1,6 +1,6 @@
 import pytest
 
-from d2scale.synth import write_pool
+from d2scale.pool.synth import write_pool
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from d2scale.synth import write_pool
+from d2scale.pool.synth import write_pool
 
 EXE = [sys.executable, "-m", "d2scale.cli.main"]
 FAST = ("--quiet", "--workers", "1", "--index", "exact")

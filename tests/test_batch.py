@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import yaml
 
-from d2scale.batch import parse_batch
-from d2scale.buckets import resolve_pool
 from d2scale.errors import D2ScaleError
 from d2scale.params import SelectParams
-from d2scale.pipeline import select
-from d2scale.runner import Progress
-from d2scale.synth import write_pool
+from d2scale.pool.buckets import resolve_pool
+from d2scale.pool.synth import write_pool
+from d2scale.progress import Progress
+from d2scale.select.batch import parse_batch
+from d2scale.select.pipeline import select
 
 ROWS = 500
 
@@ -181,7 +181,7 @@ def test_cli_errors_are_one_line(tmp_path):
 
 
 def test_toml_and_yaml_give_the_same_batch(tmp_path):
-    from d2scale.batch import load_jobs
+    from d2scale.select.batch import load_jobs
 
     (tmp_path / "jobs.toml").write_text(
         'out = "o"\n[defaults]\nfraction = 0.3\nfeature_type = "image"\nmemory_limit = "1GB"\n'

@@ -9,9 +9,9 @@ import pytest
 from d2scale.errors import D2ScaleError
 from d2scale.methods import registry
 from d2scale.params import SelectParams
-from d2scale.pipeline import select
-from d2scale.runner import Progress
-from d2scale.uids import decode_uids
+from d2scale.pool.uids import decode_uids
+from d2scale.progress import Progress
+from d2scale.select.pipeline import select
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from d2scale.uids import decode_uids
+from d2scale.pool.uids import decode_uids
 
 EXE = [sys.executable, "-m", "d2scale.cli.main"]
 

@@ -14,8 +14,8 @@ import pytest
 from d2scale import io
 from d2scale.errors import D2ScaleError
 from d2scale.params import SelectParams
-from d2scale.pipeline import select
-from d2scale.runner import Progress
+from d2scale.progress import Progress
+from d2scale.select.pipeline import select
 
 
 def run(pool, out, **kw) -> dict:

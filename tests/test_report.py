@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from d2scale.params import SelectParams
-from d2scale.pipeline import select
-from d2scale.report import FIGURES
-from d2scale.runner import Progress
+from d2scale.progress import Progress
+from d2scale.select.pipeline import select
+from d2scale.select.report import FIGURES
 
 IMG = re.compile(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'")
 

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from oracle import d2_order, knn_bruteforce
 
-from d2scale.synth import write_pool
+from d2scale.pool.synth import write_pool
 
 
 def independent_selection(pool: str, fraction: float, k: int, gamma: float) -> set[str]:

@@ -11,9 +11,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from d2scale.errors import D2ScaleError
-from d2scale.sources import PoolEmbeddings, feature_keys, open_pool, read_columns, read_metadata
-from d2scale.synth import write_pool
-from d2scale.uids import decode_uids
+from d2scale.pool.sources import (
+    PoolEmbeddings,
+    feature_keys,
+    open_pool,
+    read_columns,
+    read_metadata,
+)
+from d2scale.pool.synth import write_pool
+from d2scale.pool.uids import decode_uids
 
 
 def _reference_embeddings(path: str, keys: list[str]) -> np.ndarray:

@@ -3,7 +3,7 @@ import pyarrow as pa
 import pytest
 
 from d2scale.errors import D2ScaleError
-from d2scale.uids import (
+from d2scale.pool.uids import (
     UID_DTYPE,
     canonical_text,
     check_unique,

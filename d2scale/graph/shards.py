@@ -49,7 +49,7 @@ def task_client(client=None):
     if client is not None:
         yield client
         return
-    from d2scale.runner import dask_client
+    from d2scale.backends import dask_client
 
     with dask_client(workers=len(os.sched_getaffinity(0))) as local:
         yield local

@@ -79,7 +79,7 @@ def rank(inputs, params) -> Ranking:
     the languages are a keyed stage (reused by reruns). Options override :class:`BasicRules`
     and ``lang_model=PATH`` loads another fastText model."""
     from d2scale import io
-    from d2scale.runner import stage_key
+    from d2scale.stages import stage_key
 
     defaults = BasicRules()
     spec = {

@@ -14,7 +14,7 @@ from d2scale.d2.reverse import cpu_only_variant, reverse_on
 from d2scale.graph.symmetric import symmetrize
 from d2scale.methods.base import MethodInputs
 from d2scale.params import SelectParams
-from d2scale.runner import stage_key
+from d2scale.stages import stage_key
 from d2scale.types import Ranking
 
 DESCRIPTION = "D2 Pruning: forward and reverse message passing on the kNN graph (default)"

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from d2scale.uids import decode_uids, encode_uids
+from d2scale.pool.uids import decode_uids, encode_uids
 
 STEPS = ["basic", "clip-score", "semdedup:eps=0.05,clusters=8", "d2"]
 

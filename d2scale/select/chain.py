@@ -10,7 +10,7 @@ import numpy as np
 from d2scale.errors import D2ScaleError
 from d2scale.methods import MethodInputs, get_method
 from d2scale.params import SelectParams, Step, budget_for, parse_step
-from d2scale.runner import stage_key
+from d2scale.stages import stage_key
 from d2scale.types import Ranking
 
 

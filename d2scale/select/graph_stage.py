@@ -13,8 +13,9 @@ from __future__ import annotations
 from d2scale import io
 from d2scale.errors import D2ScaleError
 from d2scale.params import SelectParams
-from d2scale.runner import ProgressFn, StageRun, Stages, stage_key
-from d2scale.sources import Pool, PoolEmbeddings, feature_keys
+from d2scale.pool.sources import Pool, PoolEmbeddings, feature_keys
+from d2scale.progress import ProgressFn
+from d2scale.stages import StageRun, Stages, stage_key
 from d2scale.types import KnnGraph, SubsetBlocks
 
 
