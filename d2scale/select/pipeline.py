@@ -55,6 +55,7 @@ def select(
     """
     progress = progress or Progress(log_json=params.log_json)
     params.validate()
+    chain_steps(params)  # an unknown method or step option stops here, before any work
     params = absolute_out(params)
     if client is None:
         check_cluster_options(params.scheduler, params.scheduler_file)
