@@ -294,8 +294,8 @@ def knn_graph(x: np.ndarray, k: int):
 
     The one place the vision code builds graphs: repoint here to change the kNN backend.
     """
-    from d2scale.graph.scan import topk as exact_topk
-    from d2scale.graph.shards import drop_self
+    from d2scale.graph import drop_self
+    from d2scale.graph import topk as exact_topk
     from d2scale.types import KnnGraph
 
     x = np.ascontiguousarray(x, dtype=np.float32)
