@@ -1,7 +1,8 @@
 """Bad input through the real CLI (issue 8): one table of cases, each an input (a change to a
 generated pool, or arguments) and the one-line error it must give.
 
-Every case runs ``d2scale select`` / ``graph`` / ``mp`` in a subprocess and asserts: exit
+Every case runs ``d2scale select`` / ``graph`` / ``mp`` through the CLI's ``main`` in this
+process (interpreter start-up per case cost minutes in all) and asserts: exit
 status 1, exactly one stderr line ``d2scale: error: …`` holding the expected fragment, no
 traceback anywhere, and no output that looks complete (no ``uids*.npy``, ``run.json``,
 ``ranking.parquet``, graph arrays or order file). A second, shorter table lists inputs that
@@ -17,8 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,10 +26,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from clirun import CliResult, run_cli
 
 from d2scale.pool.synth import write_pool
 
-EXE = [sys.executable, "-m", "d2scale.cli.main"]
 FAST = ("--quiet", "--workers", "1", "--index", "exact")
 ROWS, SHARDS = 240, 3  # shards 0, 1, 2: f16 deflated, f32 stored, f16 stored ("mixed")
 SCORE = "clip_l14_similarity_score"
@@ -447,24 +446,23 @@ CASES = [
 # -- fixtures and the runner ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _no_sample_pool(tmp_path_factory):
-    """A cache directory that cannot be created: a run that falls back to the built-in
-    sample pool fails at once instead of generating 100,000 rows."""
+@pytest.fixture(scope="module")
+def _blocked_cache(tmp_path_factory) -> str:
     blocker = tmp_path_factory.mktemp("no-cache") / "a-file"
     blocker.write_text("")
-    global _CACHE
-    _CACHE = str(blocker / "cache")
+    return str(blocker / "cache")
 
 
-_CACHE = ""
+@pytest.fixture(autouse=True)
+def _no_sample_pool(_isolated_cache, _blocked_cache, monkeypatch):
+    """A cache directory that cannot be created: a run that falls back to the built-in
+    sample pool fails at once instead of generating 100,000 rows."""
+    monkeypatch.setenv("D2SCALE_CACHE_DIR", _blocked_cache)
 
 
-def run(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
-    env["D2SCALE_CACHE_DIR"] = _CACHE
-    argv = [*EXE, *map(str, args)]
-    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+def run(*args) -> CliResult:
+    """The command in this process (the exit status on signals is tested in test_pipeline)."""
+    return run_cli(*args)
 
 
 @pytest.fixture(scope="module")
@@ -511,7 +509,7 @@ def command_line(bad: Bad, command: str, pool: str, out: str, case_dir: str, gra
     return [command, "--metadata-dir", pool, "--out", out, *FAST, *extra]
 
 
-def assert_refused(proc: subprocess.CompletedProcess, expect: str, out: str) -> None:
+def assert_refused(proc: CliResult, expect: str, out: str) -> None:
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1, f"exit {proc.returncode}: {proc.stderr}"

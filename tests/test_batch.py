@@ -5,12 +5,11 @@ union of buckets, ``--dry-run``, and bucket pools from globs."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import yaml
+from clirun import run_cli
 
 from d2scale.errors import D2ScaleError
 from d2scale.params import SelectParams
@@ -33,8 +32,7 @@ def pools(tmp_path_factory):
 
 
 def batch_cli(jobs, *flags):
-    argv = [sys.executable, "-m", "d2scale.cli.main", "batch", str(jobs), "--workers", "2", *flags]
-    return subprocess.run(argv, capture_output=True, text=True)
+    return run_cli("batch", jobs, "--workers", "2", *flags)
 
 
 def write_jobs(path, doc: dict):
