@@ -51,6 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 from common import host_info
 
+from d2scale.blas import blas_kernels, load_faiss
 from d2scale.pool.halfprec import to_float32
 
 LATENT = 48
@@ -204,7 +205,7 @@ def exact_truth(x: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, float
     """faiss exact search of the queries; returns the exact k-th neighbour distance of each.
     ``x`` may be a float16 memory map: it is searched in float32 chunks (memory stays small
     for large pools)."""
-    import faiss
+    faiss = load_faiss()  # its OpenBLAS at the CPU's proper kernel
 
     xq = np.asarray(x[q], dtype=np.float32)
     t0 = time.perf_counter()
@@ -229,7 +230,7 @@ def exact_truth(x: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, float
 
 def ivf_flat(x, nlist):
     """faiss IVF-Flat over all rows (k-means on a seeded sample of 39 rows per list)."""
-    import faiss
+    faiss = load_faiss()  # its OpenBLAS at the CPU's proper kernel
 
     n, d = x.shape
     index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
@@ -425,7 +426,8 @@ def warm_up(workdir: str, k: int) -> None:
 
 def versions() -> dict:
     import dask
-    import faiss
+
+    faiss = load_faiss()  # its OpenBLAS at the CPU's proper kernel
     import numba
 
     out = {"faiss": faiss.__version__, "numpy": np.__version__, "numba": numba.__version__,
@@ -475,6 +477,7 @@ def main() -> None:
     results = [bench_size(int(s), args, workdir) for s in args.sizes.split(",")]
     print(json.dumps({
         "benchmark": "knn_graph", "host": host_info(), "versions": versions(),
+        "blas": blas_kernels(),
         "load_average_end": [round(v, 2) for v in os.getloadavg()],
         "params": {"k": args.k, "recall_target": args.recall, "data": args.data},
         "results": results,

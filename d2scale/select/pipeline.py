@@ -278,9 +278,12 @@ def environment() -> dict:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             continue
+    from d2scale.blas import blas_kernels
+
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "packages": versions,
+        "blas": blas_kernels(),
     }
