@@ -338,6 +338,33 @@ def _field(name: str) -> Any:
     return field(default=value)
 
 
+@dataclass(frozen=True)
+class GraphConfig:
+    """What the kNN graph is built from, resolved once from the table for ``select`` and
+    ``d2scale graph`` alike (defaults from :data:`PARAMS`)."""
+
+    embedding_model: str = _field("embedding_model")
+    feature_type: str = _field("feature_type")
+    n_neighbors: int = _field("n_neighbors")
+    index: str = _field("index")
+    recall: float = _field("recall")
+    memory_limit: int | None = _field("memory_limit")
+    device: str = _field("device")
+    seed: int = _field("seed")
+
+    @classmethod
+    def of(cls, values: Any) -> GraphConfig:
+        """The graph's fields of ``values`` (parameters as attributes, or a dict)."""
+        get = values.get if isinstance(values, dict) else lambda name: getattr(values, name)
+        return cls(**{f.name: get(f.name) for f in fields(cls)})
+
+    def build_options(self) -> dict:
+        """The keyword arguments of :func:`d2scale.graph.build_knn_graph`."""
+        d = asdict(self)
+        del d["embedding_model"], d["feature_type"]
+        return d
+
+
 @dataclass
 class SelectParams:
     """Everything that determines a selection; defaults from :data:`PARAMS`."""
@@ -369,6 +396,10 @@ class SelectParams:
     workers: int | None = _field("workers")
     log_json: str | None = _field("log_json")
     report: bool = _field("report")
+
+    @property
+    def graph_config(self) -> GraphConfig:
+        return GraphConfig.of(self)
 
     @property
     def resolved_score_column(self) -> str:
