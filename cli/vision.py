@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 from d2scale.errors import D2ScaleError
+from d2scale.vision.defaults import DEFAULT_QUOTER, DEFAULT_RECALL_SMOOTHING, DEFAULT_THREADS
 
 EPILOG = "Docs: README.md, section 'Image classification'. Errors print one line, exit 1."
 DATASETS = ("cifar10", "cifar100", "imagenet", "digits", "mnist5k")
@@ -35,10 +37,27 @@ SAMPLING_MODES = {
 }
 
 
+class _Help(argparse.HelpFormatter):
+    """Help that shows each option's default value (options without one name what applies
+    in their own text)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or action.required
+            or any(action.default is v for v in (None, False, argparse.SUPPRESS))
+            or "default" in text
+        ):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
 def add_parser(sub, epilog: str = EPILOG) -> None:
     """Add ``vision`` and its subcommands to the top-level subparsers ``sub``."""
     p = sub.add_parser(
         "vision",
+        formatter_class=_Help,
         help="image classification: train, select coresets, run grids, DRoP",
         description="Train classifiers with training dynamics, select coresets (random, "
         "top-k, D2, CCS, Moderate, k-center), run the coreset grid, compute DRoP quotas and "
@@ -80,24 +99,66 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
 
 def _train_flags(p: argparse.ArgumentParser, steps: bool = True) -> None:
     g = p.add_argument_group("training (defaults: the dataset's recipe)")
-    g.add_argument("--epochs", type=_pos_int, help="full-data epochs")
+    g.add_argument("--epochs", type=_pos_int, help="full-data epochs (default: the recipe's)")
     if steps:
         g.add_argument(
-            "--iterations", type=_pos_int, help="SGD steps of coreset runs (CIFAR: 40000)"
+            "--iterations",
+            type=_pos_int,
+            help="SGD steps of coreset runs (default: the recipe's; CIFAR 40000)",
         )
-    g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=_pos_int)
-    g.add_argument("--lr", type=float, help="peak learning rate")
-    g.add_argument("--seed", type=_nonneg_int, default=0)
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    g.add_argument("--threads", type=_pos_int, help="CPU threads for torch (default: torch's)")
-    g.add_argument("--quiet", action="store_true", help="no progress bars or lines")
+    g.add_argument(
+        "--batch-size",
+        "--batch_size",
+        dest="batch_size",
+        type=_pos_int,
+        help="samples per SGD step (default: the recipe's)",
+    )
+    g.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
+    g.add_argument("--seed", type=_nonneg_int, default=0, help="every random choice")
+    g.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto: CUDA when torch sees a GPU, else the CPU",
+    )
+    g.add_argument(
+        "--threads",
+        type=_pos_int,
+        default=DEFAULT_THREADS,
+        help="torch CPU threads. These models are small per sample, so one thread is the "
+        "fastest on a small or shared CPU (digits on the loaded 2-core dev machine: several "
+        "times faster than torch's default of one per core); raise it for large models on "
+        "many free cores. The count "
+        "changes float summation order, so results differ slightly; metrics.json records it",
+    )
+    _progress_flags(p)
+
+
+def _progress_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("progress")
+    g.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress output (warnings about degraded results still print)",
+    )
+    g.add_argument(
+        "--log-json",
+        metavar="FILE",
+        help="append one JSON object per progress event to FILE ('-': to stderr, instead of "
+        "the progress lines) (default: none)",
+    )
 
 
 def _select_flags(p: argparse.ArgumentParser, with_method: bool = True) -> None:
     g = p.add_argument_group("coreset selection")
     if with_method:
-        g.add_argument("--method", choices=("random", "topk", "d2", "ccs", "moderate", "kcenter"))
-        g.add_argument(
+        one = g.add_mutually_exclusive_group(required=True)
+        one.add_argument(
+            "--method",
+            choices=("random", "topk", "d2", "ccs", "moderate", "kcenter"),
+            help="required (or the seed's --sampling-mode)",
+        )
+        one.add_argument(
             "--sampling-mode",
             choices=tuple(SAMPLING_MODES),
             help="seed alias of --method (graph = d2, stratified = ccs)",
@@ -136,16 +197,31 @@ def _select_flags(p: argparse.ArgumentParser, with_method: bool = True) -> None:
         default="uniform",
         help="class budgets: small classes whole, the rest even (seed's uniform)",
     )
-    g.add_argument("--n-neighbors", "--n-neighbor", dest="n_neighbors", type=_pos_int, default=5)
+    g.add_argument(
+        "--n-neighbors",
+        "--n-neighbor",
+        dest="n_neighbors",
+        type=_pos_int,
+        default=5,
+        help="D2: k of each class's kNN graph",
+    )
     g.add_argument("--gamma", type=float, default=0.1, help="D2 reverse kernel width γr")
     g.add_argument("--gamma-forward", type=float, default=1.0, help="D2 forward kernel width")
-    g.add_argument("--mode", "--graph-mode", dest="mode", choices=("sum", "product"), default="sum")
+    g.add_argument(
+        "--mode",
+        "--graph-mode",
+        dest="mode",
+        choices=("sum", "product"),
+        default="sum",
+        help="D2 forward message combination",
+    )
     g.add_argument(
         "--sampling",
         "--graph-sampling-mode",
         dest="sampling",
         choices=("weighted", "absolute"),
         default="weighted",
+        help="D2 reverse update",
     )
     g.add_argument(
         "--strata", "--stratas", dest="strata", type=_pos_int, default=50, help="CCS score strata"
@@ -206,8 +282,7 @@ def _setup(args, family: str):
             args.dataset, "resnet18"
         )
     recipe = _recipe(args, family)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     return load_dataset(args.dataset, args.data_dir, device), recipe
 
@@ -227,9 +302,33 @@ def _recipe(args, family: str):
 
 
 def _say(args):
+    """The command's progress (closed by the caller): lines, bars and ``--log-json``
+    events; a ``warning:`` line prints even with ``--quiet`` (it reports a degraded result)."""
     from d2scale.runner import Progress
 
-    return Progress(args.quiet)
+    progress = Progress(args.quiet, log_json=args.log_json)
+    loud = args.quiet and args.log_json != "-"
+
+    def say(message: str) -> None:
+        if loud and message.startswith("warning:"):
+            print(f"d2scale: {message}", file=sys.stderr, flush=True)
+        progress(message)
+
+    say.close = progress.close
+    return say
+
+
+def _with_progress(run):
+    """``run(args)`` with ``args.say`` (see :func:`_say`), closed afterwards."""
+
+    def wrapped(args) -> int:
+        args.say = _say(args)
+        try:
+            return run(args)
+        finally:
+            args.say.close()
+
+    return wrapped
 
 
 # ============================================================================ train
@@ -238,6 +337,7 @@ def _say(args):
 def _add_train(vsub) -> None:
     p = vsub.add_parser(
         "train",
+        formatter_class=_Help,
         help="train a classifier (full data: log training dynamics and features)",
         description="Full-data runs write RUN/dynamics.npz (forgetting, accumulated_margin, "
         "el2n, entropy, dynamic_uncertainty, grand, targets per training sample), "
@@ -252,7 +352,7 @@ def _add_train(vsub) -> None:
     p.add_argument("--base-dir", help="seed form: RUN = BASE_DIR/TASK_NAME")
     p.add_argument("--task-name", help="seed form: RUN = BASE_DIR/TASK_NAME")
     _train_flags(p)
-    p.set_defaults(run=_run_train)
+    p.set_defaults(run=_with_progress(_run_train))
 
 
 def _run_train(args) -> int:
@@ -264,6 +364,7 @@ def _run_train(args) -> int:
     )
     if not out:
         raise D2ScaleError("give --out RUN (or the seed's --base-dir and --task-name).")
+    say = args.say
     data, recipe = _setup(args, "d2")
     indices = None
     if args.coreset:
@@ -272,7 +373,6 @@ def _run_train(args) -> int:
         from dataclasses import replace
 
         recipe = replace(recipe, iterations=None)
-    say = _say(args)
     say(f"training {args.model} on {args.dataset} ({'coreset' if args.coreset else 'full data'})")
     result = train(
         data,
@@ -282,7 +382,7 @@ def _run_train(args) -> int:
         seed=args.seed,
         dynamics=indices is None,
         out=out,
-        progress=not args.quiet,
+        progress=say,
     )
     extra = {"coreset": os.path.abspath(args.coreset)} if args.coreset else {}
     m = runs.save_run(out, result, extra)
@@ -299,6 +399,7 @@ def _run_train(args) -> int:
 def _add_select(vsub) -> None:
     p = vsub.add_parser(
         "select",
+        formatter_class=_Help,
         help="pick a coreset from a full-data run",
         description="Writes the sorted int64 sample ids of the coreset to --out (.npy) and "
         "how they were chosen to --out with .json appended.",
@@ -308,10 +409,10 @@ def _add_select(vsub) -> None:
         "--run", dest="run_dir", required=True, metavar="RUN", help="full-data run directory"
     )
     p.add_argument("--out", required=True, metavar="FILE.npy")
-    p.add_argument("--seed", type=_nonneg_int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="random, ccs: the draw")
+    _progress_flags(p)
     _select_flags(p)
-    p.set_defaults(run=_run_select)
+    p.set_defaults(run=_with_progress(_run_select))
 
 
 def _run_select(args) -> int:
@@ -319,9 +420,7 @@ def _run_select(args) -> int:
     from d2scale.vision.coresets import CoresetParams, select_coreset
     from d2scale.vision.runs import load_run
 
-    method = args.method or SAMPLING_MODES.get(args.sampling_mode or "")
-    if method is None:
-        raise D2ScaleError("give --method (or the seed's --sampling-mode).")
+    method = args.method or SAMPLING_MODES[args.sampling_mode]
     params = CoresetParams(
         method=method,
         fraction=args.fraction,
@@ -334,7 +433,9 @@ def _run_select(args) -> int:
     coreset = select_coreset(params, scores, features)
     save_npy(args.out, coreset.indices)
     save_json(args.out + ".json", {**coreset.info, "run": os.path.abspath(args.run_dir)})
-    _say(args)(
+    for warning in coreset.info.get("warnings", []):
+        args.say(warning)
+    args.say(
         f"{method}: kept {len(coreset.indices):,} of {coreset.info['n']:,} samples in "
         f"{coreset.info['seconds']:.2f}s -> {args.out}"
     )
@@ -347,6 +448,7 @@ def _run_select(args) -> int:
 def _add_experiment(vsub) -> None:
     p = vsub.add_parser(
         "experiment",
+        formatter_class=_Help,
         help="a grid of methods × fractions × seeds (coreset or DRoP protocol)",
         description="--protocol d2: per seed one full-data run, then select + train every "
         "(method, fraction) cell. --protocol drop: per seed a full-data reference model, "
@@ -367,8 +469,9 @@ def _add_experiment(vsub) -> None:
     p.add_argument("--cdbw", default="off", help="drop: off, on or off,on (default: off)")
     p.add_argument(
         "--recall-smoothing",
-        default="none",
-        help="drop: none, laplace or none,laplace (cells with DRoP quotas or CDB-W)",
+        default=DEFAULT_RECALL_SMOOTHING,
+        help="drop: none (published), laplace or none,laplace (cells with DRoP quotas or "
+        "CDB-W; see vision prune)",
     )
     p.add_argument(
         "--num-inits",
@@ -381,7 +484,7 @@ def _add_experiment(vsub) -> None:
     p.add_argument("--out", required=True, metavar="DIR")
     _train_flags(p)
     _select_flags(p, with_method=False)
-    p.set_defaults(run=_run_experiment)
+    p.set_defaults(run=_with_progress(_run_experiment))
 
 
 D2_METHODS = "random,topk-forgetting,d2,ccs,moderate,kcenter"
@@ -407,11 +510,13 @@ def _run_experiment(args) -> int:
             raise D2ScaleError("--recall-smoothing takes none, laplace or none,laplace.")
     else:
         grid["methods"] = ex.parse_methods(args.methods or D2_METHODS)
+    say = args.say
     data, recipe = _setup(args, args.protocol)
-    say = _say(args)
     runner = ex.run_drop_experiment if drop else ex.run_experiment
-    records = runner(data, args.model, recipe, progress=say, bars=not args.quiet, **grid)
-    say(f"{len(records)} records -> {os.path.join(args.out, 'results.md')}")
+    records = runner(data, args.model, recipe, progress=say, bars=True, **grid)
+    warned = sum(bool(r["warnings"]) for r in records)
+    note = f" ({warned} with warnings, listed there)" if warned else ""
+    say(f"{len(records)} records{note} -> {os.path.join(args.out, 'results.md')}")
     if not args.quiet:
         with open(os.path.join(args.out, "results.md")) as f:
             print(f.read())
@@ -444,12 +549,15 @@ def _floats(text: str, flag: str) -> list[float]:
 def _add_quotas(vsub) -> None:
     p = vsub.add_parser(
         "quotas",
+        formatter_class=_Help,
         help="per-class DRoP quotas from class sizes and validation recalls",
         description="Prints {quotas, budget, densities, ...} as JSON.",
         epilog=EPILOG,
     )
     p.add_argument("--counts", required=True, help="class sizes, comma list")
-    p.add_argument("--recalls", help="per-class validation recall in [0, 1] (drop quoter)")
+    p.add_argument(
+        "--recalls", help="per-class validation recall in [0, 1], comma list (needed by drop)"
+    )
     p.add_argument("--fraction", required=True, type=float, help="fraction kept, in (0, 1]")
     p.add_argument(
         "--quoter",
@@ -457,7 +565,8 @@ def _add_quotas(vsub) -> None:
         dest="quoter",
         type=str.lower,
         choices=("drop", "uniform", "none"),
-        default="drop",
+        default=DEFAULT_QUOTER,
+        help="drop: density ∝ validation error; uniform: the same density in every class",
     )
     p.add_argument("--seed", type=_nonneg_int, default=0, help="fills the rounding leftovers")
     p.set_defaults(run=_run_quotas)
@@ -475,6 +584,8 @@ def _run_quotas(args) -> int:
     # one key per line, lists inline: easy to read and still JSON
     lines = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in report.items()]
     print("{\n" + ",\n".join(lines) + "\n}")
+    for warning in report.get("warnings", []):  # also in the JSON
+        print(f"d2scale: {warning}", file=sys.stderr)
     return 0
 
 
@@ -484,6 +595,7 @@ def _run_quotas(args) -> int:
 def _add_prune(vsub) -> None:
     p = vsub.add_parser(
         "prune",
+        formatter_class=_Help,
         help="DRoP: query models → quotas → prune (dp) or acquire (al) → final model",
         description="The DRoP workflow: train --num-inits query models on the current data, "
         "score samples and take per-class validation recall at the best epoch, set class "
@@ -514,8 +626,10 @@ def _add_prune(vsub) -> None:
         "--quoter_name",
         dest="quoter",
         type=str.lower,
-        default="none",
         choices=("none", "uniform", "drop", "auto"),
+        default=DEFAULT_QUOTER,
+        help="per-class quotas: drop (DRoP: density ∝ validation error), uniform, or none "
+        "(also the seed's auto): the scorer alone",
     )
     p.add_argument("--num-inits", "--num_inits", dest="num_inits", type=_pos_int, default=1)
     p.add_argument(
@@ -537,9 +651,9 @@ def _add_prune(vsub) -> None:
     p.add_argument(
         "--recall-smoothing",
         choices=("none", "laplace"),
-        default="none",
-        help="validation recall for quotas and CDB-W: as measured (published) or "
-        "(hits + 1) / (n + 2)",
+        default=DEFAULT_RECALL_SMOOTHING,
+        help="validation recall for quotas and CDB-W: laplace (hits + 1) / (n + 2), or none: "
+        "as measured (published), which gives a class measured at recall 1.0 no samples",
     )
     p.add_argument(
         "--query-cache", metavar="DIR", help="reuse query models across runs (default: OUT/query)"
@@ -547,7 +661,7 @@ def _add_prune(vsub) -> None:
     p.add_argument("--out", required=True, metavar="DIR")
     _train_flags(p, steps=False)
     _select_flags(p, with_method=False)
-    p.set_defaults(run=_run_prune)
+    p.set_defaults(run=_with_progress(_run_prune))
 
 
 def _strategy(text: str) -> str:
@@ -575,8 +689,8 @@ def _run_prune(args) -> int:
         seed=args.seed,
         select=_select_params(args),
     ).validate()
+    say = args.say
     data, recipe = _setup(args, "drop")
-    say = _say(args)
     metrics = run_prune(
         data,
         args.model,
@@ -584,7 +698,7 @@ def _run_prune(args) -> int:
         params,
         args.out,
         progress=say,
-        bars=not args.quiet,
+        bars=True,
         query_cache=args.query_cache,
     )
     say(

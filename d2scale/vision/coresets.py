@@ -148,10 +148,11 @@ def _torch_threads_kept():
 
 def _select(params, scores, features, class_budget, budget, pool, anchors) -> Coreset:
     t0 = time.perf_counter()
-    targets = np.asarray(scores["targets"], dtype=np.int64)
+    targets = checked_targets(scores["targets"])
     n = len(targets)
     if features.shape[0] != n:
         raise D2ScaleError(f"features have {features.shape[0]} rows but there are {n} samples.")
+    check_finite(params, scores, features)
     if class_budget is not None:
         budget = int(np.sum(class_budget))
     elif budget is None:
@@ -170,7 +171,45 @@ def _select(params, scores, features, class_budget, budget, pool, anchors) -> Co
     info["seconds"] = round(time.perf_counter() - t0, 3)
     chosen = np.sort(chosen.astype(np.int64))
     assert len(chosen) == budget and len(np.unique(chosen)) == budget
+    if class_budget is None and anchors is None:  # quotas warn for themselves (DRoP)
+        missing = np.setdiff1d(np.unique(targets[cands]), np.unique(targets[chosen]))
+        if len(missing):
+            info["warnings"] = [
+                f"warning: the coreset has no samples of class(es) {missing.tolist()}, "
+                "which the candidates have (the model will never see them)"
+            ]
     return Coreset(chosen, info)
+
+
+def checked_targets(targets) -> np.ndarray:
+    """Class labels as int64, refused unless integers ≥ 0 (a negative label would silently
+    get no budget)."""
+    raw = np.asarray(targets)
+    if raw.ndim != 1 or (raw.size and raw.dtype.kind not in "iu"):
+        raise D2ScaleError(f"class labels must be a 1-D integer array; found {raw.dtype}.")
+    if raw.size and raw.min() < 0:
+        raise D2ScaleError(f"class labels must be ≥ 0; found {int(raw.min())}.")
+    return raw.astype(np.int64)
+
+
+def check_finite(params: CoresetParams, scores: dict[str, np.ndarray], features) -> None:
+    """Refuse NaN or infinite values in what ``params``' method reads: its score, the AUM
+    that ``mis_ratio`` removes by, the features (d2, moderate, kcenter)."""
+    used = [params.score] if params.method in ("topk", "ccs", "d2") else []
+    if params.mis_ratio > 0:
+        used.append("accumulated_margin")
+    for name in used:
+        if name not in scores:
+            raise D2ScaleError(f"--method {params.method} needs the score {name!r}; none given.")
+        bad = int(np.count_nonzero(~np.isfinite(np.asarray(scores[name], dtype=np.float64))))
+        if bad:
+            raise D2ScaleError(f"the score {name!r} has {bad:,} NaN or infinite values.")
+    if params.method in ("d2", "moderate", "kcenter"):
+        rows = 1 << 16  # a block at a time: no boolean copy of a large feature matrix
+        bad = sum(int(np.count_nonzero(~np.isfinite(features[i : i + rows]).all(axis=1)))
+                  for i in range(0, len(features), rows))  # fmt: skip
+        if bad:
+            raise D2ScaleError(f"{bad:,} feature rows hold NaN or infinite values.")
 
 
 def _per_class(picker, cands, targets, budget, class_budget) -> tuple[np.ndarray, np.ndarray]:

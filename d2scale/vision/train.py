@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from d2scale.errors import D2ScaleError
 from d2scale.io import atomic_path
 from d2scale.vision.dynamics import DynamicsLog, el2n_of, entropy_of, grand_of
+from d2scale.vision.meter import meter
 from d2scale.vision.models import build_model
 from d2scale.vision.quotas import estimate_recall
 
@@ -153,6 +154,7 @@ def train_epoch(run: _Run, epoch: int) -> float:
         loss.backward()
         opt.step()
         run.step += 1
+        run.meter(run.step)
         if run.dynamics is not None:
             run.dynamics.update(epoch, idx, logits.detach(), y, h.detach())
         total_loss += float(loss.detach())
@@ -164,11 +166,17 @@ def train_epoch(run: _Run, epoch: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(model, data, split: str, indices=None, *, autocast=None, keep: bool = False) -> dict:
+def evaluate(
+    model, data, split: str, indices=None, *, autocast=None, keep: bool = False, progress=None
+) -> dict:
     """Accuracy and per-class recall on ``split``; with ``keep`` also every sample's
     penultimate features, prediction entropy, EL2N and last-layer GraNd of this model
-    (numpy, in ``indices`` order)."""
+    (numpy, in ``indices`` order). ``progress``: rows done, when the pass takes long."""
     model.eval()
+    rows = meter(
+        progress, f"evaluate {split}", data.size(split) if indices is None else len(indices), "rows"
+    )
+    done = 0
     k = data.num_classes
     hits = torch.zeros(k, device=data.device)
     counts = torch.zeros(k, device=data.device)
@@ -176,6 +184,8 @@ def evaluate(model, data, split: str, indices=None, *, autocast=None, keep: bool
     for x, y, _ in data.batches(split, indices, EVAL_BATCH, train=False):
         with autocast() if autocast else contextlib.nullcontext():
             logits, h = model(x, features=True)
+        done += len(y)
+        rows(done)
         correct = (logits.argmax(1) == y).float()
         hits += torch.bincount(y, weights=correct, minlength=k)
         counts += torch.bincount(y, minlength=k).float()
@@ -285,6 +295,7 @@ class _Run:
         )
         self.class_weights = torch.ones(data.num_classes, device=data.device)
         self.step, self.history = 0, []
+        self.progress, self.meter = None, meter(None, "", 0, "")  # set by train()
         self.ckpt_path = os.path.join(out, "checkpoint.pt") if out else None
         self.signature = run_signature(
             data, model_name, recipe, self.indices, seed, augment, cdbw, dynamics
@@ -350,7 +361,7 @@ def train(
     dynamics: bool = False,
     recall_smoothing: str = "none",
     out: str | None = None,
-    progress: bool = True,
+    progress=None,
     desc: str = "train",
 ) -> TrainResult:
     """Train ``model_name`` on ``data``'s train split (or the samples ``indices``).
@@ -361,9 +372,10 @@ def train(
     saved at most every ``CHECKPOINT_SECONDS`` and after the last epoch, and a rerun resumes
     from it. ``dynamics`` logs the SPEC §3 scores of
     every presented sample and extracts features of every training sample at the end.
+    ``progress`` (a callable such as :class:`d2scale.runner.Progress`, or None) hears
+    ``"<desc>: done/total batches"`` at most every few seconds, and the passes over held-out
+    or training rows that take long.
     """
-    from tqdm.auto import tqdm
-
     t0 = time.perf_counter()
     estimate_recall([], [], recall_smoothing)  # a bad name fails before any training
     run = _Run(data, model_name, recipe, indices, seed, augment, cdbw, dynamics, out)
@@ -371,13 +383,14 @@ def train(
     run.signature = run_signature(data, model_name, recipe, run.indices, seed, augment,
                                   cdbw_key(cdbw, recall_smoothing), dynamics)  # fmt: skip
     start = load_checkpoint(run)
-    bar = tqdm(range(start, run.epochs), desc=desc, disable=not progress or None, leave=False)
+    run.progress = progress or None
+    run.meter = meter(progress, desc, run.total_steps, "batches")
     last_save = time.monotonic()
-    for epoch in bar:
+    for epoch in range(start, run.epochs):
         loss = train_epoch(run, epoch)
         if (epoch + 1) % run.eval_every and epoch != run.epochs - 1:
             continue
-        val = evaluate(run.model, data, "val", autocast=run.autocast)
+        val = evaluate(run.model, data, "val", autocast=run.autocast, progress=progress)
         recall = np.array([v or 0.0 for v in val["per_class_accuracy"]])
         run.history.append({"epoch": epoch, "loss": loss, "val_accuracy": val["accuracy"],
                             "val_recall": recall.tolist()})  # fmt: skip
@@ -388,7 +401,7 @@ def train(
         if epoch == run.epochs - 1 or time.monotonic() - last_save > CHECKPOINT_SECONDS:
             save_checkpoint(run, epoch)  # tiny coresets run hundreds of short epochs
             last_save = time.monotonic()
-        bar.set_postfix(loss=f"{loss:.3f}", val=f"{val['accuracy']:.3f}")
+    run.meter(run.total_steps)
     return _finish(run, model_name, time.perf_counter() - t0)
 
 
@@ -399,7 +412,7 @@ def evaluate_counts(data, split: str) -> list[int]:
 
 def _finish(run: _Run, model_name: str, seconds: float) -> TrainResult:
     data = run.data
-    test = evaluate(run.model, data, "test", autocast=run.autocast)
+    test = evaluate(run.model, data, "test", autocast=run.autocast, progress=run.progress)
     best = max(run.history, key=lambda h: h["val_accuracy"]) if run.history else None
     metrics = {
         "dataset": data.name,
@@ -420,12 +433,15 @@ def _finish(run: _Run, model_name: str, seconds: float) -> TrainResult:
         "val_recall_at_best": best["val_recall"] if best else None,
         "val_class_counts": evaluate_counts(data, "val"),
         "device": str(data.device),
+        "threads": torch.get_num_threads(),
         "seconds": round(seconds, 2),
     }
     recall_best = np.array(best["val_recall"]) if best else np.zeros(data.num_classes)
     result = TrainResult(run.model, metrics, recall_best)
     if run.dynamics is not None:
-        full = evaluate(run.model, data, "train", autocast=run.autocast, keep=True)
+        full = evaluate(
+            run.model, data, "train", autocast=run.autocast, keep=True, progress=run.progress
+        )
         result.features = full["features"].astype(np.float32)
         result.scores = run.dynamics.result(full["entropy"], data.targets("train"))
         # the final model's own EL2N and GraNd (eval mode), for samples never trained on (AL)
