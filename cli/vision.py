@@ -47,7 +47,7 @@ class _Help(argparse.HelpFormatter):
             not action.option_strings
             or action.required
             or any(action.default is v for v in (None, False, argparse.SUPPRESS))
-            or "default" in text
+            or "(default" in text
         ):
             return text
         return f"{text} (default: %(default)s)" if text else "default: %(default)s"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import pickle
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -165,26 +166,44 @@ def load_cifar(name: str, data_dir: str | None) -> tuple[tuple, tuple]:
     """((train images, labels), (test images, labels)) from the Python pickle archive: an
     extracted ``cifar-10-batches-py/`` / ``cifar-100-python/`` or the ``.tar.gz``, inside
     ``data_dir`` (or ``data_dir`` itself). Images are uint8 (N, 3, 32, 32)."""
-    folder, tarball, key, _ = _CIFAR[name]
+    folder, tarball, key, n_classes = _CIFAR[name]
     if not data_dir:
         raise D2ScaleError(f"--dataset {name} needs --data-dir holding {folder}/ or {tarball}.")
     train_names, test_names = _cifar_members(name)
     for root in (os.path.join(data_dir, folder), data_dir):
         if all(os.path.isfile(os.path.join(root, m)) for m in train_names + test_names):
             read = lambda m, r=root: _unpickle(_read_bytes(os.path.join(r, m)), m)  # noqa: E731
-            return _cifar_split(read, train_names, key), _cifar_split(read, test_names, key)
+            return (
+                _cifar_split(read, train_names, key, n_classes),
+                _cifar_split(read, test_names, key, n_classes),
+            )
     tar_path = os.path.join(data_dir, tarball)
     if os.path.isfile(tar_path):
-        with tarfile.open(tar_path, "r:gz") as tar:
-            members = {os.path.relpath(m.name, folder): m for m in tar.getmembers() if m.isfile()}
-            missing = [m for m in train_names + test_names if m not in members]
-            if missing:
-                raise D2ScaleError(f"{tar_path} lacks {folder}/{missing[0]}; is it {tarball}?")
-            read = lambda m: _unpickle(tar.extractfile(members[m]).read(), m)  # noqa: E731
-            return _cifar_split(read, train_names, key), _cifar_split(read, test_names, key)
+        try:
+            return _read_cifar_tar(tar_path, name)
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+            raise D2ScaleError(
+                f"cannot read {tar_path}: not a complete {tarball} (a truncated or other "
+                f"file?): {type(e).__name__}: {e}"
+            ) from None
     raise D2ScaleError(
         f"no CIFAR archive in {data_dir}: expected {folder}/ (extracted) or {tarball}."
     )
+
+
+def _read_cifar_tar(tar_path: str, name: str) -> tuple[tuple, tuple]:
+    folder, tarball, key, n_classes = _CIFAR[name]
+    train_names, test_names = _cifar_members(name)
+    with tarfile.open(tar_path, "r:gz") as tar:
+        members = {os.path.relpath(m.name, folder): m for m in tar.getmembers() if m.isfile()}
+        missing = [m for m in train_names + test_names if m not in members]
+        if missing:
+            raise D2ScaleError(f"{tar_path} lacks {folder}/{missing[0]}; is it {tarball}?")
+        read = lambda m: _unpickle(tar.extractfile(members[m]).read(), m)  # noqa: E731
+        return (
+            _cifar_split(read, train_names, key, n_classes),
+            _cifar_split(read, test_names, key, n_classes),
+        )
 
 
 def _cifar_members(name: str) -> tuple[list[str], list[str]]:
@@ -193,7 +212,9 @@ def _cifar_members(name: str) -> tuple[list[str], list[str]]:
     return ["train"], ["test"]
 
 
-def _cifar_split(read, members: list[str], key: bytes) -> tuple[np.ndarray, np.ndarray]:
+def _cifar_split(
+    read, members: list[str], key: bytes, n_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
     for m in members:
         d = read(m)
@@ -202,8 +223,14 @@ def _cifar_split(read, members: list[str], key: bytes) -> tuple[np.ndarray, np.n
         data = np.asarray(d[b"data"], dtype=np.uint8)
         if data.ndim != 2 or data.shape[1] != 3072 or len(d[key]) != len(data):
             raise D2ScaleError(f"CIFAR member {m} is not N×3072 images with N labels.")
+        labels = np.asarray(d[key])
+        if labels.size and (labels.dtype.kind not in "iu" or labels.min() < 0
+                            or labels.max() >= n_classes):  # fmt: skip
+            raise D2ScaleError(
+                f"CIFAR member {m} has labels outside the {n_classes} classes 0..{n_classes - 1}."
+            )
         xs.append(data.reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(d[key], dtype=np.int64))
+        ys.append(labels.astype(np.int64))
     return np.concatenate(xs), np.concatenate(ys)
 
 

@@ -23,10 +23,10 @@ class Meter:
         label: str,
         total: int,
         unit: str,
-        every: float = REPORT_EVERY_S,
+        every: float | None = None,
     ) -> None:
         self.progress, self.label, self.total, self.unit = progress, label, total, unit
-        self.every = every
+        self.every = REPORT_EVERY_S if every is None else every
         self.last = time.monotonic()
         self.said = False
 

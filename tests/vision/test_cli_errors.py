@@ -67,7 +67,10 @@ CASES = [
         ],
         "--score must be one of",
     ),
-    (["select", "--run", "R", "--fraction", "0.3", "--out", "c.npy"], "give --method"),
+    (
+        ["select", "--run", "R", "--fraction", "0.3", "--out", "c.npy"],
+        "one of the arguments --method --sampling-mode is required",
+    ),
     (
         ["experiment", "--dataset", "digits", "--fractions", "x", "--out", "G"],
         "--fractions must be a comma list of numbers",
