@@ -43,9 +43,9 @@ def test_quotas_with_a_huge_count_is_one_line(capsys):
     argv = ["vision", "quotas", "--counts", "12345678901234567890,5", "--fraction", "0.5"]
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert err.startswith("d2scale: error: --counts must sum to at most 2^53") and err.count(
-        "\n"
-    ) == 1
+    assert (
+        err.startswith("d2scale: error: --counts must sum to at most 2^53") and err.count("\n") == 1
+    )
 
 
 def _perfect_class_0(monkeypatch):
