@@ -19,12 +19,15 @@ from d2scale.errors import D2ScaleError
 from d2scale.vision.defaults import DEFAULT_QUOTER, DEFAULT_RECALL_SMOOTHING, DEFAULT_THREADS
 
 EPILOG = "Docs: README.md, section 'Image classification'. Errors print one line, exit 1."
-DATASETS = ("cifar10", "cifar100", "imagenet", "digits", "mnist5k")
-MODELS = ("resnet18", "resnet50", "vgg16_bn", "cnn")
+DATASETS = ("cifar10", "cifar100", "imagenet", "tinyimagenet", "waterbirds", "digits", "mnist5k")
+MODELS = ("resnet18", "resnet34", "resnet50", "vgg16_bn", "vgg19_bn", "cnn")
 MODEL_ALIASES = {
     "vgg16": "vgg16_bn",
     "VGG16": "vgg16_bn",
+    "vgg19": "vgg19_bn",
+    "VGG19": "vgg19_bn",
     "ResNet18": "resnet18",
+    "ResNet34": "resnet34",
     "ResNet50": "resnet50",
 }
 SAMPLING_MODES = {
@@ -85,7 +88,12 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
         required=True,
         choices=DATASETS,
     )
-    g.add_argument("--data-dir", help="CIFAR archive folder or ImageFolder root (train/, val/)")
+    g.add_argument(
+        "--data-dir",
+        help="cifar*: the archive's folder; imagenet: ImageFolder root (train/, val/); "
+        "tinyimagenet: tiny-imagenet-200/ or its parent; waterbirds: the folder of "
+        "metadata.csv (docs/vision-data.md) (default: none; digits, mnist5k ship with packages)",
+    )
     g.add_argument(
         "--model",
         "--network",
@@ -93,7 +101,7 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
         dest="model",
         type=_model,
         help=f"{', '.join(MODELS)} (default: cnn for digits and mnist5k, "
-        "resnet18 for CIFAR, resnet50 for imagenet)",
+        "resnet50 for imagenet, resnet18 otherwise)",
     )
 
 
@@ -284,7 +292,7 @@ def _setup(args, family: str):
     recipe = _recipe(args, family)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    return load_dataset(args.dataset, args.data_dir, device), recipe
+    return load_dataset(args.dataset, args.data_dir, device, progress=args.say), recipe
 
 
 def _recipe(args, family: str):
@@ -386,11 +394,25 @@ def _run_train(args) -> int:
     )
     extra = {"coreset": os.path.abspath(args.coreset)} if args.coreset else {}
     m = runs.save_run(out, result, extra)
-    say(
-        f"test accuracy {100 * m['test_accuracy']:.2f}% (worst class "
-        f"{100 * m['worst_class_accuracy']:.2f}%) -> {out}"
-    )
+    _warn_unreadable(data, say)
+    say(f"test accuracy {_accuracies(m)} -> {out}")
     return 0
+
+
+def _accuracies(m: dict) -> str:
+    """``"97.10% (worst class 91.00%, worst group 80.00%)"`` from run metrics."""
+    worst = f"worst class {100 * m['worst_class_accuracy']:.2f}%"
+    if "worst_group_accuracy" in m:
+        worst += f", worst group {100 * m['worst_group_accuracy']:.2f}%"
+    return f"{100 * m['test_accuracy']:.2f}% ({worst})"
+
+
+def _warn_unreadable(data, say) -> None:
+    from d2scale.vision.train import unreadable_warning
+
+    warning = unreadable_warning(data)
+    if warning:
+        say(warning)
 
 
 # ============================================================================ select
@@ -514,6 +536,7 @@ def _run_experiment(args) -> int:
     data, recipe = _setup(args, args.protocol)
     runner = ex.run_drop_experiment if drop else ex.run_experiment
     records = runner(data, args.model, recipe, progress=say, bars=True, **grid)
+    _warn_unreadable(data, say)
     warned = sum(bool(r["warnings"]) for r in records)
     note = f" ({warned} with warnings, listed there)" if warned else ""
     say(f"{len(records)} records{note} -> {os.path.join(args.out, 'results.md')}")
@@ -701,8 +724,6 @@ def _run_prune(args) -> int:
         bars=True,
         query_cache=args.query_cache,
     )
-    say(
-        f"average test accuracy {100 * metrics['test_accuracy']:.2f}%, worst class "
-        f"{100 * metrics['worst_class_accuracy']:.2f}% -> {args.out}/metrics.json"
-    )
+    _warn_unreadable(data, say)
+    say(f"average test accuracy {_accuracies(metrics)} -> {args.out}/metrics.json")
     return 0

@@ -1,14 +1,17 @@
-"""Image-classification datasets: CIFAR-10/100 archives, ImageFolder trees, digits, MNIST-5k.
+"""Image-classification datasets: CIFAR-10/100 archives, ImageFolder trees, TinyImageNet,
+Waterbirds, digits, MNIST-5k.
 
 Every dataset has three splits. ``train`` is the official training set (digits and
 mnist5k: a fixed stratified 60% of the samples). The held-out set (CIFAR: the official test
-batch; ImageFolder: ``val/``; digits and mnist5k: the other 40%) is split per class into two
-halves, as DRoP does: ``val`` (model selection, DRoP recalls, CDB-W weights) and ``test``
-(reported). All splits use ``SPLIT_SEED``, never the run's ``--seed``, so every run of a
-dataset sees the same samples.
+batch; ImageFolder: ``val/``; TinyImageNet: ``val/``; digits and mnist5k: the other 40%) is
+split per class into two halves, as DRoP does: ``val`` (model selection, DRoP recalls, CDB-W
+weights) and ``test`` (reported); Waterbirds keeps its official val and test splits. All
+splits use ``SPLIT_SEED``, never the run's ``--seed``, so every run of a dataset sees the
+same samples.
 
-Small datasets are held on the device as uint8 tensors and augmented there (airbench
-style); a coreset is an index array into ``train``. ImageFolder trees are streamed through a
+Small datasets (TinyImageNet included) are held on the device as uint8 tensors and augmented
+there (airbench style); a coreset is an index array into ``train``. ImageFolder trees and
+Waterbirds are streamed through a
 ``DataLoader`` with Pillow decoding and never loaded whole. Both expose ``batches``, which
 yields normalised ``(x, y, idx)`` on the device.
 """
@@ -30,12 +33,18 @@ from d2scale.errors import D2ScaleError
 from d2scale.vision.folder import FolderData
 from d2scale.vision.splits import SPLIT_SEED, chunks, holdout_halves, index_tensor
 
-DATASETS = ("cifar10", "cifar100", "imagenet", "digits", "mnist5k")
+DATASETS = ("cifar10", "cifar100", "imagenet", "tinyimagenet", "waterbirds", "digits", "mnist5k")
 SPLITS = ("train", "val", "test")
 HOLDOUT = 0.4  # digits, mnist5k: share of the samples held out (then halved: val, test)
 
 # per dataset: (random-crop padding in pixels, horizontal flips)
-AUGMENT = {"cifar10": (4, True), "cifar100": (4, True), "digits": (1, False), "mnist5k": (2, False)}
+AUGMENT = {
+    "cifar10": (4, True),
+    "cifar100": (4, True),
+    "tinyimagenet": (4, True),
+    "digits": (1, False),
+    "mnist5k": (2, False),
+}
 
 _CIFAR = {
     "cifar10": ("cifar-10-batches-py", "cifar-10-python.tar.gz", b"labels", 10),
@@ -56,6 +65,7 @@ class TensorData:
     pad: int
     flip: bool
     device: torch.device
+    unreadable: tuple[str, ...] = ()  # image files skipped while decoding (TinyImageNet)
 
     @property
     def in_channels(self) -> int:
@@ -117,9 +127,14 @@ def augment_batch(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -
 
 
 def load_dataset(
-    name: str, data_dir: str | None = None, device: str | torch.device = "cpu", **folder_kw
+    name: str,
+    data_dir: str | None = None,
+    device: str | torch.device = "cpu",
+    progress=None,
+    **folder_kw,
 ) -> TensorData | FolderData:
-    """The dataset ``name`` (one of ``DATASETS``) with its three splits."""
+    """The dataset ``name`` (one of ``DATASETS``) with its three splits; ``progress`` hears
+    long decoding steps (TinyImageNet)."""
     if name not in DATASETS:
         raise D2ScaleError(f"--dataset must be one of {', '.join(DATASETS)}; got {name!r}.")
     device = torch.device(device)
@@ -127,7 +142,17 @@ def load_dataset(
         if not data_dir:
             raise D2ScaleError("--dataset imagenet needs --data-dir holding train/ and val/.")
         return FolderData.open(data_dir, device=device, **folder_kw)
-    if name in _CIFAR:
+    if name == "waterbirds":
+        from d2scale.vision.waterbirds import open_waterbirds
+
+        return open_waterbirds(data_dir, device=device, **folder_kw)
+    unreadable: list[str] = []
+    if name == "tinyimagenet":
+        from d2scale.vision.tinyimagenet import load_tinyimagenet
+
+        (x_tr, y_tr), (x_ho, y_ho), wnids, unreadable = load_tinyimagenet(data_dir, progress)
+        num_classes = len(wnids)
+    elif name in _CIFAR:
         (x_tr, y_tr), (x_ho, y_ho) = load_cifar(name, data_dir)
         num_classes = _CIFAR[name][3]
     else:
@@ -156,6 +181,7 @@ def load_dataset(
         pad=pad,
         flip=flip,
         device=device,
+        unreadable=tuple(unreadable),
     )
 
 

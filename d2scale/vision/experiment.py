@@ -155,6 +155,11 @@ def _record(method: str, fraction: float, seed: int, m: dict) -> dict:
         "n_selected": m["n_train"],
         "seconds": m["cell_seconds"] if "cell_seconds" in m else m["seconds"],
         "warnings": m.get("warnings", []),
+        **(
+            {"worst_group_accuracy": m["worst_group_accuracy"]}
+            if "worst_group_accuracy" in m
+            else {}
+        ),
     }
 
 
@@ -268,10 +273,13 @@ def results_markdown(records: list[dict]) -> str:
     """Two tables (test and worst-class accuracy, %), methods × fractions kept."""
     seeds = sorted({r["seed"] for r in records})
     lines = [f"Mean ± std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}), in %.", ""]
-    for key, title in (
+    tables = [
         ("test_accuracy", "Test accuracy"),
         ("worst_class_accuracy", "Worst-class test accuracy"),
-    ):
+    ]
+    if all("worst_group_accuracy" in r for r in records):  # Waterbirds
+        tables.append(("worst_group_accuracy", "Worst-group test accuracy"))
+    for key, title in tables:
         methods, fractions, cells = _grid(records, key)
         lines += [f"**{title}** (full data: {_fmt(cells.get(('full', 1.0)))})", ""]
         lines.append("| method | " + " | ".join(f"{f:g} kept" for f in fractions) + " |")

@@ -1,5 +1,7 @@
 """ImageFolder trees (ImageNet layout: ``train/<class>/<image>``, ``val/<class>/<image>``),
-streamed through a ``DataLoader`` and decoded with Pillow, never loaded whole."""
+and any listed image files (Waterbirds), streamed through a ``DataLoader`` and decoded with
+Pillow, never loaded whole. An image that cannot be read is skipped and remembered in
+``unreadable`` (the trainer warns and records the count) instead of failing the run midway."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from d2scale.errors import D2ScaleError
 from d2scale.vision.splits import holdout_halves, index_tensor
@@ -29,25 +31,40 @@ class _Images(Dataset):
     def __getitem__(self, i: int):
         from PIL import Image
 
-        with Image.open(self.paths[i]) as im:
-            x = self.transform(im.convert("RGB"))
+        try:
+            with Image.open(self.paths[i]) as im:
+                x = self.transform(im.convert("RGB"))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            return None, int(self.labels[i]), i  # unreadable: dropped by _collate
         return x, int(self.labels[i]), i
+
+
+def _collate(items):
+    """A batch of the readable items (None when there is none) and the unreadable positions."""
+    good = [item for item in items if item[0] is not None]
+    bad = [item[2] for item in items if item[0] is None]
+    return (default_collate(good) if good else None), bad
 
 
 class FolderData:
     """An ImageFolder dataset: ``train`` from ``train/``; ``val`` and ``test`` are the two
     per-class halves of ``val/`` (see :mod:`d2scale.vision.data`)."""
 
-    name = "imagenet"
     in_channels = 3
 
-    def __init__(self, classes, paths, labels, device, image_size, resize, workers):
+    def __init__(
+        self, classes, paths, labels, device, image_size, resize, workers, *, name="imagenet",
+        groups=None, group_names=None, crop_scale=(0.08, 1.0),
+    ):  # fmt: skip
+        self.name = name
         self.classes = classes
         self.num_classes = len(classes)
         self.paths, self.labels = paths, labels  # split -> list[str], np.ndarray
+        self.groups, self.group_names = groups, group_names  # split -> group ids (Waterbirds)
         self.device = device
-        self.image_size, self.resize = image_size, resize
+        self.image_size, self.resize, self.crop_scale = image_size, resize, crop_scale
         self.workers = workers
+        self.unreadable: set[str] = set()
 
     @classmethod
     def open(
@@ -107,8 +124,13 @@ class FolderData:
             num_workers=self.workers,
             generator=gen,
             pin_memory=self.device.type == "cuda",
+            collate_fn=_collate,
         )
-        for x, y, i in loader:
+        for batch, bad in loader:
+            self.unreadable.update(self.paths[split][i] for i in bad)
+            if batch is None:
+                continue
+            x, y, i = batch
             dev = self.device
             yield x.to(dev, non_blocking=True), y.to(dev), i.to(dev)
 
@@ -121,7 +143,11 @@ class FolderData:
         norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
         if train:
             return T.Compose(
-                [T.RandomResizedCrop(self.image_size), T.RandomHorizontalFlip()] + norm
+                [
+                    T.RandomResizedCrop(self.image_size, scale=self.crop_scale),
+                    T.RandomHorizontalFlip(),
+                ]
+                + norm  # fmt: skip
             )
         return T.Compose([T.Resize(self.resize), T.CenterCrop(self.image_size)] + norm)
 

@@ -34,7 +34,7 @@ from d2scale.vision.coresets import (
 )
 from d2scale.vision.defaults import DEFAULT_QUOTER, DEFAULT_RECALL_SMOOTHING
 from d2scale.vision.quotas import class_quotas, empty_class_warning, estimate_recall
-from d2scale.vision.train import cdbw_key, pruned_epochs, run_signature, train
+from d2scale.vision.train import GROUP_KEYS, cdbw_key, pruned_epochs, run_signature, train
 
 # scorer → (coreset method, training-dynamics score)
 SCORERS = {
@@ -308,6 +308,7 @@ def _final(data, model, recipe, params, kept, history, timings, out, t0, bars, p
         "test_accuracy": m["test_accuracy"],
         "worst_class_accuracy": m["worst_class_accuracy"],
         "per_class_accuracy": m["per_class_accuracy"],
+        **{key: m[key] for key in GROUP_KEYS if key in m},
         "kept_per_class": counts.tolist(),
         "quotas": [h["quotas"] for h in history],
         "warnings": [w for h in history for w in h["warnings"]],

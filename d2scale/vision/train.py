@@ -62,6 +62,11 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("d2", "cifar100"): CIFAR_D2,
     # ImageNet: the usual 90-epoch ResNet recipe; coresets get 60 full-data epochs of steps
     ("d2", "imagenet"): Recipe(90, 256, 0.1, 1e-4, iterations=300_000),
+    # TinyImageNet: the CIFAR recipe (no D2 / CCS recipe of its own in the seeds)
+    ("d2", "tinyimagenet"): CIFAR_D2,
+    # Waterbirds (4,795 training images, from scratch at 224 px; our choice, no seed recipe):
+    # 100 epochs of 38 steps; coresets get as many steps
+    ("d2", "waterbirds"): Recipe(100, 128, 0.1, 5e-4, iterations=100 * 38),
     # digit sets, scaled for a 2-core CPU: coresets get as many steps as the full-data run
     ("d2", "digits"): Recipe(30, 64, 0.05, 5e-4, min_lr=1e-3, iterations=30 * 17),
     ("d2", "mnist5k"): Recipe(10, 128, 0.05, 5e-4, min_lr=1e-3, iterations=10 * 24),
@@ -71,6 +76,14 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ),
     ("drop", "cifar100"): Recipe(
         160, 128, 0.1, 5e-4, nesterov=False, schedule="multistep", milestones=(0.5, 0.75)
+    ),
+    # DRoP's ResNet-18 config on TinyImageNet: lr 0.2, batch 200, 200 epochs, ×0.2 at 100, 150
+    ("drop", "tinyimagenet"): Recipe(
+        200, 200, 0.2, 1e-4, nesterov=False, schedule="multistep", milestones=(0.5, 0.75)
+    ),
+    # Waterbirds: the CIFAR DRoP schedule over 100 epochs (our choice, no seed config)
+    ("drop", "waterbirds"): Recipe(
+        100, 128, 0.1, 5e-4, nesterov=False, schedule="multistep", milestones=(0.5, 0.75)
     ),
     ("drop", "imagenet"): Recipe(
         90, 512, 0.4, 1e-4, nesterov=False, schedule="multistep", milestones=(1 / 3, 2 / 3, 8 / 9)
@@ -91,7 +104,9 @@ RECIPES: dict[tuple[str, str], Recipe] = {
         short_query_epochs=5,
     ),
 }
-MODEL_RECIPES = {  # model-specific DRoP configs (ResNet-18: lr 0.2, batch 200, 200 epochs)
+# model-specific DRoP configs (ResNet-18: lr 0.2, batch 200, 200 epochs); VGG-19-BN on
+# CIFAR-100 (lr 0.1, wd 5e-4, batch 128, 160 epochs, ×0.2 at 80, 120) is the CIFAR-100 recipe
+MODEL_RECIPES = {
     ("drop", "cifar10", "resnet18"): Recipe(
         200, 200, 0.2, 1e-4, nesterov=False, schedule="multistep", milestones=(0.4, 0.6)
     ),
@@ -169,19 +184,20 @@ def train_epoch(run: _Run, epoch: int) -> float:
 def evaluate(
     model, data, split: str, indices=None, *, autocast=None, keep: bool = False, progress=None
 ) -> dict:
-    """Accuracy and per-class recall on ``split``; with ``keep`` also every sample's
-    penultimate features, prediction entropy, EL2N and last-layer GraNd of this model
-    (numpy, in ``indices`` order). ``progress``: rows done, when the pass takes long."""
+    """Accuracy and per-class recall on ``split`` (and per-group accuracy where the data
+    have groups: Waterbirds); with ``keep`` also every sample's penultimate features,
+    prediction entropy, EL2N and last-layer GraNd of this model (numpy, in ``indices`` order;
+    NaN for an image that could not be read). ``progress``: rows done, when it takes long."""
     model.eval()
-    rows = meter(
-        progress, f"evaluate {split}", data.size(split) if indices is None else len(indices), "rows"
-    )
+    expected = np.arange(data.size(split)) if indices is None else np.asarray(indices)
+    rows = meter(progress, f"evaluate {split}", len(expected), "rows")
     done = 0
     k = data.num_classes
     hits = torch.zeros(k, device=data.device)
     counts = torch.zeros(k, device=data.device)
-    kept: dict[str, list] = {"features": [], "entropy": [], "el2n": [], "grand": []}
-    for x, y, _ in data.batches(split, indices, EVAL_BATCH, train=False):
+    groups = _Groups(data, split)
+    kept: dict[str, list] = {"features": [], "entropy": [], "el2n": [], "grand": [], "ids": []}
+    for x, y, idx in data.batches(split, indices, EVAL_BATCH, train=False):
         with autocast() if autocast else contextlib.nullcontext():
             logits, h = model(x, features=True)
         done += len(y)
@@ -189,7 +205,9 @@ def evaluate(
         correct = (logits.argmax(1) == y).float()
         hits += torch.bincount(y, weights=correct, minlength=k)
         counts += torch.bincount(y, minlength=k).float()
+        groups.add(idx, correct)
         if keep:
+            kept["ids"].append(idx.cpu().numpy())
             err = el2n_of(F.softmax(logits.float(), dim=1), y)
             for name, v in (
                 ("features", h.float()),
@@ -207,10 +225,57 @@ def evaluate(
         ],
         "worst_class_accuracy": float(recall[present].min()) if present.any() else 0.0,
         "per_class_count": [int(c) for c in counts.cpu().numpy()],
+        **groups.result(),
     }
-    if keep:
-        out.update({k: np.concatenate(v).astype(np.float32) for k, v in kept.items() if v})
+    if keep and kept["ids"]:
+        ids = np.concatenate(kept.pop("ids"))
+        out.update({k: _in_order(np.concatenate(v), ids, expected) for k, v in kept.items()})
     return out
+
+
+def _in_order(values: np.ndarray, ids: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """``values`` of samples ``ids`` placed in ``expected`` order (float32; NaN rows for
+    samples that never came: unreadable images)."""
+    if len(ids) == len(expected) and np.array_equal(ids, expected):
+        return values.astype(np.float32)
+    position = np.full(int(max(expected.max(), ids.max())) + 1, -1, dtype=np.int64)
+    position[expected] = np.arange(len(expected))
+    out = np.full((len(expected), *values.shape[1:]), np.nan, dtype=np.float32)
+    out[position[ids]] = values
+    return out
+
+
+class _Groups:
+    """Per-group accuracy of one evaluation pass (a no-op for data without groups)."""
+
+    def __init__(self, data, split: str):
+        groups = getattr(data, "groups", None)
+        self.names = data.group_names if groups else None
+        if self.names:
+            self.of = torch.as_tensor(groups[split], device=data.device)
+            self.hits = torch.zeros(len(self.names), device=data.device)
+            self.counts = torch.zeros(len(self.names), device=data.device)
+
+    def add(self, idx: torch.Tensor, correct: torch.Tensor) -> None:
+        if self.names:
+            g = self.of[idx]
+            self.hits += torch.bincount(g, weights=correct, minlength=len(self.names))
+            self.counts += torch.bincount(g, minlength=len(self.names)).float()
+
+    def result(self) -> dict:
+        if not self.names:
+            return {}
+        counts = self.counts.cpu().numpy()
+        acc = (self.hits / self.counts.clamp(min=1)).cpu().numpy()
+        present = counts > 0
+        return {
+            "group_names": list(self.names),
+            "per_group_accuracy": [
+                float(a) if p else None for a, p in zip(acc, present, strict=True)
+            ],
+            "worst_group_accuracy": float(acc[present].min()) if present.any() else 0.0,
+            "per_group_count": [int(c) for c in counts],
+        }
 
 
 # ============================================================================ checkpoints
@@ -435,6 +500,7 @@ def _finish(run: _Run, model_name: str, seconds: float) -> TrainResult:
         "device": str(data.device),
         "threads": torch.get_num_threads(),
         "seconds": round(seconds, 2),
+        **{key: test[key] for key in GROUP_KEYS if key in test},
     }
     recall_best = np.array(best["val_recall"]) if best else np.zeros(data.num_classes)
     result = TrainResult(run.model, metrics, recall_best)
@@ -446,4 +512,21 @@ def _finish(run: _Run, model_name: str, seconds: float) -> TrainResult:
         result.scores = run.dynamics.result(full["entropy"], data.targets("train"))
         # the final model's own EL2N and GraNd (eval mode), for samples never trained on (AL)
         result.scores["final_el2n"], result.scores["final_grand"] = full["el2n"], full["grand"]
+    unreadable = sorted(getattr(data, "unreadable", ()))
+    if unreadable:
+        metrics["unreadable_images"] = {"count": len(unreadable), "first": unreadable[:10]}
     return result
+
+
+GROUP_KEYS = ("worst_group_accuracy", "per_group_accuracy", "group_names", "per_group_count")
+
+
+def unreadable_warning(data) -> str | None:
+    """One warning line when images were skipped as unreadable (None otherwise)."""
+    bad = sorted(getattr(data, "unreadable", ()))
+    if not bad:
+        return None
+    return (
+        f"warning: skipped {len(bad):,} unreadable image(s) (first: {bad[0]}); they are "
+        "absent from training and evaluation (metrics.json: unreadable_images)"
+    )
