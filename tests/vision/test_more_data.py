@@ -134,7 +134,7 @@ def test_tinyimagenet_trains_from_the_command_line(tmp_path, capsys):
     out = str(tmp_path / "run")
     argv = ["vision", "train", "--dataset", "tinyimagenet", "--data-dir", root]
     assert main([*argv, "--model", "cnn", "--epochs", "1", "--out", out, "--quiet"]) == 0
-    m = json.load(open(os.path.join(out, "metrics.json")))
+    m = _metrics(out)
     assert m["dataset"] == "tinyimagenet" and len(m["per_class_accuracy"]) == 3
     assert np.load(os.path.join(out, "features.npy")).shape == (12, 64)
 
@@ -191,7 +191,7 @@ def test_waterbirds_train_records_worst_group_and_skips_unreadable(tmp_path, cap
     assert main([*argv, "--epochs", "1", "--batch-size", "4", "--out", out, "--quiet"]) == 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "warning: skipped 1 unreadable image(s)" in err, err
-    m = json.load(open(os.path.join(out, "metrics.json")))
+    m = _metrics(out)
     assert 0 <= m["worst_group_accuracy"] <= m["test_accuracy"] and len(m["group_names"]) == 4
     assert m["unreadable_images"]["count"] == 1 and str(bad) in m["unreadable_images"]["first"]
     features = np.load(os.path.join(out, "features.npy"))
@@ -209,4 +209,9 @@ def test_image_folder_with_an_unreadable_image_trains_and_warns(tmp_path, capsys
     assert main([*argv, "--model", "cnn", "--epochs", "1", "--out", out, "--quiet"]) == 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "skipped 1 unreadable image(s)" in err, err
-    assert json.load(open(os.path.join(out, "metrics.json")))["unreadable_images"]["count"] == 1
+    assert _metrics(out)["unreadable_images"]["count"] == 1
+
+
+def _metrics(run: str) -> dict:
+    with open(os.path.join(run, "metrics.json")) as f:
+        return json.load(f)

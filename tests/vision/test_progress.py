@@ -28,7 +28,7 @@ def test_train_reports_batches_as_events_and_plain_lines(tmp_path, capsys, monke
     assert {e["unit"] for e in steps} == {"batches"}
     err = capsys.readouterr().err  # not a terminal: plain lines
     assert "train: 34/34 batches" in err
-    m = json.load(open(os.path.join(out, "metrics.json")))
+    m = _metrics(out)
     assert m["threads"] == 1  # the documented default, recorded
 
 
@@ -61,5 +61,10 @@ def test_full_digits_train_and_readme_prune_never_go_quiet_for_15s(tmp_path, cap
     argv += ["--scorer", "random", "--num-inits", "2", "--final-frac", "0.3"]
     assert main([*argv, "--out", out, "--log-json", log, "--quiet"]) == 0
     assert _max_gap(_events(log)) <= 15
-    m = json.load(open(os.path.join(out, "metrics.json")))
+    m = _metrics(out)
     assert m["test_accuracy"] > 0.9 and m["worst_class_accuracy"] > 0.7, m["per_class_accuracy"]
+
+
+def _metrics(run: str) -> dict:
+    with open(os.path.join(run, "metrics.json")) as f:
+        return json.load(f)
