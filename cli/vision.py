@@ -372,6 +372,9 @@ def _run_train(args) -> int:
     )
     if not out:
         raise D2ScaleError("give --out RUN (or the seed's --base-dir and --task-name).")
+    if args.iterations is not None and not args.coreset:
+        raise D2ScaleError("--iterations sets the steps of --coreset runs; full-data runs "
+                           "train --epochs.")  # fmt: skip
     say = args.say
     data, recipe = _setup(args, "d2")
     indices = None
@@ -488,20 +491,18 @@ def _add_experiment(vsub) -> None:
     )
     p.add_argument("--fractions", help="fractions kept (default: d2 0.1,0.3,0.5; drop 0.3,0.5)")
     p.add_argument("--seeds", default="0,1,2", help="default: %(default)s")
-    p.add_argument("--cdbw", default="off", help="drop: off, on or off,on (default: off)")
+    p.add_argument("--cdbw", help=f"drop: off, on or off,on (default: {DROP_ONLY['cdbw']})")
     p.add_argument(
         "--recall-smoothing",
-        default=DEFAULT_RECALL_SMOOTHING,
         help="drop: none (published), laplace or none,laplace (cells with DRoP quotas or "
-        "CDB-W; see vision prune)",
+        f"CDB-W; see vision prune) (default: {DROP_ONLY['recall_smoothing']})",
     )
     p.add_argument(
         "--num-inits",
         "--num_inits",
         dest="num_inits",
         type=_pos_int,
-        default=1,
-        help="drop: query models per selection",
+        help=f"drop: query models per selection (default: {DROP_ONLY['num_inits']})",
     )
     p.add_argument("--out", required=True, metavar="DIR")
     _train_flags(p)
@@ -511,12 +512,31 @@ def _add_experiment(vsub) -> None:
 
 D2_METHODS = "random,topk-forgetting,d2,ccs,moderate,kcenter"
 DROP_METHODS = "random,random+drop,el2n,el2n+drop,d2,d2+drop"
+DROP_ONLY = {"cdbw": "off", "recall_smoothing": DEFAULT_RECALL_SMOOTHING, "num_inits": 1}
+
+
+def _protocol_flags(args, drop: bool) -> None:
+    """Refuse flags the chosen protocol would ignore; fill the drop-only defaults."""
+    if not drop:
+        given = [k for k in DROP_ONLY if getattr(args, k) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise D2ScaleError(f"{flag} applies to --protocol drop only.")
+        return
+    if args.iterations is not None:
+        raise D2ScaleError(
+            "--iterations applies to --protocol d2 (drop runs train DRoP's epoch rule)."
+        )
+    for k, v in DROP_ONLY.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
 
 
 def _run_experiment(args) -> int:
     from d2scale.vision import experiment as ex
 
     drop = args.protocol == "drop"
+    _protocol_flags(args, drop)
     fractions = _floats(args.fractions or ("0.3,0.5" if drop else "0.1,0.3,0.5"), "--fractions")
     try:
         seeds = [_nonneg_int(s) for s in _items(args.seeds, "--seeds")]
@@ -602,6 +622,8 @@ def _run_quotas(args) -> int:
         counts = [_nonneg_int(v) for v in _items(args.counts, "--counts")]
     except argparse.ArgumentTypeError as e:
         raise D2ScaleError(f"--counts: {e}.") from None
+    if args.recalls and args.quoter != "drop":
+        raise D2ScaleError(f"--recalls is read by --quoter drop only, not {args.quoter}.")
     recalls = _floats(args.recalls, "--recalls") if args.recalls else None
     report = quotas_report(counts, recalls, args.fraction, args.quoter, seed=args.seed)
     # one key per line, lists inline: easy to read and still JSON

@@ -157,6 +157,8 @@ def _select(params, scores, features, class_budget, budget, pool, anchors) -> Co
         budget = int(np.sum(class_budget))
     elif budget is None:
         budget = budget_of(params.fraction, n)
+    if budget == 0 and pool is None and class_budget is None:
+        raise D2ScaleError(f"--fraction {params.fraction} keeps no sample of {n:,}.")
     cands = np.arange(n) if pool is None else np.sort(np.asarray(pool, dtype=np.int64))
     cands, removed = remove_mislabeled(cands, scores, int(params.mis_ratio * n))
     if budget > len(cands):

@@ -28,14 +28,14 @@ class Meter:
         self.progress, self.label, self.total, self.unit = progress, label, total, unit
         self.every = REPORT_EVERY_S if every is None else every
         self.last = time.monotonic()
-        self.said = False
+        self.said = -1  # the last count said (-1: none yet)
 
     def __call__(self, done: int) -> None:
         if self.progress is None:
             return
         now = time.monotonic()
         if done >= self.total:
-            if self.said:
+            if 0 <= self.said < self.total:
                 self._say(self.total)
             return
         if now - self.last >= self.every:
@@ -43,7 +43,7 @@ class Meter:
             self._say(done)
 
     def _say(self, done: int) -> None:
-        self.said = True
+        self.said = done
         self.progress(f"{self.label}: {done}/{self.total} {self.unit}")
 
 

@@ -96,6 +96,8 @@ class PruneParams:
             raise D2ScaleError(f"--final-frac must be in (0, 1]; got {self.final_frac}.")
         if self.num_inits < 1 or self.iterations < 1:
             raise D2ScaleError("--num-inits and --iterations must be ≥ 1.")
+        if self.strategy == "dp" and self.init_frac is not None:
+            raise D2ScaleError("--init-frac applies to --strategy al (dp starts from all data).")
         if self.strategy == "al":
             if self.init_frac is None:
                 self.init_frac = self.final_frac / (self.iterations + 1)
@@ -200,6 +202,8 @@ def _query(data, model, recipe, params, kept, t, cache, bars) -> _Query:
                         dynamics=True, out=qdir, progress=bars,
                         desc=f"query {i + 1}/{params.num_inits}")  # fmt: skip
             runs.save_run(qdir, res)
+        if bars:
+            bars(f"query models: {i + 1}/{params.num_inits} models")
         s, features = runs.load_run(qdir)
         scores.append(s)
         m = runs.read_metrics(qdir)

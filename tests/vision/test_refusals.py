@@ -109,3 +109,10 @@ def test_cifar_labels_outside_the_classes_are_one_line(tmp_path, capsys, make_ci
         pickle.dump(d, f)
     argv = ["vision", "train", "--dataset", "cifar10", "--data-dir", root, "--model", "cnn"]
     _fails([*argv, "--out", str(tmp_path / "r")], capsys, "labels outside the 10 classes")
+
+
+def test_a_fraction_that_keeps_nothing_is_refused(tmp_path, capsys):
+    argv = ["vision", "select", "--run", _run(tmp_path), "--method", "random"]
+    _fails(
+        [*argv, "--fraction", "0.01", "--out", str(tmp_path / "c.npy")], capsys, "keeps no sample"
+    )
