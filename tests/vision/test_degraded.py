@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from d2scale.cli.main import build_parser, main
+from d2scale.cli.vision import _protocol_flags
 from d2scale.vision import prune
 from d2scale.vision.defaults import DEFAULT_QUOTER, DEFAULT_RECALL_SMOOTHING
 
@@ -126,7 +127,10 @@ def test_prune_defaults_are_drop_quotas_with_laplace_recall():
     assert (DEFAULT_QUOTER, DEFAULT_RECALL_SMOOTHING) == ("drop", "laplace")
     p = prune.PruneParams("dp", 0.3)
     assert (p.quoter, p.recall_smoothing) == (DEFAULT_QUOTER, DEFAULT_RECALL_SMOOTHING)
-    grid = build_parser().parse_args(["vision", "experiment", "--dataset", "digits", "--out", "G"])
+    grid = build_parser().parse_args(
+        ["vision", "experiment", "--dataset", "digits", "--protocol", "drop", "--out", "G"]
+    )
+    _protocol_flags(grid, drop=True)  # the drop grid's defaults are prune's
     assert grid.recall_smoothing == DEFAULT_RECALL_SMOOTHING
 
 
