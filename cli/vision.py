@@ -455,7 +455,7 @@ def _run_select(args) -> int:
     )
     params.validate()
     scores, features = load_run(args.run_dir)
-    coreset = select_coreset(params, scores, features)
+    coreset = select_coreset(params, scores, features, progress=args.say)
     save_npy(args.out, coreset.indices)
     save_json(args.out + ".json", {**coreset.info, "run": os.path.abspath(args.run_dir)})
     for warning in coreset.info.get("warnings", []):

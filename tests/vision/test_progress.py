@@ -68,3 +68,23 @@ def test_full_digits_train_and_readme_prune_never_go_quiet_for_15s(tmp_path, cap
 def _metrics(run: str) -> dict:
     with open(os.path.join(run, "metrics.json")) as f:
         return json.load(f)
+
+
+def test_select_reports_classes_and_centres(tmp_path, monkeypatch):
+    import numpy as np
+
+    from d2scale.vision.dynamics import SCORES
+
+    monkeypatch.setattr(meter, "REPORT_EVERY_S", 0.0)
+    rng = np.random.default_rng(0)
+    scores = {k: rng.random(60).astype(np.float32) for k in SCORES}
+    np.savez(tmp_path / "dynamics.npz", targets=np.arange(60) % 3, **scores)
+    np.save(tmp_path / "features.npy", rng.random((60, 4)).astype(np.float32))
+    log = str(tmp_path / "log.jsonl")
+    argv = ["vision", "select", "--run", str(tmp_path), "--fraction", "0.5", "--quiet"]
+    for mode, label, total in (("global", "k-center", 30), ("class", "kcenter per class", 3)):
+        out = str(tmp_path / f"{mode}.npy")
+        argv_m = [*argv, "--method", "kcenter", "--coreset-mode", mode, "--log-json", log]
+        assert main([*argv_m, "--out", out]) == 0
+        steps = [e for e in _events(log) if e.get("label") == label]
+        assert steps and steps[-1]["done"] == steps[-1]["total"] == total
