@@ -141,7 +141,7 @@ def load_dataset(
     if name == "imagenet":
         if not data_dir:
             raise D2ScaleError("--dataset imagenet needs --data-dir holding train/ and val/.")
-        return FolderData.open(data_dir, device=device, **folder_kw)
+        return FolderData.open(data_dir, device=device, progress=progress, **folder_kw)
     if name == "waterbirds":
         from d2scale.vision.waterbirds import open_waterbirds
 

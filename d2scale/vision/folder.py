@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from d2scale.errors import D2ScaleError
+from d2scale.vision.meter import meter
 from d2scale.vision.splits import holdout_halves, index_tensor
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
@@ -75,6 +76,7 @@ class FolderData:
         image_size: int = 224,
         resize: int = 256,
         workers: int | None = None,
+        progress=None,
     ) -> FolderData:
         train_dir, val_dir = os.path.join(root, "train"), os.path.join(root, "val")
         for d in (train_dir, val_dir):
@@ -83,8 +85,8 @@ class FolderData:
         classes = sorted(e.name for e in os.scandir(train_dir) if e.is_dir())
         if not classes:
             raise D2ScaleError(f"{train_dir} holds no class directories.")
-        tr_paths, tr_labels = _scan(train_dir, classes)
-        ho_paths, ho_labels = _scan(val_dir, classes)
+        tr_paths, tr_labels = _scan(train_dir, classes, progress)
+        ho_paths, ho_labels = _scan(val_dir, classes, progress)
         val, test = holdout_halves(ho_labels)
         paths = {"train": tr_paths, "val": [ho_paths[i] for i in val]}
         paths["test"] = [ho_paths[i] for i in test]
@@ -152,17 +154,20 @@ class FolderData:
         return T.Compose([T.Resize(self.resize), T.CenterCrop(self.image_size)] + norm)
 
 
-def _scan(split_dir: str, classes: list[str]) -> tuple[list[str], np.ndarray]:
+def _scan(split_dir: str, classes: list[str], progress=None) -> tuple[list[str], np.ndarray]:
     """Sorted image paths of every class directory and their class ids."""
     paths: list[str] = []
     labels: list[int] = []
+    step = meter(progress, f"scan {split_dir}", len(classes), "classes")
     for c, name in enumerate(classes):
+        step(c)
         d = os.path.join(split_dir, name)
         if not os.path.isdir(d):
             raise D2ScaleError(f"{d} is missing: {split_dir} must have the classes of train/.")
         files = sorted(e.name for e in os.scandir(d) if e.name.lower().endswith(IMAGE_EXTENSIONS))
         paths += [os.path.join(d, f) for f in files]
         labels += [c] * len(files)
+    step(len(classes))
     if not paths:
         raise D2ScaleError(f"{split_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
     return paths, np.asarray(labels, dtype=np.int64)
