@@ -674,7 +674,7 @@ def _add_prune(vsub) -> None:
         choices=("none", "uniform", "drop", "auto"),
         default=DEFAULT_QUOTER,
         help="per-class quotas: drop (DRoP: density ∝ validation error), uniform, or none "
-        "(also the seed's auto): the scorer alone",
+        "(the seed's Auto, its default): the scorer alone",
     )
     p.add_argument("--num-inits", "--num_inits", dest="num_inits", type=_pos_int, default=1)
     p.add_argument(
