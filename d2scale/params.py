@@ -176,7 +176,8 @@ PARAMS: dict[str, Param] = {
               "`d2scale methods`)", "selection", (_SEL,), metavar="STEP"),
         Param("then", "steps", (), "a further step on the survivors of the previous one, as "
               "NAME[:FRACTION][:OPTION=VALUE,…]; repeat for a chain (the last step's FRACTION, "
-              "of the whole pool, replaces --fraction)", "selection", (_SEL,), metavar="STEP"),
+              "of the whole pool, is what the run keeps: not with --fraction)", "selection",
+              (_SEL,), metavar="STEP"),
         Param("fraction", "fractions", None, "fraction(s) of the pool to keep, e.g. 0.3 or "
               f"0.1,0.2,0.3 (default: {RANKING_FRACTION:g} after a ranking method; a filter "
               "keeps every row it passes)", "selection", (_SEL,), stage="write", optional=True,

@@ -36,7 +36,7 @@ def clip_score_order(scores: np.ndarray, threshold: float | None = None) -> np.n
     return order.astype(np.int64)
 
 
-DESCRIPTION = "highest CLIP score first; threshold=T keeps only scores ≥ T (DataComp)"
+DESCRIPTION = "highest CLIP score first; threshold=T makes it a filter of scores ≥ T (DataComp)"
 
 
 def options(given: dict, params) -> dict:
