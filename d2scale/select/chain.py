@@ -10,6 +10,7 @@ is refused.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,7 +86,8 @@ def run_chain(steps: list[Step], n: int, budget: int | None, make_inputs, params
         asked = budget if last else None
         if step.fraction is not None:
             asked = budget_for(step.fraction, n)
-        inputs: MethodInputs = make_inputs(rows, key, min(asked or len(rows), len(rows)), step)
+        need = len(rows) if asked is None else min(asked, len(rows))
+        inputs: MethodInputs = make_inputs(rows, key, need, step)
         ranking = get_method(step.method)(inputs, params)
         picked = rows[np.asarray(ranking.order, dtype=np.int64)]
         kept, warning = _kept(i, step, asked, len(picked), len(rows))
@@ -98,7 +100,9 @@ def run_chain(steps: list[Step], n: int, budget: int | None, make_inputs, params
         if last:
             return ChainResult(_on_pool(ranking, rows, picked, n), records, warnings)
         rows = np.sort(picked[:kept])
-        key = stage_key(key, step.method, step.fraction, step.options, len(rows))
+        # keyed by the survivors themselves: which rows a step keeps may change between
+        # versions (filters kept a pool-order prefix before they kept the best scores)
+        key = stage_key(key, step.method, step.fraction, step.options, _digest(rows))
 
 
 def _kept(i: int, step: Step, asked: int | None, picked: int, rows: int) -> tuple[int, str]:
@@ -118,6 +122,10 @@ def _kept(i: int, step: Step, asked: int | None, picked: int, rows: int) -> tupl
         picked,
         f"{name} passes {picked:,} rows, fewer than the {asked:,} asked for: kept them all",
     )
+
+
+def _digest(rows: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
 def _on_pool(ranking: Ranking, rows: np.ndarray, picked: np.ndarray, n: int) -> Ranking:
