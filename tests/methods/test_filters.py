@@ -307,3 +307,17 @@ def test_keep_rule():
     assert rule("basic", fraction=[0.5]).fractions == [0.5]
     with pytest.raises(D2ScaleError, match="--fraction 0.2 and the last step's own fraction"):
         rule("basic", then=["clip-score:0.5", "d2:0.3"], fraction=[0.2])
+
+
+def test_a_step_short_of_rows():
+    from d2scale.params import Step
+    from d2scale.select.chain import _kept
+
+    assert _kept(1, Step("basic", 0.9), 2700, 2020, 3000)[0] == 2020  # a filter: all it passes
+    assert "passes 2,020 rows, fewer than the 2,700" in _kept(1, Step("basic"), 2700, 2020, 3000)[1]
+    assert _kept(0, Step("basic"), None, 2020, 3000) == (2020, "")
+    assert _kept(0, Step("d2"), 900, 3000, 3000) == (900, "")
+    with pytest.raises(D2ScaleError, match=r"step 2 \(d2\) keeps 2,020 of 2,020 rows, fewer"):
+        _kept(1, Step("d2", 0.9), 2700, 2020, 2020)  # a ranking step: lower its fraction
+    with pytest.raises(D2ScaleError, match=r"step 1 \(laion2b\) passes none of its 3,000 rows"):
+        _kept(0, Step("laion2b"), None, 0, 3000)
