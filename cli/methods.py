@@ -11,8 +11,9 @@ def add_parser(sub, epilog: str) -> None:
 def run(args) -> int:
     import importlib
 
-    from d2scale.methods.registry import METHODS
+    from d2scale.methods.registry import FILTERS, METHODS
 
     for name, module in METHODS.items():
-        print(f"{name:18s} {importlib.import_module(module).DESCRIPTION}")
+        kind = "filter" if name in FILTERS else "rank"
+        print(f"{name:18s} {kind:7s} {importlib.import_module(module).DESCRIPTION}")
     return 0

@@ -21,6 +21,7 @@ def run(args) -> int:
     from d2scale.params import SelectParams
     from d2scale.progress import Progress
     from d2scale.select.pipeline import select
+    from d2scale.select.sinks import ALL
 
     options = values(args, "select")
     quiet = options.pop("quiet")
@@ -30,6 +31,8 @@ def run(args) -> int:
     finally:
         progress.close()
     if not quiet:
+        n = record["counts"]["n"]
         for fraction, count in record["counts"]["selected"].items():
-            print(f"fraction {fraction}: {count:,} of {record['counts']['n']:,} uids")
+            kept = "every row the filter passes" if fraction == ALL else f"fraction {fraction}"
+            print(f"{kept}: {count:,} of {n:,} uids")
     return 0

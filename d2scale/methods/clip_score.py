@@ -36,7 +36,7 @@ def clip_score_order(scores: np.ndarray, threshold: float | None = None) -> np.n
     return order.astype(np.int64)
 
 
-DESCRIPTION = "highest CLIP score first; threshold=T keeps only scores ≥ T (DataComp)"
+DESCRIPTION = "highest CLIP score first; threshold=T makes it a filter of scores ≥ T (DataComp)"
 
 
 def options(given: dict, params) -> dict:
@@ -51,5 +51,6 @@ def rank(inputs, params) -> Ranking:
     opts = options(inputs.options, params)
     scores = inputs.column(opts["column"])
     order = clip_score_order(scores, opts["threshold"])
-    info = {"column": opts["column"], "threshold": opts["threshold"], "passed": len(order)}
+    info = {"column": opts["column"], "threshold": opts["threshold"], "passed": len(order),
+            "order": f"{opts['column']}, highest first"}  # fmt: skip
     return Ranking(order, {"clip_score": np.asarray(scores, dtype=np.float64)}, info)

@@ -4,8 +4,9 @@ images) falls into.
 
 As in DataComp, centroids come from L2 k-means (faiss, 20 iterations, seeded, no
 sub-sampling) and both pool rows and targets are assigned to the centroid with the largest
-inner product. DataComp also applies a caption filter first; chain ``basic`` before this
-method for that.
+inner product. DataComp applies its caption filter first and clusters the survivors: chain
+``--method caption --then image-clustering:targets=T.npy`` (``basic`` is a different,
+stricter filter).
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def rank(inputs, params):
     """Registry adapter: the step's embeddings (``--feature-type``; DataComp uses ``image``),
     ``targets=PATH.npy`` (n × d), ``clusters=K`` (default rows/128), ``iterations=20``."""
     from d2scale import io
+    from d2scale.methods._filters import filter_ranking
     from d2scale.methods._kmeans import gather
-    from d2scale.types import Ranking
 
     opts = options(inputs.options, params)
     if opts["clusters"] is None:
@@ -67,4 +68,5 @@ def rank(inputs, params):
     keep, info = image_clustering_filter(gather(inputs.embeddings()), targets,
                                          n_clusters=opts["clusters"], seed=inputs.seed,
                                          n_iter=opts["iterations"])  # fmt: skip
-    return Ranking(keep, {}, {**info, "targets": opts["targets"]})
+    info.pop("kept")  # the chain records what the step keeps; "passed" what it passes
+    return filter_ranking(keep, inputs, params, {**info, "targets": opts["targets"]})

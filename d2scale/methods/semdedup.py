@@ -83,8 +83,8 @@ def options(given: dict, params) -> dict:
 def rank(inputs, params):
     """Registry adapter: the step's embeddings (``--feature-type``), ``eps=E`` (required),
     ``clusters=K`` (default rows/128), ``keep=hard|easy``, ``iterations=20``."""
+    from d2scale.methods._filters import filter_ranking
     from d2scale.methods._kmeans import gather
-    from d2scale.types import Ranking
 
     opts = options(inputs.options, params)
     if opts["clusters"] is None:
@@ -92,4 +92,4 @@ def rank(inputs, params):
     kept, info = semdedup_filter(gather(inputs.embeddings()), eps=opts["eps"],
                                  n_clusters=opts["clusters"], seed=inputs.seed,
                                  n_iter=opts["iterations"], keep=opts["keep"])  # fmt: skip
-    return Ranking(kept, {}, info)
+    return filter_ranking(kept, inputs, params, info)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from d2scale import io
 from d2scale.errors import D2ScaleError
-from d2scale.params import PARAMS, SelectParams, budget_for
+from d2scale.params import PARAMS, SelectParams
 from d2scale.pool.buckets import resolve_pool, union_pool
 from d2scale.pool.sources import Pool
 from d2scale.progress import Progress, ProgressFn
@@ -315,8 +315,8 @@ def _result_params(d: dict) -> dict:
 
 def _kept(run: dict) -> dict:
     selected = run["counts"]["selected"]
-    largest = max(selected, key=float)
-    return {"rows": run["counts"]["n"], "kept": selected[largest], "kept_by_fraction": selected}
+    kept = max(selected.values())  # the largest fraction's rows
+    return {"rows": run["counts"]["n"], "kept": kept, "kept_by_fraction": selected}
 
 
 def _report(out: str, progress: ProgressFn, pool: Pool) -> str | None:
@@ -386,7 +386,7 @@ def kept_per_bucket(params: SelectParams, rows: list[int]) -> list[int]:
     table = pq.read_table(io.join(params.out, "ranking.parquet"), columns=["rank"])
     rank = table.column("rank").to_numpy(zero_copy_only=False)
     rank = np.nan_to_num(rank.astype(np.float64), nan=-1.0)
-    budget = budget_for(max(params.fraction), sum(rows))
+    budget = max(io.read_json(io.join(params.out, "run.json"))["counts"]["selected"].values())
     picked = (rank >= 0) & (rank < budget)
     bounds = np.concatenate([[0], np.cumsum(rows)])
     return [int(picked[a:b].sum()) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]

@@ -1,15 +1,24 @@
 """A selection chain: each step's method ranks the survivors of the step before (``select
---method basic --then clip-score:0.5 --then d2:0.3``). Fractions are of the whole pool."""
+--method basic --then clip-score:0.5 --then d2:0.3``). Fractions are of the whole pool.
+
+How much the run keeps (:func:`keep_rule`): the last step's own fraction, else
+``--fraction``, else — when the last step is a filter — every row it passes, else
+:data:`~d2scale.params.RANKING_FRACTION`. A filter asked for more rows than it passes keeps
+those it passes (a warning, recorded); a ranking step asked for more rows than it is given
+is refused.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from d2scale.errors import D2ScaleError
 from d2scale.methods import MethodInputs, check_step, get_method
-from d2scale.params import SelectParams, Step, budget_for, parse_step
+from d2scale.methods.registry import is_filter
+from d2scale.params import RANKING_FRACTION, SelectParams, Step, budget_for, parse_step
 from d2scale.stages import stage_key
 from d2scale.types import Ranking
 
@@ -28,10 +37,34 @@ def chain_steps(params: SelectParams) -> list[Step]:
     return steps
 
 
-def output_fractions(params: SelectParams, steps: list[Step]) -> list[float]:
-    """The fractions written: the last ``--then`` step's own, else ``--fraction``."""
+@dataclass(frozen=True)
+class KeepRule:
+    """What the run writes: ``fractions`` of the pool (``None``: every row the last step,
+    a filter, passes) and which rule chose them (``rule``, for ``run.json``)."""
+
+    fractions: list[float] | None
+    rule: str
+    last_is_filter: bool
+
+
+def keep_rule(params: SelectParams, steps: list[Step]) -> KeepRule:
+    """How much the run keeps; ``--fraction`` beside the last step's own fraction is refused
+    (one of them would be ignored)."""
     last = steps[-1]
-    return [last.fraction] if len(steps) > 1 and last.fraction is not None else params.fraction
+    filtering = is_filter(last.method, last.options)
+    if last.fraction is not None:
+        if params.fraction is not None:
+            given = ",".join(f"{f:g}" for f in params.fraction)
+            raise D2ScaleError(
+                f"--fraction {given} and the last step's own fraction ({last.fraction:g}) both "
+                "say how much to keep; give one of them."
+            )
+        return KeepRule([last.fraction], "the last step's fraction", filtering)
+    if params.fraction is not None:
+        return KeepRule(list(params.fraction), "--fraction", filtering)
+    if filtering:
+        return KeepRule(None, "every row the filter passes (no fraction given)", True)
+    return KeepRule([RANKING_FRACTION], f"default fraction {RANKING_FRACTION:g}", False)
 
 
 @dataclass
@@ -40,35 +73,59 @@ class ChainResult:
 
     ranking: Ranking
     steps: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
-def run_chain(steps: list[Step], n: int, budget: int, make_inputs, params) -> ChainResult:
-    """Run ``steps`` over rows ``0..n-1``; ``make_inputs(rows, key, need, step)`` builds each
-    step's :class:`MethodInputs` (rows: sorted pool row ids; key: identifies them)."""
-    rows, key, records = np.arange(n, dtype=np.int64), "all", []
+def run_chain(steps: list[Step], n: int, budget: int | None, make_inputs, params) -> ChainResult:
+    """Run ``steps`` over rows ``0..n-1``; the last keeps ``budget`` rows (``None``: all it
+    passes). ``make_inputs(rows, key, need, step)`` builds each step's
+    :class:`MethodInputs` (rows: sorted pool row ids; key: identifies them)."""
+    rows, key, records, warnings = np.arange(n, dtype=np.int64), "all", [], []
     for i, step in enumerate(steps):
         last = i == len(steps) - 1
-        if last or step.fraction is not None:
-            need = budget if last else budget_for(step.fraction, n)
-        else:
-            need = len(rows)  # a step without a fraction keeps every row it ranks
-        inputs: MethodInputs = make_inputs(rows, key, min(need, len(rows)), step)
+        asked = budget if last else None
+        if step.fraction is not None:
+            asked = budget_for(step.fraction, n)
+        need = len(rows) if asked is None else min(asked, len(rows))
+        inputs: MethodInputs = make_inputs(rows, key, need, step)
         ranking = get_method(step.method)(inputs, params)
         picked = rows[np.asarray(ranking.order, dtype=np.int64)]
-        need = need if last or step.fraction is not None else len(picked)
-        if len(picked) < need:
-            raise D2ScaleError(
-                f"step {i + 1} ({step.method}) keeps {len(picked):,} of {len(rows):,} rows, "
-                f"fewer than the {need:,} asked for; lower the fraction."
-            )
+        kept, warning = _kept(i, step, asked, len(picked), len(rows))
+        if warning:
+            warnings.append(warning)
         records.append({"method": step.method, "fraction": step.fraction,
                         "options": step.options, "rows_in": len(rows),
-                        "kept": int(need),
-                        **ranking.info})  # fmt: skip
+                        "filter": is_filter(step.method, step.options),
+                        **ranking.info, "kept": kept})  # fmt: skip
         if last:
-            return ChainResult(_on_pool(ranking, rows, picked, n), records)
-        rows = np.sort(picked[:need])
-        key = stage_key(key, step.method, step.fraction, step.options, len(rows))
+            return ChainResult(_on_pool(ranking, rows, picked, n), records, warnings)
+        rows = np.sort(picked[:kept])
+        # keyed by the survivors themselves: which rows a step keeps may change between
+        # versions (filters kept a pool-order prefix before they kept the best scores)
+        key = stage_key(key, step.method, step.fraction, step.options, _digest(rows))
+
+
+def _kept(i: int, step: Step, asked: int | None, picked: int, rows: int) -> tuple[int, str]:
+    """How many rows step ``i`` keeps of the ``picked`` it ranks (``asked``: ``None`` for
+    all), and a warning when a filter passes fewer than asked."""
+    name = f"step {i + 1} ({step.method})"
+    if picked == 0:
+        raise D2ScaleError(f"{name} passes none of its {rows:,} rows; nothing to keep.")
+    if asked is None or picked >= asked:
+        return (picked if asked is None else asked), ""
+    if not is_filter(step.method, step.options):
+        raise D2ScaleError(
+            f"{name} keeps {picked:,} of {rows:,} rows, fewer than the {asked:,} asked for; "
+            "lower the fraction."
+        )
+    return (
+        picked,
+        f"{name} passes {picked:,} rows, fewer than the {asked:,} asked for: kept them all",
+    )
+
+
+def _digest(rows: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
 def _on_pool(ranking: Ranking, rows: np.ndarray, picked: np.ndarray, n: int) -> Ranking:

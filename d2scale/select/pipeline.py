@@ -34,7 +34,7 @@ from d2scale.pool.sources import (
     read_metadata,
 )
 from d2scale.progress import Progress, ProgressFn
-from d2scale.select.chain import chain_steps, output_fractions, run_chain
+from d2scale.select.chain import ChainResult, KeepRule, chain_steps, keep_rule, run_chain
 from d2scale.select.graph_stage import graph_stage
 from d2scale.select.sinks import write_outputs
 from d2scale.stages import Stages, stage_key
@@ -55,7 +55,8 @@ def select(
     """
     progress = progress or Progress(log_json=params.log_json)
     params.validate()
-    chain_steps(params)  # an unknown method or step option stops here, before any work
+    # an unknown method or step option, or a contradictory chain, stops here, before any work
+    keep_rule(params, chain_steps(params))
     params = absolute_out(params)
     if client is None:
         check_cluster_options(params.scheduler, params.scheduler_file)
@@ -71,7 +72,9 @@ def select(
     progress(f"pool {pool.url}: {pool.n:,} rows in {len(pool.shards)} shards")
     stages = Stages(io.join(params.out, "work"), progress, timings)
     with _client(params, client) as client:
-        chain, steps, uids, scores, budgets = _run_stages(params, pool, stages, client, progress)
+        chain, steps, uids, scores, budgets, rule = _run_stages(
+            params, pool, stages, client, progress
+        )
         cluster = {**cluster_facts(client), **_memory(client, remote=client.cluster is None)}
     record = {
         "d2scale_version": __version__,
@@ -87,6 +90,7 @@ def select(
         "graph": stages.runs["graph"].info if "graph" in stages.runs else None,
         "method": {"name": steps[-1].method, **chain.ranking.info},
         "steps": chain.steps,
+        "keep": keep_record(rule, chain),
         "stages": {
             name: {"key": r.key, "reused": r.reused, "directory": r.directory}
             for name, r in stages.runs.items()
@@ -116,7 +120,8 @@ def _digest(*arrays: np.ndarray) -> str:
 
 def _run_stages(params: SelectParams, pool: Pool, stages: Stages, client, progress):
     """read → the chain of methods (graph stages on demand); ``(chain, steps, uids, scores,
-    budgets)``."""
+    budgets, rule)``; ``budgets`` maps each fraction written (``None``: every row the last
+    step passes) to its row count."""
     # The metadata is always read again (seconds, against hours for the graph): the pool's
     # fingerprint samples the parquet files, so later stages are keyed on the values read.
     read_key = stage_key(pool.fingerprint, params.stage_params("read"))
@@ -126,7 +131,8 @@ def _run_stages(params: SelectParams, pool: Pool, stages: Stages, client, progre
     scores = io.load_npy(io.join(read.directory, "scores.npy"))
     read_key = stage_key(read_key, _digest(uids, scores))
     steps = chain_steps(params)
-    budgets = {f: budget_for(f, pool.n) for f in output_fractions(params, steps)}
+    rule = keep_rule(params, steps)
+    budgets = {f: budget_for(f, pool.n) for f in rule.fractions or ()}
     _check_sizes(params, pool.n, budgets)
 
     def make_inputs(rows: np.ndarray, rows_key: str, need: int, step) -> MethodInputs:
@@ -152,8 +158,22 @@ def _run_stages(params: SelectParams, pool: Pool, stages: Stages, client, progre
             options=step.options,
         )
 
-    chain = run_chain(steps, pool.n, max(budgets.values()), make_inputs, params)
-    return chain, steps, uids, scores, budgets
+    chain = run_chain(steps, pool.n, max(budgets.values(), default=None), make_inputs, params)
+    for warning in chain.warnings:
+        progress(f"warning: {warning}")
+    kept = len(chain.ranking.order)
+    budgets = {f: min(b, kept) for f, b in budgets.items()} if budgets else {None: kept}
+    return chain, steps, uids, scores, budgets, rule
+
+
+def keep_record(rule: KeepRule, chain: ChainResult) -> dict:
+    """``run.json``'s account of how much was kept and by which rule and order."""
+    order = chain.ranking.info.get("order")
+    text = rule.rule
+    if rule.last_is_filter and rule.fractions is not None:
+        text += f": the filter's passing rows, first by {order}"
+    return {"rule": text, "fractions": rule.fractions, "filter": rule.last_is_filter,
+            "order": order, "warnings": chain.warnings}  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -21,7 +21,6 @@ import numpy as np
 
 from d2scale import io
 from d2scale.errors import D2ScaleError
-from d2scale.params import budget_for
 
 REPORT_HTML = "report.html"
 REPORT_DIR = "report"
@@ -87,7 +86,7 @@ def load(out: str, pool=None) -> ReportData:
     except (OSError, ValueError) as e:
         raise D2ScaleError(f"cannot read {out}/ranking.parquet: {e}") from None
     rank = table.column("rank").to_numpy(zero_copy_only=False).astype(np.float64)
-    budget = budget_for(max(float(f) for f in run["counts"]["selected"]), len(rank))
+    budget = max(run["counts"]["selected"].values())  # rows written at the largest fraction
     data = ReportData(
         out=out,
         run=run,

@@ -28,8 +28,17 @@ RUN_JSON = "run.json"
 RANKING = "ranking.parquet"
 
 
-def subset_file_names(budgets: dict[float, int]) -> dict[float, str]:
-    """``uids.npy`` for one fraction, ``uids-<fraction>.npy`` for several."""
+ALL = "all"  # the label of "every row the filter passes" (no fraction given)
+
+
+def subset_label(fraction: float | None) -> str:
+    """The key of ``counts.selected`` in ``run.json``: the fraction, or ``"all"``."""
+    return ALL if fraction is None else fraction_label(fraction)
+
+
+def subset_file_names(budgets: dict[float | None, int]) -> dict[float | None, str]:
+    """``uids.npy`` for one fraction (or for every passing row), ``uids-<fraction>.npy`` for
+    several."""
     if len(budgets) == 1:
         return {next(iter(budgets)): "uids.npy"}
     return {f: f"uids-{fraction_label(f)}.npy" for f in budgets}
@@ -58,7 +67,7 @@ def write_outputs(
     uids: np.ndarray,
     scores: np.ndarray,
     ranking: Ranking,
-    budgets: dict[float, int],
+    budgets: dict[float | None, int],
     record: dict,
     started: float,
     uid_text: pa.ChunkedArray | None = None,
@@ -80,7 +89,7 @@ def write_outputs(
         **record,
         "counts": {
             **record.get("counts", {}),
-            "selected": {fraction_label(f): b for f, b in budgets.items()},
+            "selected": {subset_label(f): b for f, b in budgets.items()},
         },
         "outputs": files,
     }

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from d2scale.errors import D2ScaleError
-from d2scale.methods.basic import BasicRules, basic_filter, basic_mask, detect_languages
+from d2scale.methods._filters import detect_languages
+from d2scale.methods.basic import BasicRules, basic_filter, basic_mask
 from d2scale.methods.clip_score import clip_score_order
 from d2scale.methods.random import random_order
 
