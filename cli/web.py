@@ -117,17 +117,8 @@ def run_embed(args) -> int:
 
 
 def _say_embedded(record: dict, out: str, quiet: bool) -> None:
-    """The summary of this run (not of the directory), and its skipped samples."""
-    from d2scale import io
-    from d2scale.web.embed import MANIFEST, reasons
-
+    """The summary of this run, not of the directory (warnings came from ``embed``)."""
     run, total = record["run"], record["totals"]
-    if run["skipped"]:
-        print(
-            f"d2scale: warning: {sum(run['skipped'].values()):,} of {run['samples']:,} samples "
-            f"skipped: {reasons(run['skipped'])} (examples in {io.join(out, MANIFEST)})",
-            file=sys.stderr,
-        )
     if quiet:
         return
     if not run["shards"]:

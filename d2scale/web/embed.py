@@ -376,6 +376,7 @@ def embed_shard(
         "url": url,
         "samples": samples,
         "written": len(rows),
+        "empty_captions": sum(not r["text"] for r in rows),
         "skipped": dict(skipped),
         "skipped_examples": examples,
         "seconds": round(time.perf_counter() - t0, 3),
@@ -435,13 +436,26 @@ def embed(params: EmbedParams, progress: Progress | None = None) -> dict:
     manifest = _with_totals(manifest)
     io.save_json(io.join(params.out, MANIFEST), manifest)
     run = _totals([manifest["shards"][shard_name(u)] for u in todo])
+    _check_run(run, io.join(params.out, MANIFEST), progress)
+    return {**manifest, "run": run, "resumed_shards": len(urls) - len(todo)}
+
+
+def _check_run(run: dict, manifest_path: str, progress: Progress) -> None:
+    """Refuse a run that embedded nothing; warn about skipped samples and empty captions."""
     if run["samples"] and not run["written"]:
         raise D2ScaleError(
             f"none of the {run['samples']:,} samples of {run['shards']} shards could be "
-            f"embedded ({reasons(run['skipped'])}; examples in "
-            f"{io.join(params.out, MANIFEST)}); fix the shards and remove {params.out}"
+            f"embedded ({_reasons(run['skipped'])}; examples in {manifest_path}); fix the "
+            "shards and start over in an empty directory"
         )
-    return {**manifest, "run": run, "resumed_shards": len(urls) - len(todo)}
+    if run["skipped"]:
+        n = sum(run["skipped"].values())
+        warn(progress, f"{n:,} of {run['samples']:,} samples skipped: "
+                       f"{_reasons(run['skipped'])} (examples in {manifest_path})")  # fmt: skip
+    if run["empty_captions"]:
+        warn(progress, f"{run['empty_captions']:,} of {run['written']:,} samples have no "
+                       "caption: their text embeddings and clip scores are those of an empty "
+                       f"text (counted per shard in {manifest_path})")  # fmt: skip
 
 
 def _open_directory(params: EmbedParams, urls: list[str]) -> dict:
@@ -493,7 +507,7 @@ def _written_uids(out: str, manifest: dict, progress: Progress) -> SeenUids:
     return earlier
 
 
-def reasons(skipped: dict) -> str:
+def _reasons(skipped: dict) -> str:
     """``{"no image": 1, "bad json": 3}`` → ``"3 bad json, 1 no image"`` (most first)."""
     most_first = sorted(skipped.items(), key=lambda item: (-item[1], item[0]))
     return ", ".join(f"{n:,} {reason}" for reason, n in most_first)
@@ -538,5 +552,6 @@ def _totals(shards: list[dict]) -> dict:
         "shards": len(shards),
         "samples": sum(s["samples"] for s in shards),
         "written": sum(s["written"] for s in shards),
+        "empty_captions": sum(s.get("empty_captions", 0) for s in shards),
         "skipped": dict(skipped),
     }

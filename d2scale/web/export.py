@@ -126,7 +126,7 @@ def export(params: ExportParams, progress: Progress | None = None) -> dict:
     io.check_writable(params.out)
     manifest = _load_manifest(params, urls)
     refuse_foreign_files(params.out, SHARD_EXTS, _own_files(params.out, manifest), "export")
-    found = _found_so_far(params.out, manifest, subset)
+    found = _found_so_far(params.out, manifest, subset, progress)
     already_complete = manifest["complete"]
     if not already_complete:
         writer = _ShardWriter(params.out, params.samples_per_shard, manifest)
@@ -234,10 +234,10 @@ def _load_manifest(params: ExportParams, urls: list[str]) -> dict:
     return manifest
 
 
-def _found_so_far(out: str, manifest: dict, subset: np.ndarray) -> np.ndarray:
+def _found_so_far(out: str, manifest: dict, subset: np.ndarray, progress: Progress) -> np.ndarray:
     """Which subset uids the finished output shards already hold (from their parquet files)."""
     found = np.zeros(subset.shape[0], dtype=bool)
-    for entry in manifest["output"]:
+    for i, entry in enumerate(manifest["output"]):
         path = io.join(out, f"{entry['name']}.parquet")
         fs, fs_path = io.filesystem(path)
         try:
@@ -248,4 +248,6 @@ def _found_so_far(out: str, manifest: dict, subset: np.ndarray) -> np.ndarray:
                 f"cannot resume from {path}: {e}; remove {out} to start over"
             ) from None
         found[np.searchsorted(subset, uids)] = True
+        progress.count("uids of the shards already exported", i + 1, len(manifest["output"]),
+                       "shards")  # fmt: skip
     return found

@@ -45,7 +45,13 @@ def test_one_datacomp_pair_per_shard(embedded, web_shards):
         "00001.parquet",
         "embed.json",
     ]
-    assert record["totals"] == {"shards": 2, "samples": 80, "written": 80, "skipped": {}}
+    assert record["totals"] == {
+        "shards": 2,
+        "samples": 80,
+        "written": 80,
+        "empty_captions": 0,
+        "skipped": {},
+    }
     for name in ("00000", "00001"):
         table = pq.read_table(out / f"{name}.parquet")
         assert table.column_names == [
@@ -296,3 +302,30 @@ def test_cli_rerun_and_paths(tmp_path):
     assert again.returncode == 0, again.stderr
     assert "nothing to embed: all 1 shards are already in" in again.stderr
     assert "samples embedded" not in again.stderr and "skipped" not in again.stderr
+
+
+def test_a_run_that_embeds_nothing_is_an_error(tmp_path):
+    samples = make_samples(np.random.default_rng(10), 0, 3)
+    for sample in samples:
+        sample["png"] = sample.pop("jpg")[:20]  # cut images
+    write_shard(tmp_path / "a.tar", samples)
+    with pytest.raises(D2ScaleError, match="none of the 3 samples of 1 shards could be embedded "
+                       r"\(3 undecodable image; examples in"):  # fmt: skip
+        embed(tiny(str(tmp_path / "a.tar"), tmp_path / "out"), QUIET)
+
+
+def test_skipped_samples_and_empty_captions_are_warnings(tmp_path, capsys):
+    samples = make_samples(np.random.default_rng(11), 0, 4)
+    del samples[0]["txt"]
+    samples[0]["json"] = json.dumps({"uid": "ab"}).encode()  # no caption anywhere
+    del samples[1]["jpg"]
+    write_shard(tmp_path / "a.tar", samples)
+    record = embed(tiny(str(tmp_path / "a.tar"), tmp_path / "out"), QUIET)
+    assert record["run"]["empty_captions"] == 1 and record["shards"]["a"]["empty_captions"] == 1
+    warnings = capsys.readouterr().err.splitlines()[1:]  # after the random-weights one
+    assert warnings == [
+        f"d2scale: warning: 1 of 4 samples skipped: 1 no image "
+        f"(examples in {tmp_path / 'out' / 'embed.json'})",
+        "d2scale: warning: 1 of 3 samples have no caption: their text embeddings and clip "
+        f"scores are those of an empty text (counted per shard in {tmp_path / 'out'}/embed.json)",
+    ]
