@@ -217,7 +217,8 @@ class ShardTally:
     second, so a JSON log stays small); :meth:`done` ends the step with its total."""
 
     def __init__(self, progress: Progress, label: str) -> None:
-        self.progress, self.label, self.last = progress, label, -float("inf")
+        self.progress, self.label, self.last = progress, label, time.perf_counter()
+        progress.count(label, 0, None, "samples")  # the step (and its rate) starts now
 
     def __call__(self, samples: int) -> None:
         now = time.perf_counter()
