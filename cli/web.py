@@ -175,21 +175,12 @@ def run_export(args) -> int:
         samples_per_shard=args.samples_per_shard,
         require_all=args.require_all,
     )
-    from d2scale import io
-    from d2scale.web.export import MISSING
-
     progress = _progress(args)
     try:
         record = export(params, progress)
     finally:
         progress.close()
     c = record["counts"]
-    if c["missing"]:
-        print(
-            f"d2scale: warning: {c['missing']:,} of {c['subset']:,} uids are in none of the "
-            f"shards (listed in {io.join(args.out, MISSING)})",
-            file=sys.stderr,
-        )
     if not args.quiet:
         done = "nothing to export: already complete, " if record["already_complete"] else ""
         print(

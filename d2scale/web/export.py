@@ -38,6 +38,7 @@ from d2scale.web.webdata import (
     refuse_foreign_files,
     shard_name,
     uid_of,
+    warn,
 )
 
 MANIFEST = "export.json"
@@ -132,7 +133,8 @@ def export(params: ExportParams, progress: Progress | None = None) -> dict:
         writer = _ShardWriter(params.out, params.samples_per_shard, manifest)
         _scan(urls, subset, found, writer, progress)
         manifest["complete"] = True
-    return {**_finish(params, manifest, subset, found), "already_complete": already_complete}
+    record = _finish(params, manifest, subset, found, progress)
+    return {**record, "already_complete": already_complete}
 
 
 def _own_files(out: str, manifest: dict) -> set[str]:
@@ -183,7 +185,8 @@ def _route(sample, url, position, subset, found, writer) -> None:
     writer.add(sample, uid, url, position)
 
 
-def _finish(params: ExportParams, manifest: dict, subset, found) -> dict:
+def _finish(params: ExportParams, manifest: dict, subset, found, progress: Progress) -> dict:
+    """Save ``missing_uids.npy`` and the counts; refuse an export of nothing, warn of gaps."""
     missing = subset[~found]
     missing_path = io.join(params.out, MISSING)
     io.save_npy(missing_path, missing)
@@ -199,11 +202,13 @@ def _finish(params: ExportParams, manifest: dict, subset, found) -> dict:
             f"none of the {subset.shape[0]:,} uids of {params.uids} is in the shards "
             f"{params.shards!r}; are they the shards this subset was selected from?"
         )
+    gap = f"{missing.shape[0]:,} of {subset.shape[0]:,} uids"
     if missing.shape[0] and params.require_all:
         raise D2ScaleError(
-            f"{missing.shape[0]:,} of {subset.shape[0]:,} uids of {params.uids} are in none of "
-            f"the shards (listed in {missing_path})"
+            f"{gap} of {params.uids} are in none of the shards (listed in {missing_path})"
         )
+    if missing.shape[0]:
+        warn(progress, f"{gap} are in none of the shards (listed in {missing_path})")
     return manifest
 
 
