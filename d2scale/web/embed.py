@@ -459,10 +459,13 @@ def _check_run(run: dict, manifest_path: str, progress: Progress) -> None:
 
 
 def _open_directory(params: EmbedParams, urls: list[str]) -> dict:
-    """The output directory's manifest; refuses one holding pool files of another pool."""
+    """The output directory's manifest; refuses one holding pool files of another pool (or a
+    download's ``NAME.parquet`` beside ``NAME.tar``, which a pair would overwrite)."""
     io.check_writable(params.out)
     manifest = load_manifest(params)
-    names = {*manifest["shards"], *map(shard_name, urls)}
+    names = set(manifest["shards"])
+    if io.exists(io.join(params.out, MANIFEST)):  # a killed run may have left a shard's pair
+        names |= set(map(shard_name, urls))
     ours = {f"{name}{ext}" for name in names for ext in POOL_EXTS}
     refuse_foreign_files(params.out, POOL_EXTS, ours, "embedding")
     return manifest
@@ -481,7 +484,9 @@ def _embed_shards(
     todo: list[str], encoder: ClipEncoder, params: EmbedParams, manifest: dict,
     earlier: SeenUids, progress: Progress,
 ) -> None:  # fmt: skip
-    """Embed the shards in order, recording each in ``embed.json`` once its pair is written."""
+    """Embed the shards in order, recording each in ``embed.json`` once its pair is written
+    (the directory has its ``embed.json`` before the first pair)."""
+    io.save_json(io.join(params.out, MANIFEST), _with_totals(manifest))
     with ThreadPoolExecutor(params.threads or os.cpu_count() or 1) as pool:
         for i, url in enumerate(todo):
             tally = ShardTally(progress, f"embed {shard_name(url)} ({i + 1}/{len(todo)} shards)")

@@ -149,8 +149,10 @@ def _scan(
     urls: list[str], subset: np.ndarray, found: np.ndarray, writer: _ShardWriter,
     progress: Progress,
 ) -> None:  # fmt: skip
-    """Read the shards from the manifest's resume point and route every sample."""
+    """Read the shards from the manifest's resume point and route every sample (the
+    directory has its ``export.json`` before the first shard)."""
     manifest = writer.manifest
+    io.save_json(io.join(writer.out, MANIFEST), manifest)
     start = manifest["output"][-1]["end"] if manifest["output"] else [0, 0]
     for s in range(start[0], len(urls)):
         tally = ShardTally(progress, f"export {shard_name(urls[s])} ({s + 1}/{len(urls)} shards)")

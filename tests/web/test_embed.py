@@ -270,6 +270,15 @@ def test_another_pools_directory_is_refused(tmp_path, web_shards):
     assert not (tmp_path / "pool" / "embed.json").exists()
 
 
+def test_a_download_directory_is_refused(tmp_path):
+    """img2dataset writes NAME.parquet beside NAME.tar: a pair must not overwrite it."""
+    write_shard(tmp_path / "00000.tar", make_samples(np.random.default_rng(12), 0, 2))
+    (tmp_path / "00000.parquet").write_bytes(b"the download's metadata")
+    with pytest.raises(D2ScaleError, match="already holds 00000.parquet"):
+        embed(tiny(str(tmp_path / "00000.tar"), tmp_path), QUIET)
+    assert (tmp_path / "00000.parquet").read_bytes() == b"the download's metadata"
+
+
 def test_progress_lines_per_shard_in_samples(web_shards, tmp_path):
     import io
 

@@ -156,6 +156,13 @@ def test_stale_shards_of_an_earlier_export_are_refused(web_shards, chosen, tmp_p
     assert sorted(os.listdir(out))[-1] == "missing_uids.npy"  # nothing was written
 
 
+def test_the_input_shards_directory_is_refused(web_shards, chosen):
+    pattern, _ = web_shards
+    _, subset = chosen
+    with pytest.raises(D2ScaleError, match="already holds 00000.tar"):
+        export(ExportParams(subset, pattern, os.path.dirname(pattern)), QUIET)
+
+
 def test_nothing_to_export_is_an_error(web_shards, tmp_path):
     pattern, _ = web_shards
     empty = save_subset(tmp_path / "empty.npy", [])
