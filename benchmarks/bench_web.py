@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     args = ap.parse_args()
     from d2scale.pool.uids import encode_uids, subset_array
+    from d2scale.progress import Progress
     from d2scale.web.embed import ClipEncoder, EmbedParams, embed
     from d2scale.web.export import ExportParams, export
 
@@ -80,19 +81,21 @@ def main() -> None:
         pattern = f"{root}/{{00000..{args.shards - 1:05d}}}.tar"
         n = args.shards * args.per_shard
         params = EmbedParams(shards=pattern, out=f"{root}/pool", model=args.model,
-                             threads=args.threads, batch_size=args.batch_size)  # fmt: skip
+                             pretrained="none", threads=args.threads,
+                             batch_size=args.batch_size)  # fmt: skip
         t0 = time.perf_counter()
         ClipEncoder(params)
         t_model = time.perf_counter() - t0
         t0 = time.perf_counter()
-        record = embed(params, quiet=True)
+        record = embed(params, Progress(quiet=True))
         t_embed = time.perf_counter() - t0
         assert record["totals"]["written"] == n
         uids = [f"{s:016x}{i:016x}" for s in range(args.shards) for i in range(args.per_shard)]
         chosen = np.random.default_rng(1).choice(uids, size=n // 2, replace=False)
         np.save(f"{root}/subset.npy", subset_array(encode_uids(list(chosen))))
         t0 = time.perf_counter()
-        out = export(ExportParams(f"{root}/subset.npy", pattern, f"{root}/out", 100), quiet=True)
+        out = export(ExportParams(f"{root}/subset.npy", pattern, f"{root}/out", 100),
+                     Progress(quiet=True))  # fmt: skip
         t_export = time.perf_counter() - t0
         assert out["counts"]["written"] == n // 2
     doc = {

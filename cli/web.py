@@ -33,10 +33,10 @@ def add_embed_parser(sub, epilog: str) -> None:
     p.add_argument("--model", default="ViT-B-32", help="open_clip model name (default ViT-B-32)")
     p.add_argument(
         "--pretrained",
-        default="none",
         metavar="TAG|PATH|none",
-        help="open_clip pretrained tag, a local checkpoint file, or none for random weights "
-        "(default none)",
+        help="required: an open_clip pretrained tag (e.g. openai), a local checkpoint file, or "
+        "none for random weights (meaningless embeddings for tests; a warning, recorded in "
+        "embed.json)",
     )
     p.add_argument(
         "--prefix",
@@ -47,12 +47,37 @@ def add_embed_parser(sub, epilog: str) -> None:
         metavar="FILE.json",
         help="an open_clip model config registering a custom architecture named after the file",
     )
-    p.add_argument("--batch-size", type=int, default=64, help="samples per batch (default 64)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--threads", type=int, help="torch and image-decoding threads (default: all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of random weights (default 0)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument(
+        "--batch-size", type=int, default=64, metavar="N", help="samples per batch (default 64)"
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto (default): cuda (fp16) when torch sees a GPU, else cpu",
+    )
+    p.add_argument(
+        "--threads", type=int, metavar="N", help="torch and image-decoding threads (default: all)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="seed of random weights (default 0)"
+    )
+    _output_flags(p)
     p.set_defaults(run=run_embed)
+
+
+def _output_flags(p) -> None:
+    """``--quiet`` and ``--log-json``, as the other long-running commands have them."""
+    from d2scale.params import PARAMS
+
+    p.add_argument("--quiet", action="store_true", help="no progress or summary (warnings stay)")
+    p.add_argument("--log-json", metavar="FILE", help=PARAMS["log_json"].help)
+
+
+def _progress(args):
+    from d2scale.progress import Progress
+
+    return Progress(args.quiet, log_json=args.log_json)
 
 
 def _needs_vision_extra(command: str, error: ImportError):
@@ -82,22 +107,31 @@ def run_embed(args) -> int:
         threads=args.threads,
         seed=args.seed,
     )
-    record = embed(params, quiet=args.quiet)
-    if not args.quiet:
-        t = record["totals"]
-        print(
-            f"{t['written']:,} of {t['samples']:,} samples embedded in {t['shards']} shard pairs "
-            f"({record['resumed_shards']} already done) -> {args.out}",
-            file=sys.stderr,
-        )
-        _report_skipped(t["skipped"], f"{args.out}/embed.json")
+    progress = _progress(args)
+    try:
+        record = embed(params, progress)
+    finally:
+        progress.close()
+    _say_embedded(record, args.out, args.quiet)
     return 0
 
 
-def _report_skipped(skipped: dict, where: str) -> None:
-    if skipped:
-        reasons = ", ".join(f"{n:,} {reason}" for reason, n in sorted(skipped.items()))
-        print(f"skipped samples: {reasons} (details in {where})", file=sys.stderr)
+def _say_embedded(record: dict, out: str, quiet: bool) -> None:
+    """The summary of this run, not of the directory (warnings came from ``embed``)."""
+    run, total = record["run"], record["totals"]
+    if quiet:
+        return
+    if not run["shards"]:
+        line = (
+            f"nothing to embed: all {record['resumed_shards']} shards are already in {out} "
+            f"({total['written']:,} of {total['samples']:,} samples written)"
+        )
+    else:
+        line = f"{run['written']:,} of {run['samples']:,} samples embedded from {run['shards']} "
+        line += f"shards -> {out}"
+        if record["resumed_shards"]:
+            line += f" ({record['resumed_shards']} shards were done before)"
+    print(line, file=sys.stderr)
 
 
 def add_export_parser(sub, epilog: str) -> None:
@@ -115,14 +149,16 @@ def add_export_parser(sub, epilog: str) -> None:
         "--samples-per-shard",
         type=int,
         default=10000,
+        metavar="N",
         help="samples per output shard (default 10000; the last shard may hold fewer)",
     )
     p.add_argument(
         "--require-all",
         action="store_true",
-        help="exit with an error when a uid of the file is in none of the shards",
+        help="exit with an error when some uid of the file is in none of the shards (when "
+        "none of them is, that is always an error)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    _output_flags(p)
     p.set_defaults(run=run_export)
 
 
@@ -139,17 +175,16 @@ def run_export(args) -> int:
         samples_per_shard=args.samples_per_shard,
         require_all=args.require_all,
     )
-    record = export(params, quiet=args.quiet)
+    progress = _progress(args)
+    try:
+        record = export(params, progress)
+    finally:
+        progress.close()
     c = record["counts"]
-    if c["missing"]:
-        print(
-            f"d2scale: warning: {c['missing']:,} of {c['subset']:,} uids are in none of the "
-            f"shards (listed in {args.out}/missing_uids.npy)",
-            file=sys.stderr,
-        )
     if not args.quiet:
+        done = "nothing to export: already complete, " if record["already_complete"] else ""
         print(
-            f"{c['written']:,} samples in {record['shards_written']} shards -> {args.out} "
+            f"{done}{c['written']:,} samples in {record['shards_written']} shards -> {args.out} "
             f"({c['read']:,} read, {c['duplicates']:,} repeated uids, {c['no_uid']:,} without uid)",
             file=sys.stderr,
         )

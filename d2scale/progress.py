@@ -18,6 +18,7 @@ ProgressFn = Callable[[str], None]
 PLAIN_INTERVAL_S = 10.0  # plain (non-terminal) progress: at most one line per step this often
 _COUNT = re.compile(r"^(?P<label>.+?): (?P<done>\d+)/(?P<total>\d+)(?: (?P<unit>[\w ]+))?$")
 _METER = "{desc}: {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, {rate_fmt}]"
+_TALLY = "{desc}: {n_fmt} {unit} [{elapsed}, {rate_fmt}]"  # a count whose total is unknown
 
 
 class Progress:
@@ -79,9 +80,10 @@ class Progress:
             self._line(f"{label} {status} in {seconds or 0.0:.1f}s")
 
     def count(
-        self, label: str, done: int, total: int, unit: str = "", scope: str | None = None
+        self, label: str, done: int, total: int | None, unit: str = "", scope: str | None = None
     ) -> None:
-        """``done`` of ``total`` ``unit`` of step ``label`` are finished."""
+        """``done`` of ``total`` ``unit`` of step ``label`` are finished (``total`` None: not
+        known yet; the step ends with a call that gives it)."""
         self.event("progress", label=label, done=done, total=total, unit=unit, scope=scope)
         if self.quiet:
             return
@@ -135,15 +137,17 @@ class Progress:
         from tqdm import tqdm
 
         bar = self.bars.get(label)
-        if bar is None or done < bar.n or total != bar.total:
+        if bar is None or done < bar.n or total != bar.total and bar.total is not None:
             if bar is not None:
                 bar.close()
             bar = self.bars[label] = tqdm(
                 total=total, desc=label, unit=f" {unit}" if unit else "it", file=self.stream,
                 dynamic_ncols=True, leave=True, mininterval=0.2,
             )  # fmt: skip
+        if total is not None and bar.total is None:
+            bar.total = total
         bar.update(done - bar.n)
-        if done >= total:
+        if total is not None and done >= total:
             bar.close()
             del self.bars[label]
 
@@ -154,13 +158,14 @@ class Progress:
         step = self.steps.get(label)
         if step is None or done == 0:
             step = self.steps[label] = [self.marks.get(label, now), -float("inf")]
-        if done < total and now - step[1] < self.interval:
+        finished = total is not None and done >= total
+        if not finished and now - step[1] < self.interval:
             return
         step[1] = now
         meter = tqdm.format_meter(done, total, now - step[0], prefix=label, unit=unit or "it",
-                                  bar_format=_METER)  # fmt: skip
+                                  bar_format=_METER if total is not None else _TALLY)  # fmt: skip
         print(f"[d2scale {self.elapsed():7.1f}s] {meter}", file=self.stream, flush=True)
-        if done >= total:
+        if finished:
             del self.steps[label]
 
 

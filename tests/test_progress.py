@@ -84,3 +84,18 @@ def test_select_cli_logs_events_and_records_memory_rates_dashboard(small_pool, t
     quiet = subprocess.run([*argv[:-2], "--quiet"], capture_output=True, text=True)
     assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == ""
     assert os.path.exists(tmp_path / "out" / "uids.npy")
+
+
+def test_a_count_without_a_total_until_its_last_call():
+    out = io.StringIO()
+    progress = Progress(stream=out, tty=False, interval=0.0)
+    for n in (10, 20):
+        progress.count("read a.tar", n, None, "samples")
+    progress.count("read a.tar", 25, 25, "samples")
+    got = lines(out)
+    assert "read a.tar: 10 samples [" in got[0] and "read a.tar: 25/25 samples" in got[2]
+    tty = io.StringIO()
+    progress = Progress(stream=tty, tty=True)
+    progress.count("read a.tar", 10, None, "samples")
+    progress.count("read a.tar", 25, 25, "samples")
+    assert "25/25" in tty.getvalue() and not progress.bars

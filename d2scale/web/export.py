@@ -11,6 +11,10 @@ Each output shard is written atomically and then recorded in ``export.json`` wit
 position after its last sample, so an interrupted run resumes from the last finished shard.
 When the input is exhausted, the uids of the subset file that no shard held are saved to
 ``OUT/missing_uids.npy`` and counted in ``export.json``.
+
+Refused, as they would give an export with nothing or with other files in it: an empty subset
+file, a subset none of whose uids is in the shards, a shard cut short (no tar end marker) and
+an output directory holding shard files that are not this export's.
 """
 
 from __future__ import annotations
@@ -25,9 +29,21 @@ import pyarrow.parquet as pq
 from d2scale import io
 from d2scale.errors import D2ScaleError
 from d2scale.pool import UID_DTYPE, encode_uids
-from d2scale.web.webdata import SampleError, expand_shards, iter_samples, progress_bar, uid_of
+from d2scale.progress import Progress
+from d2scale.web.webdata import (
+    SampleError,
+    ShardTally,
+    expand_shards,
+    iter_samples,
+    refuse_foreign_files,
+    shard_name,
+    uid_of,
+    warn,
+)
 
 MANIFEST = "export.json"
+MISSING = "missing_uids.npy"
+SHARD_EXTS = (".tar", ".parquet", ".npz")  # outputs, and pool files that would mix with them
 
 
 @dataclass
@@ -57,14 +73,16 @@ def load_subset(path: str) -> np.ndarray:
             f"{path} must hold a 1-D array of dtype u8,u8 (a DataComp subset file); "
             f"found {arr.dtype} with shape {arr.shape}"
         )
+    if arr.size == 0:
+        raise D2ScaleError(f"subset file {path} holds no uids; there is nothing to export")
     return np.unique(arr)
 
 
 class _ShardWriter:
     """Collects selected samples and writes full output shards (tar + parquet sidecar)."""
 
-    def __init__(self, out: str, per_shard: int, manifest: dict, quiet: bool) -> None:
-        self.out, self.per_shard, self.manifest, self.quiet = out, per_shard, manifest, quiet
+    def __init__(self, out: str, per_shard: int, manifest: dict) -> None:
+        self.out, self.per_shard, self.manifest = out, per_shard, manifest
         self.samples: list[dict] = []
         self.rows: list[tuple[str, str, str]] = []
 
@@ -99,34 +117,53 @@ class _ShardWriter:
         self.samples, self.rows = [], []
 
 
-def export(params: ExportParams, *, quiet: bool = False) -> dict:
-    """Write the selected samples of ``params.shards`` to ``params.out``; return ``export.json``."""
+def export(params: ExportParams, progress: Progress | None = None) -> dict:
+    """Write the selected samples of ``params.shards`` to ``params.out``; return ``export.json``
+    with ``already_complete`` added (True: a finished export, nothing was done)."""
+    progress = progress or Progress()
     params.validate()
     subset = load_subset(params.uids)
     urls = expand_shards(params.shards)
     io.check_writable(params.out)
     manifest = _load_manifest(params, urls)
-    found = _found_so_far(params.out, manifest, subset)
-    if not manifest["complete"]:
-        _scan(
-            urls, subset, found, _ShardWriter(params.out, params.samples_per_shard, manifest, quiet)
-        )
+    refuse_foreign_files(params.out, SHARD_EXTS, _own_files(params.out, manifest), "export")
+    found = _found_so_far(params.out, manifest, subset, progress)
+    already_complete = manifest["complete"]
+    if not already_complete:
+        writer = _ShardWriter(params.out, params.samples_per_shard, manifest)
+        _scan(urls, subset, found, writer, progress)
         manifest["complete"] = True
-    return _finish(params, manifest, subset, found)
+    record = _finish(params, manifest, subset, found, progress)
+    return {**record, "already_complete": already_complete}
 
 
-def _scan(urls: list[str], subset: np.ndarray, found: np.ndarray, writer: _ShardWriter) -> None:
-    """Read the shards from the manifest's resume point and route every sample."""
+def _own_files(out: str, manifest: dict) -> set[str]:
+    """The shard files this export wrote, and the next one (a killed run may have left it)."""
+    names = [o["name"] for o in manifest["output"]]
+    if io.exists(io.join(out, MANIFEST)):
+        names.append(f"{len(manifest['output']):08d}")
+    return {f"{name}{ext}" for name in names for ext in (".tar", ".parquet")}
+
+
+def _scan(
+    urls: list[str], subset: np.ndarray, found: np.ndarray, writer: _ShardWriter,
+    progress: Progress,
+) -> None:  # fmt: skip
+    """Read the shards from the manifest's resume point and route every sample (the
+    directory has its ``export.json`` before the first shard)."""
     manifest = writer.manifest
+    io.save_json(io.join(writer.out, MANIFEST), manifest)
     start = manifest["output"][-1]["end"] if manifest["output"] else [0, 0]
-    with progress_bar("export", writer.quiet) as bar:
-        for s in range(start[0], len(urls)):
-            skip = start[1] if s == start[0] else 0
-            for i, sample in enumerate(iter_samples(urls[s], lcase=False)):
-                if i >= skip:
-                    _route(sample, urls[s], [s, i + 1], subset, found, writer)
-                    bar.update(1)
-            bar.set_postfix(shard=f"{s + 1}/{len(urls)}", kept=int(found.sum()), refresh=False)
+    for s in range(start[0], len(urls)):
+        tally = ShardTally(progress, f"export {shard_name(urls[s])} ({s + 1}/{len(urls)} shards)")
+        skip = start[1] if s == start[0] else 0
+        read = 0
+        for i, sample in enumerate(iter_samples(urls[s], lcase=False)):
+            if i >= skip:
+                _route(sample, urls[s], [s, i + 1], subset, found, writer)
+                read += 1
+                tally(read)
+        tally.done(read)
     writer.flush([len(urls), 0])
 
 
@@ -150,9 +187,11 @@ def _route(sample, url, position, subset, found, writer) -> None:
     writer.add(sample, uid, url, position)
 
 
-def _finish(params: ExportParams, manifest: dict, subset, found) -> dict:
+def _finish(params: ExportParams, manifest: dict, subset, found, progress: Progress) -> dict:
+    """Save ``missing_uids.npy`` and the counts; refuse an export of nothing, warn of gaps."""
     missing = subset[~found]
-    io.save_npy(io.join(params.out, "missing_uids.npy"), missing)
+    missing_path = io.join(params.out, MISSING)
+    io.save_npy(missing_path, missing)
     manifest["counts"] |= {
         "subset": int(subset.shape[0]),
         "written": int(sum(o["samples"] for o in manifest["output"])),
@@ -160,11 +199,18 @@ def _finish(params: ExportParams, manifest: dict, subset, found) -> dict:
     }
     manifest["shards_written"] = len(manifest["output"])
     io.save_json(io.join(params.out, MANIFEST), manifest)
+    if missing.shape[0] == subset.shape[0]:
+        raise D2ScaleError(
+            f"none of the {subset.shape[0]:,} uids of {params.uids} is in the shards "
+            f"{params.shards!r}; are they the shards this subset was selected from?"
+        )
+    gap = f"{missing.shape[0]:,} of {subset.shape[0]:,} uids"
     if missing.shape[0] and params.require_all:
         raise D2ScaleError(
-            f"{missing.shape[0]:,} of {subset.shape[0]:,} uids of {params.uids} are in none of "
-            f"the shards (listed in {params.out}/missing_uids.npy)"
+            f"{gap} of {params.uids} are in none of the shards (listed in {missing_path})"
         )
+    if missing.shape[0]:
+        warn(progress, f"{gap} are in none of the shards (listed in {missing_path})")
     return manifest
 
 
@@ -195,10 +241,10 @@ def _load_manifest(params: ExportParams, urls: list[str]) -> dict:
     return manifest
 
 
-def _found_so_far(out: str, manifest: dict, subset: np.ndarray) -> np.ndarray:
+def _found_so_far(out: str, manifest: dict, subset: np.ndarray, progress: Progress) -> np.ndarray:
     """Which subset uids the finished output shards already hold (from their parquet files)."""
     found = np.zeros(subset.shape[0], dtype=bool)
-    for entry in manifest["output"]:
+    for i, entry in enumerate(manifest["output"]):
         path = io.join(out, f"{entry['name']}.parquet")
         fs, fs_path = io.filesystem(path)
         try:
@@ -209,4 +255,6 @@ def _found_so_far(out: str, manifest: dict, subset: np.ndarray) -> np.ndarray:
                 f"cannot resume from {path}: {e}; remove {out} to start over"
             ) from None
         found[np.searchsorted(subset, uids)] = True
+        progress.count("uids of the shards already exported", i + 1, len(manifest["output"]),
+                       "shards")  # fmt: skip
     return found

@@ -12,16 +12,23 @@ missing url). ``embed`` and ``export`` use the same rule, so their uids agree.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import posixpath
+import re
+import sys
 import tarfile
+import threading
+import time
 from collections.abc import Iterator
 
 import braceexpand
 import fsspec
 
+from d2scale import io
 from d2scale.errors import D2ScaleError
+from d2scale.progress import PLAIN_INTERVAL_S, Progress
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
 TEXT_EXTS = ("txt", "text", "caption")
@@ -77,17 +84,51 @@ def iter_samples(url: str, *, lcase: bool = True) -> Iterator[dict]:
     """Raw samples of one shard, in tar order: ``{"__key__": ..., ext: bytes, ...}``.
 
     Extensions are lower-cased unless ``lcase`` is False (``export`` keeps member names as
-    they are). A truncated or corrupt tar raises :class:`D2ScaleError` naming the shard.
+    they are). A truncated or corrupt tar raises :class:`D2ScaleError` naming the shard, also
+    one cut at a member boundary (as a killed writer leaves it): it lacks the end marker.
     """
-    from webdataset.tariterators import group_by_keys, tar_file_expander
+    from webdataset.tariterators import group_by_keys
 
     try:
         with fsspec.open(url, "rb") as stream:
-            files = tar_file_expander([{"url": url, "stream": stream}])
-            for sample in group_by_keys(files, lcase=lcase):
+            for sample in group_by_keys(_tar_files(stream, url), lcase=lcase):
                 yield {k: v for k, v in sample.items() if k != "__url__"}
     except (OSError, EOFError, ValueError, tarfile.TarError) as e:
-        raise D2ScaleError(f"cannot read shard {url}: {e}") from None
+        raise D2ScaleError(f"cannot read shard {url}: {e.args[0] if e.args else e}") from None
+
+
+class _EndTarInfo(tarfile.TarInfo):
+    """Records on the tar object why its member list ended (see :func:`_tar_files`)."""
+
+    @classmethod
+    def fromtarfile(cls, tar):
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.HeaderError as e:
+            tar.d2scale_end = e
+            raise
+
+
+def _tar_files(stream, url: str) -> Iterator[dict]:
+    """Regular files of a tar stream as ``{"fname", "data", "__url__"}``, in tar order.
+
+    tarfile ends a member list quietly at end of file, at a cut header and at a garbage
+    header; only a zero block (the end-of-archive marker) is a complete tar.
+    """
+    count = 0
+    with tarfile.open(fileobj=stream, mode="r|*", tarinfo=_EndTarInfo) as tar:
+        for info in tar:
+            tar.members = []  # a stream of any length in constant memory
+            if not info.isreg() or re.match(r"__[^/]*__($|/)", info.name):
+                continue
+            count += 1
+            yield {"fname": info.name, "data": tar.extractfile(info).read(), "__url__": url}
+    if not isinstance(getattr(tar, "d2scale_end", None), tarfile.EOFHeaderError):
+        raise D2ScaleError(
+            f"shard {url} is truncated: it stops after {count} files without the tar "
+            "end-of-archive marker (as a killed writer leaves it); fetch it again or leave it "
+            "out of --shards"
+        )
 
 
 def metadata(sample: dict) -> dict:
@@ -153,13 +194,59 @@ def uid_of(sample: dict) -> str:
     return sample_uid(lower, meta, caption(lower, meta))
 
 
-def progress_bar(desc: str, quiet: bool):
-    """A tqdm bar counting samples with their rate (``12 samples [00:03, 4.1 samples/s]``)."""
-    from tqdm import tqdm
+def refuse_foreign_files(out: str, exts: tuple[str, ...], ours: set[str], what: str) -> None:
+    """Refuse ``out`` when it holds files ending in ``exts`` that this run neither wrote nor
+    will write: readers take the whole directory, so they would join its output."""
+    others = [n for n in io.listdir(out) if n.lower().endswith(exts) and n not in ours]
+    if others:
+        raise D2ScaleError(
+            f"{out} already holds {others[0]} ({len(others)} such files in all), which is not "
+            f"part of this {what} and would sit beside its files; write into an empty "
+            "directory or remove them"
+        )
 
-    return tqdm(
-        desc=desc,
-        unit=" samples",
-        disable=quiet,
-        bar_format="{desc}: {n_fmt} samples [{elapsed}, {rate_noinv_fmt}{postfix}]",
-    )
+
+def warn(progress: Progress, text: str) -> None:
+    """One ``d2scale: warning: …`` line on stderr (also with --quiet) and a JSON event."""
+    print(f"d2scale: warning: {text}", file=sys.stderr, flush=True)
+    progress.event("warning", message=text)
+
+
+class ShardTally:
+    """Samples read from one shard, a counted step of ``progress`` (updated at most once a
+    second, so a JSON log stays small); :meth:`done` ends the step with its total."""
+
+    def __init__(self, progress: Progress, label: str) -> None:
+        self.progress, self.label, self.last = progress, label, time.perf_counter()
+        progress.count(label, 0, None, "samples")  # the step (and its rate) starts now
+
+    def __call__(self, samples: int) -> None:
+        now = time.perf_counter()
+        if now - self.last >= 1.0:
+            self.last = now
+            self.progress.count(self.label, samples, None, "samples")
+
+    def done(self, samples: int) -> None:
+        self.progress.count(self.label, samples, samples, "samples")
+
+
+@contextlib.contextmanager
+def ticking(progress: Progress, label: str) -> Iterator[None]:
+    """A step that reports nothing itself: its start, a line every 10 s while it runs (as
+    plain progress lines), and its end with its seconds."""
+    stop = threading.Event()
+    t0 = time.perf_counter()
+
+    def tick() -> None:
+        while not stop.wait(PLAIN_INTERVAL_S):
+            progress.say(f"{label}: running for {time.perf_counter() - t0:.0f}s")
+
+    progress.stage(label, "start")
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+    progress.stage(label, "done", time.perf_counter() - t0)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -13,10 +14,12 @@ from web.webshards import make_samples, write_shard
 
 from d2scale.errors import D2ScaleError
 from d2scale.pool.uids import encode_uids, subset_array
+from d2scale.progress import Progress
 from d2scale.web import export as export_module
 from d2scale.web.export import ExportParams, export
 
 MISSING = "ffffffffffffffff0000000000000001"
+QUIET = Progress(quiet=True)
 
 
 def read_tar(path) -> dict[str, dict[str, bytes]]:
@@ -46,7 +49,7 @@ def test_exports_exactly_the_subset_with_every_member(web_shards, chosen, tmp_pa
     pattern, by_uid = web_shards
     uids, subset = chosen
     out = tmp_path / "out"
-    record = export(ExportParams(subset, pattern, str(out), samples_per_shard=7), quiet=True)
+    record = export(ExportParams(subset, pattern, str(out), samples_per_shard=7), QUIET)
     sizes = [7, 7, 7, 6]  # 27 selected samples
     assert [o["samples"] for o in record["output"]] == sizes and len(uids) == 27
     got = {}
@@ -77,7 +80,7 @@ def test_resume_after_a_kill_gives_the_same_shards(web_shards, chosen, tmp_path,
     pattern, _ = web_shards
     _, subset = chosen
     clean = tmp_path / "clean"
-    export(ExportParams(subset, pattern, str(clean), samples_per_shard=5), quiet=True)
+    export(ExportParams(subset, pattern, str(clean), samples_per_shard=5), QUIET)
     flush = export_module._ShardWriter.flush
     calls = []
 
@@ -90,19 +93,19 @@ def test_resume_after_a_kill_gives_the_same_shards(web_shards, chosen, tmp_path,
     resumed = tmp_path / "resumed"
     monkeypatch.setattr(export_module._ShardWriter, "flush", dying_flush)
     with pytest.raises(KeyboardInterrupt):
-        export(ExportParams(subset, pattern, str(resumed), samples_per_shard=5), quiet=True)
+        export(ExportParams(subset, pattern, str(resumed), samples_per_shard=5), QUIET)
     monkeypatch.setattr(export_module._ShardWriter, "flush", flush)
     assert len(json.loads((resumed / "export.json").read_text())["output"]) == 2
-    record = export(ExportParams(subset, pattern, str(resumed), samples_per_shard=5), quiet=True)
+    record = export(ExportParams(subset, pattern, str(resumed), samples_per_shard=5), QUIET)
     assert record["counts"]["read"] == 80 and record["counts"]["written"] == 27
     names = sorted(n for n in os.listdir(clean) if n.endswith((".tar", ".parquet")))
     assert names == sorted(n for n in os.listdir(resumed) if n.endswith((".tar", ".parquet")))
     for name in names:
         assert (clean / name).read_bytes() == (resumed / name).read_bytes(), name
-    again = export(ExportParams(subset, pattern, str(resumed), samples_per_shard=5), quiet=True)
+    again = export(ExportParams(subset, pattern, str(resumed), samples_per_shard=5), QUIET)
     assert again["counts"] == record["counts"]  # a finished export is not redone
     with pytest.raises(D2ScaleError, match="another samples per shard"):
-        export(ExportParams(subset, pattern, str(resumed), samples_per_shard=6), quiet=True)
+        export(ExportParams(subset, pattern, str(resumed), samples_per_shard=6), QUIET)
 
 
 def test_repeated_uids_are_written_once_and_member_names_kept(tmp_path):
@@ -112,7 +115,7 @@ def test_repeated_uids_are_written_once_and_member_names_kept(tmp_path):
     write_shard(tmp_path / "a.tar", [*samples, repeat])
     uids = [json.loads(s["json"])["uid"] for s in samples]
     subset = save_subset(tmp_path / "s.npy", uids)
-    record = export(ExportParams(subset, str(tmp_path / "a.tar"), str(tmp_path / "o")), quiet=True)
+    record = export(ExportParams(subset, str(tmp_path / "a.tar"), str(tmp_path / "o")), QUIET)
     assert record["counts"]["duplicates"] == 1 and record["counts"]["written"] == 4
     exported = read_tar(tmp_path / "o" / "00000000.tar")
     assert sorted(exported) == ["00000000", "00000001", "00000002", "00000003"]
@@ -140,3 +143,43 @@ def test_cli_reports_missing_uids_and_errors_in_one_line(web_shards, chosen, tmp
     proc = cli("--uids", tmp_path / "bad.npy", "--shards", pattern, "--out", tmp_path / "c")
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
     assert "must hold a 1-D array of dtype u8,u8" in proc.stderr
+
+
+def test_stale_shards_of_an_earlier_export_are_refused(web_shards, chosen, tmp_path):
+    pattern, _ = web_shards
+    _, subset = chosen
+    out = tmp_path / "out"
+    export(ExportParams(subset, pattern, str(out), samples_per_shard=5), QUIET)  # 6 shards
+    os.remove(out / "export.json")
+    with pytest.raises(D2ScaleError, match=r"already holds 00000000.parquet \(12 such files"):
+        export(ExportParams(subset, pattern, str(out), samples_per_shard=10), QUIET)
+    assert sorted(os.listdir(out))[-1] == "missing_uids.npy"  # nothing was written
+
+
+def test_the_input_shards_directory_is_refused(web_shards, chosen):
+    pattern, _ = web_shards
+    _, subset = chosen
+    with pytest.raises(D2ScaleError, match="already holds 00000.tar"):
+        export(ExportParams(subset, pattern, os.path.dirname(pattern)), QUIET)
+
+
+def test_nothing_to_export_is_an_error(web_shards, tmp_path):
+    pattern, _ = web_shards
+    empty = save_subset(tmp_path / "empty.npy", [])
+    with pytest.raises(D2ScaleError, match="holds no uids"):
+        export(ExportParams(empty, pattern, str(tmp_path / "a")), QUIET)
+    elsewhere = save_subset(tmp_path / "elsewhere.npy", [MISSING])
+    with pytest.raises(D2ScaleError, match="none of the 1 uids .* is in the shards"):
+        export(ExportParams(elsewhere, pattern, str(tmp_path / "b")), QUIET)
+
+
+def test_cli_rerun_and_progress_lines(web_shards, chosen, tmp_path):
+    pattern, _ = web_shards
+    _, subset = chosen
+    args = ("--uids", subset, "--shards", pattern, "--out", f"{tmp_path}/out/")
+    first = cli(*args)
+    assert first.returncode == 0 and "\r" not in first.stderr
+    assert re.search(r"\] export 00001 \(2/2 shards\): 40/40 samples \[", first.stderr)
+    assert f"{tmp_path}/out/missing_uids.npy" in first.stderr and "//" not in first.stderr
+    again = cli(*args)
+    assert "nothing to export: already complete, 27 samples in 1 shards" in again.stderr

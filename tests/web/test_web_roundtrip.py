@@ -21,7 +21,8 @@ def d2scale(*args):
 def test_embed_select_export_round_trip(web_shards, tmp_path):
     pattern, by_uid = web_shards
     pool, sel, shards = tmp_path / "pool", tmp_path / "sel", tmp_path / "shards"
-    d2scale("embed", "--shards", pattern, "--out", pool, "--threads", 2, "--quiet")
+    d2scale("embed", "--shards", pattern, "--out", pool, "--pretrained", "none", "--threads", 2,
+            "--quiet")  # fmt: skip
     with np.load(pool / "00000.npz") as npz:
         assert sorted(npz.files) == ["b32_img", "b32_txt"] and npz["b32_img"].shape == (40, 512)
     assert "clip_b32_similarity_score" in pq.read_schema(pool / "00001.parquet").names
