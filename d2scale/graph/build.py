@@ -175,8 +175,9 @@ class _Build:
         else:
             with self.stage("train"):
                 projection, centroids, bound = self.train(sample, nlist, pca)
-            if self.store is not None:  # a checkpoint: a rerun skips the training
-                self.store.save_model(_model_arrays(projection, centroids, bound), None)
+            if self.store is not None:  # a checkpoint: a rerun skips the training and sample
+                arrays = _model_arrays(projection, centroids, bound)
+                self.store.save_model({**arrays, "eval_rows": x_eval}, None)
             tuned = None
         del sample
         self.projection = projection
@@ -212,14 +213,16 @@ class _Build:
         saved, nor evaluation rows once it is tuned."""
         own = getattr(self.blocks, "fingerprint", None)
         manifest, model = ({}, None) if own is None else self.open_store(str(own), params)
-        need_eval = model is None or model[1] is None
         fp_ids, train, eval_ids = self.sample_ids(n_train, n_eval, own is None)
+        saved = _saved_eval_rows(model, (eval_ids.size, self.dim))
+        need_eval = (model is None or model[1] is None) and saved is None
         x_fp, x_train, x_eval = self.read_rows(
             [fp_ids, train if model is None else train[:0], eval_ids if need_eval else train[:0]]
         )
         fingerprint = str(own) if own is not None else _fingerprint(self.blocks, x_fp)
         if own is None:
             manifest, model = self.open_store(fingerprint, params)
+        x_eval = saved if saved is not None else x_eval
         return fingerprint, manifest, model, [x_train, x_eval, eval_ids]
 
     def open_store(self, fingerprint: str, params: dict) -> tuple[dict, tuple | None]:
@@ -752,6 +755,14 @@ def _model_arrays(projection, centroids, bound) -> dict[str, np.ndarray]:
     if bound is not None:
         arrays["bound"] = bound
     return arrays
+
+
+def _saved_eval_rows(model, shape: tuple[int, int]) -> np.ndarray | None:
+    """The evaluation rows saved with an untuned model (None: tuned, none or other rows)."""
+    if model is None or model[1] is not None:
+        return None
+    rows = model[0].get("eval_rows")
+    return rows if rows is not None and rows.shape == shape else None
 
 
 def _restore(model) -> tuple:

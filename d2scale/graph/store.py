@@ -3,7 +3,7 @@
 Layout of a graph directory ``GDIR``::
 
     manifest.json          input fingerprint, parameters, and (once planned) the search plan
-    model.npz              trained IVF model (PCA, centroids, the evaluation rows' bound),
+    model.npz              trained IVF model (PCA, centroids, the evaluation rows and bound),
                            saved once trained; the tuning result is added once tuned
     parts/assign-00000.npz row hashes and nearest IVF lists of partition 0 (and, before
                            tuning, its share of the evaluation rows' exact neighbours)

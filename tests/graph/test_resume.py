@@ -179,3 +179,46 @@ def test_sigkill_during_assignment_then_rerun(tmp_path, uninterrupted, counted):
     got = build(gdir)
     assert counted["assign"] == N_PARTS - 5 and "train" not in got[1]["timings"]
     same_graph(got, uninterrupted)
+
+
+SELECT_KILLED = """
+import os, signal
+from d2scale.params import SelectParams
+from d2scale.pipeline import select
+from d2scale.runner import Progress
+
+class KillAt(Progress):
+    def say(self, message, scope=None):
+        if message == {point!r}:
+            os.kill(os.getpid(), signal.SIGKILL)
+        super().say(message, scope)
+
+select(SelectParams(metadata_dir={pool!r}, out={out!r}, index="ivf", workers=2),
+       KillAt(quiet=True))
+"""
+
+
+def select_ivf(pool, out) -> dict:
+    from d2scale.params import SelectParams
+    from d2scale.pipeline import select
+    from d2scale.runner import Progress
+
+    params = SelectParams(metadata_dir=str(pool), out=str(out), index="ivf", workers=2)
+    return select(params, Progress(quiet=True))
+
+
+@pytest.mark.slow
+def test_select_sigkilled_inside_its_graph_stage_reruns_from_there(small_pool, tmp_path):
+    """SIGKILL inside the graph stage (two of the pool's four shards assigned), then a rerun:
+    the same uids as a clean run, without training again or assigning those shards again."""
+    clean = select_ivf(small_pool, tmp_path / "clean")
+    out = tmp_path / "killed"
+    code = SELECT_KILLED.format(point="knn graph: assign: 3/4", pool=str(small_pool),
+                                out=str(out))  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert not (out / "run.json").exists()
+    record = select_ivf(small_pool, out)
+    assert np.array_equal(np.load(out / "uids.npy"), np.load(tmp_path / "clean" / "uids.npy"))
+    assert "train" in clean["graph"]["timings"] and "train" not in record["graph"]["timings"]
+    assert not record["stages"]["graph"]["reused"]
