@@ -39,12 +39,12 @@ import numpy as np
 
 from d2scale.backends import bound_heap_growth, peak_rss_bytes, release_free_pages
 from d2scale.errors import D2ScaleError
-from d2scale.graph import dedup, ivf, probed, rerank, scan, shards
+from d2scale.graph import dedup, ivf, probed, rerank, scan, shards, small
 from d2scale.graph.store import GraphStore, save_graph
 from d2scale.io import save_npy
 from d2scale.types import EmbeddingBlocks, KnnGraph
 
-AUTO_EXACT_MAX = 15_000  # "auto" picks exact search up to this many rows
+AUTO_EXACT_MAX = 50_000  # "auto" picks exact search up to this many rows (when they fit)
 TRAIN_ROWS_PER_LIST = 32  # k-means sample size per list
 EVAL_ROWS = (200, 1000)  # held-out rows for recall tuning: bounds ...
 EVAL_BUDGET = 1e8  # ... and their share of exact work (rows × n)
@@ -98,6 +98,8 @@ def build_knn_graph(
         with shards.task_client(client) as cl:
             build.client = cl
             build.bf = cl.scatter(blocks, broadcast=True, hash=False)
+            if index == "auto" and kind == "exact" and not build.one_shard():
+                kind = "ivf"  # exact search holds every row: too many for the memory limit
             graph, info = build.run(kind, nlist, nprobe, pca)
         info = {"index": kind, "device": device_used, **info, **(meta or {})}
         info["peak_rss_bytes"] = peak_rss_bytes()
@@ -130,6 +132,7 @@ class _Build:
         self.client = self.bf = self.projection = None
         self.kept = self.spill = None
         self.keep_mode = ""
+        self.kind, self.space_dim = "", None
         self.finished = False
 
     @contextmanager
@@ -155,6 +158,7 @@ class _Build:
         if kind == "exact":
             nlist, nprobe = 1, 1
             self._check_exact_fits()
+        self.kind = kind
         nlist = min(nlist or ivf.choose_nlist(self.n), self.n)
         n_train = 0 if kind == "exact" else min(self.n, TRAIN_ROWS_PER_LIST * nlist)
         n_eval = 0 if kind == "exact" else min(self.n, int(np.clip(EVAL_BUDGET / self.n,
@@ -421,8 +425,15 @@ class _Build:
             if not todo:
                 continue
             shard_f = self._shard(shard_lists, table, lists, is_rep, nlist)
-            futs = {c: self.submit(task, shard_f, it, t_f, width, self.device)
-                    for c, it in todo.items()}  # fmt: skip
+            if self.kind == "exact":  # through a PCA space where that is cheaper
+                space_f = self._space(shard_f, int(sizes.sum()))
+                self.space_dim = self.submit(small.space_dim, space_f).result()
+                futs = {c: self.submit(small.search_chunk, shard_f, space_f, it, t_f, width,
+                                       self.device) for c, it in todo.items()}  # fmt: skip
+                del space_f
+            else:
+                futs = {c: self.submit(task, shard_f, it, t_f, width, self.device)
+                        for c, it in todo.items()}  # fmt: skip
             del shard_f
             for c, (q, nb, dd) in self._as_completed(
                 futs, f"search shard {s + 1}/{len(plan['shards'])}"
@@ -604,6 +615,15 @@ class _Build:
                                           lists[a:b][local], self.projection))  # fmt: skip
         return self.submit(shards.build_shard, pieces, nlist)
 
+    def _space(self, shard_f, rows: int):
+        """A future of the PCA search space (:mod:`d2scale.graph.small`) of the one-shard
+        exact search holding ``rows`` rows, projected by one task per thread."""
+        basis = self.submit(small.fit_basis, shard_f, self.seed)
+        step = -(-rows // self.threads)
+        pieces = [self.submit(small.project, shard_f, basis, a, min(rows, a + step))
+                  for a in range(0, rows, step)]  # fmt: skip
+        return self.submit(small.join, basis, pieces)
+
     def _as_completed(self, futs: dict, what: str):
         """(key, result) of the futures in ``futs`` as they finish, each dropped after use."""
         from distributed import as_completed
@@ -632,7 +652,7 @@ class _Build:
         slower at 1M × 768, 98 s and 10.5 GB against 80 s and 1.5 GB); else ``""``: the
         shards read the full rows from the pool."""
         if self.projection is None:
-            return "kept" if self._one_shard() else ""
+            return "kept" if self.one_shard() else ""
         most_candidates = 4 * (self.k + 1)  # the tuner's largest choice
         need = 3 * self.n * (4 * self.projection.dim + 16) + self._driver_bytes()
         return "kept" if need + self.n * most_candidates * 4 <= self.limit else "spill"
@@ -653,14 +673,14 @@ class _Build:
                     os.remove(self._spill_path(p))
         self.spill = None
 
-    def _one_shard(self) -> bool:
+    def one_shard(self) -> bool:
         """Whether all full rows fit in one shard: kept by the assignment, gathered into
         pieces and placed in the shard (three copies at the peak)."""
         need = 3 * self.n * (4 * self.dim + 16) + self._driver_bytes()
         return need <= self.limit
 
     def _check_exact_fits(self) -> None:
-        if not self._one_shard():
+        if not self.one_shard():
             raise D2ScaleError(
                 f"exact search holds all {self.n:,} embeddings ({self.n * self.dim * 4 / 2**30:.1f}"
                 " GiB float32, up to three copies while gathering) in memory, more than the "
@@ -680,6 +700,7 @@ class _Build:
                 "shard_budget_bytes": self.shard_bytes[1],
                 "rerank_blocks": None if self.rerank_blocks is None else len(self.rerank_blocks),
                 "search_rows_from": {"kept": "kept", "spill": "disk"}.get(self.keep_mode, "pool"),
+                "exact_search_dim": self.space_dim,
                 "fingerprint": fingerprint}  # fmt: skip
 
 
