@@ -18,9 +18,12 @@ Stages (each timed, reported through ``progress`` and recorded for ``run.json``)
 
 Only distinct vectors are searched (:mod:`d2scale.graph.dedup`); every search is exact over
 the rows it probes (:mod:`d2scale.graph.scan`), so the graph does not depend on the
-partitioning, the shards, the chunks or the number of workers. With ``workdir`` a killed
-build resumes: the model, assignments and finished chunks are reused (a damaged one is
-recomputed), and a directory holding another input or other parameters is refused.
+partitioning, the shards, the chunks or the number of workers. Exact search goes through a
+PCA space where that is cheaper (:mod:`d2scale.graph.small`, the same graph). With
+``workdir`` a killed build resumes: the model (saved once trained, again once tuned), each
+partition's assignment (with its share of the evaluation), each search chunk and each
+re-ranked block are checkpoints, verified before reuse (a damaged one or one of another
+build is recomputed), and a directory holding another input or other parameters is refused.
 """
 
 from __future__ import annotations
@@ -78,7 +81,8 @@ def build_knn_graph(
 ) -> tuple[KnnGraph, dict]:
     """The directed kNN graph of ``blocks`` (SPEC §1) and a dict describing how it was built.
 
-    ``index``: "exact", "ivf", or "auto" (exact up to ``AUTO_EXACT_MAX`` rows). IVF tunes
+    ``index``: "exact", "ivf", or "auto" (exact up to ``AUTO_EXACT_MAX`` rows when they fit
+    the memory limit). IVF tunes
     ``nprobe`` on held-out rows until recall@k reaches ``recall`` (``nprobe`` fixes it
     instead); ``nlist`` defaults to ~1.5·√N; ``pca``: search in a PCA space keeping 90% of
     the variance when that halves the dimensions at least (candidates re-ranked exactly).
