@@ -11,8 +11,10 @@ each block of queries is searched in that space by one sgemm of ``d'`` columns:
 2. a projection never lengthens a difference by more than ``σ = ‖W‖₂``, and the float32
    projection and sgemm errors are bounded (:func:`_row_errors`, :func:`scan.l2_error_bound`),
    so every row whose search-space distance exceeds ``σ·U`` plus those errors is provably
-   farther than ``U``: all other rows are re-ranked by the exact kernel of
-   :func:`scan.topk` and ranked by (distance, id).
+   farther than ``U``: all other rows are re-ranked (float32 distances with the sgemm's
+   error bound, then the exact kernel of :func:`scan.topk` for the best, certified as it
+   certifies) and ranked by (distance, id). A tile of queries with so many such rows that
+   brute force costs less is searched by :func:`scan.topk` over the whole shard instead.
 
 The result is the exact top-``keep`` by the same float64 distances and the same order as the
 exact index (:func:`d2scale.graph.shards.search_lists` over the same shard): the same graph.
@@ -33,6 +35,7 @@ MIN_ROWS = 4096  # below this brute force is cheap: the shard is searched as it 
 SAMPLE_ROWS = 1024  # rows of the seeded sample the directions are found from
 MAX_WIDTH = 256  # directions tried at most (then ranked; those keeping the energy are used)
 QUERY_TILE = 64  # queries per sgemm: their distances to all rows stay in cache
+CANDIDATE_COST = 16  # a re-ranked candidate costs about this many rows of a brute-force sgemm
 _SAFETY = 1e-6  # relative margin over float64 rounding of the exact distances
 
 
@@ -166,13 +169,15 @@ def _search_tile(shard: Shard, space: Space, q: np.ndarray, keep: int, ip: scan.
     heap_i = np.full((q.size, c), -1, np.int64)
     scan._select(part, yn, 0, heap_d, heap_i)
     first = np.sort(_full_d2(qa, xn, shard.aug, heap_i), axis=1)[:, keep - 1]
-    upper = np.sqrt(first + eps) * (1 + _SAFETY)  # ≥ each query's keep-th distance
+    upper = np.sqrt(np.maximum(first + eps, 0.0)) * (1 + _SAFETY)  # ≥ the keep-th distance
     y_eps = scan.l2_error_bound(space.dim + 1, np.sqrt(yn.astype(np.float64)),
                                 float(np.sqrt(space.aug[:, -1].max())))  # fmt: skip
     radius = space.sigma * upper + space.err[q] + space.err.max()
     limit = np.where(np.isfinite(upper), radius**2 + y_eps, np.inf)
     counts = np.empty(q.size, np.int64)
     _count_within(part, yn, limit, counts)
+    if counts.mean() * CANDIDATE_COST > part.shape[1]:  # brute force costs less: the same
+        return scan.topk(xq, None, [(0, part.shape[1])], keep, shard.ids, ip, aug=shard.aug)
     cand = np.full((q.size, max(int(counts.max()), keep)), -1, np.int64)
     _fill_within(part, yn, limit, cand)
     return _certified(shard, qa, xn, eps, cand, keep)

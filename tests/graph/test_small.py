@@ -73,7 +73,9 @@ def test_pca_space_matches_brute_force():
     np.testing.assert_array_max_ulp(got.distances, ref_dist, maxulp=1)
 
 
-def test_search_chunk_equals_topk_on_a_shard():
+@pytest.mark.parametrize("cost", [small.CANDIDATE_COST, 10**9])  # 10**9: brute force
+def test_search_chunk_equals_topk_on_a_shard(cost, monkeypatch):
+    monkeypatch.setattr(small, "CANDIDATE_COST", cost)
     x = clustered(4200, seed=2)
     ids = np.arange(x.shape[0])
     shard = shards.build_shard([(ids, x, np.zeros(ids.size, np.int32))], 1)
