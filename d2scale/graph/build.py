@@ -317,7 +317,9 @@ class _Build:
                 self.kept[p] = futs[p]
         return hashes, self.probes[:, 0].astype(np.int32), evals
 
-    def _saved_assignment(self, p: int, rows: int, n_probes: int, n_eval: int, keep) -> dict:
+    def _saved_assignment(
+        self, p: int, rows: int, n_probes: int, n_eval: int, keep: tuple[int, int]
+    ) -> dict | None:
         """Partition ``p``'s saved assignment (with its share of the evaluation when
         ``n_eval`` rows are evaluated, and its spilled rows where they spill), or None."""
         if self.store is None:
@@ -431,9 +433,9 @@ class _Build:
             shard_f = self._shard(shard_lists, table, lists, is_rep, nlist)
             if self.kind == "exact":  # through a PCA space where that is cheaper
                 space_f = self._space(shard_f, int(sizes.sum()))
-                self.space_dim = self.submit(small.space_dim, space_f).result()
                 futs = {c: self.submit(small.search_chunk, shard_f, space_f, it, t_f, width,
                                        self.device) for c, it in todo.items()}  # fmt: skip
+                self.space_dim = self.submit(small.space_dim, space_f).result()
                 del space_f
             else:
                 futs = {c: self.submit(task, shard_f, it, t_f, width, self.device)
