@@ -18,9 +18,12 @@ Stages (each timed, reported through ``progress`` and recorded for ``run.json``)
 
 Only distinct vectors are searched (:mod:`d2scale.graph.dedup`); every search is exact over
 the rows it probes (:mod:`d2scale.graph.scan`), so the graph does not depend on the
-partitioning, the shards, the chunks or the number of workers. With ``workdir`` a killed
-build resumes: the model, assignments and finished chunks are reused (a damaged one is
-recomputed), and a directory holding another input or other parameters is refused.
+partitioning, the shards, the chunks or the number of workers. Exact search goes through a
+PCA space where that is cheaper (:mod:`d2scale.graph.small`, the same graph). With
+``workdir`` a killed build resumes: the model (saved once trained, again once tuned), each
+partition's assignment (with its share of the evaluation), each search chunk and each
+re-ranked block are checkpoints, verified before reuse (a damaged one or one of another
+build is recomputed), and a directory holding another input or other parameters is refused.
 """
 
 from __future__ import annotations
@@ -39,12 +42,12 @@ import numpy as np
 
 from d2scale.backends import bound_heap_growth, peak_rss_bytes, release_free_pages
 from d2scale.errors import D2ScaleError
-from d2scale.graph import dedup, ivf, probed, rerank, scan, shards
+from d2scale.graph import dedup, ivf, probed, rerank, scan, shards, small
 from d2scale.graph.store import GraphStore, save_graph
 from d2scale.io import save_npy
 from d2scale.types import EmbeddingBlocks, KnnGraph
 
-AUTO_EXACT_MAX = 15_000  # "auto" picks exact search up to this many rows
+AUTO_EXACT_MAX = 50_000  # "auto" picks exact search up to this many rows (when they fit)
 TRAIN_ROWS_PER_LIST = 32  # k-means sample size per list
 EVAL_ROWS = (200, 1000)  # held-out rows for recall tuning: bounds ...
 EVAL_BUDGET = 1e8  # ... and their share of exact work (rows × n)
@@ -78,7 +81,8 @@ def build_knn_graph(
 ) -> tuple[KnnGraph, dict]:
     """The directed kNN graph of ``blocks`` (SPEC §1) and a dict describing how it was built.
 
-    ``index``: "exact", "ivf", or "auto" (exact up to ``AUTO_EXACT_MAX`` rows). IVF tunes
+    ``index``: "exact", "ivf", or "auto" (exact up to ``AUTO_EXACT_MAX`` rows when they fit
+    the memory limit). IVF tunes
     ``nprobe`` on held-out rows until recall@k reaches ``recall`` (``nprobe`` fixes it
     instead); ``nlist`` defaults to ~1.5·√N; ``pca``: search in a PCA space keeping 90% of
     the variance when that halves the dimensions at least (candidates re-ranked exactly).
@@ -98,6 +102,8 @@ def build_knn_graph(
         with shards.task_client(client) as cl:
             build.client = cl
             build.bf = cl.scatter(blocks, broadcast=True, hash=False)
+            if index == "auto" and kind == "exact" and not build.one_shard():
+                kind = "ivf"  # exact search holds every row: too many for the memory limit
             graph, info = build.run(kind, nlist, nprobe, pca)
         info = {"index": kind, "device": device_used, **info, **(meta or {})}
         info["peak_rss_bytes"] = peak_rss_bytes()
@@ -130,6 +136,7 @@ class _Build:
         self.client = self.bf = self.projection = None
         self.kept = self.spill = None
         self.keep_mode = ""
+        self.kind, self.space_dim = "", None
         self.finished = False
 
     @contextmanager
@@ -155,40 +162,35 @@ class _Build:
         if kind == "exact":
             nlist, nprobe = 1, 1
             self._check_exact_fits()
+        self.kind = kind
         nlist = min(nlist or ivf.choose_nlist(self.n), self.n)
         n_train = 0 if kind == "exact" else min(self.n, TRAIN_ROWS_PER_LIST * nlist)
         n_eval = 0 if kind == "exact" else min(self.n, int(np.clip(EVAL_BUDGET / self.n,
                                                                    *EVAL_ROWS)))  # fmt: skip
-        with self.stage("sample"):
-            fingerprint, x_train, x_eval, eval_ids = self.sample(n_train, n_eval)
         params = {"index": kind, "n_neighbors": self.k, "recall": self.recall, "seed": self.seed,
                   "sizes": self.sizes, "dim": self.dim, "nlist": nlist, "nprobe": nprobe,
                   "pca": pca}  # fmt: skip
-        manifest = self.store.begin(fingerprint, params) if self.store else {}
-        model = self.store.load_model() if self.store else None
+        with self.stage("sample"):
+            fingerprint, manifest, model, sample = self.start(params, n_train, n_eval)
+        x_eval, eval_ids = sample[1:]
         bound = None
         if model is not None:
-            projection, centroids, tuned = _restore(model)
+            projection, centroids, bound, tuned = _restore(model)
         elif kind == "exact":
             projection, centroids = None, np.zeros((1, self.dim), np.float32)
             tuned = {"nprobe": 1, "candidates": self.k + 1, "recall": 1.0,
                      "recall_method": "exact search (certified)"}  # fmt: skip
         else:
             with self.stage("train"):
-                projection = ivf.fit_pca(x_train) if pca else None
-                if projection is not None:  # a task bounds the evaluation rows' neighbours
-                    bound = self.submit(shards.eval_bound,
-                                        *self.client.scatter([x_eval, x_train], hash=False),
-                                        self.k + 1)  # fmt: skip
-                    x_train = projection(x_train)  # meanwhile: the full sample is dropped
-                centroids = ivf.train_centroids(x_train, nlist, self.seed)
+                projection, centroids, bound = self.train(sample, nlist, pca)
+            if self.store is not None:  # a checkpoint: a rerun skips the training and sample
+                arrays = _model_arrays(projection, centroids, bound)
+                self.store.save_model({**arrays, "eval_rows": x_eval}, None)
             tuned = None
-        del x_train
+        del sample
         self.projection = projection
         with self.stage("assign"):
-            bounded = bound.result() if bound is not None else None
-            del bound  # (and with it the scattered sample)
-            evaluate = (x_eval, bounded) if tuned is None else None
+            evaluate = (x_eval, bound) if tuned is None else None
             hashes, lists, evals = self.assign(centroids, evaluate)
             rep = dedup.representatives(hashes)
             del hashes
@@ -196,7 +198,7 @@ class _Build:
             with self.stage("tune"):
                 tuned = self.tune(centroids, lists, rep, evals, (eval_ids, x_eval), nprobe)
             if self.store is not None:
-                self.store.save_model(_model_arrays(projection, centroids), tuned)
+                self.store.save_model(_model_arrays(projection, centroids, bound), tuned)
         with self.stage("search"):
             nbr, d2 = self.search(centroids, lists, rep, tuned, manifest.get("plan"))
         if d2 is None:  # search-space candidates: re-ranked in a separate, streamed pass
@@ -212,16 +214,44 @@ class _Build:
         return graph, info
 
     # ------------------------------------------------------------ stages
-    def sample(self, n_train: int, n_eval: int) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
-        """Fingerprint, training rows, evaluation rows (held out when possible) and their ids."""
+    def start(self, params: dict, n_train: int, n_eval: int) -> tuple:
+        """Fingerprint, manifest, saved model (or None) and the sample rows still needed:
+        (training rows, evaluation rows, evaluation ids). A source with its own fingerprint
+        opens the store first, so a resumed build reads no training rows once the model is
+        saved, nor evaluation rows once it is tuned."""
         own = getattr(self.blocks, "fingerprint", None)
-        n_fp = 0 if own is not None else min(self.n, FINGERPRINT_ROWS)
+        manifest, model = ({}, None) if own is None else self.open_store(str(own), params)
+        fp_ids, train, eval_ids = self.sample_ids(n_train, n_eval, own is None)
+        saved = _saved_eval_rows(model, (eval_ids.size, self.dim))
+        need_eval = (model is None or model[1] is None) and saved is None
+        x_fp, x_train, x_eval = self.read_rows(
+            [fp_ids, train if model is None else train[:0], eval_ids if need_eval else train[:0]]
+        )
+        fingerprint = str(own) if own is not None else _fingerprint(self.blocks, x_fp)
+        if own is None:
+            manifest, model = self.open_store(fingerprint, params)
+        x_eval = saved if saved is not None else x_eval
+        return fingerprint, manifest, model, [x_train, x_eval, eval_ids]
+
+    def open_store(self, fingerprint: str, params: dict) -> tuple[dict, tuple | None]:
+        """(manifest, saved model or None) of the store; ``({}, None)`` without one."""
+        if self.store is None:
+            return {}, None
+        manifest = self.store.begin(fingerprint, params)
+        return manifest, self.store.load_model()
+
+    def sample_ids(self, n_train: int, n_eval: int, fingerprint: bool) -> tuple:
+        """Seeded rows for the fingerprint (when ``fingerprint``), the training and the
+        evaluation (held out when possible), each sorted."""
+        n_fp = min(self.n, FINGERPRINT_ROWS) if fingerprint else 0
         fp_rows = np.random.default_rng(0).choice(self.n, n_fp, replace=False)
         perm = np.random.default_rng(self.seed).permutation(self.n)
         train = np.sort(perm[:n_train])
         held = perm[n_train:] if self.n - n_train >= n_eval else perm
-        eval_ids = np.sort(held[:n_eval])
-        wanted = [np.sort(fp_rows), train, eval_ids]
+        return np.sort(fp_rows), train, np.sort(held[:n_eval])
+
+    def read_rows(self, wanted: list[np.ndarray]) -> list[np.ndarray]:
+        """The rows of each sorted id array of ``wanted``, read in one pass over the pool."""
         xs = [np.empty((r.size, self.dim), np.float32) for r in wanted]
         rows = np.unique(np.concatenate(wanted).astype(np.int64))
         by_part = shards.part_rows(self.offsets, rows)
@@ -231,8 +261,22 @@ class _Build:
             for r, x in zip(wanted, xs, strict=True):
                 a, b = np.searchsorted(r, [ids[0], ids[-1] + 1])
                 x[a:b] = got[np.searchsorted(ids, r[a:b])]
-        fingerprint = _fingerprint(self.blocks, xs[0])
-        return fingerprint, xs[1], xs[2], eval_ids
+        return xs
+
+    def train(self, sample: list, nlist: int, pca: bool) -> tuple:
+        """(PCA or None, k-means centroids, the evaluation rows' neighbour bound or None) from
+        the ``sample`` of :meth:`start` (its training rows are dropped from it); a task
+        computes the bound meanwhile."""
+        x_train, x_eval = sample.pop(0), sample[0]
+        projection = ivf.fit_pca(x_train) if pca else None
+        bound = None
+        if projection is not None:  # a task bounds the evaluation rows' neighbours
+            bound = self.submit(shards.eval_bound,
+                                *self.client.scatter([x_eval, x_train], hash=False),
+                                self.k + 1)  # fmt: skip
+            x_train = projection(x_train)  # meanwhile: the full sample is dropped
+        centroids = ivf.train_centroids(x_train, nlist, self.seed)
+        return projection, centroids, None if bound is None else bound.result()
 
     def assign(self, centroids, evaluate):
         """Hashes, lists and nearest lists (per-row probes) of every row (from the store
@@ -250,29 +294,47 @@ class _Build:
         sent = self.client.scatter([self.projection, centroids, x_eval, bound], broadcast=True,
                                    hash=False)  # fmt: skip
         keep = (self.k + 1, EVAL_CANDIDATES * (self.k + 1))
-        futs = {}
+        futs, evals = {}, []
         for p, (a, b) in enumerate(zip(self.offsets[:-1], self.offsets[1:], strict=True)):
-            saved = self.store.load_part(f"assign-{p:05d}", ("hashes", "probes")) \
-                if self.store and not x_eval.shape[0] else None  # fmt: skip
-            spilled = self.spill is None or os.path.exists(self._spill_path(p))
-            if saved is not None and saved["probes"].shape == (b - a, n_probes) and spilled:
+            saved = self._saved_assignment(p, int(b - a), n_probes, x_eval.shape[0], keep)
+            if saved is not None:
                 hashes[a:b], self.probes[a:b] = saved["hashes"], saved["probes"]
+                evals.extend(_eval_share(saved))
                 continue
             futs[p] = self.submit(shards.assign_part, self.bf, p, int(a), *sent, keep,
                                   n_probes, bool(mode))  # fmt: skip
-        evals = []
         for p, res in self._as_completed(futs, "assign"):
             a, b = self.offsets[p], self.offsets[p + 1]
             hashes[a:b], self.probes[a:b] = res["hashes"], res["probes"]
-            if res["truth"] is not None:
-                evals.append((res["truth"], res["cands"]))
+            share = _eval_arrays(res, x_eval.shape[0], keep)
+            evals.extend(_eval_share(share))
             if self.spill is not None:  # written before the part that says it is done
                 save_npy(self._spill_path(p), res["rows"])
             if self.store is not None:
-                self.store.save_part(f"assign-{p:05d}", hashes=res["hashes"], probes=res["probes"])
+                self.store.save_part(f"assign-{p:05d}", hashes=res["hashes"],
+                                     probes=res["probes"], **share)  # fmt: skip
             if self.kept is not None:
                 self.kept[p] = futs[p]
         return hashes, self.probes[:, 0].astype(np.int32), evals
+
+    def _saved_assignment(
+        self, p: int, rows: int, n_probes: int, n_eval: int, keep: tuple[int, int]
+    ) -> dict | None:
+        """Partition ``p``'s saved assignment (with its share of the evaluation when
+        ``n_eval`` rows are evaluated, and its spilled rows where they spill), or None."""
+        if self.store is None:
+            return None
+        names = ("hashes", "probes") + (EVAL_KEYS if n_eval else ())
+        d_s = self.dim if self.projection is None else self.projection.dim
+
+        def whole(got: dict) -> bool:
+            ok = got["hashes"].shape == (rows, 2) and got["probes"].shape == (rows, n_probes)
+            if n_eval:
+                ok &= all(got[f"{w}_{t}"].shape == (n_eval, c) for w, c in zip(
+                    ("truth", "cands"), keep, strict=True) for t in ("ids", "d2"))  # fmt: skip
+            return ok and (self.spill is None or _npy_shape(self._spill_path(p)) == (rows, d_s))
+
+        return self.store.load_part(f"assign-{p:05d}", names, whole)
 
     def tune(self, centroids, lists, rep, evals, eval_rows, nprobe) -> dict:
         """Recall@k of the evaluation rows for each (nprobe, candidates) from the lists and
@@ -358,7 +420,7 @@ class _Build:
         for s, (shard_lists, items) in enumerate(zip(plan["shards"], plan["chunks"], strict=True)):
             todo = {}
             for c, chunk_items in enumerate(items, chunk):
-                got = self.store.load_part(f"chunk-{c:05d}", names) if self.store else None
+                got = self._saved_chunk(c, chunk_items, names, width)
                 if got is None:
                     todo[c] = chunk_items
                 elif split:
@@ -369,8 +431,15 @@ class _Build:
             if not todo:
                 continue
             shard_f = self._shard(shard_lists, table, lists, is_rep, nlist)
-            futs = {c: self.submit(task, shard_f, it, t_f, width, self.device)
-                    for c, it in todo.items()}  # fmt: skip
+            if self.kind == "exact":  # through a PCA space where that is cheaper
+                space_f = self._space(shard_f, int(sizes.sum()))
+                futs = {c: self.submit(small.search_chunk, shard_f, space_f, it, t_f, width,
+                                       self.device) for c, it in todo.items()}  # fmt: skip
+                self.space_dim = self.submit(small.space_dim, space_f).result()
+                del space_f
+            else:
+                futs = {c: self.submit(task, shard_f, it, t_f, width, self.device)
+                        for c, it in todo.items()}  # fmt: skip
             del shard_f
             for c, (q, nb, dd) in self._as_completed(
                 futs, f"search shard {s + 1}/{len(plan['shards'])}"
@@ -384,6 +453,20 @@ class _Build:
             release_free_pages()  # the shard is dropped: its pages go back before the next
         self.kept = None
         return nbr, d2
+
+    def _saved_chunk(self, c: int, items: list, names: tuple, width: int) -> dict | None:
+        """Search chunk ``c``'s saved result when whole: its queries are the rows of its
+        ``items`` (list ranges) and each has ``width`` entries; else None."""
+        if self.store is None:
+            return None
+        rows = sum(b - a for _, a, b in items)
+
+        def whole(got: dict) -> bool:
+            q = got["q"]
+            return q.shape == (rows,) and all(got[n].shape == (rows, width) for n in names[1:]) \
+                and bool(((q >= 0) & (q < self.n)).all())  # fmt: skip
+
+        return self.store.load_part(f"chunk-{c:05d}", names, whole)
 
     def probe_tables(self, centroids, lists, is_rep, setting) -> tuple:
         """(each row's probes or None, each list's probed lists) of a setting: per-row
@@ -433,12 +516,12 @@ class _Build:
         q_all = q_all[np.lexsort((q_all, rank_of[lists[q_all]]))]
         todo = []
         for b, (first, end) in enumerate(self.rerank_blocks):
-            got = self.store.load_part(f"rerank-{b:05d}", ("q", "nbr", "d2")) \
-                if self.store else None  # fmt: skip
+            q = np.sort(q_all[first:end])
+            got = self._saved_block(b, q, keep)
             if got is not None:
-                nbr[got["q"]], d2[got["q"]] = got["nbr"], got["d2"]
+                nbr[q], d2[q] = got["nbr"], got["d2"]
             else:
-                todo.append((b, np.sort(q_all[first:end])))
+                todo.append((b, q))
         offsets = self.client.scatter(self.offsets, broadcast=True, hash=False)
         running = as_completed(loop=self.client.loop)
         keys: dict = {}
@@ -463,6 +546,18 @@ class _Build:
             release_free_pages()
             submit_next()
         return nbr, d2
+
+    def _saved_block(self, b: int, q: np.ndarray, keep: int) -> dict | None:
+        """Re-ranked block ``b``'s saved result when it is whole and answers the queries
+        ``q``; else None."""
+        if self.store is None:
+            return None
+
+        def whole(got: dict) -> bool:
+            shapes_ok = got["nbr"].shape == got["d2"].shape == (q.size, keep)
+            return shapes_ok and np.array_equal(got["q"], q)
+
+        return self.store.load_part(f"rerank-{b:05d}", ("q", "nbr", "d2"), whole)
 
     def plan(self, centroids, table, sizes, m: int) -> dict:
         """Shards (list groups fitting the memory budget), their search chunks, and — when
@@ -526,6 +621,15 @@ class _Build:
                                           lists[a:b][local], self.projection))  # fmt: skip
         return self.submit(shards.build_shard, pieces, nlist)
 
+    def _space(self, shard_f, rows: int):
+        """A future of the PCA search space (:mod:`d2scale.graph.small`) of the one-shard
+        exact search holding ``rows`` rows, projected by one task per thread."""
+        basis = self.submit(small.fit_basis, shard_f, self.seed)
+        step = -(-rows // self.threads)
+        pieces = [self.submit(small.project, shard_f, basis, a, min(rows, a + step))
+                  for a in range(0, rows, step)]  # fmt: skip
+        return self.submit(small.join, basis, pieces)
+
     def _as_completed(self, futs: dict, what: str):
         """(key, result) of the futures in ``futs`` as they finish, each dropped after use."""
         from distributed import as_completed
@@ -554,7 +658,7 @@ class _Build:
         slower at 1M × 768, 98 s and 10.5 GB against 80 s and 1.5 GB); else ``""``: the
         shards read the full rows from the pool."""
         if self.projection is None:
-            return "kept" if self._one_shard() else ""
+            return "kept" if self.one_shard() else ""
         most_candidates = 4 * (self.k + 1)  # the tuner's largest choice
         need = 3 * self.n * (4 * self.projection.dim + 16) + self._driver_bytes()
         return "kept" if need + self.n * most_candidates * 4 <= self.limit else "spill"
@@ -575,14 +679,14 @@ class _Build:
                     os.remove(self._spill_path(p))
         self.spill = None
 
-    def _one_shard(self) -> bool:
+    def one_shard(self) -> bool:
         """Whether all full rows fit in one shard: kept by the assignment, gathered into
         pieces and placed in the shard (three copies at the peak)."""
         need = 3 * self.n * (4 * self.dim + 16) + self._driver_bytes()
         return need <= self.limit
 
     def _check_exact_fits(self) -> None:
-        if not self._one_shard():
+        if not self.one_shard():
             raise D2ScaleError(
                 f"exact search holds all {self.n:,} embeddings ({self.n * self.dim * 4 / 2**30:.1f}"
                 " GiB float32, up to three copies while gathering) in memory, more than the "
@@ -602,6 +706,7 @@ class _Build:
                 "shard_budget_bytes": self.shard_bytes[1],
                 "rerank_blocks": None if self.rerank_blocks is None else len(self.rerank_blocks),
                 "search_rows_from": {"kept": "kept", "spill": "disk"}.get(self.keep_mode, "pool"),
+                "exact_search_dim": self.space_dim,
                 "fingerprint": fingerprint}  # fmt: skip
 
 
@@ -622,6 +727,37 @@ def _pick(curves: dict, cost: dict, target: float) -> tuple:
     return mode, curves[mode], best, False
 
 
+EVAL_KEYS = ("truth_ids", "truth_d2", "cands_ids", "cands_d2")  # a part's evaluation share
+
+
+def _eval_arrays(res: dict, n_eval: int, keep: tuple[int, int]) -> dict[str, np.ndarray]:
+    """An assignment task's share of the evaluation as arrays (empty: none evaluated; a
+    partition with no rows gives padding)."""
+    if not n_eval:
+        return {}
+    out = {}
+    for what, width in zip(("truth", "cands"), keep, strict=True):
+        ids, d2 = res[what] if res[what] is not None else (
+            np.full((n_eval, width), -1, np.int64), np.full((n_eval, width), np.inf))  # fmt: skip
+        out |= {f"{what}_ids": ids, f"{what}_d2": d2}
+    return out
+
+
+def _eval_share(arrays: dict) -> list[tuple]:
+    """``[(truth, cands)]`` of a part's evaluation arrays (``[]`` when there are none)."""
+    if "truth_ids" not in arrays:
+        return []
+    return [((arrays["truth_ids"], arrays["truth_d2"]), (arrays["cands_ids"], arrays["cands_d2"]))]
+
+
+def _npy_shape(path: str) -> tuple | None:
+    """The shape of the ``.npy`` file ``path``, or None when it is missing or unreadable."""
+    try:
+        return np.load(path, mmap_mode="r").shape
+    except (OSError, ValueError):
+        return None
+
+
 def _probed_rows(table: np.ndarray, sizes: np.ndarray, shard_lists: list[int]) -> int:
     """Rows a shard answering ``shard_lists`` holds: theirs and their probed lists'."""
     held = scan.unique_sorted(table[shard_lists])
@@ -639,19 +775,30 @@ def _first_reps(cands: np.ndarray, rep: np.ndarray) -> np.ndarray:
     return out
 
 
-def _model_arrays(projection, centroids) -> dict[str, np.ndarray]:
+def _model_arrays(projection, centroids, bound) -> dict[str, np.ndarray]:
     arrays = {"centroids": centroids}
     if projection is not None:
         arrays |= {"pca_mean": projection.mean, "pca_components": projection.components}
+    if bound is not None:
+        arrays["bound"] = bound
     return arrays
 
 
+def _saved_eval_rows(model, shape: tuple[int, int]) -> np.ndarray | None:
+    """The evaluation rows saved with an untuned model (None: tuned, none or other rows)."""
+    if model is None or model[1] is not None:
+        return None
+    rows = model[0].get("eval_rows")
+    return rows if rows is not None and rows.shape == shape else None
+
+
 def _restore(model) -> tuple:
+    """(projection, centroids, bound, tuning result or None) of a saved model."""
     arrays, tuned = model
     projection = None
     if "pca_mean" in arrays:
         projection = ivf.Projection(arrays["pca_mean"], arrays["pca_components"])
-    return projection, arrays["centroids"], tuned
+    return projection, arrays["centroids"], arrays.get("bound"), tuned
 
 
 def _finish(rep: np.ndarray, nbr: np.ndarray, d2: np.ndarray, k: int) -> KnnGraph:

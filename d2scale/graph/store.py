@@ -3,8 +3,10 @@
 Layout of a graph directory ``GDIR``::
 
     manifest.json          input fingerprint, parameters, and (once planned) the search plan
-    model.npz              trained IVF model (centroids) and the tuning result, reused on resume
-    parts/assign-00000.npz row hashes and nearest IVF lists of partition 0
+    model.npz              trained IVF model (PCA, centroids, the evaluation rows and bound),
+                           saved once trained; the tuning result is added once tuned
+    parts/assign-00000.npz row hashes and nearest IVF lists of partition 0 (and, before
+                           tuning, its share of the evaluation rows' exact neighbours)
     parts/searchspace-00000.npy  its projected rows, when spilled (deleted once written)
     parts/chunk-00000.npz  search results of chunk 0 (query ids, candidate/neighbour ids)
     parts/rerank-00000.npz re-ranked block 0 (query ids, neighbour ids, distances²)
@@ -14,16 +16,21 @@ Layout of a graph directory ``GDIR``::
     meta.json              n, k, dim, index type, nlist, nprobe, measured recall, timings, ...
 
 Tasks return their results and only the driver writes here, every file to a temporary name
-moved into place (``os.replace``), so a killed run leaves complete files only; a part that
-is missing *or unreadable* is simply computed again.
+moved into place (``os.replace``), so a killed run (even by SIGKILL) leaves complete files
+only. Every part and the model carry the build's key (a hash of the input fingerprint and
+the parameters) and are verified on load — zip CRCs, the key, the expected shapes — so a
+part that is missing, truncated, damaged or from another build is simply computed again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
 import zipfile
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import numpy as np
@@ -32,7 +39,7 @@ from d2scale.errors import D2ScaleError
 from d2scale.io import json_default, save_json, save_npy, save_npz
 from d2scale.types import KnnGraph
 
-MANIFEST_VERSION = 3  # 3: assignment parts hold each row's nearest lists
+MANIFEST_VERSION = 4  # 4: keyed parts; the model saved once trained; evaluation in parts
 
 
 class GraphStore:
@@ -41,6 +48,7 @@ class GraphStore:
     def __init__(self, gdir: str):
         self.gdir = gdir
         self.parts_dir = os.path.join(gdir, "parts")
+        self.key = ""  # the build's key, set by :meth:`begin`
 
     # -- manifest ------------------------------------------------------------------
     @property
@@ -58,6 +66,7 @@ class GraphStore:
         A manifest from a different input or different parameters is refused.
         """
         old = self.read_manifest()
+        self.key = build_key(fingerprint, params)
         if old is not None and old.get("version") == MANIFEST_VERSION:
             if old.get("fingerprint") != fingerprint:
                 raise D2ScaleError(
@@ -74,6 +83,8 @@ class GraphStore:
             return old
         manifest = {"version": MANIFEST_VERSION, "fingerprint": fingerprint, "params": params}
         shutil.rmtree(self.parts_dir, ignore_errors=True)  # no parts without their manifest
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.model_path)
         os.makedirs(self.parts_dir, exist_ok=True)
         save_json(self.manifest_path, manifest)
         return manifest
@@ -87,37 +98,60 @@ class GraphStore:
         return os.path.join(self.parts_dir, f"{name}.npz")
 
     def save_part(self, name: str, **arrays: np.ndarray) -> None:
-        save_npz(self.part_path(name), **arrays)
+        save_npz(self.part_path(name), build_key=np.array(self.key), **arrays)
 
-    def load_part(self, name: str, keys: tuple[str, ...]) -> dict | None:
-        """The arrays of part ``name``, or None when it is missing or damaged."""
-        path = self.part_path(name)
-        if not os.path.exists(path):
-            return None
-        try:
-            with np.load(path) as z:
-                return {key: z[key] for key in keys}
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):  # damaged
-            return None
+    def load_part(
+        self, name: str, keys: tuple[str, ...], check: Callable[[dict], bool] | None = None
+    ) -> dict | None:
+        """The arrays of part ``name``, or None when it is missing, damaged, of another
+        build or (``check``: the caller's test of the arrays) not what was expected."""
+        return _load_keyed(self.part_path(name), self.key, keys, check)
 
     # -- model -----------------------------------------------------------------------
     @property
     def model_path(self) -> str:
         return os.path.join(self.gdir, "model.npz")
 
-    def save_model(self, arrays: dict[str, np.ndarray], info: dict) -> None:
-        save_npz(self.model_path, info=np.array(json.dumps(info, default=json_default)), **arrays)
+    def save_model(self, arrays: dict[str, np.ndarray], info: dict | None) -> None:
+        """Save the trained model's arrays and the tuning result (None: not tuned yet)."""
+        info_json = np.array(json.dumps(info, default=json_default))
+        save_npz(self.model_path, build_key=np.array(self.key), info=info_json, **arrays)
 
-    def load_model(self) -> tuple[dict[str, np.ndarray], dict] | None:
-        """The saved model, or None when it is missing or damaged (then it is retrained)."""
-        if not os.path.exists(self.model_path):
+    def load_model(self) -> tuple[dict[str, np.ndarray], dict | None] | None:
+        """The saved model's arrays and tuning result (None: not tuned yet), or None when it
+        is missing, damaged or of another build (then it is trained again)."""
+        got = _load_keyed(self.model_path, self.key, None, None)
+        if got is None:
             return None
         try:
-            with np.load(self.model_path) as z:
-                arrays = {k: z[k] for k in z.files if k != "info"}
-                return arrays, json.loads(str(z["info"]))
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+            info = json.loads(str(got.pop("info")))
+        except (KeyError, ValueError):
             return None
+        return got, info
+
+
+def build_key(fingerprint: str, params: dict) -> str:
+    """A short hash of a build's input fingerprint and parameters."""
+    text = json.dumps([fingerprint, _jsonable(params)], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _load_keyed(
+    path: str, key: str, keys: tuple[str, ...] | None, check: Callable[[dict], bool] | None
+) -> dict | None:
+    """The arrays ``keys`` (None: all) of the npz ``path`` when it holds build ``key``, reads
+    whole (every member's CRC is checked as it is read) and passes ``check``; else None."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path) as z:
+            if str(z["build_key"]) != key:
+                return None
+            names = [n for n in z.files if n != "build_key"] if keys is None else keys
+            arrays = {n: z[n] for n in names}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):  # damaged
+        return None
+    return arrays if check is None or check(arrays) else None
 
 
 def save_graph(gdir: str, graph: KnnGraph, meta: dict, lists: np.ndarray | None = None) -> None:

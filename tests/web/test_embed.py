@@ -4,12 +4,11 @@ import hashlib
 import json
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from clirun import run_cli
 from web.webshards import make_samples, write_shard
 
 from d2scale.errors import D2ScaleError
@@ -163,8 +162,7 @@ def test_prefixes():
 
 
 def cli(*args):
-    cmd = [sys.executable, "-m", "d2scale.cli.main", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True)
+    return run_cli(*args)
 
 
 @pytest.mark.parametrize(

@@ -3,13 +3,12 @@
 import json
 import os
 import re
-import subprocess
-import sys
 import tarfile
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from clirun import run_cli
 from web.webshards import make_samples, write_shard
 
 from d2scale.errors import D2ScaleError
@@ -123,8 +122,7 @@ def test_repeated_uids_are_written_once_and_member_names_kept(tmp_path):
 
 
 def cli(*args):
-    cmd = [sys.executable, "-m", "d2scale.cli.main", "export", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True)
+    return run_cli("export", *args)
 
 
 def test_cli_reports_missing_uids_and_errors_in_one_line(web_shards, chosen, tmp_path):

@@ -1,19 +1,17 @@
 """Done-when of issue 13: shards → embed (ViT-B-32) → select → export → the selected samples."""
 
 import os
-import subprocess
-import sys
 import tarfile
 
 import numpy as np
 import pyarrow.parquet as pq
+from clirun import run_cli
 
 from d2scale.pool.uids import decode_uids
 
 
 def d2scale(*args):
-    cmd = [sys.executable, "-m", "d2scale.cli.main", *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr
     return proc
 
