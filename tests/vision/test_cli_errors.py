@@ -13,7 +13,7 @@ CASES = [
     (["train", "--dataset", "svhn", "--out", "R"], "invalid choice: 'svhn'"),
     (["train", "--dataset", "digits", "--model", "vit", "--out", "R"], "choose from resnet18"),
     (["train", "--dataset", "digits"], "give --out RUN"),
-    (["train", "--dataset", "cifar10", "--out", "R"], "needs --data-dir"),
+    (["train", "--dataset", "cifar10", "--out", "R"], "no CIFAR archive in ./data: expected"),
     (["train", "--dataset", "digits", "--lr", "0", "--out", "R"], "--lr must be > 0"),
     (
         ["select", "--run", "R", "--method", "d2", "--fraction", "1.5", "--out", "c.npy"],
