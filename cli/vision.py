@@ -94,7 +94,7 @@ def _data_flags(p: argparse.ArgumentParser, seed_defaults: bool = False) -> None
     )
 
 
-def _train_flags(p: argparse.ArgumentParser, steps: bool = True) -> None:
+def _train_flags(p: argparse.ArgumentParser, steps: bool = True, seed_gpu: bool = False) -> None:
     g = p.add_argument_group("training (defaults: the dataset's recipe)")
     g.add_argument("--epochs", type=_pos_int, help="full-data epochs")
     if steps:
@@ -105,6 +105,14 @@ def _train_flags(p: argparse.ArgumentParser, steps: bool = True) -> None:
     g.add_argument("--lr", type=float, help="peak learning rate")
     g.add_argument("--seed", type=_nonneg_int, default=0)
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    if seed_gpu:
+        _seed_gpu_flags(g)
+    g.add_argument("--threads", type=_pos_int, help="CPU threads for torch (default: torch's)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars or lines")
+
+
+def _seed_gpu_flags(g) -> None:
+    """The seeds' GPU requests (train, prune: their metrics.json record the outcome)."""
     g.add_argument(
         "--use_gpu",
         "--use-gpu",
@@ -118,8 +126,6 @@ def _train_flags(p: argparse.ArgumentParser, steps: bool = True) -> None:
         metavar="N",
         help="D2 seed: GPU N if there is one, else the CPU with a warning (recorded)",
     )
-    g.add_argument("--threads", type=_pos_int, help="CPU threads for torch (default: torch's)")
-    g.add_argument("--quiet", action="store_true", help="no progress bars or lines")
 
 
 def _select_flags(
@@ -251,7 +257,8 @@ def _device(args):
     from d2scale.vision.runs import resolve_device, resolve_seed_gpu
 
     gpuid = getattr(args, "gpuid", None)
-    flag = f"--gpuid {gpuid}" if gpuid is not None else "--use_gpu" if args.use_gpu else None
+    use_gpu = getattr(args, "use_gpu", False)
+    flag = f"--gpuid {gpuid}" if gpuid is not None else "--use_gpu" if use_gpu else None
     if flag is None:
         return resolve_device(args.device), {}
     if args.device != "auto":
@@ -318,7 +325,7 @@ def _add_train(vsub) -> None:
     p.add_argument("--task-name", help="seed form: RUN = BASE_DIR/TASK_NAME")
     p.add_argument("--data-score-path", metavar="PICKLE", help="seed form: scores to select by")
     p.add_argument("--feature-path", metavar="NPY", help="seed form: features to select by")
-    _train_flags(p)
+    _train_flags(p, seed_gpu=True)
     p.set_defaults(run=_run_train, select_group=_select_flags(p, fraction_required=False))
 
 
@@ -612,6 +619,7 @@ def _add_prune(vsub) -> None:
     p.add_argument(
         "--init-frac",
         "--init_frac",
+        "--start_frac",
         dest="init_frac",
         type=float,
         help="al: the seeded initial labelled fraction (default final/(iterations+1))",
@@ -685,7 +693,7 @@ def _add_prune(vsub) -> None:
     p.add_argument(
         "--out", metavar="DIR", help="default: drop-runs/<dataset>-<model>-<settings>-<hash>"
     )
-    _train_flags(p, steps=False)
+    _train_flags(p, steps=False, seed_gpu=True)
     _select_flags(p, with_method=False)
     p.set_defaults(run=_run_prune)
 

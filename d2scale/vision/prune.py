@@ -126,6 +126,8 @@ class PruneParams:
             raise D2ScaleError("--num-inits, --iterations and --mc-passes must be ≥ 1.")
         if not 0 <= self.dropout < 1:
             raise D2ScaleError(f"--dropout must be in [0, 1); got {self.dropout}.")
+        if self.strategy == "dp" and self.init_frac not in (None, 1.0):
+            raise D2ScaleError("--init-frac is for --strategy al; pruning starts from all data.")
         if self.strategy == "al":
             if self.init_frac is None:
                 self.init_frac = self.final_frac / (self.iterations + 1)

@@ -106,6 +106,8 @@ def test_bad_parameters_are_one_sentence():
         PruneParams("al", 0.3, scorer="forgetting").validate()
     with pytest.raises(D2ScaleError, match="--init-frac must be in"):
         PruneParams("al", 0.3, init_frac=0.5).validate()
+    with pytest.raises(D2ScaleError, match="--init-frac is for --strategy al"):
+        PruneParams("dp", 0.3, init_frac=0.5).validate()
     with pytest.raises(D2ScaleError, match="--final-frac must be in"):
         PruneParams("dp", 1.5).validate()
     assert PruneParams("dp", 0.5, scorer="DynamicUncertainty", quoter="auto").validate().scorer == (
