@@ -231,7 +231,7 @@ def test_d2_all_three_commands_verbatim(seed_cwd, tiny_model, capsys):
     _check_gpu_request(m, err, "--gpuid 1")
     with open(os.path.join(run, "coreset.npy.json")) as f:
         info = json.load(f)
-    assert info["method"] == "d2" and len(np.load(os.path.join(run, "coreset.npy"))) == 1
+    assert info["params"]["method"] == "d2" and len(np.load(os.path.join(run, "coreset.npy"))) == 1
 
 
 @pytest.mark.slow
