@@ -1,12 +1,12 @@
 # Two commands on a fresh machine (Python 3.11 + pip):
 #   make demo   create .venv if needed, then run `d2scale select --fraction 0.3` on the sample pool
-#   make test   create .venv if needed, then run the test suite
+#   make test   create .venv if needed, then run the test suite (make test-all: with -m slow)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 PIP := $(VENV)/bin/pip install --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-all lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
+
+test-all: $(STAMP)
+	$(VENV)/bin/pytest -q -m "slow or not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

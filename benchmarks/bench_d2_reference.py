@@ -26,8 +26,8 @@ from d2scale.d2.order import d2_order
 from d2scale.d2.standby import _standby
 from d2scale.graph import build_knn_graph
 from d2scale.methods.d2_reference import EPS, reference_order, search_results
-from d2scale.sources import PoolEmbeddings, feature_keys, open_pool, read_columns
-from d2scale.synth import write_pool
+from d2scale.pool.sources import PoolEmbeddings, feature_keys, open_pool, read_columns
+from d2scale.pool.synth import write_pool
 from d2scale.types import KnnGraph
 
 FRACTIONS = (0.1, 0.3, 0.5)

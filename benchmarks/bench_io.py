@@ -23,9 +23,9 @@ def _block_bytes(blocks, i: int) -> int:
 
 
 def measure(pool_dir: str, workers: int | None = None) -> dict:
-    from d2scale.pipeline import read_metadata
-    from d2scale.runner import dask_client
-    from d2scale.sources import PoolEmbeddings, feature_keys, open_pool
+    from d2scale.backends import dask_client
+    from d2scale.pool.sources import PoolEmbeddings, feature_keys, open_pool
+    from d2scale.select.pipeline import read_metadata
 
     pool = open_pool(pool_dir)
     keys = feature_keys("l14", "image_text")

@@ -29,7 +29,7 @@ wall time of:
 
 Data: ``real`` = all-MiniLM-L6-v2 embeddings of real text with web-like duplicates
 (``benchmarks/real_pool.py``, built and cached on first use); ``synth`` mirrors
-``d2scale.synth`` (tight latent clusters of ~150 rows, 1% exact duplicates); ``hard`` has 64
+``d2scale.pool.synth`` (tight latent clusters of ~150 rows, 1% exact duplicates); ``hard`` has 64
 broad clusters (SPEC §4). Synthetic data are cached as float16 ``.npy`` files in
 ``--workdir``.
 """
@@ -51,7 +51,8 @@ from dataclasses import dataclass
 import numpy as np
 from common import host_info
 
-from d2scale.halfprec import to_float32
+from d2scale.blas import blas_kernels, load_faiss
+from d2scale.pool.halfprec import to_float32
 
 LATENT = 48
 EVAL_QUERIES = 1000  # rows whose recall is measured (seeded, independent of d2scale's own)
@@ -69,7 +70,7 @@ def clip_like(path: str, n: int, dim: int, kind: str, seed: int = 0) -> None:
     mean = rng.standard_normal(dim)
     mean /= np.linalg.norm(mean)
     proj = np.linalg.qr(rng.standard_normal((dim, LATENT)))[0]
-    if kind == "synth":  # as d2scale.synth.write_pool
+    if kind == "synth":  # as d2scale.pool.synth.write_pool
         centres = rng.standard_normal((max(8, n // 150), LATENT))
         weights = rng.lognormal(0.0, 1.0, len(centres))
         weights /= weights.sum()
@@ -204,7 +205,7 @@ def exact_truth(x: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, float
     """faiss exact search of the queries; returns the exact k-th neighbour distance of each.
     ``x`` may be a float16 memory map: it is searched in float32 chunks (memory stays small
     for large pools)."""
-    import faiss
+    faiss = load_faiss()  # its OpenBLAS at the CPU's proper kernel
 
     xq = np.asarray(x[q], dtype=np.float32)
     t0 = time.perf_counter()
@@ -229,7 +230,7 @@ def exact_truth(x: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, float
 
 def ivf_flat(x, nlist):
     """faiss IVF-Flat over all rows (k-means on a seeded sample of 39 rows per list)."""
-    import faiss
+    faiss = load_faiss()  # its OpenBLAS at the CPU's proper kernel
 
     n, d = x.shape
     index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
@@ -425,7 +426,8 @@ def warm_up(workdir: str, k: int) -> None:
 
 def versions() -> dict:
     import dask
-    import faiss
+
+    faiss = load_faiss()  # its OpenBLAS at the CPU's proper kernel
     import numba
 
     out = {"faiss": faiss.__version__, "numpy": np.__version__, "numba": numba.__version__,
@@ -475,6 +477,7 @@ def main() -> None:
     results = [bench_size(int(s), args, workdir) for s in args.sizes.split(",")]
     print(json.dumps({
         "benchmark": "knn_graph", "host": host_info(), "versions": versions(),
+        "blas": blas_kernels(),
         "load_average_end": [round(v, 2) for v in os.getloadavg()],
         "params": {"k": args.k, "recall_target": args.recall, "data": args.data},
         "results": results,

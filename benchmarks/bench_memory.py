@@ -28,7 +28,7 @@ from common import host_info
 def pool(workdir: str, rows: int, shards: int) -> str:
     path = os.path.join(workdir, f"pool-{rows}-{shards}")
     if not os.path.exists(os.path.join(path, ".complete")):
-        from d2scale.synth import write_pool
+        from d2scale.pool.synth import write_pool
 
         write_pool(path, rows=rows, shards=shards, seed=0, layout="f16-stored")
         open(os.path.join(path, ".complete"), "w").close()

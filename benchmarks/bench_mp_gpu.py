@@ -18,11 +18,11 @@ import json
 import sys
 import time
 
-import faiss
 import numpy as np
 from common import host_info
 
 from d2scale.backends import cuda_available
+from d2scale.blas import load_faiss
 from d2scale.d2 import _cuda
 from d2scale.graph.symmetric import symmetrize
 from d2scale.types import CsrGraph, KnnGraph
@@ -30,6 +30,8 @@ from d2scale.types import CsrGraph, KnnGraph
 EXACT_KNN_MAX = 100_000  # above this, IVF kNN (the graph's recall does not matter here)
 IVF_NLIST, IVF_NPROBE = 4096, 8
 EPS = 1e-7
+
+faiss = load_faiss()  # its OpenBLAS at the CPU's proper kernel
 
 
 def clustered_points(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:

@@ -7,7 +7,7 @@ and bytes read (``/proc/self/io`` rchar, so Linux only) of ``open_pool`` — whi
 parquet footers and uid pages, the npz directories and ``.npy`` headers and a few sampled
 windows — next to reading every uid and score (``read_metadata``) and every ``l14``
 image+text embedding (``PoolEmbeddings.load``). Bytes read per shard by ``open_pool`` are
-bounded (``d2scale.poolfiles``), so its cost grows with the number of shards, not their size.
+bounded (``d2scale.pool.files``), so its cost grows with the number of shards, not their size.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import time
 
 from common import host_info
 
-from d2scale.sources import PoolEmbeddings, feature_keys, open_pool, read_metadata
-from d2scale.synth import write_pool
+from d2scale.pool.sources import PoolEmbeddings, feature_keys, open_pool, read_metadata
+from d2scale.pool.synth import write_pool
 
 
 class _InlineClient:

@@ -26,7 +26,7 @@ def step(costs: dict, name: str, fn) -> None:
 
 
 def cluster() -> None:
-    from d2scale.runner import dask_client
+    from d2scale.backends import dask_client
 
     with dask_client(workers=os.cpu_count()):
         pass
@@ -50,13 +50,13 @@ def import_tree(modules: str) -> dict[str, float]:
 def main() -> None:
     costs: dict = {}
     step(costs, "import d2scale.cli.main", lambda: __import__("d2scale.cli.main"))
-    step(costs, "import d2scale.pipeline", lambda: __import__("d2scale.pipeline"))
+    step(costs, "import d2scale.select.pipeline", lambda: __import__("d2scale.select.pipeline"))
     step(costs, "import distributed", lambda: __import__("distributed"))
     step(costs, "local cluster start + stop", cluster)
     step(costs, "import d2scale.graph (faiss)", lambda: __import__("d2scale.graph"))
     step(costs, "import d2scale.methods.d2 (numba)", lambda: __import__("d2scale.methods.d2"))
     total = {k: round(sum(v[k] for v in costs.values()), 3) for k in ("wall_s", "cpu_s")}
-    tree = import_tree("d2scale.pipeline, distributed, d2scale.graph, d2scale.methods.d2")
+    tree = import_tree("d2scale.select.pipeline, distributed, d2scale.graph, d2scale.methods.d2")
     print(json.dumps({"steps": costs, "total": total, "import_tree_s": tree,
                       "load_average_1m": os.getloadavg()[0]}, indent=1))  # fmt: skip
 

@@ -53,8 +53,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
-    import faiss
+    from d2scale.blas import load_faiss
 
+    faiss = load_faiss()  # its OpenBLAS at the CPU's proper kernel
     faiss.omp_set_num_threads(args.threads)
     from d2scale.vision.coresets import CoresetParams, select_coreset
 

@@ -71,9 +71,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64)
     args = ap.parse_args()
-    from d2scale.embed import ClipEncoder, EmbedParams, embed
-    from d2scale.export import ExportParams, export
-    from d2scale.uids import encode_uids, subset_array
+    from d2scale.pool.uids import encode_uids, subset_array
+    from d2scale.web.embed import ClipEncoder, EmbedParams, embed
+    from d2scale.web.export import ExportParams, export
 
     with tempfile.TemporaryDirectory() as root:
         nbytes = write_shards(root, args.shards, args.per_shard, args.size)

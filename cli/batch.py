@@ -36,8 +36,8 @@ def add_parser(sub, epilog: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from d2scale.batch import load_jobs, parse_batch, plan, run_batch, summary_table
-    from d2scale.runner import Progress
+    from d2scale.progress import Progress
+    from d2scale.select.batch import load_jobs, parse_batch, plan, run_batch, summary_table
 
     overrides = {k: getattr(args, k) for k in ("concurrency", "scheduler", "workers")}
     if args.scheduler_file is not None:  # relative to where the command runs

@@ -19,23 +19,24 @@ def add_parser(sub, epilog: str) -> None:
 
 
 def run(args) -> int:
-    from types import SimpleNamespace
-
     from d2scale import io
-    from d2scale.graph_stage import build_graph
-    from d2scale.pipeline import check_out_outside_pool, open_pool_or_sample
-    from d2scale.runner import Progress, dask_client
+    from d2scale.backends import dask_client
+    from d2scale.params import GraphConfig
+    from d2scale.progress import Progress
+    from d2scale.select.graph_stage import build_graph
+    from d2scale.select.pipeline import check_out_outside_pool, open_pool_or_sample
 
     options = values(args, "graph")
-    progress = Progress(options.pop("quiet"), log_json=options["log_json"])
-    params = SimpleNamespace(**options)
-    if params.metadata_dir is not None:
-        check_out_outside_pool(args.out, params.metadata_dir)
+    progress = Progress(options["quiet"], log_json=options["log_json"])
+    config = GraphConfig.of(options)
+    if options["metadata_dir"] is not None:
+        check_out_outside_pool(args.out, options["metadata_dir"])
     io.check_writable(args.out)
-    pool = open_pool_or_sample(params.metadata_dir, progress)
-    progress(f"pool {pool.url}: {pool.n:,} rows, {params.feature_type} features")
-    with dask_client(params.scheduler, params.workers, params.scheduler_file) as client:
-        knn, info = build_graph(pool, params, args.out, client, progress)
+    pool = open_pool_or_sample(options["metadata_dir"], progress)
+    progress(f"pool {pool.url}: {pool.n:,} rows, {config.feature_type} features")
+    cluster = options["scheduler"], options["workers"], options["scheduler_file"]
+    with dask_client(*cluster) as client:
+        knn, info = build_graph(pool, config, args.out, client, progress)
     recall = info.get("recall")
     progress(
         f"wrote {args.out}/neighbors.npy ({knn.n:,} × {knn.k}, index {info.get('index')}"

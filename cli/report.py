@@ -17,7 +17,7 @@ def add_parser(sub, epilog: str) -> None:
 
 
 def run(args) -> int:
-    from d2scale.report import write_report
+    from d2scale.select.report import write_report
 
     print(write_report(args.out))
     return 0

@@ -19,8 +19,8 @@ def add_parser(sub, epilog: str) -> None:
 
 def run(args) -> int:
     from d2scale.params import SelectParams
-    from d2scale.pipeline import select
-    from d2scale.runner import Progress
+    from d2scale.progress import Progress
+    from d2scale.select.pipeline import select
 
     options = values(args, "select")
     quiet = options.pop("quiet")

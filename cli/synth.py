@@ -20,7 +20,7 @@ def add_parser(sub, epilog: str) -> None:
 
 
 def run(args) -> int:
-    from d2scale.synth import write_pool
+    from d2scale.pool.synth import write_pool
 
     options = values(args, "synth")
     names = write_pool(args.out, **options)

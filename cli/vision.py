@@ -20,16 +20,20 @@ import os
 import sys
 
 from d2scale.errors import D2ScaleError
+from d2scale.vision.defaults import DEFAULT_QUOTER, DEFAULT_RECALL_SMOOTHING, DEFAULT_THREADS
 
 EPILOG = "Docs: README.md, section 'Image classification'. Errors print one line, exit 1."
 DEFAULT_DATA_DIR = "./data"  # CIFAR archives without --data-dir: ./data (the seeds' default)
 SEED_CORESET = ""  # `train --coreset` without a file: select here (the D2 seed's train.py)
-DATASETS = ("cifar10", "cifar100", "imagenet", "digits", "mnist5k")
-MODELS = ("resnet18", "resnet50", "vgg16_bn", "cnn")
+DATASETS = ("cifar10", "cifar100", "imagenet", "tinyimagenet", "waterbirds", "digits", "mnist5k")
+MODELS = ("resnet18", "resnet34", "resnet50", "vgg16_bn", "vgg19_bn", "cnn")
 MODEL_ALIASES = {
     "vgg16": "vgg16_bn",
     "VGG16": "vgg16_bn",
+    "vgg19": "vgg19_bn",
+    "VGG19": "vgg19_bn",
     "ResNet18": "resnet18",
+    "ResNet34": "resnet34",
     "ResNet50": "resnet50",
 }
 SAMPLING_MODES = {
@@ -42,10 +46,27 @@ SAMPLING_MODES = {
 }
 
 
+class _Help(argparse.HelpFormatter):
+    """Help that shows each option's default value (options without one name what applies
+    in their own text)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or action.required
+            or any(action.default is v for v in (None, False, argparse.SUPPRESS))
+            or "(default" in text
+        ):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
 def add_parser(sub, epilog: str = EPILOG) -> None:
     """Add ``vision`` and its subcommands to the top-level subparsers ``sub``."""
     p = sub.add_parser(
         "vision",
+        formatter_class=_Help,
         help="image classification: train, select coresets, run grids, DRoP",
         description="Train classifiers with training dynamics, select coresets (random, "
         "top-k, D2, CCS, Moderate, k-center), run the coreset grid, compute DRoP quotas and "
@@ -74,14 +95,16 @@ def _data_flags(p: argparse.ArgumentParser, seed_defaults: bool = False) -> None
         required=not seed_defaults,
         default="cifar10" if seed_defaults else None,
         choices=DATASETS,
-        help="default: cifar10 (as the seeds)" if seed_defaults else None,
+        help="as the seeds" if seed_defaults else None,
     )
     g.add_argument(
         "--data-dir",
         "--data_path",
         dest="data_dir",
-        help=f"CIFAR archive folder (default: {DEFAULT_DATA_DIR}) or ImageFolder root "
-        "(train/, val/)",
+        help="cifar*: the archive's folder; imagenet: ImageFolder root (train/, val/); "
+        "tinyimagenet: tiny-imagenet-200/ or its parent; waterbirds: the folder of "
+        f"metadata.csv (docs/vision-data.md) (default: {DEFAULT_DATA_DIR} for cifar*, as the "
+        "seeds; digits, mnist5k ship with packages)",
     )
     g.add_argument(
         "--model",
@@ -90,25 +113,62 @@ def _data_flags(p: argparse.ArgumentParser, seed_defaults: bool = False) -> None
         dest="model",
         type=_model,
         help=f"{', '.join(MODELS)} (default: cnn for digits and mnist5k, "
-        "resnet18 for CIFAR, resnet50 for imagenet)",
+        "resnet50 for imagenet, resnet18 otherwise)",
     )
 
 
 def _train_flags(p: argparse.ArgumentParser, steps: bool = True, seed_gpu: bool = False) -> None:
     g = p.add_argument_group("training (defaults: the dataset's recipe)")
-    g.add_argument("--epochs", type=_pos_int, help="full-data epochs")
+    g.add_argument("--epochs", type=_pos_int, help="full-data epochs (default: the recipe's)")
     if steps:
         g.add_argument(
-            "--iterations", type=_pos_int, help="SGD steps of coreset runs (CIFAR: 40000)"
+            "--iterations",
+            type=_pos_int,
+            help="SGD steps of coreset runs (default: the recipe's; CIFAR 40000)",
         )
-    g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=_pos_int)
-    g.add_argument("--lr", type=float, help="peak learning rate")
-    g.add_argument("--seed", type=_nonneg_int, default=0)
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    g.add_argument(
+        "--batch-size",
+        "--batch_size",
+        dest="batch_size",
+        type=_pos_int,
+        help="samples per SGD step (default: the recipe's)",
+    )
+    g.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
+    g.add_argument("--seed", type=_nonneg_int, default=0, help="every random choice")
+    g.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto: CUDA when torch sees a GPU, else the CPU",
+    )
     if seed_gpu:
         _seed_gpu_flags(g)
-    g.add_argument("--threads", type=_pos_int, help="CPU threads for torch (default: torch's)")
-    g.add_argument("--quiet", action="store_true", help="no progress bars or lines")
+    g.add_argument(
+        "--threads",
+        type=_pos_int,
+        default=DEFAULT_THREADS,
+        help="torch CPU threads. These models are small per sample, so one thread is the "
+        "fastest on a small or shared CPU (digits on the loaded 2-core dev machine: several "
+        "times faster than torch's default of one per core); raise it for large models on "
+        "many free cores. The count "
+        "changes float summation order, so results differ slightly; metrics.json records it",
+    )
+    _progress_flags(p)
+
+
+def _progress_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("progress")
+    g.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress output (warnings about degraded results still print)",
+    )
+    g.add_argument(
+        "--log-json",
+        metavar="FILE",
+        help="append one JSON object per progress event to FILE ('-': to stderr, instead of "
+        "the progress lines) (default: none)",
+    )
 
 
 def _seed_gpu_flags(g) -> None:
@@ -129,12 +189,19 @@ def _seed_gpu_flags(g) -> None:
 
 
 def _select_flags(
-    p: argparse.ArgumentParser, with_method: bool = True, fraction_required: bool = True
+    p: argparse.ArgumentParser, with_method: bool = True, required: bool = True
 ) -> argparse._ArgumentGroup:
+    """The selection flags; ``required``: the method and fraction must be given (``select``;
+    ``train``'s seed form checks them itself, see :func:`_check_seed_select`)."""
     g = p.add_argument_group("coreset selection")
     if with_method:
-        g.add_argument("--method", choices=("random", "topk", "d2", "ccs", "moderate", "kcenter"))
-        g.add_argument(
+        one = g.add_mutually_exclusive_group(required=required)
+        one.add_argument(
+            "--method",
+            choices=("random", "topk", "d2", "ccs", "moderate", "kcenter"),
+            help="required to select (or the seed's --sampling-mode)",
+        )
+        one.add_argument(
             "--sampling-mode",
             choices=tuple(SAMPLING_MODES),
             help="seed alias of --method (graph = d2, stratified = ccs)",
@@ -144,7 +211,7 @@ def _select_flags(
             "--coreset-ratio",
             dest="fraction",
             type=float,
-            required=fraction_required,
+            required=required,
             help="fraction of the training set kept, in (0, 1]",
         )
         g.add_argument(
@@ -173,16 +240,31 @@ def _select_flags(
         default="uniform",
         help="class budgets: small classes whole, the rest even (seed's uniform)",
     )
-    g.add_argument("--n-neighbors", "--n-neighbor", dest="n_neighbors", type=_pos_int, default=5)
+    g.add_argument(
+        "--n-neighbors",
+        "--n-neighbor",
+        dest="n_neighbors",
+        type=_pos_int,
+        default=5,
+        help="D2: k of each class's kNN graph",
+    )
     g.add_argument("--gamma", type=float, default=0.1, help="D2 reverse kernel width γr")
     g.add_argument("--gamma-forward", type=float, default=1.0, help="D2 forward kernel width")
-    g.add_argument("--mode", "--graph-mode", dest="mode", choices=("sum", "product"), default="sum")
+    g.add_argument(
+        "--mode",
+        "--graph-mode",
+        dest="mode",
+        choices=("sum", "product"),
+        default="sum",
+        help="D2 forward message combination",
+    )
     g.add_argument(
         "--sampling",
         "--graph-sampling-mode",
         dest="sampling",
         choices=("weighted", "absolute"),
         default="weighted",
+        help="D2 reverse update",
     )
     g.add_argument(
         "--strata", "--stratas", dest="strata", type=_pos_int, default=50, help="CCS score strata"
@@ -243,12 +325,11 @@ def _setup(args, family: str):
             args.dataset, "resnet18"
         )
     recipe = _recipe(args, family)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     device, args.device_record = _device(args)
     if args.data_dir is None and args.dataset in ("cifar10", "cifar100"):
         args.data_dir = DEFAULT_DATA_DIR
-    return load_dataset(args.dataset, args.data_dir, device), recipe
+    return load_dataset(args.dataset, args.data_dir, device, progress=args.say), recipe
 
 
 def _device(args):
@@ -291,9 +372,33 @@ def _recipe(args, family: str):
 
 
 def _say(args):
-    from d2scale.runner import Progress
+    """The command's progress (closed by the caller): lines, bars and ``--log-json``
+    events; a ``warning:`` line prints even with ``--quiet`` (it reports a degraded result)."""
+    from d2scale.progress import Progress
 
-    return Progress(args.quiet)
+    progress = Progress(args.quiet, log_json=args.log_json)
+    loud = args.quiet and args.log_json != "-"
+
+    def say(message: str) -> None:
+        if loud and message.startswith("warning:"):
+            print(f"d2scale: {message}", file=sys.stderr, flush=True)
+        progress(message)
+
+    say.close = progress.close
+    return say
+
+
+def _with_progress(run):
+    """``run(args)`` with ``args.say`` (see :func:`_say`), closed afterwards."""
+
+    def wrapped(args) -> int:
+        args.say = _say(args)
+        try:
+            return run(args)
+        finally:
+            args.say.close()
+
+    return wrapped
 
 
 # ============================================================================ train
@@ -302,6 +407,7 @@ def _say(args):
 def _add_train(vsub) -> None:
     p = vsub.add_parser(
         "train",
+        formatter_class=_Help,
         help="train a classifier (full data: log training dynamics and features)",
         description="Full-data runs write RUN/dynamics.npz (forgetting, accumulated_margin, "
         "el2n, entropy, dynamic_uncertainty, grand, targets per training sample), "
@@ -326,7 +432,7 @@ def _add_train(vsub) -> None:
     p.add_argument("--data-score-path", metavar="PICKLE", help="seed form: scores to select by")
     p.add_argument("--feature-path", metavar="NPY", help="seed form: features to select by")
     _train_flags(p, seed_gpu=True)
-    p.set_defaults(run=_run_train, select_group=_select_flags(p, fraction_required=False))
+    p.set_defaults(run=_with_progress(_run_train), select_group=_select_flags(p, required=False))
 
 
 def _run_train(args) -> int:
@@ -340,6 +446,10 @@ def _run_train(args) -> int:
         raise D2ScaleError("give --out RUN (or the seed's --base-dir and --task-name).")
     seed_select = args.coreset == SEED_CORESET
     _check_seed_select(args, seed_select)
+    if args.iterations is not None and args.coreset is None:
+        raise D2ScaleError("--iterations sets the steps of --coreset runs; full-data runs "
+                           "train --epochs.")  # fmt: skip
+    say = args.say
     data, recipe = _setup(args, "d2")
     indices, extra = None, dict(args.device_record)
     if seed_select:
@@ -351,7 +461,6 @@ def _run_train(args) -> int:
         from dataclasses import replace
 
         recipe = replace(recipe, iterations=None)
-    say = _say(args)
     say(
         f"training {args.model} on {args.dataset} ({'full data' if indices is None else 'coreset'})"
     )
@@ -363,13 +472,11 @@ def _run_train(args) -> int:
         seed=args.seed,
         dynamics=indices is None,
         out=out,
-        progress=not args.quiet,
+        progress=say,
     )
     m = runs.save_run(out, result, extra)
-    say(
-        f"test accuracy {100 * m['test_accuracy']:.2f}% (worst class "
-        f"{100 * m['worst_class_accuracy']:.2f}%) -> {out}"
-    )
+    _warn_unreadable(data, say)
+    say(f"test accuracy {_accuracies(m)} -> {out}")
     return 0
 
 
@@ -424,12 +531,29 @@ def _coreset_params(args):
     return params.validate()
 
 
+def _accuracies(m: dict) -> str:
+    """``"97.10% (worst class 91.00%, worst group 80.00%)"`` from run metrics."""
+    worst = f"worst class {100 * m['worst_class_accuracy']:.2f}%"
+    if "worst_group_accuracy" in m:
+        worst += f", worst group {100 * m['worst_group_accuracy']:.2f}%"
+    return f"{100 * m['test_accuracy']:.2f}% ({worst})"
+
+
+def _warn_unreadable(data, say) -> None:
+    from d2scale.vision.train import unreadable_warning
+
+    warning = unreadable_warning(data)
+    if warning:
+        say(warning)
+
+
 # ============================================================================ select
 
 
 def _add_select(vsub) -> None:
     p = vsub.add_parser(
         "select",
+        formatter_class=_Help,
         help="pick a coreset from a full-data run",
         description="Writes the sorted int64 sample ids of the coreset to --out (.npy) and "
         "how they were chosen to --out with .json appended.",
@@ -439,10 +563,10 @@ def _add_select(vsub) -> None:
         "--run", dest="run_dir", required=True, metavar="RUN", help="full-data run directory"
     )
     p.add_argument("--out", required=True, metavar="FILE.npy")
-    p.add_argument("--seed", type=_nonneg_int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="random, ccs: the draw")
+    _progress_flags(p)
     _select_flags(p)
-    p.set_defaults(run=_run_select)
+    p.set_defaults(run=_with_progress(_run_select))
 
 
 def _run_select(args) -> int:
@@ -453,10 +577,12 @@ def _run_select(args) -> int:
     params = _coreset_params(args)
     method = params.method
     scores, features = load_run(args.run_dir)
-    coreset = select_coreset(params, scores, features)
+    coreset = select_coreset(params, scores, features, progress=args.say)
     save_npy(args.out, coreset.indices)
     save_json(args.out + ".json", {**coreset.info, "run": os.path.abspath(args.run_dir)})
-    _say(args)(
+    for warning in coreset.info.get("warnings", []):
+        args.say(warning)
+    args.say(
         f"{method}: kept {len(coreset.indices):,} of {coreset.info['n']:,} samples in "
         f"{coreset.info['seconds']:.2f}s -> {args.out}"
     )
@@ -469,6 +595,7 @@ def _run_select(args) -> int:
 def _add_experiment(vsub) -> None:
     p = vsub.add_parser(
         "experiment",
+        formatter_class=_Help,
         help="a grid of methods × fractions × seeds (coreset or DRoP protocol)",
         description="--protocol d2: per seed one full-data run, then select + train every "
         "(method, fraction) cell. --protocol drop: per seed a full-data reference model, "
@@ -486,34 +613,52 @@ def _add_experiment(vsub) -> None:
     )
     p.add_argument("--fractions", help="fractions kept (default: d2 0.1,0.3,0.5; drop 0.3,0.5)")
     p.add_argument("--seeds", default="0,1,2", help="default: %(default)s")
-    p.add_argument("--cdbw", default="off", help="drop: off, on or off,on (default: off)")
+    p.add_argument("--cdbw", help=f"drop: off, on or off,on (default: {DROP_ONLY['cdbw']})")
     p.add_argument(
         "--recall-smoothing",
-        default="none",
-        help="drop: none, laplace or none,laplace (cells with DRoP quotas or CDB-W)",
+        help="drop: none (published), laplace or none,laplace (cells with DRoP quotas or "
+        f"CDB-W; see vision prune) (default: {DROP_ONLY['recall_smoothing']})",
     )
     p.add_argument(
         "--num-inits",
         "--num_inits",
         dest="num_inits",
         type=_pos_int,
-        default=1,
-        help="drop: query models per selection",
+        help=f"drop: query models per selection (default: {DROP_ONLY['num_inits']})",
     )
     p.add_argument("--out", required=True, metavar="DIR")
     _train_flags(p)
     _select_flags(p, with_method=False)
-    p.set_defaults(run=_run_experiment)
+    p.set_defaults(run=_with_progress(_run_experiment))
 
 
 D2_METHODS = "random,topk-forgetting,d2,ccs,moderate,kcenter"
 DROP_METHODS = "random,random+drop,el2n,el2n+drop,d2,d2+drop"
+DROP_ONLY = {"cdbw": "off", "recall_smoothing": DEFAULT_RECALL_SMOOTHING, "num_inits": 1}
+
+
+def _protocol_flags(args, drop: bool) -> None:
+    """Refuse flags the chosen protocol would ignore; fill the drop-only defaults."""
+    if not drop:
+        given = [k for k in DROP_ONLY if getattr(args, k) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise D2ScaleError(f"{flag} applies to --protocol drop only.")
+        return
+    if args.iterations is not None:
+        raise D2ScaleError(
+            "--iterations applies to --protocol d2 (drop runs train DRoP's epoch rule)."
+        )
+    for k, v in DROP_ONLY.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
 
 
 def _run_experiment(args) -> int:
     from d2scale.vision import experiment as ex
 
     drop = args.protocol == "drop"
+    _protocol_flags(args, drop)
     fractions = _floats(args.fractions or ("0.3,0.5" if drop else "0.1,0.3,0.5"), "--fractions")
     try:
         seeds = [_nonneg_int(s) for s in _items(args.seeds, "--seeds")]
@@ -529,11 +674,14 @@ def _run_experiment(args) -> int:
             raise D2ScaleError("--recall-smoothing takes none, laplace or none,laplace.")
     else:
         grid["methods"] = ex.parse_methods(args.methods or D2_METHODS)
+    say = args.say
     data, recipe = _setup(args, args.protocol)
-    say = _say(args)
     runner = ex.run_drop_experiment if drop else ex.run_experiment
-    records = runner(data, args.model, recipe, progress=say, bars=not args.quiet, **grid)
-    say(f"{len(records)} records -> {os.path.join(args.out, 'results.md')}")
+    records = runner(data, args.model, recipe, progress=say, bars=True, **grid)
+    _warn_unreadable(data, say)
+    warned = sum(bool(r["warnings"]) for r in records)
+    note = f" ({warned} with warnings, listed there)" if warned else ""
+    say(f"{len(records)} records{note} -> {os.path.join(args.out, 'results.md')}")
     if not args.quiet:
         with open(os.path.join(args.out, "results.md")) as f:
             print(f.read())
@@ -566,12 +714,15 @@ def _floats(text: str, flag: str) -> list[float]:
 def _add_quotas(vsub) -> None:
     p = vsub.add_parser(
         "quotas",
+        formatter_class=_Help,
         help="per-class DRoP quotas from class sizes and validation recalls",
         description="Prints {quotas, budget, densities, ...} as JSON.",
         epilog=EPILOG,
     )
     p.add_argument("--counts", required=True, help="class sizes, comma list")
-    p.add_argument("--recalls", help="per-class validation recall in [0, 1] (drop quoter)")
+    p.add_argument(
+        "--recalls", help="per-class validation recall in [0, 1], comma list (needed by drop)"
+    )
     p.add_argument("--fraction", required=True, type=float, help="fraction kept, in (0, 1]")
     p.add_argument(
         "--quoter",
@@ -579,7 +730,8 @@ def _add_quotas(vsub) -> None:
         dest="quoter",
         type=str.lower,
         choices=("drop", "uniform", "none"),
-        default="drop",
+        default=DEFAULT_QUOTER,
+        help="drop: density ∝ validation error; uniform: the same density in every class",
     )
     p.add_argument("--seed", type=_nonneg_int, default=0, help="fills the rounding leftovers")
     p.set_defaults(run=_run_quotas)
@@ -592,20 +744,54 @@ def _run_quotas(args) -> int:
         counts = [_nonneg_int(v) for v in _items(args.counts, "--counts")]
     except argparse.ArgumentTypeError as e:
         raise D2ScaleError(f"--counts: {e}.") from None
+    if args.recalls and args.quoter != "drop":
+        raise D2ScaleError(f"--recalls is read by --quoter drop only, not {args.quoter}.")
     recalls = _floats(args.recalls, "--recalls") if args.recalls else None
     report = quotas_report(counts, recalls, args.fraction, args.quoter, seed=args.seed)
     # one key per line, lists inline: easy to read and still JSON
     lines = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in report.items()]
     print("{\n" + ",\n".join(lines) + "\n}")
+    for warning in report.get("warnings", []):  # also in the JSON
+        print(f"d2scale: {warning}", file=sys.stderr)
     return 0
 
 
 # ============================================================================ prune (DRoP)
 
 
+# DRoP seed: the defaults of a command in its spelling where d2scale's differ
+# (d2scale.vision.defaults says why d2scale's own are DRoP quotas with Laplace recall)
+SEED_SPELLING = "--final_frac"  # its one required flag, as its README spells it
+SEED_PRUNE_DEFAULTS = {"quoter": "none", "recall_smoothing": "none"}
+
+
+class _Spelled(argparse.Action):
+    """Stores the value and the spelling that gave it (``args.spelled``: dest → option)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.spelled = {
+            **(getattr(namespace, "spelled", None) or {}),
+            self.dest: option_string,
+        }
+
+
+def _seed_prune_defaults(args) -> dict:
+    """A prune command in the DRoP seed's spelling keeps the seed's meaning: its quoter Auto
+    (none) and measured recall, where the command does not name them; what was applied."""
+    spelled = getattr(args, "spelled", None) or {}
+    if spelled.get("final_frac") != SEED_SPELLING:
+        return {}
+    applied = {k: v for k, v in SEED_PRUNE_DEFAULTS.items() if k not in spelled}
+    for k, v in applied.items():
+        setattr(args, k, v)
+    return applied
+
+
 def _add_prune(vsub) -> None:
     p = vsub.add_parser(
         "prune",
+        formatter_class=_Help,
         help="DRoP: query models → quotas → prune (dp) or acquire (al) → final model",
         description="The DRoP workflow: train --num-inits query models on the current data, "
         "score samples and take per-class validation recall at the best epoch, set class "
@@ -615,7 +801,16 @@ def _add_prune(vsub) -> None:
     )
     _data_flags(p, seed_defaults=True)
     p.add_argument("--strategy", type=_strategy, default="dp", help="dp (or 1) | al (or 0)")
-    p.add_argument("--final-frac", "--final_frac", dest="final_frac", type=float, required=True)
+    p.add_argument(
+        "--final-frac",
+        SEED_SPELLING,
+        dest="final_frac",
+        type=float,
+        required=True,
+        action=_Spelled,
+        help=f"fraction kept (dp) or labelled (al) at the end; spelled {SEED_SPELLING}, the "
+        "command keeps the DRoP seed's defaults (see --quoter)",
+    )
     p.add_argument(
         "--init-frac",
         "--init_frac",
@@ -639,8 +834,13 @@ def _add_prune(vsub) -> None:
         "--quoter_name",
         dest="quoter",
         type=str.lower,
-        default="none",
         choices=("none", "uniform", "drop", "auto"),
+        default=DEFAULT_QUOTER,
+        action=_Spelled,
+        help="per-class quotas: drop (DRoP: density ∝ validation error), uniform, or none "
+        "(the seed's Auto, its default): the scorer alone. A command in the seed's spelling "
+        f"({SEED_SPELLING}) without this flag keeps the seed's none, and its measured recall "
+        "without --recall-smoothing (said and recorded)",
     )
     p.add_argument(
         "--num-inits",
@@ -683,9 +883,10 @@ def _add_prune(vsub) -> None:
     p.add_argument(
         "--recall-smoothing",
         choices=("none", "laplace"),
-        default="none",
-        help="validation recall for quotas and CDB-W: as measured (published) or "
-        "(hits + 1) / (n + 2)",
+        default=DEFAULT_RECALL_SMOOTHING,
+        action=_Spelled,
+        help="validation recall for quotas and CDB-W: laplace (hits + 1) / (n + 2), or none: "
+        "as measured (published), which gives a class measured at recall 1.0 no samples",
     )
     p.add_argument(
         "--query-cache", metavar="DIR", help="reuse query models across runs (default: OUT/query)"
@@ -695,7 +896,7 @@ def _add_prune(vsub) -> None:
     )
     _train_flags(p, steps=False, seed_gpu=True)
     _select_flags(p, with_method=False)
-    p.set_defaults(run=_run_prune)
+    p.set_defaults(run=_with_progress(_run_prune))
 
 
 def _strategy(text: str) -> str:
@@ -708,6 +909,7 @@ def _strategy(text: str) -> str:
 def _run_prune(args) -> int:
     from d2scale.vision.prune import PruneParams, auto_num_inits, run_prune
 
+    seed_defaults = _seed_prune_defaults(args)
     params = PruneParams(
         strategy=args.strategy,
         final_frac=args.final_frac,
@@ -726,8 +928,13 @@ def _run_prune(args) -> int:
         dropout=args.dropout,
         mc_passes=args.mc_passes,
     ).validate()
+    say = args.say
     data, recipe = _setup(args, "drop")
-    extra = dict(args.device_record)
+    if seed_defaults:
+        flags = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in seed_defaults.items())
+        own = f"--quoter {DEFAULT_QUOTER}, --recall-smoothing {DEFAULT_RECALL_SMOOTHING}"
+        say(f"the DRoP seed's spelling ({SEED_SPELLING}): its defaults {flags} (d2scale's: {own})")
+    extra = {**args.device_record, **({"seed_defaults": seed_defaults} if seed_defaults else {})}
     auto = auto_num_inits(params) if args.auto_config else None
     if auto is not None and params.num_inits != auto:
         extra["num_inits_warning"] = (
@@ -735,7 +942,6 @@ def _run_prune(args) -> int:
         )
         _warn(extra["num_inits_warning"])
     out = args.out or _default_out(args, params, recipe)
-    say = _say(args)
     metrics = run_prune(
         data,
         args.model,
@@ -743,14 +949,12 @@ def _run_prune(args) -> int:
         params,
         out,
         progress=say,
-        bars=not args.quiet,
+        bars=True,
         query_cache=args.query_cache,
         extra=extra,
     )
-    say(
-        f"average test accuracy {100 * metrics['test_accuracy']:.2f}%, worst class "
-        f"{100 * metrics['worst_class_accuracy']:.2f}% -> {out}/metrics.json"
-    )
+    _warn_unreadable(data, say)
+    say(f"average test accuracy {_accuracies(metrics)} -> {out}/metrics.json")
     return 0
 
 
@@ -774,6 +978,7 @@ def _default_out(args, params, recipe) -> str:
 def _add_scores(vsub) -> None:
     p = vsub.add_parser(
         "scores",
+        formatter_class=_Help,
         help="a full-data run's scores and features as the D2 seed's files",
         description="The D2 seed's generate_importance_score.py: writes RUN/data-score-TASK."
         "pickle (a dict of numpy arrays: every training-dynamics score and targets) and, with "
@@ -792,8 +997,8 @@ def _add_scores(vsub) -> None:
         metavar="N",
         help="accepted for the seed; nothing runs on a device here (a note says so)",
     )
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(run=_run_scores)
+    _progress_flags(p)
+    p.set_defaults(run=_with_progress(_run_scores))
 
 
 def _run_scores(args) -> int:
@@ -812,5 +1017,5 @@ def _run_scores(args) -> int:
             file=sys.stderr,
         )
     paths = write_seed_files(run_dir, run_dir, task, args.feature)
-    _say(args)(f"wrote {', '.join(paths)}")
+    args.say(f"wrote {', '.join(paths)}")
     return 0

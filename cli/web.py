@@ -66,7 +66,7 @@ def _needs_vision_extra(command: str, error: ImportError):
 
 def run_embed(args) -> int:
     try:
-        from d2scale.embed import EmbedParams, embed
+        from d2scale.web.embed import EmbedParams, embed
     except ImportError as e:
         raise _needs_vision_extra("embed", e) from None
 
@@ -128,7 +128,7 @@ def add_export_parser(sub, epilog: str) -> None:
 
 def run_export(args) -> int:
     try:
-        from d2scale.export import ExportParams, export
+        from d2scale.web.export import ExportParams, export
     except ImportError as e:
         raise _needs_vision_extra("export", e) from None
 

@@ -1,4 +1,5 @@
-"""Where work runs: device resolution (``"auto"`` → ``"cpu"``/``"cuda"``) and CPU threads.
+"""Where work runs: device resolution (``"auto"`` → ``"cpu"``/``"cuda"``), CPU threads, memory
+facts and the Dask client (a local cluster on loopback, or a running one).
 
 ``resolve_device`` is the one place that decides the device: ``"auto"`` is CUDA only where
 a GPU is usable *and* the requested variant exists there; CPU-only variants (standby,
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
+import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from d2scale.errors import D2ScaleError
@@ -114,3 +117,105 @@ def run_chunks(kernel: Callable, n: int, n_chunks: int, *args) -> list:
         return [kernel(*b, *args) for b in bounds]
     with ThreadPoolExecutor(threads) as pool:
         return list(pool.map(lambda b: kernel(*b, *args), bounds))
+
+
+def _quiet_dask_logs() -> None:
+    for name in ("distributed", "bokeh", "tornado", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+@contextlib.contextmanager
+def dask_client(
+    scheduler: str | None = None, workers: int | None = None, scheduler_file: str | None = None
+) -> Iterator:
+    """A ``distributed.Client``: to a running cluster (``scheduler`` address or
+    ``scheduler_file``), else to a local in-process cluster.
+
+    The local cluster runs one worker with ``workers`` threads (default: all cores); NumPy,
+    faiss and the compiled kernels release the GIL, so threads use every core.
+    """
+    import distributed  # noqa: F401  (its import configures logging: quiet it afterwards)
+
+    _quiet_dask_logs()
+    check_cluster_options(scheduler, scheduler_file)
+    if scheduler or scheduler_file:
+        with _remote_client(scheduler, scheduler_file) as client:
+            yield client
+        return
+    from distributed import Client, LocalCluster
+
+    threads = workers or os.cpu_count() or 1
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=threads,
+            processes=False,
+            dashboard_address=":0",  # a free port: concurrent runs must not collide on 8787
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def check_cluster_options(scheduler: str | None, scheduler_file: str | None) -> None:
+    """Refuse both cluster options at once, or a scheduler file that does not exist."""
+    if scheduler and scheduler_file:
+        raise D2ScaleError("give either --scheduler or --scheduler-file, not both.")
+    if scheduler_file and not os.path.exists(scheduler_file):
+        raise D2ScaleError(
+            f"the scheduler file {scheduler_file} does not exist; start the scheduler with "
+            "`dask scheduler --scheduler-file FILE` first."
+        )
+
+
+WORKER_WAIT_S = 60  # how long a run waits for the first worker of a running cluster
+
+
+@contextlib.contextmanager
+def _remote_client(scheduler: str | None, scheduler_file: str | None) -> Iterator:
+    from distributed import Client
+
+    where = scheduler or f"the address in {scheduler_file}"
+    error = None
+    try:
+        if scheduler:
+            client = Client(scheduler, timeout="20s")
+        else:
+            client = Client(scheduler_file=scheduler_file, timeout="20s")
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        error = f"cannot connect to the Dask scheduler at {where}: {e}"
+    if error is not None:
+        # The half-built Client is garbage now: collect it here. Left to a later GC pass, its
+        # __del__ can run inside the next Client's start and deadlock on distributed's
+        # loop-runner lock (seen in the full test suite).
+        gc.collect()
+        raise D2ScaleError(error)
+    with client:
+        try:
+            client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+        except (OSError, TimeoutError):
+            raise D2ScaleError(
+                f"the Dask scheduler at {where} has no workers (waited {WORKER_WAIT_S} s); "
+                "start some with `dask worker ADDRESS`."
+            ) from None
+        yield client
+
+
+def cluster_facts(client) -> dict:
+    """What ``run.json`` says about the cluster: scheduler, workers, dashboard address."""
+    info = client.scheduler_info()
+    workers = info.get("workers", {})
+    return {
+        "scheduler": client.scheduler.address,
+        "workers": len(workers),
+        "threads": sum(w.get("nthreads", 0) for w in workers.values()),
+        "dashboard": client.dashboard_link if "dashboard" in info.get("services", {}) else None,
+    }
+
+
+def worker_peak_rss(client) -> dict[str, int]:
+    """Peak resident memory of each worker process of ``client``'s cluster (bytes)."""
+    try:
+        return {addr: int(v) for addr, v in client.run(peak_rss_bytes).items()}
+    except (OSError, TimeoutError, ValueError):
+        return {}

@@ -1,15 +1,12 @@
-"""Bad input through the real CLI (issue 8): one table of cases, each an input (a change to a
+"""Bad input through the real CLI: one table of cases, each an input (a change to a
 generated pool, or arguments) and the one-line error it must give.
 
-Every case runs ``d2scale select`` / ``graph`` / ``mp`` in a subprocess and asserts: exit
+Every case runs ``d2scale select`` / ``graph`` / ``mp`` through the CLI's ``main`` in this
+process (interpreter start-up per case cost minutes in all) and asserts: exit
 status 1, exactly one stderr line ``d2scale: error: …`` holding the expected fragment, no
 traceback anywhere, and no output that looks complete (no ``uids*.npy``, ``run.json``,
 ``ranking.parquet``, graph arrays or order file). A second, shorter table lists inputs that
 must be *accepted* and select exactly what the unchanged pool selects.
-
-Rows marked ``lead(...)`` belong to the parameters/CLI/sinks/runner part of issue 8; they are
-strict xfails, so each turns into a failure (XPASS) the moment its fix lands: then remove
-the mark.
 """
 
 from __future__ import annotations
@@ -17,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,18 +22,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from clirun import CliResult, run_cli
 
-from d2scale.synth import write_pool
+from d2scale.pool.synth import write_pool
 
-EXE = [sys.executable, "-m", "d2scale.cli.main"]
 FAST = ("--quiet", "--workers", "1", "--index", "exact")
 ROWS, SHARDS = 240, 3  # shards 0, 1, 2: f16 deflated, f32 stored, f16 stored ("mixed")
 SCORE = "clip_l14_similarity_score"
 SG, S = ("select", "graph"), ("select",)
-
-
-def lead(what: str):
-    return pytest.mark.xfail(reason=f"lead: {what}", strict=True)
 
 
 def _has_s3fs() -> bool:
@@ -272,16 +263,16 @@ def case(name, expect, commands=SG, *, mutate=None, args=(), graph_change=None, 
 _RNG = np.random.default_rng(0)
 CASES = [
     # finding 3: rows silently dropped
-    *case("f3-npz-without-parquet", "00000001.npz has no matching 00000001.parquet",
+    *case("npz-without-parquet", "00000001.npz has no matching 00000001.parquet",
           mutate=drop("00000001.parquet")),
     *case("parquet-without-npz", "00000001.parquet has no matching 00000001.npz",
           mutate=drop("00000001.npz")),
-    *case("f3-spark-parquet-directory", "is a directory (a Spark-style dataset?)",
+    *case("spark-parquet-directory", "is a directory (a Spark-style dataset?)",
           mutate=as_directory("00000001.parquet")),
     *case("npz-directory", "is a directory, not an npz file", mutate=as_directory("00000002.npz")),
-    *case("f3-broken-symlink", "00000000.npz in {pool} is a broken symbolic link",
+    *case("broken-symlink", "00000000.npz in {pool} is a broken symbolic link",
           mutate=broken_link("00000000.npz")),
-    *case("f3-upper-case-extension", "must end in lower-case .parquet or .npz",
+    *case("upper-case-extension", "must end in lower-case .parquet or .npz",
           mutate=also(rename("00000002.parquet", "00000002.PARQUET"),
                       rename("00000002.npz", "00000002.NPZ"))),
     *case("empty-directory", "(the pool is empty)", mutate=drop_all),
@@ -292,21 +283,21 @@ CASES = [
     *case("metadata-dir-missing", "does not exist", args=("--metadata-dir", "{pool}/nope")),
     *case("memory-url-missing", "does not exist", args=("--metadata-dir", "memory://nope")),
     # finding 12: fsspec protocols
-    *case("f12-unknown-protocol", "Protocol not known: foo",
+    *case("unknown-protocol", "Protocol not known: foo",
           args=("--metadata-dir", "foo://bucket/pool")),
-    *case("f12-s3-without-s3fs", "needs the s3fs package (pip install s3fs)",
+    *case("s3-without-s3fs", "needs the s3fs package (pip install s3fs)",
           args=("--metadata-dir", "s3://bucket/pool"),
           marks=pytest.mark.skipif(_has_s3fs(), reason="s3fs is installed")),
     # finding 11: embedding dtypes and widths, from the headers
-    *case("f11-complex-embeddings", "'l14_img' holds complex64 values",
+    *case("complex-embeddings", "'l14_img' holds complex64 values",
           mutate=member(1, "l14_img", lambda a: a.astype(np.complex64))),
-    *case("f11-int-embeddings", "'l14_txt' holds int32 values",
+    *case("int-embeddings", "'l14_txt' holds int32 values",
           mutate=member(2, "l14_txt", lambda a: (a * 100).astype(np.int32))),
-    *case("f11-bool-embeddings", "'l14_img' holds bool values",
+    *case("bool-embeddings", "'l14_img' holds bool values",
           mutate=member(0, "l14_img", lambda a: a > 0)),
     *case("object-embeddings", "'l14_img' holds object values",
           mutate=member(1, "l14_img", lambda a: a.astype(object))),
-    *case("f11-image-1024-text-512", "'l14_img' has 1024 dimensions but l14 embeddings have 768",
+    *case("image-1024-text-512", "'l14_img' has 1024 dimensions but l14 embeddings have 768",
           mutate=also(member(1, "l14_img", lambda a: _RNG.standard_normal((80, 1024))),
                       member(1, "l14_txt", lambda a: _RNG.standard_normal((80, 512))))),
     *case("b32-with-768-columns", "'b32_txt' has 768 dimensions but b32",
@@ -316,7 +307,7 @@ CASES = [
     *case("other-model-widths-differ", "'vit_img' has 32 dimensions but in",
           mutate=also(*(member(s, "vit_img", lambda a, w=w: np.ones((80, w)))
                         for s, w in ((0, 64), (1, 64), (2, 32))))),
-    *case("f13-3d-embeddings", "has shape (80, 24, 32)",
+    *case("3d-embeddings", "has shape (80, 24, 32)",
           mutate=member(0, "l14_img", lambda a: a.reshape(80, 24, 32))),
     *case("1d-embeddings", "has shape (61440,)", mutate=member(0, "l14_img", np.ravel)),
     *case("npz-one-row-short", "row-count mismatch", mutate=member(2, "l14_img", lambda a: a[1:])),
@@ -327,13 +318,13 @@ CASES = [
     *case("zero-norm-embedding", "has zero norm",
           mutate=member(2, "l14_txt", lambda a: np.where(np.arange(80)[:, None] == 3, 0, a))),
     # finding 12: damaged files
-    *case("f12-damaged-deflate-member", "damaged compressed data",
+    *case("damaged-deflate-member", "damaged compressed data",
           mutate=damage(0, "l14_img", at=0.0)),
-    *case("f12-damaged-deflate-data", "cannot read embeddings from",
+    *case("damaged-deflate-data", "cannot read embeddings from",
           mutate=damage(0, "l14_img", at=0.5)),
     *case("damaged-stored-data", "cannot read embeddings from",
           mutate=damage(1, "l14_txt", at=0.5)),
-    *case("f12-truncated-npz", "not a complete zip/npz file", mutate=truncate("00000002.npz")),
+    *case("truncated-npz", "not a complete zip/npz file", mutate=truncate("00000002.npz")),
     *case("npz-is-text", "not a complete zip/npz file",
           mutate=write_bytes("00000001.npz", b"not an npz\n")),
     *case("parquet-is-garbage", "cannot read parquet file",
@@ -364,23 +355,23 @@ CASES = [
                   ["uidx", *pq.read_table(f"{p}/00000001.parquet").column_names[1:]]),
               f"{p}/00000001.parquet")),
     # scores: findings 12 and 13
-    *case("f12-score-na-strings", "holds string values (e.g. 'n/a')", S,
+    *case("score-na-strings", "holds string values (e.g. 'n/a')", S,
           mutate=column(1, SCORE, repeated("n/a", "0.3"))),
-    *case("f12-score-list-type", "holds list<element: double> values", S,
+    *case("score-list-type", "holds list<element: double> values", S,
           mutate=column(0, SCORE, repeated([0.1], [0.2]))),
-    *case("f12-score-column-text", "score column 'text' holds string values", S,
+    *case("score-column-text", "score column 'text' holds string values", S,
           args=("--score-column", "text")),
     *case("score-column-uid", "score column 'uid' holds string values", S,
           args=("--score-column", "uid")),
     *case("score-column-unknown", "column 'nope' is not in", S, args=("--score-column", "nope")),
-    *case("f13-score-numeric-strings", "holds string values (e.g. '0.25')", S,
+    *case("score-numeric-strings", "holds string values (e.g. '0.25')", S,
           mutate=column(2, SCORE, repeated("0.25", "0.3"))),
-    *case("f13-score-bool", "holds bool values", S, mutate=column(2, SCORE, repeated(True, False))),
+    *case("score-bool", "holds bool values", S, mutate=column(2, SCORE, repeated(True, False))),
     *case("score-null", "row 2: score column 'clip_l14_similarity_score' is null", S,
           mutate=column(0, SCORE, replace({2: None}))),
     *case("score-inf", "is null, NaN or inf", S, mutate=column(1, SCORE, replace({5: np.inf}))),
     # finding 1: a graph from the pool before it was re-embedded (same names, sizes, mtimes)
-    *case("f1-graph-of-reembedded-pool", "was built from a different pool", S,
+    *case("graph-of-reembedded-pool", "was built from a different pool", S,
           mutate=reembed(1), args=("--graph", "{graph}", "--feature-type", "image")),
     *case("graph-of-other-row-count", "has 240 rows but the pool has 160", S,
           mutate=drop("00000002.parquet", "00000002.npz"),
@@ -389,31 +380,31 @@ CASES = [
     *case("fraction-zero", "must be in (0, 1]", S, args=("--fraction", "0")),
     *case("n-neighbors-too-large", "must be smaller than the number of samples (240)",
           args=("--n-neighbors", "240")),
-    # parameters and CLI (the lead's part of issue 8)
-    *case("f4-empty-metadata-dir", "the 'metadata_dir' parameter must be a non-empty string",
+    # parameters and CLI
+    *case("empty-metadata-dir", "the 'metadata_dir' parameter must be a non-empty string",
           args=("--metadata-dir", "")),
-    *case("f9-out-is-metadata-dir", "is inside the metadata directory", mutate=untouched,
+    *case("out-is-metadata-dir", "is inside the metadata directory", mutate=untouched,
           args=("--out", "{pool}")),
-    *case("f10-memory-limit-8", "'memory_limit' parameter must be a size with a unit",
+    *case("memory-limit-8", "'memory_limit' parameter must be a size with a unit",
           args=("--memory-limit", "8")),
-    *case("f12-seed-negative", "'seed' parameter must be an integer in [0, 4294967295]",
+    *case("seed-negative", "'seed' parameter must be an integer in [0, 4294967295]",
           args=("--seed", "-1")),
-    *case("f12-seed-huge-ivf", "'seed' parameter must be an integer in [0, 4294967295]", S,
+    *case("seed-huge-ivf", "'seed' parameter must be an integer in [0, 4294967295]", S,
           args=("--seed", "99999999999", "--index", "ivf")),
-    *case("f12-scheduler-not-an-address", "cannot connect to the Dask scheduler at not-an",
+    *case("scheduler-not-an-address", "cannot connect to the Dask scheduler at not-an",
           args=("--scheduler", "not-an-address")),
-    *case("f12-scheduler-unknown-protocol", "unknown address scheme 'foo'",
+    *case("scheduler-unknown-protocol", "unknown address scheme 'foo'",
           args=("--scheduler", "foo://x:1")),
-    *case("f12-argparse-bad-int", "'n_neighbors' parameter must be an integer; got 'abc'",
+    *case("argparse-bad-int", "'n_neighbors' parameter must be an integer; got 'abc'",
           args=("--n-neighbors", "abc")),
-    *case("f12-argparse-bad-choice", "'index' parameter must be one of auto, exact, ivf",
+    *case("argparse-bad-choice", "'index' parameter must be one of auto, exact, ivf",
           args=("--index", "nope")),
-    *case("f12-argparse-unknown-flag", "unrecognized arguments: --bogus", args=("--bogus",)),
-    *case("f5-fractions-that-collide", "would both be written to uids-0.3.npy", S,
+    *case("argparse-unknown-flag", "unrecognized arguments: --bogus", args=("--bogus",)),
+    *case("fractions-that-collide", "would both be written to uids-0.3.npy", S,
           args=("--fraction", "0.3,0.30000000001")),
-    *case("f2-graph-of-other-feature-type", "was built from feature_type image, not from "
+    *case("graph-of-other-feature-type", "was built from feature_type image, not from "
           "image_text", S, args=("--graph", "{graph}")),
-    *case("f2-graph-of-other-model", "was built from embedding_model l14, not from b32", S,
+    *case("graph-of-other-model", "was built from embedding_model l14, not from b32", S,
           args=("--graph", "{graph}", "--feature-type", "image", "--embedding-model", "b32")),
     # mp: a saved graph and a scores file
     *case("mp-scores-missing", "does not exist", ("mp",), args=("--scores", "{dir}/nope.npy")),
@@ -437,7 +428,7 @@ CASES = [
           args=("--graph", "{dir}/nothing")),
     *case("mp-graph-truncated", "corrupt graph file", ("mp",), args=("--graph", "{dir}/g"),
           graph_change=mp_graph(truncate("neighbors.npy"))),
-    *case("f13-mp-scores-text-file", "s.txt is not a .npy file (write it with numpy.save)",
+    *case("mp-scores-text-file", "s.txt is not a .npy file (write it with numpy.save)",
           ("mp",), mutate=mp_file("s.txt", b"0.1\n0.2\n"), args=("--scores", "{dir}/s.txt")),
     *case("mp-scores-complex", "must hold a 1-D array of real numbers, found complex128",
           ("mp",), mutate=mp_file("s.npy", np.ones(ROWS) + 1j), args=("--scores", "{dir}/s.npy")),
@@ -447,24 +438,23 @@ CASES = [
 # -- fixtures and the runner ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _no_sample_pool(tmp_path_factory):
-    """A cache directory that cannot be created: a run that falls back to the built-in
-    sample pool fails at once instead of generating 100,000 rows."""
+@pytest.fixture(scope="module")
+def _blocked_cache(tmp_path_factory) -> str:
     blocker = tmp_path_factory.mktemp("no-cache") / "a-file"
     blocker.write_text("")
-    global _CACHE
-    _CACHE = str(blocker / "cache")
+    return str(blocker / "cache")
 
 
-_CACHE = ""
+@pytest.fixture(autouse=True)
+def _no_sample_pool(_isolated_cache, _blocked_cache, monkeypatch):
+    """A cache directory that cannot be created: a run that falls back to the built-in
+    sample pool fails at once instead of generating 100,000 rows."""
+    monkeypatch.setenv("D2SCALE_CACHE_DIR", _blocked_cache)
 
 
-def run(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
-    env["D2SCALE_CACHE_DIR"] = _CACHE
-    argv = [*EXE, *map(str, args)]
-    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+def run(*args) -> CliResult:
+    """The command in this process (the exit status on signals is tested in test_pipeline)."""
+    return run_cli(*args)
 
 
 @pytest.fixture(scope="module")
@@ -511,7 +501,7 @@ def command_line(bad: Bad, command: str, pool: str, out: str, case_dir: str, gra
     return [command, "--metadata-dir", pool, "--out", out, *FAST, *extra]
 
 
-def assert_refused(proc: subprocess.CompletedProcess, expect: str, out: str) -> None:
+def assert_refused(proc: CliResult, expect: str, out: str) -> None:
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1, f"exit {proc.returncode}: {proc.stderr}"
@@ -595,14 +585,14 @@ def uid_type(kind) -> Callable:
 
 
 GOOD = [
-    pytest.param("links", (), id="f3-symlinked-files"),
-    pytest.param(uid_type(pa.large_string()), (), id="f8-large-string-uids"),
+    pytest.param("links", (), id="symlinked-files"),
+    pytest.param(uid_type(pa.large_string()), (), id="large-string-uids"),
     pytest.param(uid_type(pa.string_view()), (), id="string-view-uids"),
     pytest.param(every_shard(lambda s: column(s, "uid", lambda c: c.dictionary_encode())), (),
                  id="dictionary-uids"),
-    pytest.param(uids(str.upper), (), id="f13-upper-case-uids"),
+    pytest.param(uids(str.upper), (), id="upper-case-uids"),
     pytest.param(uids(lambda u: u[:4].lstrip("0") + u[4:]), (), id="uids-shorter-than-32"),
-    pytest.param(zero_row_pair, ("--index", "ivf"), id="f7-zero-row-pair-ivf"),
+    pytest.param(zero_row_pair, ("--index", "ivf"), id="zero-row-pair-ivf"),
     pytest.param(extra_files, (), id="other-files-beside-the-pairs"),
     pytest.param(all_members(lambda a: a.astype(np.float64)), (), id="float64-embeddings"),
     pytest.param(all_members(lambda a: a.astype(a.dtype.newbyteorder(">"))), (),
@@ -654,7 +644,7 @@ def test_integer_scores_are_accepted(base, tmp_path):
     assert np.load(tmp_path / "uids.npy").shape == (72,)
 
 
-def test_finding1_reembedded_pool_into_an_existing_out_is_not_a_stale_graph(tmp_path):
+def test_reembedded_pool_into_an_existing_out_is_not_a_stale_graph(tmp_path):
     """The issue's reproduction: a pool re-embedded into float16-stored npz files (same names,
     rows, byte sizes; here even the same mtimes) selected into an existing --out must rebuild
     its graph and select what a clean run selects."""
@@ -687,15 +677,15 @@ def reembed_from(path, source) -> None:
 # -- the lead's part: output sets and resume --------------------------------
 
 
-def test_finding13_ranking_keeps_the_uid_spelling(mutated, tmp_path):
-    pool = mutated("f13-upper-case-uids", uids(str.upper))
+def test_ranking_keeps_the_uid_spelling(mutated, tmp_path):
+    pool = mutated("upper-case-uids", uids(str.upper))
     proc = run("select", "--metadata-dir", pool, "--out", tmp_path, *FAST)
     assert proc.returncode == 0, proc.stderr
     spelt = pq.read_table(os.path.join(pool, "00000000.parquet"))["uid"].to_pylist()
     assert pq.read_table(tmp_path / "ranking.parquet")["uid"].to_pylist()[:80] == spelt
 
 
-def test_finding5_no_stale_subset_files(base, tmp_path):
+def test_no_stale_subset_files(base, tmp_path):
     assert run("select", "--metadata-dir", base, "--out", tmp_path, *FAST,
                "--fraction", "0.1,0.3").returncode == 0  # fmt: skip
     proc = run("select", "--metadata-dir", base, "--out", tmp_path, *FAST,
@@ -704,7 +694,7 @@ def test_finding5_no_stale_subset_files(base, tmp_path):
     assert sorted(f for f in os.listdir(tmp_path) if f.startswith("uids")) == ["uids.npy"]
 
 
-def test_finding6_orphan_temporaries_are_removed(base, tmp_path):
+def test_orphan_temporaries_are_removed(base, tmp_path):
     (tmp_path / ".uids.npy.k1ll3d.tmp").write_bytes(b"partial")
     (tmp_path / ".ranking.parquet.k1ll3d.tmp").write_bytes(b"partial")
     proc = run("select", "--metadata-dir", base, "--out", tmp_path, *FAST)
@@ -712,7 +702,7 @@ def test_finding6_orphan_temporaries_are_removed(base, tmp_path):
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
 
-def test_finding12_damaged_graph_part_is_recomputed(base, graph, tmp_path):
+def test_damaged_graph_part_is_recomputed(base, graph, tmp_path):
     gdir = tmp_path / "g"
     shutil.copytree(graph, gdir)
     truncate("chunk-00001.npz")(str(gdir / "parts"))

@@ -5,20 +5,19 @@ union of buckets, ``--dry-run``, and bucket pools from globs."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import yaml
+from clirun import run_cli
 
-from d2scale.batch import parse_batch
-from d2scale.buckets import resolve_pool
 from d2scale.errors import D2ScaleError
 from d2scale.params import SelectParams
-from d2scale.pipeline import select
-from d2scale.runner import Progress
-from d2scale.synth import write_pool
+from d2scale.pool.buckets import resolve_pool
+from d2scale.pool.synth import write_pool
+from d2scale.progress import Progress
+from d2scale.select.batch import parse_batch
+from d2scale.select.pipeline import select
 
 ROWS = 500
 
@@ -33,8 +32,7 @@ def pools(tmp_path_factory):
 
 
 def batch_cli(jobs, *flags):
-    argv = [sys.executable, "-m", "d2scale.cli.main", "batch", str(jobs), "--workers", "2", *flags]
-    return subprocess.run(argv, capture_output=True, text=True)
+    return run_cli("batch", jobs, "--workers", "2", *flags)
 
 
 def write_jobs(path, doc: dict):
@@ -181,7 +179,7 @@ def test_cli_errors_are_one_line(tmp_path):
 
 
 def test_toml_and_yaml_give_the_same_batch(tmp_path):
-    from d2scale.batch import load_jobs
+    from d2scale.select.batch import load_jobs
 
     (tmp_path / "jobs.toml").write_text(
         'out = "o"\n[defaults]\nfraction = 0.3\nfeature_type = "image"\nmemory_limit = "1GB"\n'

@@ -9,9 +9,10 @@ import pytest
 from d2scale.errors import D2ScaleError
 from d2scale.methods import registry
 from d2scale.params import SelectParams
-from d2scale.pipeline import select
-from d2scale.runner import Progress
-from d2scale.uids import decode_uids
+from d2scale.pool.uids import decode_uids
+from d2scale.progress import Progress
+from d2scale.select.chain import chain_steps
+from d2scale.select.pipeline import select
 
 
 @pytest.fixture(autouse=True)
@@ -54,8 +55,43 @@ def test_chain_equals_its_steps_one_by_one(small_pool, tmp_path):
 
 def test_step_errors_are_one_sentence(small_pool, tmp_path):
     with pytest.raises(D2ScaleError, match="'method' parameter must be one of"):
-        SelectParams(method="nope").validate()
+        chain_steps(SelectParams(method="nope"))
+    with pytest.raises(D2ScaleError, match="'method' parameter must be one of"):
+        chain_steps(SelectParams(then=["nope:0.2"]))
     with pytest.raises(D2ScaleError, match="options are KEY=VALUE"):
         SelectParams(then=["d2:eps="]).validate()
     with pytest.raises(D2ScaleError, match="keeps 1,500 of 3,000 rows, fewer than the 2,400"):
         run(small_pool, tmp_path, method="keep-even", fraction=[0.8])
+
+
+def test_d2_step_options_override_the_global_flags(small_pool, tmp_path):
+    """``--then d2:0.3:gamma=0.01`` selects as ``--method d2 --gamma 0.01`` on the same rows
+    (clip-score without a threshold keeps every row), and differs from the default γ."""
+    chained = run(small_pool, tmp_path / "chain", method="clip-score", then=["d2:0.3:gamma=0.01"])
+    direct = run(small_pool, tmp_path / "direct", gamma=0.01, fraction=[0.3])
+    run(small_pool, tmp_path / "default", fraction=[0.3])
+    uids = {name: set(decode_uids(np.load(tmp_path / name / "uids.npy")))
+            for name in ("chain", "direct", "default")}  # fmt: skip
+    assert uids["chain"] == uids["direct"] != uids["default"]
+    assert chained["steps"][-1]["message_passing"]["gamma"] == 0.01
+    assert chained["steps"][-1]["options"] == {"gamma": "0.01"}
+    assert direct["method"]["message_passing"]["gamma"] == 0.01
+
+
+@pytest.mark.parametrize(
+    ("step", "message"),
+    [
+        ("d2:0.3:bogus=1", "method 'd2' takes gamma"),
+        ("d2:0.3:gamma=-1", "method 'd2': the 'gamma' parameter must be"),
+        ("d2:0.3:mode=max", "method 'd2': the 'mode' parameter must be one of sum, product"),
+        ("random:0.3:bogus=1", "method 'random' takes seed"),
+        ("semdedup:0.3:clusters=x,eps=0.1", "option clusters must be an integer"),
+        ("clip-score:0.3:bogus=1", "method 'clip-score' takes threshold, column"),
+    ],
+)
+def test_bad_step_options_stop_before_any_work(step, message, tmp_path):
+    """Every step is checked up front: nothing is written, not even ``OUT/work``."""
+    params = SelectParams(out=str(tmp_path / "out"), then=[step])
+    with pytest.raises(D2ScaleError, match=message):
+        select(params, Progress(quiet=True))
+    assert not (tmp_path / "out").exists()

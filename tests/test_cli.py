@@ -10,14 +10,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from clirun import run_cli
 
-from d2scale.uids import decode_uids
+from d2scale.pool.uids import decode_uids
 
 EXE = [sys.executable, "-m", "d2scale.cli.main"]
 
 
-def run(*args, cwd=None):
-    return subprocess.run([*EXE, *map(str, args)], capture_output=True, text=True, cwd=cwd)
+def run(*args):
+    """The command through the CLI's ``main`` in this process."""
+    return run_cli(*args)
 
 
 def select(pool, out, *extra):
@@ -200,3 +202,11 @@ def test_synth_command(tmp_path):
     assert sorted(os.listdir(tmp_path)) == [
         "00000000.npz", "00000000.parquet", "00000001.npz", "00000001.parquet"
     ]  # fmt: skip
+
+
+def test_a_real_process_exits_1_with_one_line(tmp_path):
+    """The in-process runs above stand for processes: one real one checks the exit status."""
+    proc = subprocess.run([*EXE, "select", "--fraction", "2", "--out", tmp_path],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == "d2scale: error: the 'fraction' parameter must be in (0, 1]; got 2.0.\n"

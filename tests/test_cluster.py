@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from d2scale.params import SelectParams
-from d2scale.pipeline import select
-from d2scale.runner import Progress
+from d2scale.progress import Progress
+from d2scale.select.pipeline import select
 
 DASK = os.path.join(os.path.dirname(sys.executable), "dask")
 

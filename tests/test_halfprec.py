@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from d2scale.halfprec import to_float32
+from d2scale.pool.halfprec import to_float32
 
 
 def test_every_half_converts_exactly():

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from d2scale.synth import write_pool
+from d2scale.pool.synth import write_pool
 
 
 def select(pool: str, out: str, *extra: str) -> dict:

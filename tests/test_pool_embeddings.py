@@ -8,8 +8,8 @@ import pytest
 
 from d2scale.errors import D2ScaleError
 from d2scale.graph import build_knn_graph
-from d2scale.sources import PoolEmbeddings, feature_keys, open_pool
-from d2scale.synth import write_pool
+from d2scale.pool.sources import PoolEmbeddings, feature_keys, open_pool
+from d2scale.pool.synth import write_pool
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-from d2scale.runner import Progress
+from d2scale.progress import Progress
 
 
 def lines(stream: io.StringIO) -> list[str]:

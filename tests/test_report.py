@@ -4,15 +4,14 @@ are written beside it, ``d2scale report OUT`` rebuilds it, and missing sources l
 import base64
 import re
 import shutil
-import subprocess
-import sys
 
 import pytest
+from clirun import run_cli
 
 from d2scale.params import SelectParams
-from d2scale.pipeline import select
-from d2scale.report import FIGURES
-from d2scale.runner import Progress
+from d2scale.progress import Progress
+from d2scale.select.pipeline import select
+from d2scale.select.report import FIGURES
 
 IMG = re.compile(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'")
 
@@ -28,8 +27,7 @@ def selected(small_pool, tmp_path_factory):
 
 
 def report_cli(out):
-    argv = [sys.executable, "-m", "d2scale.cli.main", "report", str(out)]
-    return subprocess.run(argv, capture_output=True, text=True)
+    return run_cli("report", out)
 
 
 def test_report_is_self_contained_with_every_figure(selected):

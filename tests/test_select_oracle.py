@@ -1,15 +1,14 @@
 """`d2scale select` against an independent exact implementation of SPEC §1 on an unseen pool."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from clirun import run_cli
 from oracle import d2_order, knn_bruteforce
 
-from d2scale.synth import write_pool
+from d2scale.pool.synth import write_pool
 
 
 def independent_selection(pool: str, fraction: float, k: int, gamma: float) -> set[str]:
@@ -38,10 +37,10 @@ def test_select_equals_independent_exact_d2(tmp_path, rows, seed, layout):
     pool = tmp_path / "pool"
     write_pool(str(pool), rows=rows, shards=2, seed=seed, layout=layout)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "d2scale.cli.main", "select", "--metadata-dir", pool,
+    cmd = ["select", "--metadata-dir", pool,
            "--out", out, "--index", "exact", "--score-shift", "0", "--feature-type", "image",
            "--n-neighbors", "5", "--gamma", "0.1", "--fraction", "0.3", "--quiet"]  # fmt: skip
-    proc = subprocess.run(list(map(str, cmd)), capture_output=True, text=True)
+    proc = run_cli(*cmd)
     assert proc.returncode == 0, proc.stderr
     got = np.load(out / "uids.npy")
     expected = independent_selection(str(pool), 0.3, 5, 0.1)

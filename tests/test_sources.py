@@ -11,9 +11,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from d2scale.errors import D2ScaleError
-from d2scale.sources import PoolEmbeddings, feature_keys, open_pool, read_columns, read_metadata
-from d2scale.synth import write_pool
-from d2scale.uids import decode_uids
+from d2scale.pool.sources import (
+    PoolEmbeddings,
+    feature_keys,
+    open_pool,
+    read_columns,
+    read_metadata,
+)
+from d2scale.pool.synth import write_pool
+from d2scale.pool.uids import decode_uids
 
 
 def _reference_embeddings(path: str, keys: list[str]) -> np.ndarray:
@@ -182,7 +188,7 @@ def test_synth_is_deterministic(tmp_path):
         assert (a / name).read_bytes() == (b / name).read_bytes()
 
 
-# -- issue 8 findings at the reader level ------------------------------------------------
+# -- bad input at the reader level ------------------------------------------------
 
 
 class _InlineClient:
@@ -209,7 +215,7 @@ def _same_size_same_mtime(path, write):
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
-def test_finding1_fingerprint_changes_with_embeddings_at_equal_size_and_mtime(tmp_path):
+def test_fingerprint_changes_with_embeddings_at_equal_size_and_mtime(tmp_path):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     write_pool(a, rows=600, shards=2, seed=1, layout="f16-stored")
     write_pool(b, rows=600, shards=2, seed=2, layout="f16-stored")  # "re-embedded"
@@ -226,7 +232,7 @@ def test_finding1_fingerprint_changes_with_embeddings_at_equal_size_and_mtime(tm
     assert open_pool(a).fingerprint != before
 
 
-def test_finding1_fingerprint_changes_with_a_uid_at_equal_size_and_mtime(tmp_path):
+def test_fingerprint_changes_with_a_uid_at_equal_size_and_mtime(tmp_path):
     path = str(tmp_path / "pool")
     write_pool(path, rows=300, shards=1, seed=4)
     parquet = os.path.join(path, "00000000.parquet")
@@ -249,7 +255,7 @@ def test_finding1_fingerprint_changes_with_a_uid_at_equal_size_and_mtime(tmp_pat
     assert open_pool(path).fingerprint != before
 
 
-def test_finding1_fingerprint_without_stamps_hashes_content(small_pool):
+def test_fingerprint_without_stamps_hashes_content(small_pool):
     """The memory filesystem gives no mtime or ETag: content alone must tell pools apart."""
     mem = fsspec.filesystem("memory")
     for name in os.listdir(small_pool):
@@ -269,7 +275,7 @@ def test_finding1_fingerprint_without_stamps_hashes_content(small_pool):
     mem.rm("/fp", recursive=True)
 
 
-def test_finding1_fingerprint_reads_a_bounded_number_of_bytes(tmp_path):
+def test_fingerprint_reads_a_bounded_number_of_bytes(tmp_path):
     """~100 MB of embeddings in one shard: opening the pool reads well under 2 MB of it."""
     path = str(tmp_path / "big")
     write_pool(path, rows=10_000, shards=1, seed=0, layout="f32-stored")
@@ -285,7 +291,7 @@ def test_finding1_fingerprint_reads_a_bounded_number_of_bytes(tmp_path):
     assert size > 90e6 and used < 2e6, (size, used)
 
 
-def test_finding3_npz_without_parquet_is_refused(small_pool, tmp_path):
+def test_npz_without_parquet_is_refused(small_pool, tmp_path):
     path = _copy(small_pool, tmp_path)
     os.remove(os.path.join(path, "00000002.parquet"))
     with pytest.raises(D2ScaleError, match="00000002.npz has no matching 00000002.parquet"):
@@ -297,7 +303,7 @@ def test_finding3_npz_without_parquet_is_refused(small_pool, tmp_path):
         open_pool(path)
 
 
-def test_finding3_spark_style_parquet_directory_is_refused(small_pool, tmp_path):
+def test_spark_style_parquet_directory_is_refused(small_pool, tmp_path):
     path = _copy(small_pool, tmp_path)
     spark = os.path.join(path, "00000001.parquet")
     os.rename(spark, os.path.join(path, "part-0.parquet"))
@@ -307,7 +313,7 @@ def test_finding3_spark_style_parquet_directory_is_refused(small_pool, tmp_path)
         open_pool(path)
 
 
-def test_finding3_symlinked_files_are_read(small_pool, tmp_path):
+def test_symlinked_files_are_read(small_pool, tmp_path):
     links = tmp_path / "links"
     links.mkdir()
     for name in os.listdir(small_pool):
@@ -324,7 +330,7 @@ def test_finding3_symlinked_files_are_read(small_pool, tmp_path):
         open_pool(str(links))
 
 
-def test_finding3_upper_case_extension_is_refused_not_skipped(small_pool, tmp_path):
+def test_upper_case_extension_is_refused_not_skipped(small_pool, tmp_path):
     path = _copy(small_pool, tmp_path)
     for ext in ("parquet", "npz"):
         os.rename(
@@ -334,7 +340,7 @@ def test_finding3_upper_case_extension_is_refused_not_skipped(small_pool, tmp_pa
         open_pool(path)
 
 
-def test_finding7_zero_row_pair_is_checked_then_left_out(small_pool, tmp_path):
+def test_zero_row_pair_is_checked_then_left_out(small_pool, tmp_path):
     path = _copy(small_pool, tmp_path)
     table = pq.read_table(os.path.join(path, "00000000.parquet")).slice(0, 0)
     pq.write_table(table, os.path.join(path, "00000001b.parquet"))
@@ -356,14 +362,14 @@ def _member_case(small_pool, tmp_path, key, array):
 @pytest.mark.parametrize(
     ("dtype", "name"), [(np.complex64, "complex64"), (np.int32, "int32"), (np.bool_, "bool")]
 )
-def test_finding11_non_float_embeddings_are_refused(small_pool, tmp_path, dtype, name):
+def test_non_float_embeddings_are_refused(small_pool, tmp_path, dtype, name):
     arr = np.ones((750, 768), dtype=dtype)
     path = _member_case(small_pool, tmp_path, "l14_img", arr)
     with pytest.raises(D2ScaleError, match=f"array 'l14_img' holds {name} values; embeddings"):
         open_pool(path)
 
 
-def test_finding11_each_member_width_is_checked(small_pool, tmp_path):
+def test_each_member_width_is_checked(small_pool, tmp_path):
     """1024-d image + 512-d text has the right total width for l14 but is refused."""
     rng = np.random.default_rng(0)
     path = _copy(small_pool, tmp_path)
@@ -376,7 +382,7 @@ def test_finding11_each_member_width_is_checked(small_pool, tmp_path):
         open_pool(path)
 
 
-def test_finding11_3d_embeddings_report_their_real_shape(small_pool, tmp_path):
+def test_3d_embeddings_report_their_real_shape(small_pool, tmp_path):
     path = _member_case(small_pool, tmp_path, "b32_txt", np.ones((750, 32, 16), np.float32))
     with pytest.raises(
         D2ScaleError, match=r"must be 2-D \(rows × 512\), has shape \(750, 32, 16\)"
@@ -384,7 +390,7 @@ def test_finding11_3d_embeddings_report_their_real_shape(small_pool, tmp_path):
         open_pool(path)
 
 
-def test_finding12_unknown_protocol_and_missing_filesystem_package():
+def test_unknown_protocol_and_missing_filesystem_package():
     with pytest.raises(D2ScaleError, match="cannot open metadata directory foo://x: Protocol"):
         open_pool("foo://x")
     try:
@@ -405,7 +411,7 @@ def _damage(path: str, member: str, at: int, length: int = 64) -> None:
         f.write(bytes(range(256))[:length] * 1)
 
 
-def test_finding12_damaged_or_truncated_npz_is_one_clear_error(small_pool, tmp_path):
+def test_damaged_or_truncated_npz_is_one_clear_error(small_pool, tmp_path):
     path = _copy(small_pool, tmp_path)
     npz = os.path.join(path, "00000000.npz")  # deflated
     _damage(npz, "l14_txt.npy", at=2)
@@ -427,7 +433,7 @@ def test_finding12_damaged_or_truncated_npz_is_one_clear_error(small_pool, tmp_p
         ([[0.1], [0.2]], "list<element: double> values"),
     ],
 )
-def test_finding12_13_non_numeric_score_columns_are_refused(small_pool, tmp_path, values, shown):
+def test_13_non_numeric_score_columns_are_refused(small_pool, tmp_path, values, shown):
     path = _copy(small_pool, tmp_path)
     parquet = os.path.join(path, "00000003.parquet")
     _set_column(parquet, "clip_l14_similarity_score", pa.array(values * 375))
@@ -454,7 +460,7 @@ def test_integer_float_and_decimal_scores_are_accepted(small_pool, tmp_path, kin
 
 
 @pytest.mark.parametrize("kind", [pa.large_string(), pa.string_view(), "dictionary"])
-def test_finding8_large_string_and_other_uid_column_types(small_pool, tmp_path, kind):
+def test_large_string_and_other_uid_column_types(small_pool, tmp_path, kind):
     path = _copy(small_pool, tmp_path)
     parquet = os.path.join(path, "00000001.parquet")
     uids = pq.read_table(parquet)["uid"]
@@ -467,7 +473,7 @@ def test_finding8_large_string_and_other_uid_column_types(small_pool, tmp_path, 
     assert meta.spelling is None
 
 
-def test_finding13_uid_spelling_is_kept(small_pool, tmp_path):
+def test_uid_spelling_is_kept(small_pool, tmp_path):
     path = _copy(small_pool, tmp_path)
     parquet = os.path.join(path, "00000002.parquet")
     uids = pq.read_table(parquet)["uid"].to_pylist()
@@ -483,7 +489,7 @@ def test_finding13_uid_spelling_is_kept(small_pool, tmp_path):
     assert decode_uids(meta.uids[1500:1501]) == ["0" * 28 + "00ab"]
 
 
-def test_finding13_synth_refuses_a_directory_with_an_older_pool(tmp_path):
+def test_synth_refuses_a_directory_with_an_older_pool(tmp_path):
     write_pool(str(tmp_path), rows=40, shards=4, seed=0)
     write_pool(str(tmp_path), rows=40, shards=4, seed=1)  # same shard names: all replaced
     with pytest.raises(D2ScaleError, match="already holds 00000002.npz .*4 pool files in all"):
@@ -491,7 +497,7 @@ def test_finding13_synth_refuses_a_directory_with_an_older_pool(tmp_path):
     assert open_pool(str(tmp_path)).n == 40
 
 
-def test_finding11_other_models_members_are_checked_too(small_pool, tmp_path):
+def test_other_models_members_are_checked_too(small_pool, tmp_path):
     """``<prefix>_img``/``_txt`` of any model (e.g. from d2scale embed): float, 2-D, one row
     per parquet row, and one width across the pool."""
     rng = np.random.default_rng(0)

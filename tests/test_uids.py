@@ -3,7 +3,7 @@ import pyarrow as pa
 import pytest
 
 from d2scale.errors import D2ScaleError
-from d2scale.uids import (
+from d2scale.pool.uids import (
     UID_DTYPE,
     canonical_text,
     check_unique,
@@ -62,7 +62,7 @@ def test_subset_array_is_sorted_little_endian_u8_pairs():
 
 
 @pytest.mark.parametrize("kind", [pa.string(), pa.large_string(), pa.string_view()])
-def test_finding8_large_string_and_string_view_encode_like_string(kind):
+def test_large_string_and_string_view_encode_like_string(kind):
     rng = np.random.default_rng(1)
     uids = [bytes(rng.integers(0, 256, 16, dtype=np.uint8)).hex() for _ in range(300)]
     want = encode_uids(uids)

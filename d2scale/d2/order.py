@@ -15,7 +15,7 @@ from d2scale.d2.reverse import cpu_only_variant, reverse_on
 from d2scale.errors import D2ScaleError
 from d2scale.graph.symmetric import symmetrize
 from d2scale.params import check, check_budget
-from d2scale.runner import timed
+from d2scale.progress import timed
 from d2scale.types import KnnGraph
 
 

@@ -13,6 +13,8 @@ _EXPORTS = {
     "save_graph": "d2scale.graph.store",
     "load_graph": "d2scale.graph.store",
     "load_lists": "d2scale.graph.store",
+    "topk": "d2scale.graph.scan",
+    "drop_self": "d2scale.graph.shards",
 }
 __all__ = list(_EXPORTS)
 

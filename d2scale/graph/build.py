@@ -664,7 +664,9 @@ def _finish(rep: np.ndarray, nbr: np.ndarray, d2: np.ndarray, k: int) -> KnnGrap
 @contextmanager
 def _one_thread():
     """BLAS and faiss's OpenMP limited to one thread (restored afterwards)."""
-    import faiss
+    from d2scale.blas import load_faiss
+
+    faiss = load_faiss()
     from threadpoolctl import threadpool_limits
 
     omp = faiss.omp_get_max_threads()

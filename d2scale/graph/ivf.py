@@ -16,11 +16,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 from numba import njit
 
+from d2scale.blas import load_faiss
 from d2scale.graph import scan
+
+faiss = load_faiss()
 
 PCA_ENERGY = 0.9  # variance kept by the automatic PCA search space
 PCA_ROWS = 20_000  # rows used to fit the PCA

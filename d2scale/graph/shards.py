@@ -33,7 +33,9 @@ def single_threaded() -> None:
     In a worker process (not the driver's), BLAS is limited for good: the process runs
     only these tasks. In the driver's process the build limits BLAS around its tasks.
     """
-    import faiss
+    from d2scale.blas import load_faiss
+
+    faiss = load_faiss()
 
     faiss.omp_set_num_threads(1)
     if os.getpid() != _DRIVER_PID:
@@ -49,7 +51,7 @@ def task_client(client=None):
     if client is not None:
         yield client
         return
-    from d2scale.runner import dask_client
+    from d2scale.backends import dask_client
 
     with dask_client(workers=len(os.sched_getaffinity(0))) as local:
         yield local

@@ -12,7 +12,9 @@ def kmeans(
 ) -> np.ndarray:
     """``n_clusters`` centroids (float32) of the rows of ``x`` by faiss k-means, trained on
     every row (no sub-sampling), seeded."""
-    import faiss
+    from d2scale.blas import load_faiss
+
+    faiss = load_faiss()
 
     x = np.ascontiguousarray(x, dtype=np.float32)
     if not 1 <= n_clusters <= x.shape[0]:
@@ -37,7 +39,9 @@ def kmeans(
 def assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Index (int64) of the centroid with the largest inner product with each row (ties →
     lower centroid), as DataComp and SemDeDup assign their clusters."""
-    import faiss
+    from d2scale.blas import load_faiss
+
+    faiss = load_faiss()
 
     index = faiss.IndexFlatIP(centroids.shape[1])
     index.add(np.ascontiguousarray(centroids, dtype=np.float32))

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from d2scale.runner import Stages
+from d2scale.stages import Stages
 from d2scale.types import EmbeddingBlocks, KnnGraph
 
 

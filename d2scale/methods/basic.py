@@ -74,20 +74,25 @@ def basic_filter(texts, width, height, languages, rules: BasicRules = BasicRules
 DESCRIPTION = "DataComp basic filtering: English captions of > 2 words, images ≥ 200 px, aspect ≤ 3"
 
 
-def rank(inputs, params) -> Ranking:
-    """Registry adapter over the ``text``, ``original_width`` and ``original_height`` columns;
-    the languages are a keyed stage (reused by reruns). Options override :class:`BasicRules`
-    and ``lang_model=PATH`` loads another fastText model."""
-    from d2scale import io
-    from d2scale.runner import stage_key
-
+def options(given: dict, params) -> dict:
+    """The step's options: :class:`BasicRules`' fields and ``lang_model``."""
     defaults = BasicRules()
     spec = {
         name: (type(getattr(defaults, name)), getattr(defaults, name))
         for name in ("min_words", "min_chars", "min_size", "max_aspect", "language")
     }
     spec["lang_model"] = (str, None)  # fmt: skip
-    opts = step_options("basic", inputs.options, spec)
+    return step_options("basic", given, spec)
+
+
+def rank(inputs, params) -> Ranking:
+    """Registry adapter over the ``text``, ``original_width`` and ``original_height`` columns;
+    the languages are a keyed stage (reused by reruns). Options override :class:`BasicRules`
+    and ``lang_model=PATH`` loads another fastText model."""
+    from d2scale import io
+    from d2scale.stages import stage_key
+
+    opts = options(inputs.options, params)
     model = opts.pop("lang_model")
     texts = inputs.column("text")
 

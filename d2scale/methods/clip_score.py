@@ -39,11 +39,16 @@ def clip_score_order(scores: np.ndarray, threshold: float | None = None) -> np.n
 DESCRIPTION = "highest CLIP score first; threshold=T keeps only scores ≥ T (DataComp)"
 
 
+def options(given: dict, params) -> dict:
+    """``threshold`` (default none) and ``column`` (default ``--score-column``'s)."""
+    spec = {"threshold": (float, None), "column": (str, params.resolved_score_column)}
+    return step_options("clip-score", given, spec)
+
+
 def rank(inputs, params) -> Ranking:
     """Registry adapter: the raw score column (``--score-column``, default the model's CLIP
     score; ``column=NAME`` picks another), unshifted, so thresholds mean what DataComp's do."""
-    spec = {"threshold": (float, None), "column": (str, params.resolved_score_column)}
-    opts = step_options("clip-score", inputs.options, spec)
+    opts = options(inputs.options, params)
     scores = inputs.column(opts["column"])
     order = clip_score_order(scores, opts["threshold"])
     info = {"column": opts["column"], "threshold": opts["threshold"], "passed": len(order)}

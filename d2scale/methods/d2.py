@@ -4,6 +4,8 @@ pass; a smaller budget reuses a longer pick order)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from d2scale import io
@@ -11,17 +13,39 @@ from d2scale.backends import resolve_device
 from d2scale.d2.forward import forward_on
 from d2scale.d2.order import checked_scores
 from d2scale.d2.reverse import cpu_only_variant, reverse_on
+from d2scale.errors import D2ScaleError
 from d2scale.graph.symmetric import symmetrize
 from d2scale.methods.base import MethodInputs
-from d2scale.params import SelectParams
-from d2scale.runner import stage_key
+from d2scale.params import PARAMS, SelectParams
+from d2scale.stages import stage_key
 from d2scale.types import Ranking
 
-DESCRIPTION = "D2 Pruning: forward and reverse message passing on the kNN graph (default)"
+DESCRIPTION = (
+    "D2 Pruning: forward and reverse message passing on the kNN graph (default); options "
+    "gamma, gamma_forward, mode, sampling, greedy, buckets override the global flags"
+)
+# The step options: the message-passing parameters (the stages forward and reverse).
+OVERRIDES = tuple(p.name for p in PARAMS.values() if p.stage in ("forward", "reverse"))
+
+
+def options(given: dict, params) -> dict:
+    """The step's message-passing parameters, parsed and checked as their flags are
+    (``--then d2:0.3:gamma=0.5`` → ``{"gamma": 0.5}``); they override the global values."""
+    unknown = sorted(set(given) - set(OVERRIDES))
+    if unknown:
+        raise D2ScaleError(
+            f"method 'd2' takes {', '.join(OVERRIDES)}; got the option {unknown[0]!r}."
+        )
+    try:
+        return {name: PARAMS[name].parse(value) for name, value in given.items()}
+    except D2ScaleError as e:
+        raise D2ScaleError(f"method 'd2': {e}") from None
 
 
 def rank(inputs: MethodInputs, params: SelectParams) -> Ranking:
-    """The D2 pick order of ``inputs``; ``forward_score`` for every row."""
+    """The D2 pick order of ``inputs``; ``forward_score`` for every row. The step's options
+    override the global message-passing parameters (and so key the stages)."""
+    params = dataclasses.replace(params, **options(inputs.options, params))
     scores = checked_scores(inputs.scores, inputs.n)
     device = resolve_device(params.device, cpu_only_variant(params.greedy, params.buckets))
     knn, graph_key = inputs.knn_graph()
@@ -54,5 +78,6 @@ def rank(inputs: MethodInputs, params: SelectParams) -> Ranking:
         "reverse", rkey, reverse_pass, accept=lambda info: info.get("budget", -1) >= inputs.budget
     )
     order = io.load_npy(io.join(rev.directory, "order.npy"))[: inputs.budget]
-    info = {"n_edges": fwd.info["n_edges"], "forward_device": fwd.info["device"], **rev.info}
+    info = {"n_edges": fwd.info["n_edges"], "forward_device": fwd.info["device"], **rev.info,
+            "message_passing": {name: getattr(params, name) for name in OVERRIDES}}  # fmt: skip
     return Ranking(np.asarray(order, dtype=np.int64), {"forward_score": forward}, info)

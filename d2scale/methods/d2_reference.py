@@ -104,12 +104,17 @@ def reference_order(
 DESCRIPTION = "the D2 seed's DataComp script exactly (directed lists, squared distances, standby)"
 
 
+def options(given: dict, params) -> dict:
+    """None: the script's settings come from the global flags."""
+    return step_options("d2-reference", given, {})
+
+
 def rank(inputs, params):
     """Registry adapter: the step's kNN graph (``--n-neighbors``), its shifted scores,
     ``--gamma`` and ``--gamma-forward`` (the script's are 1.0); no options."""
     from d2scale.types import Ranking
 
-    step_options("d2-reference", inputs.options, {})
+    options(inputs.options, params)
     knn, _ = inputs.knn_graph()
     ids, sq = search_results(knn)
     order, forward = reference_order(ids, sq, inputs.scores, gamma=params.gamma,

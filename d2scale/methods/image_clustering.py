@@ -44,6 +44,12 @@ def image_clustering_filter(
 DESCRIPTION = "DataComp image-based: k-means clusters holding a target embedding (targets=T.npy)"
 
 
+def options(given: dict, params) -> dict:
+    """``targets`` (required), ``clusters`` (None: rows/128, set by ``rank``), ``iterations``."""
+    spec = {"targets": (str, REQUIRED), "clusters": (int, None), "iterations": (int, 20)}
+    return step_options("image-clustering", given, spec)
+
+
 def rank(inputs, params):
     """Registry adapter: the step's embeddings (``--feature-type``; DataComp uses ``image``),
     ``targets=PATH.npy`` (n × d), ``clusters=K`` (default rows/128), ``iterations=20``."""
@@ -51,9 +57,9 @@ def rank(inputs, params):
     from d2scale.methods._kmeans import gather
     from d2scale.types import Ranking
 
-    spec = {"targets": (str, REQUIRED), "clusters": (int, max(1, inputs.n // 128)),
-            "iterations": (int, 20)}  # fmt: skip
-    opts = step_options("image-clustering", inputs.options, spec)
+    opts = options(inputs.options, params)
+    if opts["clusters"] is None:
+        opts["clusters"] = max(1, inputs.n // 128)
     try:
         targets = io.load_npy(opts["targets"])
     except (OSError, ValueError) as e:

@@ -19,7 +19,12 @@ def random_order(n: int, seed: int) -> np.ndarray:
 DESCRIPTION = "a seeded random order (option seed=S, default --seed): the baseline"
 
 
+def options(given: dict, params) -> dict:
+    """``seed`` (default ``--seed``)."""
+    return step_options("random", given, {"seed": (int, params.seed)})
+
+
 def rank(inputs, params) -> Ranking:
     """Registry adapter: ``random_order`` over the step's rows."""
-    seed = step_options("random", inputs.options, {"seed": (int, inputs.seed)})["seed"]
+    seed = options(inputs.options, params)["seed"]
     return Ranking(random_order(inputs.n, seed), {}, {"seed": seed})

@@ -72,15 +72,23 @@ DESCRIPTION = (
 )
 
 
+def options(given: dict, params) -> dict:
+    """``eps`` (required), ``clusters`` (None: rows/128, set by ``rank``), ``keep``,
+    ``iterations``."""
+    spec = {"eps": (float, REQUIRED), "clusters": (int, None), "keep": (str, "hard"),
+            "iterations": (int, 20)}  # fmt: skip
+    return step_options("semdedup", given, spec)
+
+
 def rank(inputs, params):
     """Registry adapter: the step's embeddings (``--feature-type``), ``eps=E`` (required),
     ``clusters=K`` (default rows/128), ``keep=hard|easy``, ``iterations=20``."""
     from d2scale.methods._kmeans import gather
     from d2scale.types import Ranking
 
-    spec = {"eps": (float, REQUIRED), "clusters": (int, max(1, inputs.n // 128)),
-            "keep": (str, "hard"), "iterations": (int, 20)}  # fmt: skip
-    opts = step_options("semdedup", inputs.options, spec)
+    opts = options(inputs.options, params)
+    if opts["clusters"] is None:
+        opts["clusters"] = max(1, inputs.n // 128)
     kept, info = semdedup_filter(gather(inputs.embeddings()), eps=opts["eps"],
                                  n_clusters=opts["clusters"], seed=inputs.seed,
                                  n_iter=opts["iterations"], keep=opts["keep"])  # fmt: skip

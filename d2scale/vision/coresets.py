@@ -23,6 +23,7 @@ import numpy as np
 
 from d2scale.errors import D2ScaleError
 from d2scale.vision.dynamics import difficulty, score_name
+from d2scale.vision.meter import meter
 
 METHODS = ("random", "topk", "d2", "ccs", "moderate", "kcenter")
 CLASS_MODE_DEFAULT = ("d2", "kcenter")  # methods that pick per class unless told otherwise
@@ -118,6 +119,7 @@ def select_coreset(
     budget: int | None = None,
     pool: np.ndarray | None = None,
     anchors: np.ndarray | None = None,
+    progress=None,
 ) -> Coreset:
     """Select ``int(fraction·N)`` samples (N = all training samples) per ``params``.
 
@@ -125,11 +127,12 @@ def select_coreset(
     per sample. ``class_budget`` (per-class counts, e.g. DRoP quotas) forces class mode with
     those budgets; ``budget`` replaces ``int(fraction·N)``; ``pool`` restricts the candidates
     (default: every sample); k-center continues from the centres ``anchors`` (active
-    learning: the samples already labelled).
+    learning: the samples already labelled). ``progress`` (a callable) hears the classes
+    picked and k-center's centres when that takes long.
     """
     params.validate()
     with _torch_threads_kept():
-        return _select(params, scores, features, class_budget, budget, pool, anchors)
+        return _select(params, scores, features, class_budget, budget, pool, anchors, progress)
 
 
 @contextlib.contextmanager
@@ -146,21 +149,24 @@ def _torch_threads_kept():
         torch.set_num_threads(n)
 
 
-def _select(params, scores, features, class_budget, budget, pool, anchors) -> Coreset:
+def _select(params, scores, features, class_budget, budget, pool, anchors, progress) -> Coreset:
     t0 = time.perf_counter()
-    targets = np.asarray(scores["targets"], dtype=np.int64)
+    targets = checked_targets(scores["targets"])
     n = len(targets)
     if features.shape[0] != n:
         raise D2ScaleError(f"features have {features.shape[0]} rows but there are {n} samples.")
+    check_finite(params, scores, features)
     if class_budget is not None:
         budget = int(np.sum(class_budget))
     elif budget is None:
         budget = budget_of(params.fraction, n)
+    if budget == 0 and pool is None and class_budget is None:
+        raise D2ScaleError(f"--fraction {params.fraction} keeps no sample of {n:,}.")
     cands = np.arange(n) if pool is None else np.sort(np.asarray(pool, dtype=np.int64))
     cands, removed = remove_mislabeled(cands, scores, int(params.mis_ratio * n))
     if budget > len(cands):
         raise D2ScaleError(f"cannot keep {budget} of the {len(cands)} candidate samples.")
-    picker = _Picker(params, scores, features, targets, anchors)
+    picker = _Picker(params, scores, features, targets, anchors, progress)
     info = {"params": asdict(params), "n": n, "budget": budget, "n_removed_by_aum": removed}
     if params.coreset_mode == "class" or class_budget is not None:
         chosen, class_budget = _per_class(picker, cands, targets, budget, class_budget)
@@ -170,7 +176,45 @@ def _select(params, scores, features, class_budget, budget, pool, anchors) -> Co
     info["seconds"] = round(time.perf_counter() - t0, 3)
     chosen = np.sort(chosen.astype(np.int64))
     assert len(chosen) == budget and len(np.unique(chosen)) == budget
+    if class_budget is None and anchors is None:  # quotas warn for themselves (DRoP)
+        missing = np.setdiff1d(np.unique(targets[cands]), np.unique(targets[chosen]))
+        if len(missing):
+            info["warnings"] = [
+                f"warning: the coreset has no samples of class(es) {missing.tolist()}, "
+                "which the candidates have (the model will never see them)"
+            ]
     return Coreset(chosen, info)
+
+
+def checked_targets(targets) -> np.ndarray:
+    """Class labels as int64, refused unless integers ≥ 0 (a negative label would silently
+    get no budget)."""
+    raw = np.asarray(targets)
+    if raw.ndim != 1 or (raw.size and raw.dtype.kind not in "iu"):
+        raise D2ScaleError(f"class labels must be a 1-D integer array; found {raw.dtype}.")
+    if raw.size and raw.min() < 0:
+        raise D2ScaleError(f"class labels must be ≥ 0; found {int(raw.min())}.")
+    return raw.astype(np.int64)
+
+
+def check_finite(params: CoresetParams, scores: dict[str, np.ndarray], features) -> None:
+    """Refuse NaN or infinite values in what ``params``' method reads: its score, the AUM
+    that ``mis_ratio`` removes by, the features (d2, moderate, kcenter)."""
+    used = [params.score] if params.method in ("topk", "ccs", "d2") else []
+    if params.mis_ratio > 0:
+        used.append("accumulated_margin")
+    for name in used:
+        if name not in scores:
+            raise D2ScaleError(f"--method {params.method} needs the score {name!r}; none given.")
+        bad = int(np.count_nonzero(~np.isfinite(np.asarray(scores[name], dtype=np.float64))))
+        if bad:
+            raise D2ScaleError(f"the score {name!r} has {bad:,} NaN or infinite values.")
+    if params.method in ("d2", "moderate", "kcenter"):
+        rows = 1 << 16  # a block at a time: no boolean copy of a large feature matrix
+        bad = sum(int(np.count_nonzero(~np.isfinite(features[i : i + rows]).all(axis=1)))
+                  for i in range(0, len(features), rows))  # fmt: skip
+        if bad:
+            raise D2ScaleError(f"{bad:,} feature rows hold NaN or infinite values.")
 
 
 def _per_class(picker, cands, targets, budget, class_budget) -> tuple[np.ndarray, np.ndarray]:
@@ -182,8 +226,11 @@ def _per_class(picker, cands, targets, budget, class_budget) -> tuple[np.ndarray
         class_budget = class_budgets(counts, budget)
     elif np.any(np.asarray(class_budget) > counts) or targets.max() >= n_classes:
         raise D2ScaleError("a class budget exceeds the number of candidates of its class.")
-    pairs = enumerate(zip(per_class, class_budget, strict=True))
-    picks = [picker(p, int(b), c) for c, (p, b) in pairs]
+    step = meter(picker.progress, f"{picker.p.method} per class", n_classes, "classes")
+    picks = []
+    for c, (p, b) in enumerate(zip(per_class, class_budget, strict=True)):
+        picks.append(picker(p, int(b), c))
+        step(c + 1)
     return (np.concatenate(picks) if picks else np.zeros(0, np.int64)), class_budget
 
 
@@ -237,9 +284,12 @@ def class_budgets(counts: np.ndarray, budget: int) -> np.ndarray:
 class _Picker:
     """Dispatches ``(pool, budget, class)`` to the chosen method's picker."""
 
-    def __init__(self, params: CoresetParams, scores, features, targets, anchors=None):
+    def __init__(
+        self, params: CoresetParams, scores, features, targets, anchors=None, progress=None
+    ):
         self.p, self.scores, self.features, self.targets = params, scores, features, targets
         self.anchors = np.zeros(0, np.int64) if anchors is None else np.asarray(anchors)
+        self.progress = progress
 
     def __call__(self, pool: np.ndarray, budget: int, cls: int | None) -> np.ndarray:
         if budget >= len(pool):
@@ -262,10 +312,11 @@ class _Picker:
 
     def kcenter(self, pool: np.ndarray, budget: int, cls: int | None) -> np.ndarray:
         a = self.anchors if cls is None else self.anchors[self.targets[self.anchors] == cls]
+        step = meter(self.progress if cls is None else None, "k-center", budget, "centres")
         if len(a) == 0:
-            return pool[kcenter_greedy(self.features[pool], budget)]
+            return pool[kcenter_greedy(self.features[pool], budget, step=step)]
         x = self.features[np.concatenate([a, pool])]
-        picks = kcenter_greedy(x, budget, initial=np.arange(len(a)))
+        picks = kcenter_greedy(x, budget, initial=np.arange(len(a)), step=step)
         return pool[picks - len(a)]
 
     def d2(self, pool: np.ndarray, budget: int) -> np.ndarray:
@@ -294,8 +345,8 @@ def knn_graph(x: np.ndarray, k: int):
 
     The one place the vision code builds graphs: repoint here to change the kNN backend.
     """
-    from d2scale.graph.scan import topk as exact_topk
-    from d2scale.graph.shards import drop_self
+    from d2scale.graph import drop_self
+    from d2scale.graph import topk as exact_topk
     from d2scale.types import KnnGraph
 
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -351,7 +402,9 @@ def moderate(features: np.ndarray, labels: np.ndarray, budget: int) -> np.ndarra
     return order[start : start + budget]
 
 
-def kcenter_greedy(x: np.ndarray, budget: int, initial: np.ndarray | None = None) -> np.ndarray:
+def kcenter_greedy(
+    x: np.ndarray, budget: int, initial: np.ndarray | None = None, step=None
+) -> np.ndarray:
     """k-center greedy: positions in ``x`` of ``budget`` new centres, each the point farthest
     from all centres so far (ties → lowest position). Without ``initial`` centres the first is
     the point nearest the mean. Squared distances in float64 from one matrix product: the
@@ -377,6 +430,8 @@ def kcenter_greedy(x: np.ndarray, budget: int, initial: np.ndarray | None = None
     while len(picks) < budget:
         u = int(np.argmax(np.where(chosen, -np.inf, min_d)))
         picks.append(u)
+        if step is not None:
+            step(len(picks))
         chosen[u] = True
         np.minimum(min_d, dist_to(u), out=min_d)
     return np.asarray(picks, dtype=np.int64)

@@ -1,14 +1,17 @@
-"""Image-classification datasets: CIFAR-10/100 archives, ImageFolder trees, digits, MNIST-5k.
+"""Image-classification datasets: CIFAR-10/100 archives, ImageFolder trees, TinyImageNet,
+Waterbirds, digits, MNIST-5k.
 
 Every dataset has three splits. ``train`` is the official training set (digits and
 mnist5k: a fixed stratified 60% of the samples). The held-out set (CIFAR: the official test
-batch; ImageFolder: ``val/``; digits and mnist5k: the other 40%) is split per class into two
-halves, as DRoP does: ``val`` (model selection, DRoP recalls, CDB-W weights) and ``test``
-(reported). All splits use ``SPLIT_SEED``, never the run's ``--seed``, so every run of a
-dataset sees the same samples.
+batch; ImageFolder: ``val/``; TinyImageNet: ``val/``; digits and mnist5k: the other 40%) is
+split per class into two halves, as DRoP does: ``val`` (model selection, DRoP recalls, CDB-W
+weights) and ``test`` (reported); Waterbirds keeps its official val and test splits. All
+splits use ``SPLIT_SEED``, never the run's ``--seed``, so every run of a dataset sees the
+same samples.
 
-Small datasets are held on the device as uint8 tensors and augmented there (airbench
-style); a coreset is an index array into ``train``. ImageFolder trees are streamed through a
+Small datasets (TinyImageNet included) are held on the device as uint8 tensors and augmented
+there (airbench style); a coreset is an index array into ``train``. ImageFolder trees and
+Waterbirds are streamed through a
 ``DataLoader`` with Pillow decoding and never loaded whole. Both expose ``batches``, which
 yields normalised ``(x, y, idx)`` on the device.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import os
 import pickle
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -29,12 +33,18 @@ from d2scale.errors import D2ScaleError
 from d2scale.vision.folder import FolderData
 from d2scale.vision.splits import SPLIT_SEED, chunks, holdout_halves, index_tensor
 
-DATASETS = ("cifar10", "cifar100", "imagenet", "digits", "mnist5k")
+DATASETS = ("cifar10", "cifar100", "imagenet", "tinyimagenet", "waterbirds", "digits", "mnist5k")
 SPLITS = ("train", "val", "test")
 HOLDOUT = 0.4  # digits, mnist5k: share of the samples held out (then halved: val, test)
 
 # per dataset: (random-crop padding in pixels, horizontal flips)
-AUGMENT = {"cifar10": (4, True), "cifar100": (4, True), "digits": (1, False), "mnist5k": (2, False)}
+AUGMENT = {
+    "cifar10": (4, True),
+    "cifar100": (4, True),
+    "tinyimagenet": (4, True),
+    "digits": (1, False),
+    "mnist5k": (2, False),
+}
 
 _CIFAR = {
     "cifar10": ("cifar-10-batches-py", "cifar-10-python.tar.gz", b"labels", 10),
@@ -55,6 +65,7 @@ class TensorData:
     pad: int
     flip: bool
     device: torch.device
+    unreadable: tuple[str, ...] = ()  # image files skipped while decoding (TinyImageNet)
 
     @property
     def in_channels(self) -> int:
@@ -116,17 +127,32 @@ def augment_batch(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -
 
 
 def load_dataset(
-    name: str, data_dir: str | None = None, device: str | torch.device = "cpu", **folder_kw
+    name: str,
+    data_dir: str | None = None,
+    device: str | torch.device = "cpu",
+    progress=None,
+    **folder_kw,
 ) -> TensorData | FolderData:
-    """The dataset ``name`` (one of ``DATASETS``) with its three splits."""
+    """The dataset ``name`` (one of ``DATASETS``) with its three splits; ``progress`` hears
+    long decoding steps (TinyImageNet)."""
     if name not in DATASETS:
         raise D2ScaleError(f"--dataset must be one of {', '.join(DATASETS)}; got {name!r}.")
     device = torch.device(device)
     if name == "imagenet":
         if not data_dir:
             raise D2ScaleError("--dataset imagenet needs --data-dir holding train/ and val/.")
-        return FolderData.open(data_dir, device=device, **folder_kw)
-    if name in _CIFAR:
+        return FolderData.open(data_dir, device=device, progress=progress, **folder_kw)
+    if name == "waterbirds":
+        from d2scale.vision.waterbirds import open_waterbirds
+
+        return open_waterbirds(data_dir, device=device, **folder_kw)
+    unreadable: list[str] = []
+    if name == "tinyimagenet":
+        from d2scale.vision.tinyimagenet import load_tinyimagenet
+
+        (x_tr, y_tr), (x_ho, y_ho), wnids, unreadable = load_tinyimagenet(data_dir, progress)
+        num_classes = len(wnids)
+    elif name in _CIFAR:
         (x_tr, y_tr), (x_ho, y_ho) = load_cifar(name, data_dir)
         num_classes = _CIFAR[name][3]
     else:
@@ -155,6 +181,7 @@ def load_dataset(
         pad=pad,
         flip=flip,
         device=device,
+        unreadable=tuple(unreadable),
     )
 
 
@@ -165,26 +192,44 @@ def load_cifar(name: str, data_dir: str | None) -> tuple[tuple, tuple]:
     """((train images, labels), (test images, labels)) from the Python pickle archive: an
     extracted ``cifar-10-batches-py/`` / ``cifar-100-python/`` or the ``.tar.gz``, inside
     ``data_dir`` (or ``data_dir`` itself). Images are uint8 (N, 3, 32, 32)."""
-    folder, tarball, key, _ = _CIFAR[name]
+    folder, tarball, key, n_classes = _CIFAR[name]
     if not data_dir:
         raise D2ScaleError(f"--dataset {name} needs --data-dir holding {folder}/ or {tarball}.")
     train_names, test_names = _cifar_members(name)
     for root in (os.path.join(data_dir, folder), data_dir):
         if all(os.path.isfile(os.path.join(root, m)) for m in train_names + test_names):
             read = lambda m, r=root: _unpickle(_read_bytes(os.path.join(r, m)), m)  # noqa: E731
-            return _cifar_split(read, train_names, key), _cifar_split(read, test_names, key)
+            return (
+                _cifar_split(read, train_names, key, n_classes),
+                _cifar_split(read, test_names, key, n_classes),
+            )
     tar_path = os.path.join(data_dir, tarball)
     if os.path.isfile(tar_path):
-        with tarfile.open(tar_path, "r:gz") as tar:
-            members = {os.path.relpath(m.name, folder): m for m in tar.getmembers() if m.isfile()}
-            missing = [m for m in train_names + test_names if m not in members]
-            if missing:
-                raise D2ScaleError(f"{tar_path} lacks {folder}/{missing[0]}; is it {tarball}?")
-            read = lambda m: _unpickle(tar.extractfile(members[m]).read(), m)  # noqa: E731
-            return _cifar_split(read, train_names, key), _cifar_split(read, test_names, key)
+        try:
+            return _read_cifar_tar(tar_path, name)
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+            raise D2ScaleError(
+                f"cannot read {tar_path}: not a complete {tarball} (a truncated or other "
+                f"file?): {type(e).__name__}: {e}"
+            ) from None
     raise D2ScaleError(
         f"no CIFAR archive in {data_dir}: expected {folder}/ (extracted) or {tarball}."
     )
+
+
+def _read_cifar_tar(tar_path: str, name: str) -> tuple[tuple, tuple]:
+    folder, tarball, key, n_classes = _CIFAR[name]
+    train_names, test_names = _cifar_members(name)
+    with tarfile.open(tar_path, "r:gz") as tar:
+        members = {os.path.relpath(m.name, folder): m for m in tar.getmembers() if m.isfile()}
+        missing = [m for m in train_names + test_names if m not in members]
+        if missing:
+            raise D2ScaleError(f"{tar_path} lacks {folder}/{missing[0]}; is it {tarball}?")
+        read = lambda m: _unpickle(tar.extractfile(members[m]).read(), m)  # noqa: E731
+        return (
+            _cifar_split(read, train_names, key, n_classes),
+            _cifar_split(read, test_names, key, n_classes),
+        )
 
 
 def _cifar_members(name: str) -> tuple[list[str], list[str]]:
@@ -193,7 +238,9 @@ def _cifar_members(name: str) -> tuple[list[str], list[str]]:
     return ["train"], ["test"]
 
 
-def _cifar_split(read, members: list[str], key: bytes) -> tuple[np.ndarray, np.ndarray]:
+def _cifar_split(
+    read, members: list[str], key: bytes, n_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
     for m in members:
         d = read(m)
@@ -202,8 +249,14 @@ def _cifar_split(read, members: list[str], key: bytes) -> tuple[np.ndarray, np.n
         data = np.asarray(d[b"data"], dtype=np.uint8)
         if data.ndim != 2 or data.shape[1] != 3072 or len(d[key]) != len(data):
             raise D2ScaleError(f"CIFAR member {m} is not N×3072 images with N labels.")
+        labels = np.asarray(d[key])
+        if labels.size and (labels.dtype.kind not in "iu" or labels.min() < 0
+                            or labels.max() >= n_classes):  # fmt: skip
+            raise D2ScaleError(
+                f"CIFAR member {m} has labels outside the {n_classes} classes 0..{n_classes - 1}."
+            )
         xs.append(data.reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(d[key], dtype=np.int64))
+        ys.append(labels.astype(np.int64))
     return np.concatenate(xs), np.concatenate(ys)
 
 

@@ -71,6 +71,7 @@ def run_experiment(
     bars: bool = False,
 ) -> list[dict]:
     """Run the grid (resuming finished cells) and write the results files; the records."""
+    bars = progress if bars else None  # training reports batches through ``progress``
     records = []
     for seed in seeds:
         full_dir = os.path.join(out, f"seed-{seed}", "full")
@@ -108,6 +109,7 @@ def run_experiment(
                         bars,
                     )
                 records.append(_record(spec.label, fraction, seed, runs.read_metrics(cell)))
+                _say_warnings(records[-1], progress)
     write_results(out, records)
     return records
 
@@ -119,6 +121,7 @@ def _run_cell(data, model, recipe, spec, fraction, seed, cell, scores, features,
         params.score = spec.score
     coreset = select_coreset(params, scores, features)
     save_npy(os.path.join(cell, "coreset.npy"), coreset.indices)
+    warnings = coreset.info.get("warnings", [])
     save_json(os.path.join(cell, "selection.json"), coreset.info)
     result = train(
         data,
@@ -136,6 +139,7 @@ def _run_cell(data, model, recipe, spec, fraction, seed, cell, scores, features,
         "n_selected": len(coreset.indices),
         "select_seconds": coreset.info["seconds"],
         "cell_seconds": round(time.perf_counter() - t0, 2),
+        **({"warnings": warnings} if warnings else {}),
     }
     runs.save_run(cell, result, extra)
 
@@ -150,7 +154,19 @@ def _record(method: str, fraction: float, seed: int, m: dict) -> dict:
         "per_class_accuracy": m["per_class_accuracy"],
         "n_selected": m["n_train"],
         "seconds": m["cell_seconds"] if "cell_seconds" in m else m["seconds"],
+        "warnings": m.get("warnings", []),
+        **(
+            {"worst_group_accuracy": m["worst_group_accuracy"]}
+            if "worst_group_accuracy" in m
+            else {}
+        ),
     }
+
+
+def _say_warnings(record: dict, progress: Callable[[str], None]) -> None:
+    """A degraded cell's warnings (a class emptied), one line each, naming the cell."""
+    for w in record["warnings"]:
+        progress(f"seed {record['seed']}: {record['method']} at {record['fraction']:g}: {w}")
 
 
 # ============================================================================ DRoP grid
@@ -192,6 +208,7 @@ def run_drop_experiment(
     --strategy dp`` for every (scorer+quoter, CDB-W, recall smoothing, fraction) — smoothing
     only where recalls are used (DRoP quotas, CDB-W); query models are shared through
     ``out/query-cache``. Writes the same results files as :func:`run_experiment`."""
+    bars = progress if bars else None  # training reports batches through ``progress``
     records = []
     cache = os.path.join(out, "query-cache")
     for seed in seeds:
@@ -208,17 +225,20 @@ def run_drop_experiment(
             label = (scorer + ("" if quoter == "none" else f"+{quoter}") + ("+cdbw" * weighted)
                      + ("" if smoothing == "none" else f"+{smoothing}"))  # fmt: skip
             cell = os.path.join(out, f"seed-{seed}", f"{label}-{fraction:g}")
-            if not runs.is_finished(cell):
+            finished = runs.is_finished(cell)
+            if not finished:
                 progress(f"seed {seed}: {label} at {fraction:g}")
                 params = PruneParams("dp", fraction, scorer=scorer, quoter=quoter,
                                      num_inits=num_inits, cdbw_final=weighted,
                                      recall_smoothing=smoothing, seed=seed,
                                      select=select_params)  # fmt: skip
-                run_prune(data, model, recipe, params, cell, progress=lambda _: None,
-                          bars=bars, query_cache=cache)  # fmt: skip
+                run_prune(data, model, recipe, params, cell, progress=progress,
+                          bars=bars is not None, query_cache=cache)  # fmt: skip
             m = runs.read_metrics(cell)
             m |= {"n_train": m["n_kept"], "cell_seconds": m["timings"]["total"]}
             records.append(_record(label, fraction, seed, m))
+            if finished:  # a cell run now said its warnings as they came
+                _say_warnings(records[-1], progress)
     write_results(out, records)
     return records
 
@@ -253,10 +273,13 @@ def results_markdown(records: list[dict]) -> str:
     """Two tables (test and worst-class accuracy, %), methods × fractions kept."""
     seeds = sorted({r["seed"] for r in records})
     lines = [f"Mean ± std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}), in %.", ""]
-    for key, title in (
+    tables = [
         ("test_accuracy", "Test accuracy"),
         ("worst_class_accuracy", "Worst-class test accuracy"),
-    ):
+    ]
+    if all("worst_group_accuracy" in r for r in records):  # Waterbirds
+        tables.append(("worst_group_accuracy", "Worst-group test accuracy"))
+    for key, title in tables:
         methods, fractions, cells = _grid(records, key)
         lines += [f"**{title}** (full data: {_fmt(cells.get(('full', 1.0)))})", ""]
         lines.append("| method | " + " | ".join(f"{f:g} kept" for f in fractions) + " |")
@@ -264,6 +287,12 @@ def results_markdown(records: list[dict]) -> str:
         for m in methods:
             row = " | ".join(_fmt(cells.get((m, f))) for f in fractions)
             lines.append(f"| {m} | {row} |")
+        lines.append("")
+    warned = [r for r in records if r.get("warnings")]
+    if warned:
+        lines += ["**Warnings** (degraded cells; details in results.json)", ""]
+        lines += [f"- seed {r['seed']}, {r['method']} at {r['fraction']:g}: {w}"
+                  for r in warned for w in r["warnings"]]  # fmt: skip
         lines.append("")
     return "\n".join(lines)
 

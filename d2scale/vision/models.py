@@ -1,4 +1,5 @@
-"""Classifiers: ResNet-18/50 (CIFAR 3×3 stem for small images), VGG-16-BN, a small CNN.
+"""Classifiers: ResNet-18/34/50 (CIFAR 3×3 stem for small images), VGG-16-BN and VGG-19-BN
+(small images: pooled features into one linear layer, as DRoP's), a small CNN.
 
 Every model is a :class:`Net`: ``body`` maps images to the penultimate features (ResNets:
 the global-average-pooled layer4 output, 512-d for ResNet-18) and ``fc`` maps features to
@@ -14,8 +15,16 @@ from torch import nn
 
 from d2scale.errors import D2ScaleError
 
-MODELS = ("resnet18", "resnet50", "vgg16_bn", "cnn")
-MODEL_ALIASES = {"vgg16": "vgg16_bn", "VGG16": "vgg16_bn", "ResNet18": "resnet18"}
+MODELS = ("resnet18", "resnet34", "resnet50", "vgg16_bn", "vgg19_bn", "cnn")
+MODEL_ALIASES = {
+    "vgg16": "vgg16_bn",
+    "VGG16": "vgg16_bn",
+    "vgg19": "vgg19_bn",
+    "VGG19": "vgg19_bn",
+    "ResNet18": "resnet18",
+    "ResNet34": "resnet34",
+    "ResNet50": "resnet50",
+}
 SMALL_IMAGES = 64  # at or below this side length, ResNets get the CIFAR stem
 
 
@@ -42,10 +51,10 @@ def build_model(
         raise D2ScaleError(f"--dropout must be in [0, 1); got {dropout}.")
     if name == "cnn":
         net = _cnn(num_classes, in_channels)
-    elif name in ("resnet18", "resnet50"):
+    elif name in ("resnet18", "resnet34", "resnet50"):
         net = _resnet(name, num_classes, in_channels, image_size <= SMALL_IMAGES)
-    elif name == "vgg16_bn":
-        net = _vgg16_bn(num_classes, in_channels, image_size <= SMALL_IMAGES)
+    elif name in ("vgg16_bn", "vgg19_bn"):
+        net = _vgg(name, num_classes, in_channels, image_size <= SMALL_IMAGES)
     else:
         raise D2ScaleError(f"--model must be one of {', '.join(MODELS)}; got {name!r}.")
     if dropout > 0:
@@ -78,8 +87,8 @@ def _resnet(name: str, num_classes: int, in_channels: int, cifar_stem: bool) -> 
     return Net(m, fc)
 
 
-def _vgg16_bn(num_classes: int, in_channels: int, small: bool) -> Net:
-    m = _torchvision_models().vgg16_bn(num_classes=num_classes)
+def _vgg(name: str, num_classes: int, in_channels: int, small: bool) -> Net:
+    m = getattr(_torchvision_models(), name)(num_classes=num_classes)
     if in_channels != 3:
         m.features[0] = nn.Conv2d(in_channels, 64, 3, padding=1)
     if small:  # CIFAR VGG (DRoP): 512-d pooled features straight into one linear layer

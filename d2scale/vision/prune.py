@@ -27,10 +27,24 @@ import numpy as np
 from d2scale.errors import D2ScaleError
 from d2scale.io import save_json, save_npy
 from d2scale.vision import runs, scoring
-from d2scale.vision.coresets import CoresetParams, budget_of, remove_mislabeled, select_coreset
+from d2scale.vision.coresets import (
+    CoresetParams,
+    budget_of,
+    remove_mislabeled,
+    resolve_mis_ratio,
+    select_coreset,
+)
+from d2scale.vision.defaults import DEFAULT_QUOTER, DEFAULT_RECALL_SMOOTHING
 from d2scale.vision.models import build_model, has_dropout
-from d2scale.vision.quotas import class_quotas, estimate_recall
-from d2scale.vision.train import cdbw_key, load_model, pruned_epochs, run_signature, train
+from d2scale.vision.quotas import class_quotas, empty_class_warning, estimate_recall
+from d2scale.vision.train import (
+    GROUP_KEYS,
+    cdbw_key,
+    load_model,
+    pruned_epochs,
+    run_signature,
+    train,
+)
 
 # scorer → (coreset method, the score slot it ranks by; see MODEL_SCORES)
 SCORERS = {
@@ -90,13 +104,13 @@ class PruneParams:
     final_frac: float
     init_frac: float | None = None  # al: initial labelled fraction (default F / (I + 1))
     scorer: str = "random"
-    quoter: str = "none"
+    quoter: str = DEFAULT_QUOTER
     num_inits: int | None = None  # None: --auto-config's value, else 1
     iterations: int = 1
     cdbw_final: bool = False
     cdbw_query: bool = False
     query_epochs: int | None = None
-    recall_smoothing: str = "none"  # "laplace": (hits + 1) / (n + 2) for quotas and CDB-W
+    recall_smoothing: str = DEFAULT_RECALL_SMOOTHING  # laplace: (hits + 1) / (n + 2); none
     seed: int = 0
     select: dict = field(default_factory=dict)  # CoresetParams keywords (d2: n_neighbors, …)
     auto_config: bool = False  # DRoP's --auto_config: num_inits per AUTO_NUM_INITS
@@ -127,7 +141,7 @@ class PruneParams:
         if not 0 <= self.dropout < 1:
             raise D2ScaleError(f"--dropout must be in [0, 1); got {self.dropout}.")
         if self.strategy == "dp" and self.init_frac not in (None, 1.0):
-            raise D2ScaleError("--init-frac is for --strategy al; pruning starts from all data.")
+            raise D2ScaleError("--init-frac applies to --strategy al (dp starts from all data).")
         if self.strategy == "al":
             if self.init_frac is None:
                 self.init_frac = self.final_frac / (self.iterations + 1)
@@ -168,6 +182,7 @@ def run_prune(data, model: str, recipe, params: PruneParams, out: str, *, progre
     ``extra`` entries (e.g. the device request, warnings) are recorded in the metrics."""
     params.validate()
     extra = {**(extra or {}), **_mc_check(data, model, params)}
+    bars = progress if bars else None  # training reports batches through ``progress``
     t0 = time.perf_counter()
     n, targets = data.size("train"), data.targets("train")
     cache = query_cache or os.path.join(out, "query")
@@ -184,7 +199,10 @@ def run_prune(data, model: str, recipe, params: PruneParams, out: str, *, progre
         t2 = time.perf_counter()
         step = _prune_step if params.strategy == "dp" else _acquire_step
         new, info = step(params, query, kept, size, targets, data.num_classes, t)
-        _warn_empty_classes(info, params, progress)
+        for w in info["warnings"]:  # the coreset's (a class left out without quotas)
+            progress(w)
+        warning = _warn_empty_classes(info, params, progress)
+        info["warnings"] += [warning] if warning else []
         if params.strategy == "al":
             assert not np.intersect1d(new, kept).size  # never re-acquire
             new = np.union1d(kept, new)
@@ -236,8 +254,10 @@ def query_recipe(recipe, params: PruneParams, kept_fraction: float):
 
 
 def _query(data, model, recipe, params, kept, t, cache, bars) -> _Query:
-    if params.scorer == "random" and params.quoter != "drop":
-        return _Query(None, None, None, [])
+    mis = params.select.get("mis_ratio", "auto")
+    aum = params.strategy == "dp" and resolve_mis_ratio(mis, "random", params.final_frac) > 0
+    if params.scorer == "random" and params.quoter != "drop" and not aum:
+        return _Query(None, None, None, [])  # no scores, recalls or AUM needed
     n = data.size("train")
     qr = query_recipe(recipe, params, len(kept) / n)
     indices = None if len(kept) == n else kept
@@ -255,6 +275,8 @@ def _query(data, model, recipe, params, kept, t, cache, bars) -> _Query:
                         desc=f"query {i + 1}/{params.num_inits}")  # fmt: skip
             runs.save_run(qdir, res)
             net = res.model
+        if bars:
+            bars(f"query models: {i + 1}/{params.num_inits} models")
         s, features = runs.load_run(qdir)
         s |= model_scores(data, model, params, qdir, net, seed)
         scores.append(s)
@@ -332,7 +354,7 @@ def _prune_step(params, query, kept, size, targets, n_classes, t):
     counts = np.bincount(targets[cands], minlength=n_classes)
     quotas = class_quotas(params.quoter, counts, query.recall, size, params.seed + t)
     coreset = select_coreset(cp, scores, features, class_budget=quotas, budget=size, pool=cands)
-    return coreset.indices, _step_info(query, quotas, removed, counts)
+    return coreset.indices, _step_info(query, quotas, removed, counts, coreset)
 
 
 def _acquire_step(params, query, kept, size, targets, n_classes, t):
@@ -345,26 +367,28 @@ def _acquire_step(params, query, kept, size, targets, n_classes, t):
     quotas = class_quotas(params.quoter, counts, query.recall, size - len(kept), params.seed + t)
     coreset = select_coreset(cp, scores, features, class_budget=quotas, budget=size - len(kept),
                              pool=pool, anchors=kept)  # fmt: skip
-    return coreset.indices, _step_info(query, quotas, 0, counts)
+    return coreset.indices, _step_info(query, quotas, 0, counts, coreset)
 
 
-def _warn_empty_classes(info: dict, params: PruneParams, progress) -> None:
-    """DRoP gives a class no samples when its measured validation recall is 1.0: say so."""
-    quotas, counts = info["quotas"], info["class_counts"]
-    if quotas is None or params.quoter != "drop":
-        return
-    empty = [k for k, (q, c) in enumerate(zip(quotas, counts, strict=True)) if q == 0 and c]
-    if empty:
-        hint = "" if params.recall_smoothing != "none" else "; --recall-smoothing laplace avoids it"
-        verb = "keep no" if params.strategy == "dp" else "acquire no new"
-        progress(
-            f"warning: DRoP quotas {verb} samples of class(es) {empty} (validation recall "
-            f"1.0 means zero error){hint}"
-        )
+def _warn_empty_classes(info: dict, params: PruneParams, progress) -> str | None:
+    """Quotas that give a class with samples none of them (DRoP: a measured validation
+    recall of 1.0): say so in one line; the line, for metrics.json."""
+    if info["quotas"] is None:
+        return None
+    hint = ""
+    if params.quoter == "drop" and params.recall_smoothing == "none":
+        hint = "; --recall-smoothing laplace avoids it"
+    verb = "keep no" if params.strategy == "dp" else "acquire no new"
+    recalls = info.get("val_recall") if params.quoter == "drop" else None
+    warning = empty_class_warning(info["quotas"], info["class_counts"], recalls, hint, verb)
+    if warning:
+        progress(warning)
+    return warning
 
 
-def _step_info(query: _Query, quotas, removed: int, counts) -> dict:
+def _step_info(query: _Query, quotas, removed: int, counts, coreset) -> dict:
     return {
+        "warnings": list(coreset.info.get("warnings", [])),
         "class_counts": counts.tolist(),
         "quotas": None if quotas is None else quotas.tolist(),
         "val_recall": None if query.recall is None else [round(float(r), 6) for r in query.recall],
@@ -401,8 +425,10 @@ def _final(data, model, recipe, params, kept, history, timings, out, t0, bars, p
         "test_accuracy": m["test_accuracy"],
         "worst_class_accuracy": m["worst_class_accuracy"],
         "per_class_accuracy": m["per_class_accuracy"],
+        **{key: m[key] for key in GROUP_KEYS if key in m},
         "kept_per_class": counts.tolist(),
         "quotas": [h["quotas"] for h in history],
+        "warnings": [w for h in history for w in h["warnings"]],
         "iterations": history,
         "final_model": m,
         "params": dict(vars(params)),

@@ -17,6 +17,7 @@ from d2scale.vision.coresets import budget_of
 
 QUOTERS = ("none", "uniform", "drop")
 RECALL_SMOOTHINGS = ("none", "laplace")
+MAX_TOTAL = 2**53  # class sizes sum to at most this: quotas are computed in float64, exactly
 
 
 def estimate_recall(recall, counts, smoothing: str = "none") -> np.ndarray:
@@ -83,6 +84,8 @@ def quotas_report(counts, recalls, fraction: float, quoter: str, seed: int = 0) 
     """What ``d2scale vision quotas`` prints: budget ``int(fraction·N)`` and the quotas."""
     if not 0 < fraction <= 1:
         raise D2ScaleError(f"--fraction must be in (0, 1]; got {fraction}.")
+    if sum(int(c) for c in counts) > MAX_TOTAL:
+        raise D2ScaleError(f"--counts must sum to at most 2^53 = {MAX_TOTAL:,} samples.")
     counts = np.asarray(counts, dtype=np.int64)
     budget = budget_of(fraction, int(counts.sum()))
     quotas = class_quotas(quoter, counts, recalls, budget, seed)
@@ -95,7 +98,30 @@ def quotas_report(counts, recalls, fraction: float, quoter: str, seed: int = 0) 
             round(q / c, 6) if c else 0.0 for q, c in zip(quotas, counts, strict=True)
         ]
         report["saturated"] = [int(c) for c in np.flatnonzero((quotas == counts) & (counts > 0))]
+        warning = empty_class_warning(quotas, counts, recalls)
+        if warning:
+            report["warnings"] = [warning]
     return report
+
+
+def emptied_classes(quotas, counts) -> list[int]:
+    """Classes that have samples but a quota of 0."""
+    q, c = np.asarray(quotas), np.asarray(counts)
+    return [int(k) for k in np.flatnonzero((q == 0) & (c > 0))]
+
+
+def empty_class_warning(
+    quotas, counts, recalls=None, hint: str = "", verb: str = "keep no"
+) -> str | None:
+    """One warning line when the quotas keep no sample of a class that has some (the model
+    will never see it), naming why: a measured recall of 1.0 (zero error) or a share that
+    rounds to 0. None when every class with samples keeps some."""
+    empty = emptied_classes(quotas, counts)
+    if not empty:
+        return None
+    perfect = recalls is not None and all(float(recalls[k]) >= 1.0 for k in empty)
+    why = "validation recall 1.0 means zero error" if perfect else "their share rounds to 0"
+    return f"warning: the quotas {verb} samples of class(es) {empty} ({why}){hint}"
 
 
 def _checked_counts(counts, budget: int) -> tuple[np.ndarray, int]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -81,8 +83,8 @@ def load_run(run_dir: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
         with np.load(dyn_path, allow_pickle=False) as z:
             scores = {k: z[k] for k in z.files}
         features = np.load(feat_path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise D2ScaleError(f"cannot read the run in {run_dir}: {e}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise D2ScaleError(f"cannot read the run in {run_dir} (damaged file?): {e}") from None
     _check_scores(scores, features, dyn_path, feat_path)
     return scores, features
 
@@ -91,7 +93,13 @@ def _check_scores(scores: dict, features: np.ndarray, score_path: str, feat_path
     missing = [k for k in (*SCORES, "targets") if k not in scores]
     if missing:
         raise D2ScaleError(f"{score_path} lacks the score {missing[0]!r}.")
-    n = len(scores["targets"])
+    n = len(scores["targets"]) if scores["targets"].ndim == 1 else -1
+    for k in (*SCORES, "targets"):
+        if scores[k].shape != (max(n, 0),):
+            raise D2ScaleError(
+                f"{score_path}: {k!r} has shape {scores[k].shape}; every score and the targets "
+                "must be 1-D with one entry per training sample."
+            )
     if features.ndim != 2 or features.shape[0] != n:
         raise D2ScaleError(f"{feat_path} must hold {n} feature rows; found {features.shape}.")
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from d2scale.errors import D2ScaleError
 from d2scale.io import atomic_path
 from d2scale.vision.dynamics import DynamicsLog, el2n_of, entropy_of, grand_of
+from d2scale.vision.meter import meter
 from d2scale.vision.models import build_model
 from d2scale.vision.quotas import estimate_recall
 
@@ -61,6 +62,11 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("d2", "cifar100"): CIFAR_D2,
     # ImageNet: the usual 90-epoch ResNet recipe; coresets get 60 full-data epochs of steps
     ("d2", "imagenet"): Recipe(90, 256, 0.1, 1e-4, iterations=300_000),
+    # TinyImageNet: the CIFAR recipe (no D2 / CCS recipe of its own in the seeds)
+    ("d2", "tinyimagenet"): CIFAR_D2,
+    # Waterbirds (4,795 training images, from scratch at 224 px; our choice, no seed recipe):
+    # 100 epochs of 38 steps; coresets get as many steps
+    ("d2", "waterbirds"): Recipe(100, 128, 0.1, 5e-4, iterations=100 * 38),
     # digit sets, scaled for a 2-core CPU: coresets get as many steps as the full-data run
     ("d2", "digits"): Recipe(30, 64, 0.05, 5e-4, min_lr=1e-3, iterations=30 * 17),
     ("d2", "mnist5k"): Recipe(10, 128, 0.05, 5e-4, min_lr=1e-3, iterations=10 * 24),
@@ -70,6 +76,14 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ),
     ("drop", "cifar100"): Recipe(
         160, 128, 0.1, 5e-4, nesterov=False, schedule="multistep", milestones=(0.5, 0.75)
+    ),
+    # DRoP's ResNet-18 config on TinyImageNet: lr 0.2, batch 200, 200 epochs, ×0.2 at 100, 150
+    ("drop", "tinyimagenet"): Recipe(
+        200, 200, 0.2, 1e-4, nesterov=False, schedule="multistep", milestones=(0.5, 0.75)
+    ),
+    # Waterbirds: the CIFAR DRoP schedule over 100 epochs (our choice, no seed config)
+    ("drop", "waterbirds"): Recipe(
+        100, 128, 0.1, 5e-4, nesterov=False, schedule="multistep", milestones=(0.5, 0.75)
     ),
     ("drop", "imagenet"): Recipe(
         90, 512, 0.4, 1e-4, nesterov=False, schedule="multistep", milestones=(1 / 3, 2 / 3, 8 / 9)
@@ -90,7 +104,9 @@ RECIPES: dict[tuple[str, str], Recipe] = {
         short_query_epochs=5,
     ),
 }
-MODEL_RECIPES = {  # model-specific DRoP configs (ResNet-18: lr 0.2, batch 200, 200 epochs)
+# model-specific DRoP configs (ResNet-18: lr 0.2, batch 200, 200 epochs); VGG-19-BN on
+# CIFAR-100 (lr 0.1, wd 5e-4, batch 128, 160 epochs, ×0.2 at 80, 120) is the CIFAR-100 recipe
+MODEL_RECIPES = {
     ("drop", "cifar10", "resnet18"): Recipe(
         200, 200, 0.2, 1e-4, nesterov=False, schedule="multistep", milestones=(0.4, 0.6)
     ),
@@ -153,6 +169,7 @@ def train_epoch(run: _Run, epoch: int) -> float:
         loss.backward()
         opt.step()
         run.step += 1
+        run.meter(run.step)
         if run.dynamics is not None:
             run.dynamics.update(epoch, idx, logits.detach(), y, h.detach())
         total_loss += float(loss.detach())
@@ -164,22 +181,33 @@ def train_epoch(run: _Run, epoch: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(model, data, split: str, indices=None, *, autocast=None, keep: bool = False) -> dict:
-    """Accuracy and per-class recall on ``split``; with ``keep`` also every sample's
-    penultimate features, prediction entropy, EL2N and last-layer GraNd of this model
-    (numpy, in ``indices`` order)."""
+def evaluate(
+    model, data, split: str, indices=None, *, autocast=None, keep: bool = False, progress=None
+) -> dict:
+    """Accuracy and per-class recall on ``split`` (and per-group accuracy where the data
+    have groups: Waterbirds); with ``keep`` also every sample's penultimate features,
+    prediction entropy, EL2N and last-layer GraNd of this model (numpy, in ``indices`` order;
+    NaN for an image that could not be read). ``progress``: rows done, when it takes long."""
     model.eval()
+    expected = np.arange(data.size(split)) if indices is None else np.asarray(indices)
+    rows = meter(progress, f"evaluate {split}", len(expected), "rows")
+    done = 0
     k = data.num_classes
     hits = torch.zeros(k, device=data.device)
     counts = torch.zeros(k, device=data.device)
-    kept: dict[str, list] = {"features": [], "entropy": [], "el2n": [], "grand": []}
-    for x, y, _ in data.batches(split, indices, EVAL_BATCH, train=False):
+    groups = _Groups(data, split)
+    kept: dict[str, list] = {"features": [], "entropy": [], "el2n": [], "grand": [], "ids": []}
+    for x, y, idx in data.batches(split, indices, EVAL_BATCH, train=False):
         with autocast() if autocast else contextlib.nullcontext():
             logits, h = model(x, features=True)
+        done += len(y)
+        rows(done)
         correct = (logits.argmax(1) == y).float()
         hits += torch.bincount(y, weights=correct, minlength=k)
         counts += torch.bincount(y, minlength=k).float()
+        groups.add(idx, correct)
         if keep:
+            kept["ids"].append(idx.cpu().numpy())
             err = el2n_of(F.softmax(logits.float(), dim=1), y)
             for name, v in (
                 ("features", h.float()),
@@ -197,10 +225,57 @@ def evaluate(model, data, split: str, indices=None, *, autocast=None, keep: bool
         ],
         "worst_class_accuracy": float(recall[present].min()) if present.any() else 0.0,
         "per_class_count": [int(c) for c in counts.cpu().numpy()],
+        **groups.result(),
     }
-    if keep:
-        out.update({k: np.concatenate(v).astype(np.float32) for k, v in kept.items() if v})
+    if keep and kept["ids"]:
+        ids = np.concatenate(kept.pop("ids"))
+        out.update({k: _in_order(np.concatenate(v), ids, expected) for k, v in kept.items()})
     return out
+
+
+def _in_order(values: np.ndarray, ids: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """``values`` of samples ``ids`` placed in ``expected`` order (float32; NaN rows for
+    samples that never came: unreadable images)."""
+    if len(ids) == len(expected) and np.array_equal(ids, expected):
+        return values.astype(np.float32)
+    position = np.full(int(max(expected.max(), ids.max())) + 1, -1, dtype=np.int64)
+    position[expected] = np.arange(len(expected))
+    out = np.full((len(expected), *values.shape[1:]), np.nan, dtype=np.float32)
+    out[position[ids]] = values
+    return out
+
+
+class _Groups:
+    """Per-group accuracy of one evaluation pass (a no-op for data without groups)."""
+
+    def __init__(self, data, split: str):
+        groups = getattr(data, "groups", None)
+        self.names = data.group_names if groups else None
+        if self.names:
+            self.of = torch.as_tensor(groups[split], device=data.device)
+            self.hits = torch.zeros(len(self.names), device=data.device)
+            self.counts = torch.zeros(len(self.names), device=data.device)
+
+    def add(self, idx: torch.Tensor, correct: torch.Tensor) -> None:
+        if self.names:
+            g = self.of[idx]
+            self.hits += torch.bincount(g, weights=correct, minlength=len(self.names))
+            self.counts += torch.bincount(g, minlength=len(self.names)).float()
+
+    def result(self) -> dict:
+        if not self.names:
+            return {}
+        counts = self.counts.cpu().numpy()
+        acc = (self.hits / self.counts.clamp(min=1)).cpu().numpy()
+        present = counts > 0
+        return {
+            "group_names": list(self.names),
+            "per_group_accuracy": [
+                float(a) if p else None for a, p in zip(acc, present, strict=True)
+            ],
+            "worst_group_accuracy": float(acc[present].min()) if present.any() else 0.0,
+            "per_group_count": [int(c) for c in counts],
+        }
 
 
 # ============================================================================ checkpoints
@@ -301,6 +376,7 @@ class _Run:
         )
         self.class_weights = torch.ones(data.num_classes, device=data.device)
         self.step, self.history = 0, []
+        self.progress, self.meter = None, meter(None, "", 0, "")  # set by train()
         self.ckpt_path = os.path.join(out, "checkpoint.pt") if out else None
         self.signature = run_signature(
             data, model_name, recipe, self.indices, seed, augment, cdbw, dynamics, dropout
@@ -372,7 +448,7 @@ def train(
     recall_smoothing: str = "none",
     dropout: float = 0.0,
     out: str | None = None,
-    progress: bool = True,
+    progress=None,
     desc: str = "train",
 ) -> TrainResult:
     """Train ``model_name`` on ``data``'s train split (or the samples ``indices``).
@@ -384,9 +460,10 @@ def train(
     from it. ``dynamics`` logs the SPEC §3 scores of
     every presented sample and extracts features of every training sample at the end.
     ``dropout`` > 0 puts dropout before the last layer (:func:`~d2scale.vision.models.build_model`).
+    ``progress`` (a callable such as :class:`d2scale.progress.Progress`, or None) hears
+    ``"<desc>: done/total batches"`` at most every few seconds, and the passes over held-out
+    or training rows that take long.
     """
-    from tqdm.auto import tqdm
-
     t0 = time.perf_counter()
     estimate_recall([], [], recall_smoothing)  # a bad name fails before any training
     run = _Run(data, model_name, recipe, indices, seed, augment, cdbw, dynamics, out, dropout)
@@ -394,13 +471,14 @@ def train(
     run.signature = run_signature(data, model_name, recipe, run.indices, seed, augment,
                                   cdbw_key(cdbw, recall_smoothing), dynamics, dropout)  # fmt: skip
     start = load_checkpoint(run)
-    bar = tqdm(range(start, run.epochs), desc=desc, disable=not progress or None, leave=False)
+    run.progress = progress or None
+    run.meter = meter(progress, desc, run.total_steps, "batches")
     last_save = time.monotonic()
-    for epoch in bar:
+    for epoch in range(start, run.epochs):
         loss = train_epoch(run, epoch)
         if (epoch + 1) % run.eval_every and epoch != run.epochs - 1:
             continue
-        val = evaluate(run.model, data, "val", autocast=run.autocast)
+        val = evaluate(run.model, data, "val", autocast=run.autocast, progress=progress)
         recall = np.array([v or 0.0 for v in val["per_class_accuracy"]])
         run.history.append({"epoch": epoch, "loss": loss, "val_accuracy": val["accuracy"],
                             "val_recall": recall.tolist()})  # fmt: skip
@@ -411,7 +489,7 @@ def train(
         if epoch == run.epochs - 1 or time.monotonic() - last_save > CHECKPOINT_SECONDS:
             save_checkpoint(run, epoch)  # tiny coresets run hundreds of short epochs
             last_save = time.monotonic()
-        bar.set_postfix(loss=f"{loss:.3f}", val=f"{val['accuracy']:.3f}")
+    run.meter(run.total_steps)
     return _finish(run, model_name, time.perf_counter() - t0)
 
 
@@ -422,7 +500,7 @@ def evaluate_counts(data, split: str) -> list[int]:
 
 def _finish(run: _Run, model_name: str, seconds: float) -> TrainResult:
     data = run.data
-    test = evaluate(run.model, data, "test", autocast=run.autocast)
+    test = evaluate(run.model, data, "test", autocast=run.autocast, progress=run.progress)
     best = max(run.history, key=lambda h: h["val_accuracy"]) if run.history else None
     metrics = {
         "dataset": data.name,
@@ -444,14 +522,35 @@ def _finish(run: _Run, model_name: str, seconds: float) -> TrainResult:
         "val_recall_at_best": best["val_recall"] if best else None,
         "val_class_counts": evaluate_counts(data, "val"),
         "device": str(data.device),
+        "threads": torch.get_num_threads(),
         "seconds": round(seconds, 2),
+        **{key: test[key] for key in GROUP_KEYS if key in test},
     }
     recall_best = np.array(best["val_recall"]) if best else np.zeros(data.num_classes)
     result = TrainResult(run.model, metrics, recall_best)
     if run.dynamics is not None:
-        full = evaluate(run.model, data, "train", autocast=run.autocast, keep=True)
+        full = evaluate(
+            run.model, data, "train", autocast=run.autocast, keep=True, progress=run.progress
+        )
         result.features = full["features"].astype(np.float32)
         result.scores = run.dynamics.result(full["entropy"], data.targets("train"))
         # the final model's own EL2N and GraNd (eval mode), for samples never trained on (AL)
         result.scores["final_el2n"], result.scores["final_grand"] = full["el2n"], full["grand"]
+    unreadable = sorted(getattr(data, "unreadable", ()))
+    if unreadable:
+        metrics["unreadable_images"] = {"count": len(unreadable), "first": unreadable[:10]}
     return result
+
+
+GROUP_KEYS = ("worst_group_accuracy", "per_group_accuracy", "group_names", "per_group_count")
+
+
+def unreadable_warning(data) -> str | None:
+    """One warning line when images were skipped as unreadable (None otherwise)."""
+    bad = sorted(getattr(data, "unreadable", ()))
+    if not bad:
+        return None
+    return (
+        f"warning: skipped {len(bad):,} unreadable image(s) (first: {bad[0]}); they are "
+        "absent from training and evaluation (metrics.json: unreadable_images)"
+    )

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from d2scale.graph import build_knn_graph, rerank, shards
-from d2scale.sources import PoolEmbeddings, feature_keys, open_pool
-from d2scale.synth import write_pool
+from d2scale.pool.sources import PoolEmbeddings, feature_keys, open_pool
+from d2scale.pool.synth import write_pool
 from d2scale.types import ArrayBlocks, SubsetBlocks
 
 

@@ -9,7 +9,7 @@ from d2scale.types import ArrayBlocks
 
 
 def clip_like(n: int, dim: int = 128, seed: int = 0, latent: int = 16) -> np.ndarray:
-    """CLIP-like unit vectors (as d2scale.synth): latent clusters, a shared mean, noise."""
+    """CLIP-like unit vectors (as d2scale.pool.synth): latent clusters, a shared mean, noise."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((max(4, n // 150), latent))
     z = centres[rng.integers(0, len(centres), n)] + 0.4 * rng.standard_normal((n, latent))

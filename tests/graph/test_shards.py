@@ -15,7 +15,7 @@ from d2scale.types import ArrayBlocks
 
 
 def clip_like(n: int, dim: int = 64, seed: int = 0, latent: int = 12) -> np.ndarray:
-    """CLIP-like unit vectors (as d2scale.synth) with 1% exact duplicates."""
+    """CLIP-like unit vectors (as d2scale.pool.synth) with 1% exact duplicates."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((max(4, n // 150), latent))
     z = centres[rng.integers(0, len(centres), n)] + 0.4 * rng.standard_normal((n, latent))

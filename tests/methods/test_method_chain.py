@@ -3,23 +3,21 @@ four steps run one by one, each on a pool holding the previous step's survivors.
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from clirun import run_cli
 
-from d2scale.uids import decode_uids, encode_uids
+from d2scale.pool.uids import decode_uids, encode_uids
 
 STEPS = ["basic", "clip-score", "semdedup:eps=0.05,clusters=8", "d2"]
 
 
 def select(pool, out, *args):
-    cmd = [sys.executable, "-m", "d2scale.cli.main", "select", "--metadata-dir", pool,
-           "--out", out, "--index", "exact", "--workers", 2, "--quiet", *args]  # fmt: skip
-    proc = subprocess.run([str(a) for a in cmd], capture_output=True, text=True)
+    proc = run_cli("select", "--metadata-dir", pool, "--out", out, "--index", "exact",
+                   "--workers", 2, "--quiet", *args)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return json.loads(open(os.path.join(out, "run.json")).read())
 
@@ -58,15 +56,15 @@ def test_four_step_chain_equals_its_steps(small_pool, tmp_path):
 
 
 def test_method_options_are_checked_in_one_sentence(small_pool, tmp_path):
-    cmd = [sys.executable, "-m", "d2scale.cli.main", "select", "--metadata-dir", small_pool,
-           "--out", tmp_path, "--quiet", "--workers", "2", "--method"]  # fmt: skip
+    cmd = ["select", "--metadata-dir", small_pool, "--out", tmp_path, "--quiet", "--workers", "2",
+           "--method"]  # fmt: skip
     for step, message in [
         ("semdedup", "method 'semdedup' needs the option eps=VALUE."),
         ("semdedup:eps=x", "method 'semdedup': option eps must be a number; got 'x'."),
         ("random:sed=1", "method 'random' takes seed; got the option 'sed'."),
         ("image-clustering:targets=/nope.npy", "cannot read target embeddings /nope.npy"),
     ]:
-        proc = subprocess.run([*cmd, step], capture_output=True, text=True)
+        proc = run_cli(*cmd, step)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 1 and len(lines) == 1 and message in lines[0], proc.stderr
 

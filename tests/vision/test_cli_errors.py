@@ -67,7 +67,10 @@ CASES = [
         ],
         "--score must be one of",
     ),
-    (["select", "--run", "R", "--fraction", "0.3", "--out", "c.npy"], "give --method"),
+    (
+        ["select", "--run", "R", "--fraction", "0.3", "--out", "c.npy"],
+        "one of the arguments --method --sampling-mode is required",
+    ),
     (
         ["experiment", "--dataset", "digits", "--fractions", "x", "--out", "G"],
         "--fractions must be a comma list of numbers",
@@ -86,6 +89,50 @@ CASES = [
             "G",
         ],
         "--cdbw takes off, on or off,on",
+    ),
+    (
+        ["experiment", "--dataset", "digits", "--cdbw", "on", "--out", "G"],
+        "--cdbw applies to --protocol drop only",
+    ),
+    (
+        ["experiment", "--dataset", "digits", "--num-inits", "3", "--out", "G"],
+        "--num-inits applies to --protocol drop only",
+    ),
+    (
+        [
+            "experiment",
+            "--dataset",
+            "digits",
+            "--protocol",
+            "drop",
+            "--iterations",
+            "5",
+            "--out",
+            "G",
+        ],
+        "--iterations applies to --protocol d2",
+    ),
+    (
+        ["train", "--dataset", "digits", "--iterations", "5", "--out", "R"],
+        "--iterations sets the steps of --coreset runs",
+    ),
+    (
+        [
+            "quotas",
+            "--counts",
+            "10,10",
+            "--recalls",
+            "0.5,0.5",
+            "--fraction",
+            "0.5",
+            "--quoter",
+            "uniform",
+        ],
+        "--recalls is read by --quoter drop only",
+    ),
+    (
+        ["prune", "--dataset", "digits", "--final-frac", "0.3", "--init-frac", "0.1", "--out", "P"],
+        "--init-frac applies to --strategy al",
     ),
     (
         ["quotas", "--counts", "1.5,2", "--recalls", "0.5,0.5", "--fraction", "0.5"],

@@ -106,7 +106,7 @@ def test_bad_parameters_are_one_sentence():
         PruneParams("al", 0.3, scorer="forgetting").validate()
     with pytest.raises(D2ScaleError, match="--init-frac must be in"):
         PruneParams("al", 0.3, init_frac=0.5).validate()
-    with pytest.raises(D2ScaleError, match="--init-frac is for --strategy al"):
+    with pytest.raises(D2ScaleError, match="--init-frac applies to --strategy al"):
         PruneParams("dp", 0.3, init_frac=0.5).validate()
     with pytest.raises(D2ScaleError, match="--final-frac must be in"):
         PruneParams("dp", 1.5).validate()
@@ -257,10 +257,11 @@ def test_drop_quotas_that_empty_a_class_are_reported():
     from d2scale.vision.prune import PruneParams, _warn_empty_classes
 
     said = []
-    info = {"quotas": [0, 5, 5], "class_counts": [10, 10, 0]}
-    params = PruneParams(strategy="dp", final_frac=0.3, quoter="drop")
+    info = {"quotas": [0, 5, 5], "class_counts": [10, 10, 0], "val_recall": [1.0, 0.5, 0.5]}
+    params = PruneParams(strategy="dp", final_frac=0.3, quoter="drop", recall_smoothing="none")
     _warn_empty_classes(info, params, said.append)
     assert len(said) == 1 and "class(es) [0]" in said[0] and "laplace" in said[0]
+    assert "recall 1.0" in said[0]
     _warn_empty_classes({"quotas": [1, 5, 0], "class_counts": [10, 10, 0]}, params, said.append)
     _warn_empty_classes({"quotas": None, "class_counts": [10]}, params, said.append)
     assert len(said) == 1  # an empty class with no samples, or no quotas: nothing to say

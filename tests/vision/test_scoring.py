@@ -130,9 +130,10 @@ def test_auto_config_num_inits_as_released():
 
 
 def _prune(tmp_path, capsys, *flags, name="run"):
+    """``vision prune`` without quotas (its default is DRoP's): the scorer's ranking alone."""
     out = str(tmp_path / name)
     code = main(["vision", "prune", "--dataset", "digits", "--epochs", "1", "--quiet",
-                 "--out", out, *flags])  # fmt: skip
+                 "--quoter", "none", "--out", out, *flags])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 0, err
     with open(os.path.join(out, "metrics.json")) as f:

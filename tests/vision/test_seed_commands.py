@@ -209,6 +209,8 @@ def test_drop_commands_verbatim(i, seed_cwd, tiny_model, capsys):
         inits,
         cdbw,
     )
+    seed_defaults = {"recall_smoothing": "none"} | ({} if i == 1 else {"quoter": "none"})
+    assert m["seed_defaults"] == seed_defaults and p["recall_smoothing"] == "none"
     runs = m["iterations"][0]["query_runs"]
     assert len(runs) == (0 if scorer == "random" and quoter == "none" else inits)
     for q in runs:  # query models: VGG-16's 16 query epochs (10% of 160), unaugmented
@@ -217,6 +219,30 @@ def test_drop_commands_verbatim(i, seed_cwd, tiny_model, capsys):
         kept = np.array(m["kept_indices"])
         mean = np.mean([np.load(os.path.join(q, "dynamics.npz"))["final_el2n"] for q in runs], 0)
         assert set(kept) == set(np.argsort(-mean, kind="stable")[:7])
+
+
+SEED = {"quoter": "none", "recall_smoothing": "none"}  # the DRoP seed's Auto, measured recall
+
+
+@pytest.mark.parametrize(
+    "flags, quoter, smoothing, applied",
+    [
+        (["--final_frac", "0.7"], "none", "none", SEED),  # the seed's spelling: its defaults
+        (["--final-frac", "0.7"], "drop", "laplace", {}),  # d2scale's: DRoP quotas, Laplace
+        (["--final_frac", "0.7", "--quoter_name", "DRoP"], "drop", "none",
+         {"recall_smoothing": "none"}),
+        (["--final_frac", "0.7", "--recall-smoothing", "laplace"], "none", "laplace",
+         {"quoter": "none"}),
+        (["--final-frac", "0.7", "--quoter", "uniform"], "uniform", "laplace", {}),
+    ],
+)  # fmt: skip
+def test_the_seeds_spelling_keeps_its_defaults(flags, quoter, smoothing, applied):
+    from d2scale.cli.main import build_parser
+    from d2scale.cli.vision import _seed_prune_defaults
+
+    args = build_parser().parse_args(["vision", "prune", *flags])
+    assert _seed_prune_defaults(args) == applied
+    assert (args.quoter, args.recall_smoothing) == (quoter, smoothing)
 
 
 @pytest.mark.slow

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from web.webshards import make_samples, write_shard
 
-from d2scale.embed import EmbedParams, embed, model_prefix
 from d2scale.errors import D2ScaleError
+from d2scale.web.embed import EmbedParams, embed, model_prefix
 
 TINY = os.path.join(os.path.dirname(__file__), "d2tiny.json")
 
@@ -134,7 +134,7 @@ def test_resumes_per_shard_with_the_same_embeddings(embedded, web_shards, tmp_pa
 def test_local_checkpoint_file_gives_its_weights(web_shards, embedded, tmp_path):
     import torch
 
-    from d2scale.embed import ClipEncoder
+    from d2scale.web.embed import ClipEncoder
 
     pattern, _ = web_shards
     encoder = ClipEncoder(tiny(pattern, tmp_path / "x", seed=0))

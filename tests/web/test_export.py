@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from web.webshards import make_samples, write_shard
 
-from d2scale import export as export_module
 from d2scale.errors import D2ScaleError
-from d2scale.export import ExportParams, export
-from d2scale.uids import encode_uids, subset_array
+from d2scale.pool.uids import encode_uids, subset_array
+from d2scale.web import export as export_module
+from d2scale.web.export import ExportParams, export
 
 MISSING = "ffffffffffffffff0000000000000001"
 

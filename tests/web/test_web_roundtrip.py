@@ -8,7 +8,7 @@ import tarfile
 import numpy as np
 import pyarrow.parquet as pq
 
-from d2scale.uids import decode_uids
+from d2scale.pool.uids import decode_uids
 
 
 def d2scale(*args):

@@ -122,7 +122,7 @@ def _graph_dir(data: ReportData) -> str | None:
 
 def _pool(data: ReportData):
     """The run's pool if it can still be opened and holds the same content, else None."""
-    from d2scale.buckets import resolve_pool
+    from d2scale.pool.buckets import resolve_pool
 
     spec = data.run.get("params", {}).get("metadata_dir") or data.run["input"]["metadata_dir"]
     try:
@@ -232,7 +232,7 @@ def draw_clusters(fig, data: ReportData) -> str | None:
 
 
 def draw_clip(fig, data: ReportData) -> str | None:
-    from d2scale.sources import read_columns
+    from d2scale.pool.sources import read_columns
 
     pool = data.pool
     names = _clip_columns(pool)

@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 
 from d2scale import io
 from d2scale.params import fraction_label
-from d2scale.runner import pause_point
+from d2scale.pool.uids import canonical_text, subset_array
+from d2scale.stages import pause_point
 from d2scale.types import Ranking
-from d2scale.uids import canonical_text, subset_array
 
 RUN_JSON = "run.json"
 RANKING = "ranking.parquet"

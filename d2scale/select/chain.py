@@ -8,20 +8,24 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from d2scale.errors import D2ScaleError
-from d2scale.methods import MethodInputs, get_method
+from d2scale.methods import MethodInputs, check_step, get_method
 from d2scale.params import SelectParams, Step, budget_for, parse_step
-from d2scale.runner import stage_key
+from d2scale.stages import stage_key
 from d2scale.types import Ranking
 
 
 def chain_steps(params: SelectParams) -> list[Step]:
-    """``--method`` then every ``--then``; the first step keeps no fraction of its own."""
+    """``--method`` then every ``--then``, each checked by its method (name and options);
+    the first step keeps no fraction of its own."""
     first = parse_step(params.method)
     if first.fraction is not None:
         raise D2ScaleError(
             f"--method {params.method!r} takes no fraction: use --fraction (or --then steps)."
         )
-    return [first, *(parse_step(t) for t in params.then)]
+    steps = [first, *(parse_step(t) for t in params.then)]
+    for step in steps:
+        check_step(step, params)
+    return steps
 
 
 def output_fractions(params: SelectParams, steps: list[Step]) -> list[float]:

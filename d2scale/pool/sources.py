@@ -2,7 +2,7 @@
 
 Row ``i`` of a parquet file is row ``i`` of every array in the npz of the same base name.
 Pool order is: files sorted by name, rows in file order. Each pair with rows is one Dask
-partition. :func:`open_pool` reads headers and bounded samples only (:mod:`d2scale.poolfiles`),
+partition. :func:`open_pool` reads headers and bounded samples only (:mod:`d2scale.pool.files`),
 so pairing, shape, dtype and width errors come before any embedding is read, and every file
 of the pool is either read or refused: nothing is skipped.
 """
@@ -26,7 +26,7 @@ from fsspec.registry import known_implementations
 
 from d2scale.errors import D2ScaleError
 from d2scale.params import EMBEDDING_MODELS, FEATURE_TYPES
-from d2scale.poolfiles import (
+from d2scale.pool.files import (
     EMBEDDING_DIMS,
     EMBEDDING_MEMBER,
     NPZ_ERRORS,
@@ -35,7 +35,7 @@ from d2scale.poolfiles import (
     check_member,
     inspect_shard,
 )
-from d2scale.uids import canonical_text, check_unique, encode_uids, uid_text
+from d2scale.pool.uids import canonical_text, check_unique, encode_uids, uid_text
 
 _FEATURE_SUFFIXES = {"image": ("img",), "text": ("txt",), "image_text": ("img", "txt")}
 _DIMS = EMBEDDING_DIMS
@@ -164,7 +164,7 @@ def _pair_names(files: dict[str, dict], url: str) -> list[str]:
 
 
 def _inspect_all(fs, names: list[str], files: dict[str, dict]) -> list[ShardFacts]:
-    """:func:`~d2scale.poolfiles.inspect_shard` of every pair, in parallel; the first error
+    """:func:`~d2scale.pool.files.inspect_shard` of every pair, in parallel; the first error
     in pool order is raised and the rest are cancelled."""
 
     def one(name: str) -> ShardFacts:
@@ -371,7 +371,7 @@ def _normalise_into(
 ):
     half = arr.dtype == np.float16
     if half:  # numba's compiled conversion: imported only where needed (start-up time)
-        from d2scale.halfprec import to_float32
+        from d2scale.pool.halfprec import to_float32
     for start in range(0, arr.shape[0], chunk):
         x = arr[start : start + chunk]
         x = (to_float32(x) if half else x).astype(np.float64)  # exact either way
@@ -391,7 +391,7 @@ def _normalise_into(
 class PoolMetadata:
     """Uids and scores of a whole pool, in pool order."""
 
-    uids: np.ndarray  # encoded, d2scale.uids.UID_DTYPE
+    uids: np.ndarray  # encoded, d2scale.pool.uids.UID_DTYPE
     scores: np.ndarray  # float64, finite
     spelling: pa.ChunkedArray | None  # the uids as written in the input; None: all canonical
 

@@ -12,42 +12,38 @@ from __future__ import annotations
 
 from d2scale import io
 from d2scale.errors import D2ScaleError
-from d2scale.params import SelectParams
-from d2scale.runner import ProgressFn, StageRun, Stages, stage_key
-from d2scale.sources import Pool, PoolEmbeddings, feature_keys
+from d2scale.params import GraphConfig, SelectParams
+from d2scale.pool.sources import Pool, PoolEmbeddings, feature_keys
+from d2scale.progress import ProgressFn
+from d2scale.stages import StageRun, Stages, stage_key
 from d2scale.types import KnnGraph, SubsetBlocks
 
 
-def source_facts(pool: Pool, params) -> dict:
+def source_facts(pool: Pool, config: GraphConfig) -> dict:
     """What a graph was built from (stored in its ``meta.json``)."""
     return {
         "pool_fingerprint": pool.fingerprint,
         "metadata_dir": pool.url,
-        "embedding_model": params.embedding_model,
-        "feature_type": params.feature_type,
+        "embedding_model": config.embedding_model,
+        "feature_type": config.feature_type,
     }
 
 
-def build_graph(pool: Pool, params, gdir: str, client, progress: ProgressFn, rows=None):
+def build_graph(
+    pool: Pool, config: GraphConfig, gdir: str, client, progress: ProgressFn, rows=None
+):
     """Build (or resume) the kNN graph of ``pool`` (of its ``rows`` only, when given) into
-    ``gdir``; ``(graph, facts)``. ``params`` needs the pool and kNN fields of
-    :class:`SelectParams`.
-    """
+    ``gdir``; ``(graph, facts)``."""
     from d2scale.graph import build_knn_graph
 
-    blocks = PoolEmbeddings(pool, feature_keys(params.embedding_model, params.feature_type))
+    blocks = PoolEmbeddings(pool, feature_keys(config.embedding_model, config.feature_type))
     return build_knn_graph(
         blocks if rows is None else SubsetBlocks(blocks, rows),
-        n_neighbors=params.n_neighbors,
-        index=params.index,
-        recall=params.recall,
-        memory_limit=params.memory_limit,
-        device=params.device,
-        seed=params.seed,
+        **config.build_options(),
         client=client,
         workdir=gdir,
         progress=progress,
-        meta=source_facts(pool, params),
+        meta=source_facts(pool, config),
     )
 
 
@@ -79,7 +75,7 @@ def graph_stage(
         directory = stages.directory("graph", f"{key}-k{params.n_neighbors}")
 
     def build(d: str) -> dict:
-        _, info = build_graph(pool, params, d, client, progress, rows)
+        _, info = build_graph(pool, params.graph_config, d, client, progress, rows)
         return {k: v for k, v in info.items() if k != "timings"} | {"timings": info["timings"]}
 
     run = stages.run("graph", key, build, directory=directory)
@@ -117,7 +113,7 @@ def _given_graph(stages: Stages, pool: Pool, params: SelectParams) -> tuple[KnnG
     knn, meta = load_graph(params.graph, mmap=True)
     if knn.n != pool.n:
         raise D2ScaleError(f"graph {params.graph} has {knn.n} rows but the pool has {pool.n}")
-    expected = source_facts(pool, params)
+    expected = source_facts(pool, params.graph_config)
     if "pool_fingerprint" not in meta:
         raise D2ScaleError(
             f"graph {params.graph} does not record the pool it was built from (no source facts "

@@ -9,7 +9,7 @@ import json
 
 from d2scale import io
 from d2scale.errors import D2ScaleError
-from d2scale.sources import Pool, open_pool
+from d2scale.pool.sources import Pool, open_pool
 
 
 def resolve_pool(spec: str) -> Pool:

@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 
 from d2scale import io
 from d2scale.errors import D2ScaleError
-from d2scale.uids import UID_DTYPE, encode_uids
-from d2scale.webdata import SampleError, expand_shards, iter_samples, progress_bar, uid_of
+from d2scale.pool import UID_DTYPE, encode_uids
+from d2scale.web.webdata import SampleError, expand_shards, iter_samples, progress_bar, uid_of
 
 MANIFEST = "export.json"
 

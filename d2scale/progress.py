@@ -1,34 +1,20 @@
-"""What runs the stages: the Dask client, progress, one timer, and keyed stage results.
-
-A stage of ``select`` (read, graph, forward, reverse) stores its result under
-``OUT/work/<stage>-<key>/``: ``key`` hashes the input fingerprint, the parameters the stage
-depends on and the keys of the stages before it, so a rerun that changes only ``--gamma``
-reuses the graph and the forward pass. A stage directory counts only once its marker
-``_done.json`` exists; the marker is written last (datatrove's completion files), so a
-killed stage is simply recomputed (the graph stage resumes its own parts).
-"""
+"""Progress for people and machines: terminal bars, plain lines every 10 s when stderr is
+not a terminal, and ``--log-json`` events; one timer (:func:`timed`)."""
 
 from __future__ import annotations
 
 import contextlib
-import gc
-import hashlib
 import json
-import logging
-import os
 import re
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-from d2scale.backends import peak_rss_bytes
 from d2scale.errors import D2ScaleError
 
 ProgressFn = Callable[[str], None]
-MARKER = "_done.json"
 PLAIN_INTERVAL_S = 10.0  # plain (non-terminal) progress: at most one line per step this often
 _COUNT = re.compile(r"^(?P<label>.+?): (?P<done>\d+)/(?P<total>\d+)(?: (?P<unit>[\w ]+))?$")
 _METER = "{desc}: {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, {rate_fmt}]"
@@ -251,188 +237,3 @@ def timed(timings: dict[str, float], name: str) -> Iterator[None]:
         yield
     finally:
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
-
-
-def pause_point(name: str) -> None:
-    """Test hook for fault injection: with ``D2SCALE_PAUSE_AT=name`` the process announces
-    ``paused at NAME`` on stderr and sleeps, so a test can SIGKILL it exactly here."""
-    if os.environ.get("D2SCALE_PAUSE_AT") == name:
-        print(f"d2scale: paused at {name}", file=sys.stderr, flush=True)
-        time.sleep(3600)
-
-
-def stage_key(*parts: Any) -> str:
-    """A short stable hash of JSON-able ``parts``."""
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-@dataclass
-class StageRun:
-    """The result of one stage: its directory, whether it was reused, and its facts."""
-
-    name: str
-    key: str
-    directory: str
-    reused: bool
-    info: dict = field(default_factory=dict)
-
-
-class Stages:
-    """Runs keyed stages under ``root`` (``OUT/work``), timing and announcing each."""
-
-    def __init__(self, root: str, progress: ProgressFn, timings: dict[str, float]) -> None:
-        from d2scale import io
-
-        self.io = io
-        self.root = root
-        self.progress = progress
-        self.timings = timings
-        self.runs: dict[str, StageRun] = {}
-        io.makedirs(root)
-
-    def directory(self, name: str, key: str) -> str:
-        return self.io.join(self.root, f"{name}-{key}")
-
-    def done(self, directory: str) -> dict | None:
-        """The marker's facts if ``directory`` holds a finished stage, else None."""
-        marker = self.io.join(directory, MARKER)
-        if not self.io.exists(marker):
-            return None
-        try:
-            return self.io.read_json(marker)
-        except (OSError, ValueError):
-            return None  # a damaged marker: recompute
-
-    def run(
-        self,
-        name: str,
-        key: str,
-        compute: Callable[[str], dict],
-        directory: str | None = None,
-        accept: Callable[[dict], bool] | None = None,
-    ) -> StageRun:
-        """Reuse the finished stage ``name``/``key`` (if ``accept(facts)``, when given) or
-        run ``compute(directory)``, which writes its files there and returns facts for the
-        marker (and ``run.json``)."""
-        directory = directory or self.directory(name, key)
-        info = self.done(directory)
-        if info is not None and (accept is None or accept(info)):
-            say_stage(self.progress, name, "reused", directory=directory)
-            self.timings.setdefault(name, 0.0)
-            run = StageRun(name, key, directory, True, info)
-        else:
-            say_stage(self.progress, name, "start")
-            self.io.remove(self.io.join(directory, MARKER))
-            self.io.makedirs(directory)
-            with timed(self.timings, name):
-                info = compute(directory)
-            pause_point(f"before-marker-{name}")
-            self.io.save_json(self.io.join(directory, MARKER), info)
-            say_stage(self.progress, name, "done", round(self.timings[name], 3))
-            run = StageRun(name, key, directory, False, info)
-        self.runs[name] = run
-        pause_point(f"after-{name}")
-        return run
-
-
-def _quiet_dask_logs() -> None:
-    for name in ("distributed", "bokeh", "tornado", "asyncio"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-
-
-@contextlib.contextmanager
-def dask_client(
-    scheduler: str | None = None, workers: int | None = None, scheduler_file: str | None = None
-) -> Iterator:
-    """A ``distributed.Client``: to a running cluster (``scheduler`` address or
-    ``scheduler_file``), else to a local in-process cluster.
-
-    The local cluster runs one worker with ``workers`` threads (default: all cores); NumPy,
-    faiss and the compiled kernels release the GIL, so threads use every core.
-    """
-    import distributed  # noqa: F401  (its import configures logging: quiet it afterwards)
-
-    _quiet_dask_logs()
-    check_cluster_options(scheduler, scheduler_file)
-    if scheduler or scheduler_file:
-        with _remote_client(scheduler, scheduler_file) as client:
-            yield client
-        return
-    from distributed import Client, LocalCluster
-
-    threads = workers or os.cpu_count() or 1
-    with (
-        LocalCluster(
-            n_workers=1,
-            threads_per_worker=threads,
-            processes=False,
-            dashboard_address=":0",  # a free port: concurrent runs must not collide on 8787
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        yield client
-
-
-def check_cluster_options(scheduler: str | None, scheduler_file: str | None) -> None:
-    """Refuse both cluster options at once, or a scheduler file that does not exist."""
-    if scheduler and scheduler_file:
-        raise D2ScaleError("give either --scheduler or --scheduler-file, not both.")
-    if scheduler_file and not os.path.exists(scheduler_file):
-        raise D2ScaleError(
-            f"the scheduler file {scheduler_file} does not exist; start the scheduler with "
-            "`dask scheduler --scheduler-file FILE` first."
-        )
-
-
-WORKER_WAIT_S = 60  # how long a run waits for the first worker of a running cluster
-
-
-@contextlib.contextmanager
-def _remote_client(scheduler: str | None, scheduler_file: str | None) -> Iterator:
-    from distributed import Client
-
-    where = scheduler or f"the address in {scheduler_file}"
-    error = None
-    try:
-        if scheduler:
-            client = Client(scheduler, timeout="20s")
-        else:
-            client = Client(scheduler_file=scheduler_file, timeout="20s")
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        error = f"cannot connect to the Dask scheduler at {where}: {e}"
-    if error is not None:
-        # The half-built Client is garbage now: collect it here. Left to a later GC pass, its
-        # __del__ can run inside the next Client's start and deadlock on distributed's
-        # loop-runner lock (seen in the full test suite).
-        gc.collect()
-        raise D2ScaleError(error)
-    with client:
-        try:
-            client.wait_for_workers(1, timeout=WORKER_WAIT_S)
-        except (OSError, TimeoutError):
-            raise D2ScaleError(
-                f"the Dask scheduler at {where} has no workers (waited {WORKER_WAIT_S} s); "
-                "start some with `dask worker ADDRESS`."
-            ) from None
-        yield client
-
-
-def cluster_facts(client) -> dict:
-    """What ``run.json`` says about the cluster: scheduler, workers, dashboard address."""
-    info = client.scheduler_info()
-    workers = info.get("workers", {})
-    return {
-        "scheduler": client.scheduler.address,
-        "workers": len(workers),
-        "threads": sum(w.get("nthreads", 0) for w in workers.values()),
-        "dashboard": client.dashboard_link if "dashboard" in info.get("services", {}) else None,
-    }
-
-
-def worker_peak_rss(client) -> dict[str, int]:
-    """Peak resident memory of each worker process of ``client``'s cluster (bytes)."""
-    try:
-        return {addr: int(v) for addr, v in client.run(peak_rss_bytes).items()}
-    except (OSError, TimeoutError, ValueError):
-        return {}

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from d2scale import io
 from d2scale.errors import D2ScaleError
-from d2scale.webdata import (
+from d2scale.web.webdata import (
     SampleError,
     caption,
     expand_shards,

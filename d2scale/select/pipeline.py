@@ -15,24 +15,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from d2scale import __version__, io
-from d2scale.backends import peak_rss_bytes
-from d2scale.chain import chain_steps, output_fractions, run_chain
-from d2scale.errors import D2ScaleError
-from d2scale.graph_stage import graph_stage
-from d2scale.methods import MethodInputs
-from d2scale.params import SelectParams, budget_for
-from d2scale.runner import (
-    Progress,
-    ProgressFn,
-    Stages,
+from d2scale.backends import (
     check_cluster_options,
     cluster_facts,
     dask_client,
-    stage_key,
+    peak_rss_bytes,
     worker_peak_rss,
 )
-from d2scale.sinks import write_outputs
-from d2scale.sources import (
+from d2scale.errors import D2ScaleError
+from d2scale.methods import MethodInputs
+from d2scale.params import SelectParams, budget_for
+from d2scale.pool.sources import (
     Pool,
     PoolEmbeddings,
     feature_keys,
@@ -40,6 +33,11 @@ from d2scale.sources import (
     read_columns,
     read_metadata,
 )
+from d2scale.progress import Progress, ProgressFn
+from d2scale.select.chain import chain_steps, output_fractions, run_chain
+from d2scale.select.graph_stage import graph_stage
+from d2scale.select.sinks import write_outputs
+from d2scale.stages import Stages, stage_key
 from d2scale.types import EmbeddingBlocks, SubsetBlocks
 
 
@@ -57,6 +55,7 @@ def select(
     """
     progress = progress or Progress(log_json=params.log_json)
     params.validate()
+    chain_steps(params)  # an unknown method or step option stops here, before any work
     params = absolute_out(params)
     if client is None:
         check_cluster_options(params.scheduler, params.scheduler_file)
@@ -102,7 +101,7 @@ def select(
                            uid_text=_uid_text(stages.runs["read"]))  # fmt: skip
     progress(f"wrote {', '.join(record['outputs'])} and run.json to {params.out}")
     if params.report:
-        from d2scale.report import write_report
+        from d2scale.select.report import write_report
 
         progress(f"report: {write_report(params.out, pool)}")
     return record
@@ -207,7 +206,7 @@ def open_pool_or_sample(metadata_dir: str | None, progress: ProgressFn) -> Pool:
     """The pool at ``metadata_dir``, or the built-in sample pool when it is None."""
     if metadata_dir is not None:
         return open_pool(metadata_dir)
-    from d2scale.synth import sample_pool_dir
+    from d2scale.pool.synth import sample_pool_dir
 
     progress("no --metadata-dir given: using the built-in 100k-row sample pool (made on first use)")
     return open_pool(sample_pool_dir())
@@ -279,9 +278,12 @@ def environment() -> dict:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             continue
+    from d2scale.blas import blas_kernels
+
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "packages": versions,
+        "blas": blas_kernels(),
     }

@@ -28,11 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from d2scale import io
-from d2scale.buckets import resolve_pool, union_pool
 from d2scale.errors import D2ScaleError
 from d2scale.params import PARAMS, SelectParams, budget_for
-from d2scale.runner import Progress, ProgressFn
-from d2scale.sources import Pool
+from d2scale.pool.buckets import resolve_pool, union_pool
+from d2scale.pool.sources import Pool
+from d2scale.progress import Progress, ProgressFn
 
 SUMMARY = "summary.json"
 GLOBAL_NAME = "global"
@@ -230,7 +230,7 @@ def _resolve(path: str, base_dir: str) -> str:
 def run_batch(batch: Batch, progress: ProgressFn | None = None, client=None) -> list[dict]:
     """Run every bucket (or the global selection); write ``summary.json``, the reports and
     the index page; return the summary records."""
-    from d2scale.runner import dask_client
+    from d2scale.backends import dask_client
 
     progress = progress or Progress()
     io.check_writable(batch.out)
@@ -243,7 +243,7 @@ def run_batch(batch: Batch, progress: ProgressFn | None = None, client=None) -> 
     else:
         records = _run_buckets(batch, client, progress)
     io.save_json(io.join(batch.out, SUMMARY), records)
-    from d2scale.report import write_index
+    from d2scale.select.report import write_index
 
     write_index(batch.out, records, seconds=time.perf_counter() - started)
     return records
@@ -322,7 +322,7 @@ def _kept(run: dict) -> dict:
 def _report(out: str, progress: ProgressFn, pool: Pool) -> str | None:
     """Write the bucket's report unless it exists (a failure is reported; the selection
     stands)."""
-    from d2scale.report import write_report
+    from d2scale.select.report import write_report
 
     if io.exists(io.join(out, "report.html")):
         return io.join(out, "report.html")
@@ -369,7 +369,7 @@ def _run_global(batch: Batch, client, progress: ProgressFn) -> list[dict]:
 
 def _select_unless_complete(params: SelectParams, pool: Pool, client, progress) -> bool:
     """Run the selection unless ``params.out`` already holds it; True when skipped."""
-    from d2scale.pipeline import select
+    from d2scale.select.pipeline import select
 
     if completed(params, pool) is not None:
         progress("complete (run.json matches the pool and parameters): skipped")
