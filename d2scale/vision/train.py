@@ -330,10 +330,13 @@ def load_model(path: str, data, model_name: str, dropout: float = 0.0):
         raise D2ScaleError(f"{path} is missing: cannot score this cached run; delete its folder.")
     try:
         state = torch.load(path, map_location=data.device, weights_only=False)
-        size = getattr(data, "image_size", 32)
-        model = build_model(model_name, data.num_classes, data.in_channels, size, dropout)
+    except Exception as e:  # a truncated or foreign file (as load_checkpoint)
+        raise D2ScaleError(f"cannot read the model in {path}: {e}") from None
+    size = getattr(data, "image_size", 32)
+    model = build_model(model_name, data.num_classes, data.in_channels, size, dropout)
+    try:
         model.load_state_dict(state["model"])
-    except (OSError, RuntimeError, KeyError) as e:
+    except (RuntimeError, KeyError, TypeError) as e:
         raise D2ScaleError(f"cannot read the model in {path}: {e}") from None
     return model.to(data.device).eval()
 

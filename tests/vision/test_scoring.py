@@ -176,6 +176,19 @@ def test_cached_query_runs_are_scored_from_their_checkpoint(tmp_path, capsys):
     assert m2["kept_indices"] == m["kept_indices"]
 
 
+@pytest.mark.parametrize("content", [b"PK\x03\x04truncated zip", b"\x80\x04truncated pickle"])
+def test_a_damaged_cached_checkpoint_is_one_error(content, tmp_path):
+    from types import SimpleNamespace
+
+    from d2scale.vision.train import load_model
+
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(content)
+    data = SimpleNamespace(device=torch.device("cpu"), num_classes=3, in_channels=1, image_size=8)
+    with pytest.raises(D2ScaleError, match="cannot read the model in"):
+        load_model(str(path), data, "cnn")
+
+
 def test_auto_config_overridden_is_said_and_recorded(tmp_path, capsys):
     m, err = _prune(tmp_path, capsys, "--auto-config", "--scorer", "el2n", "--num-inits", "2",
                     "--final-frac", "0.5")  # fmt: skip
