@@ -5,12 +5,16 @@ The D2 seed's flag names are accepted as aliases (``--coreset-ratio``, ``--cores
 ``--n-neighbor``, ``--stratas``, ``--graph-mode``, ``--graph-sampling-mode``,
 ``--sampling-mode``, ``--label-balanced``, ``--budget-mode``, ``--network``), and so are
 DRoP's (``--final_frac``, ``--scorer_name``, ``--quoter_name``, ``--num_inits``,
-``--cdbw_final``, ``--strategy 0|1``).
+``--cdbw_final``, ``--strategy 0|1``). ``train`` and ``prune`` also take both seeds' GPU
+requests (``--use_gpu``, ``--gpuid N``) and default to CIFAR-10 in ``./data``; ``train
+--coreset`` without a file selects from the seed's score files first. docs/seeds.md maps
+every example command of both seeds.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -19,6 +23,8 @@ from d2scale.errors import D2ScaleError
 from d2scale.vision.defaults import DEFAULT_QUOTER, DEFAULT_RECALL_SMOOTHING, DEFAULT_THREADS
 
 EPILOG = "Docs: README.md, section 'Image classification'. Errors print one line, exit 1."
+DEFAULT_DATA_DIR = "./data"  # CIFAR archives without --data-dir: ./data (the seeds' default)
+SEED_CORESET = ""  # `train --coreset` without a file: select here (the D2 seed's train.py)
 DATASETS = ("cifar10", "cifar100", "imagenet", "tinyimagenet", "waterbirds", "digits", "mnist5k")
 MODELS = ("resnet18", "resnet34", "resnet50", "vgg16_bn", "vgg19_bn", "cnn")
 MODEL_ALIASES = {
@@ -73,26 +79,32 @@ def add_parser(sub, epilog: str = EPILOG) -> None:
     _add_experiment(vsub)
     _add_quotas(vsub)
     _add_prune(vsub)
+    _add_scores(vsub)
 
 
 # ============================================================================ shared flags
 
 
-def _data_flags(p: argparse.ArgumentParser) -> None:
+def _data_flags(p: argparse.ArgumentParser, seed_defaults: bool = False) -> None:
     g = p.add_argument_group("data and model")
     g.add_argument(
         "--dataset",
         "--dataset_name",
         dest="dataset",
         type=str.lower,
-        required=True,
+        required=not seed_defaults,
+        default="cifar10" if seed_defaults else None,
         choices=DATASETS,
+        help="as the seeds" if seed_defaults else None,
     )
     g.add_argument(
         "--data-dir",
+        "--data_path",
+        dest="data_dir",
         help="cifar*: the archive's folder; imagenet: ImageFolder root (train/, val/); "
         "tinyimagenet: tiny-imagenet-200/ or its parent; waterbirds: the folder of "
-        "metadata.csv (docs/vision-data.md) (default: none; digits, mnist5k ship with packages)",
+        f"metadata.csv (docs/vision-data.md) (default: {DEFAULT_DATA_DIR} for cifar*, as the "
+        "seeds; digits, mnist5k ship with packages)",
     )
     g.add_argument(
         "--model",
@@ -105,7 +117,7 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _train_flags(p: argparse.ArgumentParser, steps: bool = True) -> None:
+def _train_flags(p: argparse.ArgumentParser, steps: bool = True, seed_gpu: bool = False) -> None:
     g = p.add_argument_group("training (defaults: the dataset's recipe)")
     g.add_argument("--epochs", type=_pos_int, help="full-data epochs (default: the recipe's)")
     if steps:
@@ -129,6 +141,8 @@ def _train_flags(p: argparse.ArgumentParser, steps: bool = True) -> None:
         default="auto",
         help="auto: CUDA when torch sees a GPU, else the CPU",
     )
+    if seed_gpu:
+        _seed_gpu_flags(g)
     g.add_argument(
         "--threads",
         type=_pos_int,
@@ -157,14 +171,35 @@ def _progress_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _select_flags(p: argparse.ArgumentParser, with_method: bool = True) -> None:
+def _seed_gpu_flags(g) -> None:
+    """The seeds' GPU requests (train, prune: their metrics.json record the outcome)."""
+    g.add_argument(
+        "--use_gpu",
+        "--use-gpu",
+        dest="use_gpu",
+        action="store_true",
+        help="DRoP seed: the GPU if there is one, else the CPU with a warning (recorded)",
+    )
+    g.add_argument(
+        "--gpuid",
+        type=_nonneg_int,
+        metavar="N",
+        help="D2 seed: GPU N if there is one, else the CPU with a warning (recorded)",
+    )
+
+
+def _select_flags(
+    p: argparse.ArgumentParser, with_method: bool = True, required: bool = True
+) -> argparse._ArgumentGroup:
+    """The selection flags; ``required``: the method and fraction must be given (``select``;
+    ``train``'s seed form checks them itself, see :func:`_check_seed_select`)."""
     g = p.add_argument_group("coreset selection")
     if with_method:
-        one = g.add_mutually_exclusive_group(required=True)
+        one = g.add_mutually_exclusive_group(required=required)
         one.add_argument(
             "--method",
             choices=("random", "topk", "d2", "ccs", "moderate", "kcenter"),
-            help="required (or the seed's --sampling-mode)",
+            help="required to select (or the seed's --sampling-mode)",
         )
         one.add_argument(
             "--sampling-mode",
@@ -176,7 +211,7 @@ def _select_flags(p: argparse.ArgumentParser, with_method: bool = True) -> None:
             "--coreset-ratio",
             dest="fraction",
             type=float,
-            required=True,
+            required=required,
             help="fraction of the training set kept, in (0, 1]",
         )
         g.add_argument(
@@ -234,6 +269,7 @@ def _select_flags(p: argparse.ArgumentParser, with_method: bool = True) -> None:
     g.add_argument(
         "--strata", "--stratas", dest="strata", type=_pos_int, default=50, help="CCS score strata"
     )
+    return g
 
 
 def _pos_int(text: str) -> int:
@@ -283,7 +319,6 @@ def _setup(args, family: str):
     import torch
 
     from d2scale.vision.data import load_dataset
-    from d2scale.vision.runs import resolve_device
 
     if args.model is None:
         args.model = {"digits": "cnn", "mnist5k": "cnn", "imagenet": "resnet50"}.get(
@@ -291,8 +326,35 @@ def _setup(args, family: str):
         )
     recipe = _recipe(args, family)
     torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device, args.device_record = _device(args)
+    if args.data_dir is None and args.dataset in ("cifar10", "cifar100"):
+        args.data_dir = DEFAULT_DATA_DIR
     return load_dataset(args.dataset, args.data_dir, device, progress=args.say), recipe
+
+
+def _device(args):
+    """``--device``, or the seeds' ``--use_gpu`` / ``--gpuid N`` (GPU where present, else the
+    CPU with a printed warning); also what to record of the request in metrics.json."""
+    from d2scale.vision.runs import resolve_device, resolve_seed_gpu
+
+    gpuid = getattr(args, "gpuid", None)
+    use_gpu = getattr(args, "use_gpu", False)
+    flag = f"--gpuid {gpuid}" if gpuid is not None else "--use_gpu" if use_gpu else None
+    if flag is None:
+        return resolve_device(args.device), {}
+    if args.device != "auto":
+        raise D2ScaleError(f"give --device {args.device} or the seed's {flag}, not both.")
+    device, warning = resolve_seed_gpu(gpuid or 0, flag)
+    record = {"device_request": flag}
+    if warning:
+        _warn(warning)
+        record["device_warning"] = warning
+    return device, record
+
+
+def _warn(text: str) -> None:
+    """One warning line on stderr (even with --quiet); callers also record it."""
+    print(f"d2scale: warning: {text}", file=sys.stderr)
 
 
 def _recipe(args, family: str):
@@ -351,16 +413,26 @@ def _add_train(vsub) -> None:
         "el2n, entropy, dynamic_uncertainty, grand, targets per training sample), "
         "RUN/features.npy, RUN/checkpoint.pt and RUN/metrics.json. With --coreset the model "
         "trains on those samples for a fixed number of steps (--iterations). Rerunning "
-        "resumes from the last epoch checkpoint.",
+        "resumes from the last epoch checkpoint. The D2 seed's form, --coreset without a "
+        "file plus --data-score-path, --feature-path and the selection flags, selects the "
+        "coreset first (RUN/coreset.npy).",
         epilog=EPILOG,
     )
-    _data_flags(p)
-    p.add_argument("--coreset", metavar="FILE.npy", help="train on these sample ids only")
+    _data_flags(p, seed_defaults=True)
+    p.add_argument(
+        "--coreset",
+        metavar="FILE.npy",
+        nargs="?",
+        const=SEED_CORESET,
+        help="train on these sample ids only; without FILE, select them first (seed form)",
+    )
     p.add_argument("--out", metavar="RUN", help="run directory")
     p.add_argument("--base-dir", help="seed form: RUN = BASE_DIR/TASK_NAME")
     p.add_argument("--task-name", help="seed form: RUN = BASE_DIR/TASK_NAME")
-    _train_flags(p)
-    p.set_defaults(run=_with_progress(_run_train))
+    p.add_argument("--data-score-path", metavar="PICKLE", help="seed form: scores to select by")
+    p.add_argument("--feature-path", metavar="NPY", help="seed form: features to select by")
+    _train_flags(p, seed_gpu=True)
+    p.set_defaults(run=_with_progress(_run_train), select_group=_select_flags(p, required=False))
 
 
 def _run_train(args) -> int:
@@ -372,19 +444,26 @@ def _run_train(args) -> int:
     )
     if not out:
         raise D2ScaleError("give --out RUN (or the seed's --base-dir and --task-name).")
-    if args.iterations is not None and not args.coreset:
+    seed_select = args.coreset == SEED_CORESET
+    _check_seed_select(args, seed_select)
+    if args.iterations is not None and args.coreset is None:
         raise D2ScaleError("--iterations sets the steps of --coreset runs; full-data runs "
                            "train --epochs.")  # fmt: skip
     say = args.say
     data, recipe = _setup(args, "d2")
-    indices = None
-    if args.coreset:
+    indices, extra = None, dict(args.device_record)
+    if seed_select:
+        indices, extra["coreset"] = _seed_coreset(args, out, data.size("train"))
+    elif args.coreset:
         indices = runs.load_indices(args.coreset, data.size("train"))
+        extra["coreset"] = os.path.abspath(args.coreset)
     else:
         from dataclasses import replace
 
         recipe = replace(recipe, iterations=None)
-    say(f"training {args.model} on {args.dataset} ({'coreset' if args.coreset else 'full data'})")
+    say(
+        f"training {args.model} on {args.dataset} ({'full data' if indices is None else 'coreset'})"
+    )
     result = train(
         data,
         args.model,
@@ -395,11 +474,61 @@ def _run_train(args) -> int:
         out=out,
         progress=say,
     )
-    extra = {"coreset": os.path.abspath(args.coreset)} if args.coreset else {}
     m = runs.save_run(out, result, extra)
     _warn_unreadable(data, say)
     say(f"test accuracy {_accuracies(m)} -> {out}")
     return 0
+
+
+def _check_seed_select(args, seed_select: bool) -> None:
+    """Selection flags only go with the seed's bare ``--coreset`` (never quietly unused)."""
+    group = args.select_group
+    given = [a.option_strings[0] for a in group._group_actions
+             if getattr(args, a.dest) != a.default]  # fmt: skip
+    if seed_select:
+        if not (args.data_score_path and args.feature_path):
+            raise D2ScaleError(
+                "--coreset without a file needs --data-score-path and --feature-path."
+            )
+        if args.fraction is None:
+            raise D2ScaleError("--coreset without a file needs --coreset-ratio (or --fraction).")
+    elif given or args.data_score_path or args.feature_path:
+        flag = given[0] if given else "--data-score-path"
+        raise D2ScaleError(f"{flag} selects a coreset: give it with --coreset and no file.")
+
+
+def _seed_coreset(args, out: str, n: int):
+    """Select the coreset from the seed's score files; (sorted ids, RUN/coreset.npy)."""
+    from d2scale.io import save_json, save_npy
+    from d2scale.vision.coresets import select_coreset
+    from d2scale.vision.runs import load_seed_files
+
+    scores, features = load_seed_files(args.data_score_path, args.feature_path)
+    if len(scores["targets"]) != n:
+        raise D2ScaleError(f"{args.data_score_path} scores {len(scores['targets'])} samples; "
+                           f"--dataset {args.dataset} has {n}.")  # fmt: skip
+    coreset = select_coreset(_coreset_params(args), scores, features)
+    path = os.path.join(out, "coreset.npy")
+    save_npy(path, coreset.indices)
+    save_json(path + ".json", {**coreset.info, "scores": os.path.abspath(args.data_score_path)})
+    return coreset.indices, os.path.abspath(path)
+
+
+def _coreset_params(args):
+    """CoresetParams of ``select`` (and the seed form of ``train``), validated."""
+    from d2scale.vision.coresets import CoresetParams
+
+    method = args.method or SAMPLING_MODES.get(args.sampling_mode or "")
+    if method is None:
+        raise D2ScaleError("give --method (or the seed's --sampling-mode).")
+    params = CoresetParams(
+        method=method,
+        fraction=args.fraction,
+        score=args.score,
+        seed=args.seed,
+        **_select_params(args),
+    )
+    return params.validate()
 
 
 def _accuracies(m: dict) -> str:
@@ -442,18 +571,11 @@ def _add_select(vsub) -> None:
 
 def _run_select(args) -> int:
     from d2scale.io import save_json, save_npy
-    from d2scale.vision.coresets import CoresetParams, select_coreset
+    from d2scale.vision.coresets import select_coreset
     from d2scale.vision.runs import load_run
 
-    method = args.method or SAMPLING_MODES[args.sampling_mode]
-    params = CoresetParams(
-        method=method,
-        fraction=args.fraction,
-        score=args.score,
-        seed=args.seed,
-        **_select_params(args),
-    )
-    params.validate()
+    params = _coreset_params(args)
+    method = params.method
     scores, features = load_run(args.run_dir)
     coreset = select_coreset(params, scores, features, progress=args.say)
     save_npy(args.out, coreset.indices)
@@ -637,6 +759,35 @@ def _run_quotas(args) -> int:
 # ============================================================================ prune (DRoP)
 
 
+# DRoP seed: the defaults of a command in its spelling where d2scale's differ
+# (d2scale.vision.defaults says why d2scale's own are DRoP quotas with Laplace recall)
+SEED_SPELLING = "--final_frac"  # its one required flag, as its README spells it
+SEED_PRUNE_DEFAULTS = {"quoter": "none", "recall_smoothing": "none"}
+
+
+class _Spelled(argparse.Action):
+    """Stores the value and the spelling that gave it (``args.spelled``: dest → option)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.spelled = {
+            **(getattr(namespace, "spelled", None) or {}),
+            self.dest: option_string,
+        }
+
+
+def _seed_prune_defaults(args) -> dict:
+    """A prune command in the DRoP seed's spelling keeps the seed's meaning: its quoter Auto
+    (none) and measured recall, where the command does not name them; what was applied."""
+    spelled = getattr(args, "spelled", None) or {}
+    if spelled.get("final_frac") != SEED_SPELLING:
+        return {}
+    applied = {k: v for k, v in SEED_PRUNE_DEFAULTS.items() if k not in spelled}
+    for k, v in applied.items():
+        setattr(args, k, v)
+    return applied
+
+
 def _add_prune(vsub) -> None:
     p = vsub.add_parser(
         "prune",
@@ -648,12 +799,22 @@ def _add_prune(vsub) -> None:
         "then train the final model (CDB-W with --cdbw-final) and write OUT/metrics.json.",
         epilog=EPILOG,
     )
-    _data_flags(p)
+    _data_flags(p, seed_defaults=True)
     p.add_argument("--strategy", type=_strategy, default="dp", help="dp (or 1) | al (or 0)")
-    p.add_argument("--final-frac", "--final_frac", dest="final_frac", type=float, required=True)
+    p.add_argument(
+        "--final-frac",
+        SEED_SPELLING,
+        dest="final_frac",
+        type=float,
+        required=True,
+        action=_Spelled,
+        help=f"fraction kept (dp) or labelled (al) at the end; spelled {SEED_SPELLING}, the "
+        "command keeps the DRoP seed's defaults (see --quoter)",
+    )
     p.add_argument(
         "--init-frac",
         "--init_frac",
+        "--start_frac",
         dest="init_frac",
         type=float,
         help="al: the seeded initial labelled fraction (default final/(iterations+1))",
@@ -664,7 +825,9 @@ def _add_prune(vsub) -> None:
         dest="scorer",
         type=str.lower,
         default="random",
-        help="random, el2n, grand, forgetting, dynunc, aum, entropy, d2, kcenter",
+        help="dp: random, el2n, grand (the final query model's, as DRoP's code), el2n-early, "
+        "grand-early (in-training), forgetting, dynunc, aum, entropy, d2, kcenter; al: random, "
+        "el2n, grand, entropy, margin, variation_ratio, bald, d2, kcenter",
     )
     p.add_argument(
         "--quoter",
@@ -673,10 +836,19 @@ def _add_prune(vsub) -> None:
         type=str.lower,
         choices=("none", "uniform", "drop", "auto"),
         default=DEFAULT_QUOTER,
+        action=_Spelled,
         help="per-class quotas: drop (DRoP: density ∝ validation error), uniform, or none "
-        "(the seed's Auto, its default): the scorer alone",
+        "(the seed's Auto, its default): the scorer alone. A command in the seed's spelling "
+        f"({SEED_SPELLING}) without this flag keeps the seed's none, and its measured recall "
+        "without --recall-smoothing (said and recorded)",
     )
-    p.add_argument("--num-inits", "--num_inits", dest="num_inits", type=_pos_int, default=1)
+    p.add_argument(
+        "--num-inits",
+        "--num_inits",
+        dest="num_inits",
+        type=_pos_int,
+        help="query models per selection (default: --auto-config's, else 1)",
+    )
     p.add_argument(
         "--iterations",
         type=_pos_int,
@@ -690,21 +862,39 @@ def _add_prune(vsub) -> None:
         "--auto_config",
         dest="auto_config",
         action="store_true",
-        help="accepted for the seed; recipes are always filled per dataset/model",
+        help="DRoP's released configuration: --num-inits 5 for el2n and grand, 1 for dynunc, "
+        "forgetting and kcenter (pruning); recipes are always filled per dataset/model",
+    )
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=0.0,
+        help="dropout before the last layer of query and final models (MC-dropout acquisition)",
+    )
+    p.add_argument(
+        "--mc-passes",
+        "--bald_k",
+        dest="mc_passes",
+        type=_pos_int,
+        default=5,
+        help="al: MC-dropout passes of entropy, margin, variation_ratio, bald (default: 5)",
     )
     p.add_argument("--query-epochs", type=_pos_int, help="query-model epochs (default: recipe)")
     p.add_argument(
         "--recall-smoothing",
         choices=("none", "laplace"),
         default=DEFAULT_RECALL_SMOOTHING,
+        action=_Spelled,
         help="validation recall for quotas and CDB-W: laplace (hits + 1) / (n + 2), or none: "
         "as measured (published), which gives a class measured at recall 1.0 no samples",
     )
     p.add_argument(
         "--query-cache", metavar="DIR", help="reuse query models across runs (default: OUT/query)"
     )
-    p.add_argument("--out", required=True, metavar="DIR")
-    _train_flags(p, steps=False)
+    p.add_argument(
+        "--out", metavar="DIR", help="default: drop-runs/<dataset>-<model>-<settings>-<hash>"
+    )
+    _train_flags(p, steps=False, seed_gpu=True)
     _select_flags(p, with_method=False)
     p.set_defaults(run=_with_progress(_run_prune))
 
@@ -717,8 +907,9 @@ def _strategy(text: str) -> str:
 
 
 def _run_prune(args) -> int:
-    from d2scale.vision.prune import PruneParams, run_prune
+    from d2scale.vision.prune import PruneParams, auto_num_inits, run_prune
 
+    seed_defaults = _seed_prune_defaults(args)
     params = PruneParams(
         strategy=args.strategy,
         final_frac=args.final_frac,
@@ -733,19 +924,98 @@ def _run_prune(args) -> int:
         recall_smoothing=args.recall_smoothing,
         seed=args.seed,
         select=_select_params(args),
+        auto_config=args.auto_config,
+        dropout=args.dropout,
+        mc_passes=args.mc_passes,
     ).validate()
     say = args.say
     data, recipe = _setup(args, "drop")
+    if seed_defaults:
+        flags = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in seed_defaults.items())
+        own = f"--quoter {DEFAULT_QUOTER}, --recall-smoothing {DEFAULT_RECALL_SMOOTHING}"
+        say(f"the DRoP seed's spelling ({SEED_SPELLING}): its defaults {flags} (d2scale's: {own})")
+    extra = {**args.device_record, **({"seed_defaults": seed_defaults} if seed_defaults else {})}
+    auto = auto_num_inits(params) if args.auto_config else None
+    if auto is not None and params.num_inits != auto:
+        extra["num_inits_warning"] = (
+            f"--num-inits {params.num_inits} overrides --auto-config's {auto} for {params.scorer}"
+        )
+        _warn(extra["num_inits_warning"])
+    out = args.out or _default_out(args, params, recipe)
     metrics = run_prune(
         data,
         args.model,
         recipe,
         params,
-        args.out,
+        out,
         progress=say,
         bars=True,
         query_cache=args.query_cache,
+        extra=extra,
     )
     _warn_unreadable(data, say)
-    say(f"average test accuracy {_accuracies(metrics)} -> {args.out}/metrics.json")
+    say(f"average test accuracy {_accuracies(metrics)} -> {out}/metrics.json")
+    return 0
+
+
+def _default_out(args, params, recipe) -> str:
+    """``drop-runs/<dataset>-<model>-<strategy>-<scorer>[-<quoter>]-<final_frac>-<hash>``, the
+    hash over every setting, so runs with other settings never share a folder (the seed names
+    its result files by its settings too)."""
+    from dataclasses import asdict
+
+    facts = [args.dataset, os.path.abspath(args.data_dir or ""), args.model, asdict(recipe),
+             vars(params)]  # fmt: skip
+    digest = hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
+    quoter = "" if params.quoter == "none" else f"-{params.quoter}"
+    name = f"{args.dataset}-{args.model}-{params.strategy}-{params.scorer}{quoter}"
+    return os.path.join("drop-runs", f"{name}-{params.final_frac:g}-{digest[:8]}")
+
+
+# ============================================================================ scores (D2 seed)
+
+
+def _add_scores(vsub) -> None:
+    p = vsub.add_parser(
+        "scores",
+        formatter_class=_Help,
+        help="a full-data run's scores and features as the D2 seed's files",
+        description="The D2 seed's generate_importance_score.py: writes RUN/data-score-TASK."
+        "pickle (a dict of numpy arrays: every training-dynamics score and targets) and, with "
+        "--feature, RUN/train-features-TASK.npy, for `train --coreset --data-score-path … "
+        "--feature-path …`. RUN = BASE_DIR/TASK_NAME (or --run). Nothing is recomputed: "
+        "`train` logged the scores and features.",
+        epilog=EPILOG,
+    )
+    p.add_argument("--run", dest="run_dir", metavar="RUN", help="full-data run directory")
+    p.add_argument("--base-dir", help="seed form: RUN = BASE_DIR/TASK_NAME")
+    p.add_argument("--task-name", help="seed form: RUN = BASE_DIR/TASK_NAME")
+    p.add_argument("--feature", action="store_true", help="also write the features")
+    p.add_argument(
+        "--gpuid",
+        type=_nonneg_int,
+        metavar="N",
+        help="accepted for the seed; nothing runs on a device here (a note says so)",
+    )
+    _progress_flags(p)
+    p.set_defaults(run=_with_progress(_run_scores))
+
+
+def _run_scores(args) -> int:
+    from d2scale.vision.runs import write_seed_files
+
+    run_dir = args.run_dir or (
+        os.path.join(args.base_dir, args.task_name) if args.base_dir and args.task_name else None
+    )
+    if not run_dir:
+        raise D2ScaleError("give --run RUN (or the seed's --base-dir and --task-name).")
+    task = args.task_name or os.path.basename(os.path.normpath(run_dir))
+    if args.gpuid is not None:
+        print(
+            f"d2scale: note: --gpuid {args.gpuid} has no effect: the scores and features were "
+            "logged by `vision train` and are only written out here",
+            file=sys.stderr,
+        )
+    paths = write_seed_files(run_dir, run_dir, task, args.feature)
+    args.say(f"wrote {', '.join(paths)}")
     return 0

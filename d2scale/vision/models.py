@@ -4,6 +4,8 @@
 Every model is a :class:`Net`: ``body`` maps images to the penultimate features (ResNets:
 the global-average-pooled layer4 output, 512-d for ResNet-18) and ``fc`` maps features to
 logits, so training dynamics, features and last-layer gradients come from one forward pass.
+``dropout`` > 0 adds dropout on the features before ``fc`` (DRoP's ``--dropout``; MC-dropout
+acquisition samples it at inference).
 """
 
 from __future__ import annotations
@@ -29,26 +31,40 @@ SMALL_IMAGES = 64  # at or below this side length, ResNets get the CIFAR stem
 class Net(nn.Module):
     """``fc(body(x))``; ``forward(x, features=True)`` also returns the features."""
 
-    def __init__(self, body: nn.Module, fc: nn.Linear):
+    def __init__(self, body: nn.Module, fc: nn.Linear, dropout: float = 0.0):
         super().__init__()
         self.body, self.fc = body, fc
+        self.drop = nn.Dropout(dropout) if dropout > 0 else None  # no parameters
 
     def forward(self, x: torch.Tensor, features: bool = False):
         h = self.body(x)
-        logits = self.fc(h)
+        logits = self.fc(self.drop(h) if self.drop is not None else h)
         return (logits, h) if features else logits
 
 
-def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32) -> Net:
+def build_model(
+    name: str, num_classes: int, in_channels: int = 3, image_size: int = 32, dropout: float = 0.0
+) -> Net:
     """The model ``name`` (one of ``MODELS``) with randomly initialised weights."""
     name = MODEL_ALIASES.get(name, name)
+    if not 0 <= dropout < 1:
+        raise D2ScaleError(f"--dropout must be in [0, 1); got {dropout}.")
     if name == "cnn":
-        return _cnn(num_classes, in_channels)
-    if name in ("resnet18", "resnet34", "resnet50"):
-        return _resnet(name, num_classes, in_channels, image_size <= SMALL_IMAGES)
-    if name in ("vgg16_bn", "vgg19_bn"):
-        return _vgg(name, num_classes, in_channels, image_size <= SMALL_IMAGES)
-    raise D2ScaleError(f"--model must be one of {', '.join(MODELS)}; got {name!r}.")
+        net = _cnn(num_classes, in_channels)
+    elif name in ("resnet18", "resnet34", "resnet50"):
+        net = _resnet(name, num_classes, in_channels, image_size <= SMALL_IMAGES)
+    elif name in ("vgg16_bn", "vgg19_bn"):
+        net = _vgg(name, num_classes, in_channels, image_size <= SMALL_IMAGES)
+    else:
+        raise D2ScaleError(f"--model must be one of {', '.join(MODELS)}; got {name!r}.")
+    if dropout > 0:
+        net.drop = nn.Dropout(dropout)
+    return net
+
+
+def has_dropout(model: nn.Module) -> bool:
+    """Whether ``model`` holds a dropout layer with a rate > 0 (MC dropout can sample it)."""
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
 
 
 def _torchvision_models():

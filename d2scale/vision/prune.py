@@ -3,8 +3,10 @@ learning, the seed's workflow.
 
 Per iteration t = 1..I (target sizes interpolated linearly, the last exactly the final one):
 1. train ``num_inits`` query models (seeds differ) on the current samples, without
-   augmentation; average their scores and their per-class validation recall at the epoch of
-   best validation accuracy;
+   augmentation; score every sample with each final query model as DRoP's released code does
+   (:mod:`d2scale.vision.scoring`: EL2N, full-model GraNd, MC-dropout uncertainty) or take
+   its training dynamics; average the scores and the per-class validation recall at the
+   epoch of best validation accuracy;
 2. per-class quotas (:mod:`d2scale.vision.quotas`): ``none``, ``uniform`` or ``drop``;
 3. ``dp`` keeps, within each class's quota, the samples the scorer prefers; ``al`` acquires,
    within quotas over the unlabelled pool, samples from it (never one already labelled).
@@ -24,7 +26,7 @@ import numpy as np
 
 from d2scale.errors import D2ScaleError
 from d2scale.io import save_json, save_npy
-from d2scale.vision import runs
+from d2scale.vision import runs, scoring
 from d2scale.vision.coresets import (
     CoresetParams,
     budget_of,
@@ -33,29 +35,64 @@ from d2scale.vision.coresets import (
     select_coreset,
 )
 from d2scale.vision.defaults import DEFAULT_QUOTER, DEFAULT_RECALL_SMOOTHING
+from d2scale.vision.models import build_model, has_dropout
 from d2scale.vision.quotas import class_quotas, empty_class_warning, estimate_recall
-from d2scale.vision.train import GROUP_KEYS, cdbw_key, pruned_epochs, run_signature, train
+from d2scale.vision.train import (
+    GROUP_KEYS,
+    cdbw_key,
+    load_model,
+    pruned_epochs,
+    run_signature,
+    train,
+)
 
-# scorer → (coreset method, training-dynamics score)
+# scorer → (coreset method, the score slot it ranks by; see MODEL_SCORES)
 SCORERS = {
     "random": ("random", None),
-    "el2n": ("topk", "el2n"),
-    "grand": ("topk", "grand"),
+    "el2n": ("topk", "el2n"),  # the final query model's, eval mode (released DRoP)
+    "grand": ("topk", "grand"),  # the final query model's full-model gradient norm (released)
+    "el2n-early": ("topk", "el2n"),  # in-training mean over the first 10 epochs
+    "grand-early": ("topk", "grand"),  # in-training, last layer, first 10 epochs
     "forgetting": ("topk", "forgetting"),
     "dynunc": ("topk", "dynamic_uncertainty"),
     "aum": ("topk", "accumulated_margin"),
     "entropy": ("topk", "entropy"),
     "d2": ("d2", None),
     "kcenter": ("kcenter", None),
+    "margin": ("topk", "entropy"),  # active learning only, like the two below
+    "variation_ratio": ("topk", "entropy"),
+    "bald": ("topk", "entropy"),
 }
 # the DRoP seed's scorer names (lower-cased)
-SCORER_ALIASES = {"dynamicuncertainty": "dynunc", "gradientbased": "grand", "coreset": "kcenter"}
-# active learning scores unlabelled samples with the final query model (eval mode)
-AL_SCORES = {"el2n": "final_el2n", "grand": "final_grand", "entropy": "entropy"}
-AL_SCORERS = ("random", "el2n", "grand", "entropy", "d2", "kcenter")
+SCORER_ALIASES = {
+    "dynamicuncertainty": "dynunc",
+    "gradientbased": "grand",
+    "coreset": "kcenter",
+    "maxentropy": "entropy",
+    "variationratio": "variation_ratio",
+}
+# the query-model array (d2scale.vision.scoring) that fills a scorer's slot, per strategy;
+# active learning never looks at the labels of the unlabelled pool
+MODEL_SCORES = {
+    "dp": {"el2n": "final_el2n", "grand": "grand_full"},
+    "al": {
+        "el2n": "el2n_predicted",
+        "grand": "grand_predicted",
+        "entropy": "mc_entropy",
+        "margin": "mc_margin",
+        "variation_ratio": "mc_variation_ratio",
+        "bald": "mc_bald",
+    },
+}
+AL_SCORERS = ("random", "el2n", "grand", "entropy", "margin", "variation_ratio", "bald", "d2",
+              "kcenter")  # fmt: skip
+DP_SCORERS = tuple(k for k in SCORERS if k not in ("margin", "variation_ratio", "bald"))
 # DRoP auto-config: query models for these train 10% of the epochs (the seed's Random query
 # runs its default 16 of VGG-16's 160); the others need full training dynamics
-SHORT_QUERY = ("random", "el2n", "grand")
+SHORT_QUERY = ("random", "el2n", "grand", "el2n-early", "grand-early")
+# DRoP auto-config (pruning): query models per selection; scorers not listed keep --num-inits
+AUTO_NUM_INITS = {"el2n": 5, "grand": 5, "dynunc": 1, "forgetting": 1, "kcenter": 1}
+MC_PASSES = 5  # MC-dropout passes per uncertainty score (the seed's --bald_k)
 QUERY_SEED_STRIDE = 7919  # query model i of iteration t trains with seed + 7919·(1 + i + 10·t)
 
 
@@ -68,7 +105,7 @@ class PruneParams:
     init_frac: float | None = None  # al: initial labelled fraction (default F / (I + 1))
     scorer: str = "random"
     quoter: str = DEFAULT_QUOTER
-    num_inits: int = 1
+    num_inits: int | None = None  # None: --auto-config's value, else 1
     iterations: int = 1
     cdbw_final: bool = False
     cdbw_query: bool = False
@@ -76,6 +113,9 @@ class PruneParams:
     recall_smoothing: str = DEFAULT_RECALL_SMOOTHING  # laplace: (hits + 1) / (n + 2); none
     seed: int = 0
     select: dict = field(default_factory=dict)  # CoresetParams keywords (d2: n_neighbors, …)
+    auto_config: bool = False  # DRoP's --auto_config: num_inits per AUTO_NUM_INITS
+    dropout: float = 0.0  # dropout before the last layer of query and final models
+    mc_passes: int = MC_PASSES
 
     def validate(self) -> PruneParams:
         if self.strategy not in ("dp", "al"):
@@ -85,7 +125,7 @@ class PruneParams:
         if self.quoter not in ("none", "uniform", "drop"):
             raise D2ScaleError(f"--quoter must be none, uniform or drop; got {self.quoter!r}.")
         self.scorer = SCORER_ALIASES.get(self.scorer.lower(), self.scorer.lower())
-        allowed = AL_SCORERS if self.strategy == "al" else tuple(SCORERS)
+        allowed = AL_SCORERS if self.strategy == "al" else DP_SCORERS
         if self.scorer not in allowed:
             raise D2ScaleError(
                 f"--scorer for --strategy {self.strategy} must be one of {', '.join(allowed)}; "
@@ -94,9 +134,13 @@ class PruneParams:
         estimate_recall([], [], self.recall_smoothing)
         if not 0 < self.final_frac <= 1:
             raise D2ScaleError(f"--final-frac must be in (0, 1]; got {self.final_frac}.")
-        if self.num_inits < 1 or self.iterations < 1:
-            raise D2ScaleError("--num-inits and --iterations must be ≥ 1.")
-        if self.strategy == "dp" and self.init_frac is not None:
+        if self.num_inits is None:
+            self.num_inits = (self.auto_config and auto_num_inits(self)) or 1
+        if self.num_inits < 1 or self.iterations < 1 or self.mc_passes < 1:
+            raise D2ScaleError("--num-inits, --iterations and --mc-passes must be ≥ 1.")
+        if not 0 <= self.dropout < 1:
+            raise D2ScaleError(f"--dropout must be in [0, 1); got {self.dropout}.")
+        if self.strategy == "dp" and self.init_frac not in (None, 1.0):
             raise D2ScaleError("--init-frac applies to --strategy al (dp starts from all data).")
         if self.strategy == "al":
             if self.init_frac is None:
@@ -107,6 +151,12 @@ class PruneParams:
                     f"got {self.init_frac}."
                 )
         return self
+
+
+def auto_num_inits(params: PruneParams) -> int | None:
+    """Query models per selection under DRoP's released auto-config (pruning only; None where
+    it leaves the user's value)."""
+    return AUTO_NUM_INITS.get(params.scorer) if params.strategy == "dp" else None
 
 
 def target_sizes(params: PruneParams, n: int) -> list[int]:
@@ -126,9 +176,12 @@ def initial_labelled(n: int, init_frac: float, seed: int) -> np.ndarray:
 
 
 def run_prune(data, model: str, recipe, params: PruneParams, out: str, *, progress=print,
-              bars: bool = False, query_cache: str | None = None) -> dict:  # fmt: skip
-    """The DRoP workflow; writes ``out/metrics.json`` (and ``kept.npy``) and returns metrics."""
+              bars: bool = False, query_cache: str | None = None,
+              extra: dict | None = None) -> dict:  # fmt: skip
+    """The DRoP workflow; writes ``out/metrics.json`` (and ``kept.npy``) and returns metrics;
+    ``extra`` entries (e.g. the device request, warnings) are recorded in the metrics."""
     params.validate()
+    extra = {**(extra or {}), **_mc_check(data, model, params)}
     bars = progress if bars else None  # training reports batches through ``progress``
     t0 = time.perf_counter()
     n, targets = data.size("train"), data.targets("train")
@@ -157,7 +210,25 @@ def run_prune(data, model: str, recipe, params: PruneParams, out: str, *, progre
         timings["query"] += t2 - t1
         timings["select"] += time.perf_counter() - t2
         history.append({"iteration": t + 1, "size": int(size), **info})
-    return _final(data, model, recipe, params, kept, history, timings, out, t0, bars, progress)
+    return _final(data, model, recipe, params, kept, history, timings, out, t0, bars, progress,
+                  extra)  # fmt: skip
+
+
+def _mc_check(data, model: str, params: PruneParams) -> dict:
+    """Uncertainty scorers: whether the model has dropout to sample (recorded); BALD refuses a
+    model without, before any training."""
+    key = MODEL_SCORES[params.strategy].get(params.scorer, "")
+    if not key.startswith("mc_"):
+        return {}
+    size = getattr(data, "image_size", 32)
+    net = build_model(model, data.num_classes, data.in_channels, size, params.dropout)
+    mc = has_dropout(net)
+    if params.scorer == "bald" and not mc:
+        raise D2ScaleError(
+            f"--scorer bald needs a model with dropout ({model} has none): give --dropout P "
+            "(e.g. 0.3), or choose entropy, margin or variation_ratio."
+        )
+    return {"mc_dropout": mc, "mc_passes": params.mc_passes if mc else 1}
 
 
 # ============================================================================ query models
@@ -194,17 +265,20 @@ def _query(data, model, recipe, params, kept, t, cache, bars) -> _Query:
     for i in range(params.num_inits):
         seed = params.seed + QUERY_SEED_STRIDE * (1 + i + 10 * t)
         cdbw = cdbw_key(params.cdbw_query, params.recall_smoothing)
-        sig = run_signature(data, model, qr, indices, seed, False, cdbw, True)
+        sig = run_signature(data, model, qr, indices, seed, False, cdbw, True, params.dropout)
         qdir = os.path.join(cache, sig[:20])
+        net = None
         if not runs.is_finished(qdir):
             res = train(data, model, qr, indices=indices, seed=seed, augment=False,
                         cdbw=params.cdbw_query, recall_smoothing=params.recall_smoothing,
-                        dynamics=True, out=qdir, progress=bars,
+                        dynamics=True, dropout=params.dropout, out=qdir, progress=bars,
                         desc=f"query {i + 1}/{params.num_inits}")  # fmt: skip
             runs.save_run(qdir, res)
+            net = res.model
         if bars:
             bars(f"query models: {i + 1}/{params.num_inits} models")
         s, features = runs.load_run(qdir)
+        s |= model_scores(data, model, params, qdir, net, seed)
         scores.append(s)
         m = runs.read_metrics(qdir)
         recalls.append(estimate_recall(m["val_recall_at_best"], m["val_class_counts"],
@@ -213,6 +287,46 @@ def _query(data, model, recipe, params, kept, t, cache, bars) -> _Query:
     mean = {k: np.mean([s[k] for s in scores], axis=0) for k in scores[0] if k != "targets"}
     mean["targets"] = scores[0]["targets"]
     return _Query(mean, features, np.mean(recalls, axis=0), dirs)
+
+
+def model_scores(data, model: str, params: PruneParams, qdir: str, net, seed: int) -> dict:
+    """The query-model array the scorer ranks by (:data:`MODEL_SCORES`), computed from the
+    trained model ``net`` (or its checkpoint in ``qdir``) once and cached beside the run."""
+    key = MODEL_SCORES[params.strategy].get(params.scorer)
+    if key is None or key == "final_el2n":  # none, or logged by every query run already
+        return {}
+    name = f"{key}-p{params.mc_passes}" if key.startswith("mc_") else key
+    path = os.path.join(qdir, f"{name}.npy")
+    if not os.path.isfile(path):
+        if net is None:
+            net = load_model(os.path.join(qdir, "checkpoint.pt"), data, model, params.dropout)
+        save_npy(path, _compute_score(key, net, data, params, seed))
+    return {key: np.load(path)}
+
+
+def _compute_score(key: str, net, data, params: PruneParams, seed: int) -> np.ndarray:
+    if key.startswith("mc_"):
+        return scoring.uncertainty_scores(net, data, key[3:], params.mc_passes, seed)
+    labels = "true" if params.strategy == "dp" else "predicted"
+    if key.startswith("grand"):
+        return scoring.grand_scores(net, data, labels)
+    return scoring.el2n_scores(net, data, labels)
+
+
+def ranked_scores(params: PruneParams, query: _Query, targets: np.ndarray) -> dict:
+    """The scores the coreset code ranks by: the scorer's slot filled with its query-model
+    array; active learning sees no training dynamics of unlabelled samples (only the
+    final model's entropy, for d2)."""
+    if query.scores is None:
+        return {"targets": targets}
+    if params.strategy == "dp":
+        scores = dict(query.scores)
+    else:
+        scores = {"targets": targets, "entropy": query.scores["entropy"]}
+    source = MODEL_SCORES[params.strategy].get(params.scorer)
+    if source is not None:
+        scores[SCORERS[params.scorer][1]] = query.scores[source]
+    return scores
 
 
 # ============================================================================ selection steps
@@ -233,7 +347,7 @@ def _coreset_params(params: PruneParams, n: int, size: int, t: int, al: bool) ->
 def _prune_step(params, query, kept, size, targets, n_classes, t):
     n = len(targets)
     cp = _coreset_params(params, n, size, t, al=False)
-    scores = query.scores or {"targets": targets}
+    scores = ranked_scores(params, query, targets)
     features = query.features if query.features is not None else np.zeros((n, 1), np.float32)
     cands, removed = remove_mislabeled(kept, scores, int(cp.mis_ratio * len(kept)))
     cp.mis_ratio = 0.0
@@ -247,9 +361,7 @@ def _acquire_step(params, query, kept, size, targets, n_classes, t):
     n = len(targets)
     cp = _coreset_params(params, n, size, t, al=True)
     pool = np.setdiff1d(np.arange(n), kept)
-    scores = {"targets": targets}
-    if query.scores is not None:
-        scores |= {k: query.scores[v] for k, v in AL_SCORES.items()}
+    scores = ranked_scores(params, query, targets)
     features = query.features if query.features is not None else np.zeros((n, 1), np.float32)
     counts = np.bincount(targets[pool], minlength=n_classes)
     quotas = class_quotas(params.quoter, counts, query.recall, size - len(kept), params.seed + t)
@@ -288,14 +400,15 @@ def _step_info(query: _Query, quotas, removed: int, counts, coreset) -> dict:
 # ============================================================================ final model
 
 
-def _final(data, model, recipe, params, kept, history, timings, out, t0, bars, progress):
+def _final(data, model, recipe, params, kept, history, timings, out, t0, bars, progress, extra):
     n = data.size("train")
     final = replace(recipe, epochs=pruned_epochs(recipe.epochs, len(kept) / n), iterations=None)
     progress(f"final model on {len(kept):,} samples ({final.epochs} epochs)")
     t1 = time.perf_counter()
     result = train(data, model, final, indices=None if len(kept) == n else kept,
                    seed=params.seed, cdbw=params.cdbw_final,
-                   recall_smoothing=params.recall_smoothing, out=os.path.join(out, "final"),
+                   recall_smoothing=params.recall_smoothing, dropout=params.dropout,
+                   out=os.path.join(out, "final"),
                    progress=bars, desc="final")  # fmt: skip
     timings["final"] = time.perf_counter() - t1
     timings["total"] = time.perf_counter() - t0
@@ -321,6 +434,7 @@ def _final(data, model, recipe, params, kept, history, timings, out, t0, bars, p
         "params": dict(vars(params)),
         "timings": {k: round(v, 2) for k, v in timings.items()},
         "kept_indices": kept.tolist(),
+        **extra,
     }
     save_npy(os.path.join(out, "kept.npy"), kept.astype(np.int64))
     save_json(os.path.join(out, "metrics.json"), metrics)

@@ -33,6 +33,21 @@ def resolve_device(device: str):
     return torch.device(device)
 
 
+def resolve_seed_gpu(gpuid: int, flag: str):
+    """The seeds' GPU request (DRoP's ``--use_gpu``, "use the GPU if available"; D2's
+    ``--gpuid N``): ``cuda:N`` where torch sees a GPU; without one, the CPU and the warning
+    the caller prints and records (an explicit ``--device cuda`` is an error instead)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return torch.device(
+            "cpu"
+        ), f"{flag} asked for a GPU, but torch sees none: running on the CPU"
+    if gpuid >= torch.cuda.device_count():
+        raise D2ScaleError(f"{flag}: torch sees {torch.cuda.device_count()} GPU(s), ids from 0.")
+    return torch.device(f"cuda:{gpuid}"), None
+
+
 def save_run(out: str, result, extra: dict | None = None) -> dict:
     """Write ``result`` (a :class:`~d2scale.vision.train.TrainResult`) into ``out``."""
     if result.scores is not None:
@@ -70,19 +85,23 @@ def load_run(run_dir: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
         features = np.load(feat_path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise D2ScaleError(f"cannot read the run in {run_dir} (damaged file?): {e}") from None
+    _check_scores(scores, features, dyn_path, feat_path)
+    return scores, features
+
+
+def _check_scores(scores: dict, features: np.ndarray, score_path: str, feat_path: str) -> None:
     missing = [k for k in (*SCORES, "targets") if k not in scores]
     if missing:
-        raise D2ScaleError(f"{dyn_path} lacks the score {missing[0]!r}.")
+        raise D2ScaleError(f"{score_path} lacks the score {missing[0]!r}.")
     n = len(scores["targets"]) if scores["targets"].ndim == 1 else -1
     for k in (*SCORES, "targets"):
         if scores[k].shape != (max(n, 0),):
             raise D2ScaleError(
-                f"{dyn_path}: {k!r} has shape {scores[k].shape}; every score and the targets "
+                f"{score_path}: {k!r} has shape {scores[k].shape}; every score and the targets "
                 "must be 1-D with one entry per training sample."
             )
     if features.ndim != 2 or features.shape[0] != n:
         raise D2ScaleError(f"{feat_path} must hold {n} feature rows; found {features.shape}.")
-    return scores, features
 
 
 def load_indices(path: str, n: int) -> np.ndarray:
@@ -100,3 +119,58 @@ def load_indices(path: str, n: int) -> np.ndarray:
     if len(np.unique(idx)) != len(idx):
         raise D2ScaleError(f"{path} repeats sample ids; a coreset lists each sample once.")
     return np.sort(idx.astype(np.int64))
+
+
+# the D2 seed's score and feature files (generate_importance_score.py), in a run directory
+SEED_SCORE_FILE = "data-score-{task}.pickle"
+SEED_FEATURE_FILE = "train-features-{task}.npy"
+_NUMPY_GLOBALS = {  # all an unpickled dict of numpy arrays may refer to
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+
+
+def write_seed_files(run_dir: str, out_dir: str, task: str, features: bool) -> list[str]:
+    """Write a full-data run's scores as the seed's ``data-score-TASK.pickle`` (a dict of
+    numpy arrays, ``targets`` among them) and, with ``features``, ``train-features-TASK.npy``
+    into ``out_dir``; the paths written."""
+    import pickle
+
+    from d2scale.io import atomic_path
+
+    scores, feats = load_run(run_dir)
+    paths = [os.path.join(out_dir, SEED_SCORE_FILE.format(task=task))]
+    with atomic_path(paths[0]) as tmp, open(tmp, "wb") as f:
+        pickle.dump({k: np.asarray(v) for k, v in scores.items()}, f, protocol=4)
+    if features:
+        paths.append(os.path.join(out_dir, SEED_FEATURE_FILE.format(task=task)))
+        save_npy(paths[1], feats)
+    return paths
+
+
+def load_seed_files(score_path: str, feature_path: str) -> tuple[dict, np.ndarray]:
+    """(scores, features) from the seed's score pickle and feature .npy, checked like
+    :func:`load_run`; the pickle may hold numpy arrays only (nothing else is unpickled)."""
+    import pickle
+
+    class NumpyOnly(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) not in _NUMPY_GLOBALS:
+                raise pickle.UnpicklingError(f"{module}.{name} is not a numpy array part")
+            return super().find_class(module, name)
+
+    for path, flag in ((score_path, "--data-score-path"), (feature_path, "--feature-path")):
+        if not path or not os.path.isfile(path):
+            raise D2ScaleError(f"{flag} {path} does not exist (`d2scale vision scores` writes it).")
+    try:
+        with open(score_path, "rb") as f:
+            scores = {k: np.asarray(v) for k, v in NumpyOnly(f).load().items()}
+        features = np.load(feature_path, allow_pickle=False)
+    except Exception as e:  # a foreign or truncated file: any unpickling error
+        raise D2ScaleError(f"cannot read {score_path} / {feature_path}: {e}") from None
+    _check_scores(scores, features, score_path, feature_path)
+    return scores, features

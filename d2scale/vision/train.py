@@ -324,14 +324,33 @@ def load_checkpoint(run: _Run) -> int:
     return int(state["epoch"]) + 1
 
 
+def load_model(path: str, data, model_name: str, dropout: float = 0.0):
+    """The model of a finished run's checkpoint, in eval mode (to score a cached query run)."""
+    if not os.path.isfile(path):
+        raise D2ScaleError(f"{path} is missing: cannot score this cached run; delete its folder.")
+    try:
+        state = torch.load(path, map_location=data.device, weights_only=False)
+    except Exception as e:  # a truncated or foreign file (as load_checkpoint)
+        raise D2ScaleError(f"cannot read the model in {path}: {e}") from None
+    size = getattr(data, "image_size", 32)
+    model = build_model(model_name, data.num_classes, data.in_channels, size, dropout)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise D2ScaleError(f"cannot read the model in {path}: {e}") from None
+    return model.to(data.device).eval()
+
+
 # ============================================================================ the run
 
 
 class _Run:
     """State of one training run (model, optimiser, step counter, logs)."""
 
-    def __init__(self, data, model_name, recipe, indices, seed, augment, cdbw, dynamics, out):
-        self.data, self.recipe, self.seed = data, recipe, seed
+    def __init__(
+        self, data, model_name, recipe, indices, seed, augment, cdbw, dynamics, out, dropout=0.0
+    ):
+        self.data, self.recipe, self.seed, self.dropout = data, recipe, seed, dropout
         self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
         self.augment, self.cdbw = augment, cdbw
         n_used = data.size("train") if indices is None else len(self.indices)
@@ -346,7 +365,7 @@ class _Run:
         self.eval_every = 1 if (cdbw or dynamics) else max(1, round(full / n_used))
         torch.manual_seed(seed)
         size = getattr(data, "image_size", 32)
-        self.model = build_model(model_name, data.num_classes, data.in_channels, size)
+        self.model = build_model(model_name, data.num_classes, data.in_channels, size, dropout)
         self.model.to(data.device)
         self.opt = torch.optim.SGD(
             self.model.parameters(),
@@ -363,7 +382,7 @@ class _Run:
         self.progress, self.meter = None, meter(None, "", 0, "")  # set by train()
         self.ckpt_path = os.path.join(out, "checkpoint.pt") if out else None
         self.signature = run_signature(
-            data, model_name, recipe, self.indices, seed, augment, cdbw, dynamics
+            data, model_name, recipe, self.indices, seed, augment, cdbw, dynamics, dropout
         )
 
     def autocast(self):
@@ -382,8 +401,11 @@ def cdbw_key(cdbw: bool, recall_smoothing: str):
 TRAINING_VERSION = 2
 
 
-def run_signature(data, model_name, recipe, indices, seed, augment, cdbw, dynamics) -> str:
-    """A hash of everything that determines a training run (checkpoints, query caches)."""
+def run_signature(
+    data, model_name, recipe, indices, seed, augment, cdbw, dynamics, dropout: float = 0.0
+) -> str:
+    """A hash of everything that determines a training run (checkpoints, query caches); a
+    dropout rate enters only when > 0, so runs without dropout keep their signatures."""
     h = hashlib.sha256()
     facts = [
         TRAINING_VERSION,
@@ -396,6 +418,8 @@ def run_signature(data, model_name, recipe, indices, seed, augment, cdbw, dynami
         cdbw,
         dynamics,
     ]
+    if dropout:
+        facts.append({"dropout": dropout})
     h.update(json.dumps(facts, sort_keys=True, default=str).encode())
     if indices is not None:
         h.update(np.ascontiguousarray(indices).tobytes())
@@ -425,6 +449,7 @@ def train(
     cdbw: bool = False,
     dynamics: bool = False,
     recall_smoothing: str = "none",
+    dropout: float = 0.0,
     out: str | None = None,
     progress=None,
     desc: str = "train",
@@ -437,16 +462,17 @@ def train(
     saved at most every ``CHECKPOINT_SECONDS`` and after the last epoch, and a rerun resumes
     from it. ``dynamics`` logs the SPEC §3 scores of
     every presented sample and extracts features of every training sample at the end.
+    ``dropout`` > 0 puts dropout before the last layer (:func:`~d2scale.vision.models.build_model`).
     ``progress`` (a callable such as :class:`d2scale.progress.Progress`, or None) hears
     ``"<desc>: done/total batches"`` at most every few seconds, and the passes over held-out
     or training rows that take long.
     """
     t0 = time.perf_counter()
     estimate_recall([], [], recall_smoothing)  # a bad name fails before any training
-    run = _Run(data, model_name, recipe, indices, seed, augment, cdbw, dynamics, out)
+    run = _Run(data, model_name, recipe, indices, seed, augment, cdbw, dynamics, out, dropout)
     run.recall_smoothing = recall_smoothing
     run.signature = run_signature(data, model_name, recipe, run.indices, seed, augment,
-                                  cdbw_key(cdbw, recall_smoothing), dynamics)  # fmt: skip
+                                  cdbw_key(cdbw, recall_smoothing), dynamics, dropout)  # fmt: skip
     start = load_checkpoint(run)
     run.progress = progress or None
     run.meter = meter(progress, desc, run.total_steps, "batches")
@@ -489,6 +515,7 @@ def _finish(run: _Run, model_name: str, seconds: float) -> TrainResult:
         "recipe": asdict(run.recipe),
         "cdbw": run.cdbw,
         "recall_smoothing": run.recall_smoothing if run.cdbw else None,
+        "dropout": run.dropout,
         "test_accuracy": test["accuracy"],
         "worst_class_accuracy": test["worst_class_accuracy"],
         "per_class_accuracy": test["per_class_accuracy"],

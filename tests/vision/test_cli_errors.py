@@ -13,7 +13,7 @@ CASES = [
     (["train", "--dataset", "svhn", "--out", "R"], "invalid choice: 'svhn'"),
     (["train", "--dataset", "digits", "--model", "vit", "--out", "R"], "choose from resnet18"),
     (["train", "--dataset", "digits"], "give --out RUN"),
-    (["train", "--dataset", "cifar10", "--out", "R"], "needs --data-dir"),
+    (["train", "--dataset", "cifar10", "--out", "R"], "no CIFAR archive in ./data: expected"),
     (["train", "--dataset", "digits", "--lr", "0", "--out", "R"], "--lr must be > 0"),
     (
         ["select", "--run", "R", "--method", "d2", "--fraction", "1.5", "--out", "c.npy"],
@@ -187,6 +187,56 @@ CASES = [
         ["prune", "--dataset", "digits", "--quoter", "fair", "--final-frac", "0.3", "--out", "P"],
         "invalid choice: 'fair'",
     ),
+    # the seeds' spellings
+    (["train", "--dataset", "digits", "--device", "cpu", "--use_gpu", "--out", "R"], "not both"),
+    (["prune", "--device", "cpu", "--gpuid", "0", "--final_frac", "0.5"], "not both"),
+    (
+        ["train", "--dataset", "digits", "--coreset-ratio", "0.1", "--out", "R"],
+        "--fraction selects a coreset: give it with --coreset and no file.",
+    ),
+    (
+        ["train", "--coreset", "c.npy", "--data-score-path", "s.pickle", "--out", "R"],
+        "--data-score-path selects a coreset",
+    ),
+    (
+        ["train", "--dataset", "digits", "--coreset", "--coreset-ratio", "0.1", "--out", "R"],
+        "--coreset without a file needs --data-score-path and --feature-path.",
+    ),
+    (
+        [
+            "train",
+            "--dataset",
+            "digits",
+            "--coreset",
+            "--data-score-path",
+            "s.pickle",
+            "--feature-path",
+            "f.npy",
+            "--out",
+            "R",
+        ],  # fmt: skip
+        "--coreset without a file needs --coreset-ratio (or --fraction).",
+    ),
+    (
+        [
+            "train",
+            "--dataset",
+            "digits",
+            "--coreset",
+            "--data-score-path",
+            "s.pickle",
+            "--feature-path",
+            "f.npy",
+            "--coreset-ratio",
+            "0.1",
+            "--out",
+            "R",
+        ],  # fmt: skip
+        "--data-score-path s.pickle does not exist",
+    ),
+    (["prune", "--final_frac", "0.5", "--dropout", "1"], "--dropout must be in [0, 1)"),
+    (["scores", "--feature"], "give --run RUN (or the seed's --base-dir and --task-name)."),
+    (["scores", "--run", "R"], "R/dynamics.npz is missing"),
 ]
 
 

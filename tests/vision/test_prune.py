@@ -42,7 +42,13 @@ def _fake_query(n, n_classes=3, seed=0):
     scores = {
         "targets": targets,
         "final_el2n": rng.random(n),
-        "final_grand": rng.random(n),
+        "grand_full": rng.random(n),
+        "el2n_predicted": rng.random(n),
+        "grand_predicted": rng.random(n),
+        "mc_entropy": rng.random(n),
+        "mc_margin": rng.random(n),
+        "mc_variation_ratio": rng.random(n),
+        "mc_bald": rng.random(n),
         "entropy": rng.random(n),
         "el2n": rng.random(n),
         "accumulated_margin": rng.normal(size=n),
@@ -53,7 +59,9 @@ def _fake_query(n, n_classes=3, seed=0):
     return targets, _Query(scores, features, recall, [])
 
 
-@pytest.mark.parametrize("scorer", ["random", "el2n", "entropy", "d2", "kcenter"])
+@pytest.mark.parametrize(
+    "scorer", ["random", "el2n", "entropy", "margin", "variation_ratio", "bald", "d2", "kcenter"]
+)
 @pytest.mark.parametrize("quoter", ["none", "uniform", "drop"])
 def test_acquisition_never_reacquires_and_fills_the_target(scorer, quoter):
     n = 90
@@ -72,7 +80,9 @@ def test_acquisition_never_reacquires_and_fills_the_target(scorer, quoter):
     assert len(kept) == 54
 
 
-@pytest.mark.parametrize("scorer", ["random", "el2n", "aum", "d2", "kcenter"])
+@pytest.mark.parametrize(
+    "scorer", ["random", "el2n", "grand", "el2n-early", "aum", "d2", "kcenter"]
+)
 def test_pruning_keeps_the_quotas_inside_the_current_set(scorer):
     n = 90
     targets, query = _fake_query(n)
@@ -96,6 +106,8 @@ def test_bad_parameters_are_one_sentence():
         PruneParams("al", 0.3, scorer="forgetting").validate()
     with pytest.raises(D2ScaleError, match="--init-frac must be in"):
         PruneParams("al", 0.3, init_frac=0.5).validate()
+    with pytest.raises(D2ScaleError, match="--init-frac applies to --strategy al"):
+        PruneParams("dp", 0.3, init_frac=0.5).validate()
     with pytest.raises(D2ScaleError, match="--final-frac must be in"):
         PruneParams("dp", 1.5).validate()
     assert PruneParams("dp", 0.5, scorer="DynamicUncertainty", quoter="auto").validate().scorer == (
