@@ -20,7 +20,7 @@ def add_parser(sub, epilog: str) -> None:
 
 def run(args) -> int:
     from d2scale import io
-    from d2scale.backends import dask_client
+    from d2scale.backends import dask_client, resolve_device
     from d2scale.params import GraphConfig
     from d2scale.progress import Progress
     from d2scale.select.graph_stage import build_graph
@@ -29,6 +29,7 @@ def run(args) -> int:
     options = values(args, "graph")
     progress = Progress(options["quiet"], log_json=options["log_json"])
     config = GraphConfig.of(options)
+    resolve_device(options["device"])  # refuse --device cuda without a GPU before any work
     if options["metadata_dir"] is not None:
         check_out_outside_pool(args.out, options["metadata_dir"])
     io.check_writable(args.out)

@@ -20,8 +20,10 @@ from d2scale.backends import (
     cluster_facts,
     dask_client,
     peak_rss_bytes,
+    resolve_device,
     worker_peak_rss,
 )
+from d2scale.d2.reverse import cpu_only_variant
 from d2scale.errors import D2ScaleError
 from d2scale.methods import MethodInputs
 from d2scale.params import SelectParams, budget_for
@@ -57,6 +59,7 @@ def select(
     params.validate()
     chain_steps(params)  # an unknown method or step option stops here, before any work
     params = absolute_out(params)
+    check_device(params)
     if client is None:
         check_cluster_options(params.scheduler, params.scheduler_file)
     if pool is None and params.metadata_dir is not None:
@@ -154,6 +157,14 @@ def _run_stages(params: SelectParams, pool: Pool, stages: Stages, client, progre
 
     chain = run_chain(steps, pool.n, max(budgets.values()), make_inputs, params)
     return chain, steps, uids, scores, budgets
+
+
+def check_device(params: SelectParams) -> str:
+    """The device message passing runs on; ``--device cuda`` where it cannot run is refused
+    here, before any work (a cached stage must not hide it)."""
+    uses_d2 = any(step.method == "d2" for step in chain_steps(params))
+    cpu_only = cpu_only_variant(params.greedy, params.buckets) if uses_d2 else None
+    return resolve_device(params.device, cpu_only)
 
 
 @contextlib.contextmanager
