@@ -22,7 +22,9 @@ def add_parser(sub, epilog: str) -> None:
     p.add_argument("--graph", required=True, metavar="GDIR", help="graph directory")
     p.add_argument("--scores", required=True, metavar="S.npy", help="float scores, one per row")
     p.add_argument("--out", required=True, metavar="ORDER.npy", help="pick order file")
-    p.add_argument("--forward-out", metavar="F.npy", help="also save the forward scores")
+    p.add_argument(
+        "--forward-out", metavar="F.npy", help="also save the forward scores (default: not saved)"
+    )
     add_flags(p, "mp", required=("gamma",))
     p.set_defaults(run=run)
 

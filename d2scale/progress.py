@@ -217,6 +217,11 @@ def _open_events(log_json: str | None, stream):
         raise D2ScaleError(f"cannot write the JSON log {log_json}: {e.strerror or e}") from None
 
 
+def plural(n: int, noun: str) -> str:
+    """``1 bucket``, ``2 buckets``, ``1,000 rows``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def say_stage(progress: ProgressFn, name: str, status: str, seconds=None, **facts) -> None:
     """Announce a stage event through ``progress`` (structured when it is a :class:`Progress`)."""
     if isinstance(progress, Progress):

@@ -42,6 +42,7 @@ from d2scale.errors import D2ScaleError
 from d2scale.graph import dedup, ivf, probed, rerank, scan, shards
 from d2scale.graph.store import GraphStore, save_graph
 from d2scale.io import save_npy
+from d2scale.progress import plural
 from d2scale.types import EmbeddingBlocks, KnnGraph
 
 AUTO_EXACT_MAX = 15_000  # "auto" picks exact search up to this many rows
@@ -499,7 +500,7 @@ class _Build:
                 f"{budget / 2**20:.0f} MiB: memory will exceed the limit"
             )
         self.say(
-            f"knn graph: {len(plan['shards'])} shards of {plan.get('rows', '')} rows "
+            f"knn graph: {plural(len(plan['shards']), 'shard')} of {plan.get('rows', '')} rows "
             f"(budget {budget / 2**20:.0f} MiB, limit {self.limit / 2**20:.0f} MiB)"
         )
 

@@ -35,7 +35,7 @@ from d2scale.pool.sources import (
     read_columns,
     read_metadata,
 )
-from d2scale.progress import Progress, ProgressFn
+from d2scale.progress import Progress, ProgressFn, plural
 from d2scale.select.chain import chain_steps, output_fractions, run_chain
 from d2scale.select.graph_stage import graph_stage
 from d2scale.select.sinks import write_outputs
@@ -71,7 +71,7 @@ def select(
     timings: dict[str, float] = {}
     started = time.time()
     pool = pool or open_pool_or_sample(params.metadata_dir, progress)
-    progress(f"pool {pool.url}: {pool.n:,} rows in {len(pool.shards)} shards")
+    progress(f"pool {pool.url}: {plural(pool.n, 'row')} in {plural(len(pool.shards), 'shard')}")
     stages = Stages(io.join(params.out, "work"), progress, timings)
     with _client(params, client) as client:
         chain, steps, uids, scores, budgets = _run_stages(params, pool, stages, client, progress)

@@ -22,6 +22,7 @@ import numpy as np
 from d2scale import io
 from d2scale.errors import D2ScaleError
 from d2scale.params import budget_for
+from d2scale.progress import plural
 
 REPORT_HTML = "report.html"
 REPORT_DIR = "report"
@@ -314,8 +315,8 @@ def facts(run: dict) -> list[tuple[str, str]]:
     selected = ", ".join(f"{f}: {c:,}" for f, c in counts.get("selected", {}).items())
     peak = cluster.get("peak_rss_bytes_driver")
     rows = [
-        ("pool", f"{run['input']['metadata_dir']} ({run['input']['rows']:,} rows, "
-                 f"{len(run['input']['shards'])} shards)"),
+        ("pool", f"{run['input']['metadata_dir']} ({plural(run['input']['rows'], 'row')}, "
+                 f"{plural(len(run['input']['shards']), 'shard')})"),
         ("kept (fraction: rows)", selected),
         ("method", f"{run.get('method', {}).get('name')} γr={params.get('gamma')} "
                    f"γf={params.get('gamma_forward')} k={params.get('n_neighbors')} "
@@ -348,7 +349,9 @@ def write_index(out: str, records: list[dict], seconds: float | None = None) -> 
             f"<td>{_num(r['kept'])}</td><td>{r['seconds'] or 0:.1f}</td>"
             f"<td>{_e(r['error'] or '')}</td></tr>"
         )
-    total = f"<p>{len(records)} buckets in {seconds:.1f} s.</p>" if seconds is not None else ""
+    total = ""
+    if seconds is not None:
+        total = f"<p>{plural(len(records), 'bucket')} in {seconds:.1f} s.</p>"
     body = f"<h1>d2scale batch: {_e(out)}</h1>{total}<table>{head}{''.join(rows)}</table>"
     path = io.join(out, INDEX_HTML)
     with io.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
