@@ -21,6 +21,7 @@ def run(args) -> int:
     from d2scale.params import SelectParams
     from d2scale.progress import Progress
     from d2scale.select.pipeline import select
+    from d2scale.select.report import method_text
 
     options = values(args, "select")
     quiet = options.pop("quiet")
@@ -30,6 +31,7 @@ def run(args) -> int:
     finally:
         progress.close()
     if not quiet:
+        via = f" ({method_text(record)})" if len(record.get("steps") or []) > 1 else ""
         for fraction, count in record["counts"]["selected"].items():
-            print(f"fraction {fraction}: {count:,} of {record['counts']['n']:,} uids")
+            print(f"fraction {fraction}: {count:,} of {record['counts']['n']:,} uids{via}")
     return 0
