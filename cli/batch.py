@@ -76,7 +76,8 @@ def _dry_run(batch, entries: list[dict]) -> int:
               + (f": {e['error']}" if e.get("error") else ""))  # fmt: skip
     errors = [e["name"] for e in entries if e["action"] == "error"]
     if errors:
-        print(f"d2scale: error: buckets {', '.join(errors)} cannot be opened (see above)",
+        which = f"bucket{'s' if len(errors) > 1 else ''} {', '.join(errors)}"
+        print(f"d2scale: error: {which} cannot be opened (see above)",
               file=sys.stderr)  # fmt: skip
         return 1
     return 0
