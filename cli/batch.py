@@ -38,7 +38,7 @@ def add_parser(sub, epilog: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from d2scale.progress import Progress
+    from d2scale.progress import HEARTBEAT_S, Progress
     from d2scale.select.batch import load_jobs, parse_batch, plan, run_batch, summary_table
 
     overrides = {k: getattr(args, k) for k in ("concurrency", "scheduler", "workers")}
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
                         overrides)  # fmt: skip
     if args.dry_run:
         return _dry_run(batch, plan(batch))
-    progress = Progress(args.quiet, log_json=args.log_json)
+    progress = Progress(args.quiet, log_json=args.log_json, heartbeat=HEARTBEAT_S)
     try:
         records = run_batch(batch, progress)
     finally:

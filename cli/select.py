@@ -19,13 +19,13 @@ def add_parser(sub, epilog: str) -> None:
 
 def run(args) -> int:
     from d2scale.params import SelectParams
-    from d2scale.progress import Progress
+    from d2scale.progress import HEARTBEAT_S, Progress
     from d2scale.select.pipeline import select
     from d2scale.select.report import method_text
 
     options = values(args, "select")
     quiet = options.pop("quiet")
-    progress = Progress(quiet, log_json=options["log_json"])
+    progress = Progress(quiet, log_json=options["log_json"], heartbeat=HEARTBEAT_S)
     try:
         record = select(SelectParams(**options), progress)
     finally:

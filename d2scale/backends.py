@@ -94,6 +94,33 @@ def resolve_device(device: str, cpu_only: str | None = None) -> str:
     return device
 
 
+KERNEL_MODULES = ("d2scale.d2.forward", "d2scale.d2._greedy", "d2scale.graph.scan",
+                  "d2scale.graph.ivf", "d2scale.graph.probed", "d2scale.graph.dedup",
+                  "d2scale.graph.symmetric", "d2scale.graph.rerank")  # fmt: skip
+
+
+def uncompiled_kernels(modules: tuple[str, ...] = KERNEL_MODULES) -> list[str]:
+    """The numba kernels of ``modules`` with no usable on-disk cache: they compile when
+    first called (seconds each, once per environment). Empty where numba's cache cannot be
+    inspected (its layout is numba's own)."""
+    import importlib
+
+    from numba.core.registry import CPUDispatcher
+
+    missing = []
+    for name in modules:
+        for kernel in vars(importlib.import_module(name)).values():
+            if not isinstance(kernel, CPUDispatcher):
+                continue
+            try:
+                cached = bool(kernel._cache._cache_file._load_index())
+            except Exception:  # noqa: BLE001 - numba internals: say nothing rather than fail
+                continue
+            if not cached:
+                missing.append(f"{name}.{kernel.__name__}")
+    return missing
+
+
 def cpu_threads() -> int:
     """Threads available: the CPUs of this process, or ``NUMBA_NUM_THREADS`` if set."""
     return max(1, int(os.environ.get("NUMBA_NUM_THREADS", len(os.sched_getaffinity(0)))))

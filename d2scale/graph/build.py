@@ -176,12 +176,15 @@ class _Build:
                      "recall_method": "exact search (certified)"}  # fmt: skip
         else:
             with self.stage("train"):
+                if pca:
+                    self.say(f"knn graph: train: PCA of {min(len(x_train), ivf.PCA_ROWS):,} rows")
                 projection = ivf.fit_pca(x_train) if pca else None
                 if projection is not None:  # a task bounds the evaluation rows' neighbours
                     bound = self.submit(shards.eval_bound,
                                         *self.client.scatter([x_eval, x_train], hash=False),
                                         self.k + 1)  # fmt: skip
                     x_train = projection(x_train)  # meanwhile: the full sample is dropped
+                self.say(f"knn graph: train: k-means of {len(x_train):,} rows into {nlist:,} lists")
                 centroids = ivf.train_centroids(x_train, nlist, self.seed)
             tuned = None
         del x_train
@@ -227,7 +230,8 @@ class _Build:
         rows = np.unique(np.concatenate(wanted).astype(np.int64))
         by_part = shards.part_rows(self.offsets, rows)
         futs = {p: self.submit(shards.take_rows, self.bf, p, local) for p, local in by_part.items()}
-        for p, got in self._as_completed(futs, "sample"):  # copied into place: no concatenation
+        # copied into place: no concatenation
+        for p, got in self._as_completed(futs, "sample", "partitions"):
             ids = by_part[p] + self.offsets[p]
             for r, x in zip(wanted, xs, strict=True):
                 a, b = np.searchsorted(r, [ids[0], ids[-1] + 1])
@@ -262,7 +266,7 @@ class _Build:
             futs[p] = self.submit(shards.assign_part, self.bf, p, int(a), *sent, keep,
                                   n_probes, bool(mode))  # fmt: skip
         evals = []
-        for p, res in self._as_completed(futs, "assign"):
+        for p, res in self._as_completed(futs, "assign", "partitions"):
             a, b = self.offsets[p], self.offsets[p + 1]
             hashes[a:b], self.probes[a:b] = res["hashes"], res["probes"]
             if res["truth"] is not None:
@@ -374,7 +378,7 @@ class _Build:
                     for c, it in todo.items()}  # fmt: skip
             del shard_f
             for c, (q, nb, dd) in self._as_completed(
-                futs, f"search shard {s + 1}/{len(plan['shards'])}"
+                futs, f"search shard {s + 1}/{len(plan['shards'])}", "chunks"
             ):
                 nbr[q] = nb
                 if not split:
@@ -413,7 +417,7 @@ class _Build:
                 else:
                     source = self.bf
                 futs[p] = self.submit(probed.probe_part, source, p, *sent, nprobe)
-            for p, near in self._as_completed(futs, "probes"):
+            for p, near in self._as_completed(futs, "probes", "partitions"):
                 out[self.offsets[p] : self.offsets[p + 1]] = near
         return out
 
@@ -455,7 +459,7 @@ class _Build:
         for _ in range(2 * self.threads):
             submit_next()
         for i, fut in enumerate(running, 1):
-            self.say(f"knn graph: re-rank: {i}/{total}")
+            self.say(f"knn graph: rerank: {i}/{total} blocks")
             q, nb, dd = fut.result()
             nbr[q], d2[q] = nb, dd
             if self.store is not None:
@@ -527,14 +531,15 @@ class _Build:
                                           lists[a:b][local], self.projection))  # fmt: skip
         return self.submit(shards.build_shard, pieces, nlist)
 
-    def _as_completed(self, futs: dict, what: str):
-        """(key, result) of the futures in ``futs`` as they finish, each dropped after use."""
+    def _as_completed(self, futs: dict, what: str, unit: str):
+        """(key, result) of the futures in ``futs`` as they finish, each dropped after use;
+        each is counted in ``unit`` (what one future is)."""
         from distributed import as_completed
 
         keys = {f.key: p for p, f in futs.items()}
         total = len(futs)
         for i, f in enumerate(as_completed(list(futs.values()), loop=self.client.loop), 1):
-            self.say(f"knn graph: {what}: {i}/{total}")
+            self.say(f"knn graph: {what}: {i}/{total} {unit}")
             p = keys[f.key]
             yield p, f.result()
             futs.pop(p)

@@ -21,6 +21,7 @@ from d2scale.backends import (
     dask_client,
     peak_rss_bytes,
     resolve_device,
+    uncompiled_kernels,
     worker_peak_rss,
 )
 from d2scale.d2.reverse import cpu_only_variant
@@ -35,7 +36,7 @@ from d2scale.pool.sources import (
     read_columns,
     read_metadata,
 )
-from d2scale.progress import Progress, ProgressFn, plural
+from d2scale.progress import HEARTBEAT_S, Progress, ProgressFn, plural, scoped
 from d2scale.select.chain import chain_steps, output_fractions, run_chain
 from d2scale.select.graph_stage import graph_stage
 from d2scale.select.sinks import write_outputs
@@ -55,7 +56,12 @@ def select(
     ``client``: a ``distributed.Client`` to run on (default: per ``params``, a running
     cluster or a local one); ``pool``: an opened pool (default: ``params.metadata_dir``).
     """
-    progress = progress or Progress(log_json=params.log_json)
+    if progress is None:
+        own = Progress(log_json=params.log_json, heartbeat=HEARTBEAT_S)
+        try:
+            return select(params, own, client=client, pool=pool)
+        finally:
+            own.close()
     params.validate()
     chain_steps(params)  # an unknown method or step option stops here, before any work
     params = absolute_out(params)
@@ -72,6 +78,9 @@ def select(
     started = time.time()
     pool = pool or open_pool_or_sample(params.metadata_dir, progress)
     progress(f"pool {pool.url}: {plural(pool.n, 'row')} in {plural(len(pool.shards), 'shard')}")
+    if uncompiled_kernels():
+        progress("kernels not yet compiled in this environment compile when first used "
+                 "(about 10-20 s in all on a first run; cached afterwards)")  # fmt: skip
     stages = Stages(io.join(params.out, "work"), progress, timings)
     with _client(params, client) as client:
         chain, steps, uids, scores, budgets = _run_stages(params, pool, stages, client, progress)
@@ -106,6 +115,7 @@ def select(
     if params.report:
         from d2scale.select.report import write_report
 
+        progress("report: drawing the figures")
         progress(f"report: {write_report(params.out, pool)}")
     return record
 
@@ -132,7 +142,14 @@ def _run_stages(params: SelectParams, pool: Pool, stages: Stages, client, progre
     budgets = {f: budget_for(f, pool.n) for f in output_fractions(params, steps)}
     _check_sizes(params, pool.n, budgets)
 
+    numbers = iter(range(1, len(steps) + 1))
+
     def make_inputs(rows: np.ndarray, rows_key: str, need: int, step) -> MethodInputs:
+        step_progress = progress
+        if len(steps) > 1:  # a chain: each step's stages and graph are named for it
+            name = f"step {next(numbers)}/{len(steps)} ({step.method})"
+            progress(f"{name}: {plural(rows.shape[0], 'row')} in, {need:,} to keep")
+            stages.progress = step_progress = scoped(progress, name)
         whole = rows.shape[0] == pool.n
         step_params = params if whole else dataclasses.replace(params, graph=None)
         if not whole and params.graph is not None:
@@ -144,7 +161,7 @@ def _run_stages(params: SelectParams, pool: Pool, stages: Stages, client, progre
             uids=uids[rows] if not whole else uids,
             budget=need,
             knn_graph=lambda: graph_stage(
-                stages, pool, step_params, client, progress, None if whole else rows, rows_key
+                stages, pool, step_params, client, step_progress, None if whole else rows, rows_key
             ),  # fmt: skip
             embeddings=lambda: embedding_blocks(pool, params, None if whole else rows),
             column=lambda name: read_column(pool, name, client)[rows],
