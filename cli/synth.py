@@ -21,10 +21,14 @@ def add_parser(sub, epilog: str) -> None:
 
 def run(args) -> int:
     from d2scale.pool.synth import write_pool
-    from d2scale.progress import plural
+    from d2scale.progress import HEARTBEAT_S, Progress, plural
 
     options = values(args, "synth")
-    names = write_pool(args.out, **options)
+    progress = Progress(heartbeat=HEARTBEAT_S)
+    try:
+        names = write_pool(args.out, **options, progress=progress)
+    finally:
+        progress.close()
     print(f"wrote {plural(options['rows'], 'row')} in {plural(len(names), 'parquet+npz pair')} "
           f"to {args.out}")  # fmt: skip
     return 0

@@ -137,6 +137,10 @@ class Progress:
                 self.events.close()
             self.events = None
 
+    def working(self, label: str) -> None:
+        """Name what runs now, for the heartbeat only (no line, no event)."""
+        self._running(label)
+
     def _running(self, label: str, **count) -> None:
         """Remember what runs now (a step keeps its start across its counts)."""
         same = self.running["label"] == label

@@ -15,8 +15,7 @@ def test_unknown_flag_is_one_line_with_the_closest_flag(capsys):
     assert main(["select", "--fration", "0.3"]) == 1
     err = capsys.readouterr().err
     assert err == (
-        "d2scale: error: select: unrecognized arguments: --fration 0.3 "
-        "(did you mean --fraction?)\n"
+        "d2scale: error: select: unrecognized arguments: --fration 0.3 (did you mean --fraction?)\n"
     )
 
 
@@ -63,3 +62,9 @@ def test_one_shard_is_said_in_the_singular(tmp_path, capsys):
     assert main(["batch", str(jobs), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "dry run: 1 bucket →" in out and "(100 rows in 1 shard)" in out, out
+
+
+def test_synth_counts_its_shards(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path / "p"), "--rows", "300", "--shards", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "synth: 3/3 shards" in err, err

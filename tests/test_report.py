@@ -62,10 +62,13 @@ def test_missing_sources_leave_notes(selected, tmp_path):
     # run.json names the graph directory of the original output: point it elsewhere
     run = (out / "run.json").read_text().replace(str(selected / "work"), str(out / "gone"))
     (out / "run.json").write_text(run)
-    assert report_cli(out).returncode == 0
+    proc = report_cli(out)
+    assert proc.returncode == 0
     page = (out / "report.html").read_text()
     assert len(IMG.findall(page)) == 4
     assert page.count("Not drawn: the graph directory") == 2
+    warned = [line for line in proc.stderr.splitlines() if "report: warning:" in line]
+    assert len(warned) == 2 and all("not drawn: the graph directory" in w for w in warned)
 
 
 def test_exact_graph_has_no_cluster_figure_and_a_rerun_drops_a_stale_report(small_pool, tmp_path):

@@ -201,6 +201,10 @@ class _Build:
                 tuned = self.tune(centroids, lists, rep, evals, (eval_ids, x_eval), nprobe)
             if self.store is not None:
                 self.store.save_model(_model_arrays(projection, centroids), tuned)
+        if not tuned.get("recall_reached", True):  # recorded in the graph's facts too
+            self.say(f"knn graph: warning: recall@k {tuned['recall']:.3f} is below the target "
+                     f"{self.recall:g} at nprobe {tuned['nprobe']}; a lower --recall or "
+                     "--index exact avoids this")  # fmt: skip
         with self.stage("search"):
             nbr, d2 = self.search(centroids, lists, rep, tuned, manifest.get("plan"))
         if d2 is None:  # search-space candidates: re-ranked in a separate, streamed pass

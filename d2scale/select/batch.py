@@ -352,7 +352,7 @@ def _report(out: str, progress: ProgressFn, pool: Pool) -> str | None:
     if io.exists(io.join(out, "report.html")):
         return io.join(out, "report.html")
     try:
-        return write_report(out, pool)
+        return write_report(out, pool, progress)
     except (D2ScaleError, OSError, ValueError) as e:
         progress(f"report not written: {_one_line(e)}")
         return None

@@ -115,8 +115,7 @@ def select(
     if params.report:
         from d2scale.select.report import write_report
 
-        progress("report: drawing the figures")
-        progress(f"report: {write_report(params.out, pool)}")
+        progress(f"report: {write_report(params.out, pool, progress)}")
     return record
 
 

@@ -45,17 +45,22 @@ class ReportData:
     pool: object = None
 
 
-def write_report(out: str, pool=None) -> str:
+def write_report(out: str, pool=None, progress: Callable[[str], None] | None = None) -> str:
     """Write ``OUT/report.html`` and ``OUT/report/*.png``; return the HTML path.
 
     ``pool`` (an opened pool) supplies the CLIP columns; by default the run's
-    ``metadata_dir`` is opened, if it still holds the same content.
+    ``metadata_dir`` is opened, if it still holds the same content. ``progress`` hears each
+    figure as it is drawn and a warning for each figure left out (the page says why too).
     """
+    say = progress or (lambda message: None)
     data = load(out, pool)
     figures: dict[str, tuple[str, str | None]] = {}  # name → (caption, base64 PNG or None)
     io.makedirs(io.join(out, REPORT_DIR))
-    for name, (caption, draw) in FIGURES.items():
+    for i, (name, (caption, draw)) in enumerate(FIGURES.items()):
+        say(f"report: {i}/{len(FIGURES)} figures")
         fig = _figure(name, draw, data)
+        if fig is None:
+            say(f"report: warning: {caption} not drawn: {data.notes.get(name, 'no data')}")
         png = None if fig is None else _png(fig)
         if png is not None:
             with (
@@ -65,6 +70,7 @@ def write_report(out: str, pool=None) -> str:
                 f.write(png)
             png = base64.b64encode(png).decode("ascii")
         figures[name] = (caption, png)
+    say(f"report: {len(FIGURES)}/{len(FIGURES)} figures")
     path = io.join(out, REPORT_HTML)
     with io.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(render(data, figures))
