@@ -9,9 +9,12 @@ themselves are imported inside :func:`main`, so a Ctrl-C while they load is one 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import importlib
+import signal
 import sys
+import threading
 
 from d2scale.errors import D2ScaleError
 
@@ -36,6 +39,19 @@ class Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
+    with _noting_interrupts() as interrupted:
+        try:
+            return _main(argv)
+        except Exception:
+            # A Ctrl-C inside a C extension's import surfaces as another error (numpy: an
+            # ImportError "Importing the numpy C-extensions failed"): still an interruption.
+            if not interrupted.is_set():
+                raise
+            print("d2scale: interrupted", file=sys.stderr)
+            return INTERRUPTED
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         parser = build_parser()
         argv = sys.argv[1:] if argv is None else argv
@@ -53,6 +69,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("d2scale: interrupted", file=sys.stderr)
         return INTERRUPTED
+
+
+@contextlib.contextmanager
+def _noting_interrupts():
+    """SIGINT raises KeyboardInterrupt as usual and is also noted in the yielded event (in
+    the main thread, where Python delivers signals; elsewhere only the event is yielded)."""
+    interrupted = threading.Event()
+
+    def on_sigint(signum, frame):
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread
+        yield interrupted
+        return
+    if previous is signal.SIG_IGN:  # an ignored SIGINT (a background job) stays ignored
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def build_parser() -> argparse.ArgumentParser:

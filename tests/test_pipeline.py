@@ -209,3 +209,21 @@ def test_ctrl_c_while_a_command_loads_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli.importlib, "import_module", interrupted)
     assert cli.main(["select", "--help"]) == 130
     assert capsys.readouterr().err == "d2scale: interrupted\n"
+
+
+def test_ctrl_c_that_a_c_extension_turns_into_another_error_is_one_line(monkeypatch, capsys):
+    import time
+
+    from d2scale.cli import main as cli
+
+    def numpy_like(name: str):  # numpy re-raises an interrupted C import as an ImportError
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise ImportError("Importing the numpy C-extensions failed.") from None
+
+    monkeypatch.setattr(cli.importlib, "import_module", numpy_like)
+    assert cli.main(["select", "--help"]) == 130
+    assert capsys.readouterr().err == "d2scale: interrupted\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
