@@ -5,6 +5,8 @@ union of buckets, ``--dry-run``, and bucket pools from globs."""
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest

@@ -4,6 +4,7 @@ are written beside it, ``d2scale report OUT`` rebuilds it, and missing sources l
 import base64
 import re
 import shutil
+import subprocess
 
 import pytest
 from clirun import run_cli
