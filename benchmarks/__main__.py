@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
     os.makedirs(args.out, exist_ok=True)
     os.makedirs(args.workdir, exist_ok=True)
-    sizes = [int(float(s)) for s in args.sizes.split(",")]
+    sizes = args.size_list
     report = {"benchmark": "d2scale suite", "host": machine(), "versions": versions(),
               "sizes": sizes, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
               "load_start": load(), "sections": {}}  # fmt: skip
@@ -73,10 +73,20 @@ def parse_args(argv) -> argparse.Namespace:
     args = p.parse_args(argv)
     bad = set(args.only.split(",")) - set(SECTIONS)
     if bad:  # one line and status 1, like every d2scale error
-        print(f"d2scale: error: unknown section {sorted(bad)[0]!r}; choose from "
-              f"{', '.join(SECTIONS)}", file=sys.stderr)  # fmt: skip
-        raise SystemExit(1)
+        _refuse(f"unknown section {sorted(bad)[0]!r}; choose from {', '.join(SECTIONS)}")
+    try:
+        args.size_list = [int(float(s)) for s in args.sizes.split(",")]
+    except ValueError:
+        _refuse(f"--sizes takes pool sizes separated by commas, e.g. 100000,1000000; got "
+                f"{args.sizes!r}")  # fmt: skip
+    if min(args.size_list) < 1:
+        _refuse(f"--sizes must be positive; got {args.sizes!r}")
     return args
+
+
+def _refuse(message: str) -> None:
+    print(f"d2scale: error: {message}", file=sys.stderr)
+    raise SystemExit(1)
 
 
 def say(message: str) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from d2scale.cli.flags import flag_help
 from d2scale.params import PARAMS
+from d2scale.progress import plural
 
 FLAGS = ("concurrency", "scheduler", "scheduler_file", "workers", "quiet", "log_json")
 
@@ -29,14 +31,14 @@ def add_parser(sub, epilog: str) -> None:
             group.add_argument(param.flag, dest=name, action="store_true", help=param.help)
         else:
             group.add_argument(param.flag, dest=name, type=param.parse, default=None,
-                               metavar=param.metavar, help=param.help)  # fmt: skip
+                               metavar=param.metavar, help=flag_help(param))  # fmt: skip
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from d2scale.progress import Progress
+    from d2scale.progress import HEARTBEAT_S, Progress
     from d2scale.select.batch import load_jobs, parse_batch, plan, run_batch, summary_table
 
     overrides = {k: getattr(args, k) for k in ("concurrency", "scheduler", "workers")}
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
                         overrides)  # fmt: skip
     if args.dry_run:
         return _dry_run(batch, plan(batch))
-    progress = Progress(args.quiet, log_json=args.log_json)
+    progress = Progress(args.quiet, log_json=args.log_json, heartbeat=HEARTBEAT_S)
     try:
         records = run_batch(batch, progress)
     finally:
@@ -55,24 +57,27 @@ def run(args: argparse.Namespace) -> int:
         print(summary_table(records))
     failed = [r["name"] for r in records if r["status"] != "ok"]
     if failed:
-        print(f"d2scale: error: {len(failed)} of {len(records)} buckets failed "
+        print(f"d2scale: error: {len(failed)} of {plural(len(records), 'bucket')} failed "
               f"({', '.join(failed)}); see {batch.out}/summary.json", file=sys.stderr)  # fmt: skip
         return 1
     return 0
 
 
 def _dry_run(batch, entries: list[dict]) -> int:
-    print(f"dry run: {len(batch.buckets)} buckets → {batch.out}"
+    print(f"dry run: {plural(len(batch.buckets), 'bucket')} → {batch.out}"
           + (" (global: one selection over their union)" if batch.is_global else ""))  # fmt: skip
     for e in entries:
-        rows = f"{e['rows']:,} rows in {e['shards']} shards" if "rows" in e else "?"
+        rows = "?"
+        if "rows" in e:
+            rows = f"{plural(e['rows'], 'row')} in {plural(e['shards'], 'shard')}"
         params = " ".join(f"{k}={v}" for k, v in e["params"].items())
         line = f"  {e['name']}: {e['action']}: {e['metadata_dir']} ({rows}) → {e['out']}"
         print(line + (f" [{params}]" if params else "")
               + (f": {e['error']}" if e.get("error") else ""))  # fmt: skip
     errors = [e["name"] for e in entries if e["action"] == "error"]
     if errors:
-        print(f"d2scale: error: buckets {', '.join(errors)} cannot be opened (see above)",
+        which = f"bucket{'s' if len(errors) > 1 else ''} {', '.join(errors)}"
+        print(f"d2scale: error: {which} cannot be opened (see above)",
               file=sys.stderr)  # fmt: skip
         return 1
     return 0

@@ -8,7 +8,7 @@ SUITE_FLAGS = {
     "--workdir": (None, "cache of generated pools and graphs (default ~/.cache/d2scale-bench)"),
     "--only": (None, "sections to run: io,knn,mp,select,small (default all)"),
     "--baseline-n": (None, "nodes of the message-passing baselines (default 20000)"),
-    "--select-flags": (None, "extra flags for d2scale select, in one quoted string"),
+    "--select-flags": (None, "extra flags for d2scale select, in one quoted string (default none)"),
 }
 
 
@@ -22,7 +22,8 @@ def add_parser(sub, epilog: str) -> None:
         epilog=epilog,
     )
     for flag, (default, text) in SUITE_FLAGS.items():
-        p.add_argument(flag, default=default, help=text)
+        shown = text if default is None or "default" in text else f"{text} (default {default})"
+        p.add_argument(flag, default=default, help=shown)
     p.set_defaults(run=run)
 
 

@@ -10,19 +10,25 @@ from d2scale.params import PARAMS, Param, for_command
 def add_flags(
     parser: argparse.ArgumentParser, command: str, required: tuple[str, ...] = ()
 ) -> None:
-    """Add a flag for every parameter of ``command``, grouped as in the table."""
+    """Add a flag for every parameter of ``command``, grouped as in the table; a parameter
+    that is the command's only one of its table group (``synth --seed``) joins the
+    command's own options instead of a group named for another command's work."""
     groups: dict[str, argparse._ArgumentGroup] = {}
+    mine = [p.group for p in for_command(command)]
     for p in for_command(command):
-        group = groups.get(p.group) or groups.setdefault(
-            p.group, parser.add_argument_group(p.group)
-        )
+        if mine.count(p.group) == 1 and sum(q.group == p.group for q in PARAMS.values()) > 1:
+            group = parser
+        else:
+            group = groups.get(p.group) or groups.setdefault(
+                p.group, parser.add_argument_group(p.group)
+            )
         if p.kind == "bool":
             group.add_argument(p.flag, dest=p.name, action="store_true", help=p.help)
             continue
         is_required = p.name in required
         if p.kind == "steps":
             group.add_argument(p.flag, dest=p.name, type=PARAMS["method"].parse, action="append",
-                               default=[], metavar=p.metavar, help=p.help)  # fmt: skip
+                               default=[], metavar=p.metavar, help=flag_help(p))  # fmt: skip
             continue
         group.add_argument(
             p.flag,
@@ -31,13 +37,16 @@ def add_flags(
             default=None if is_required else p.default,
             required=is_required,
             metavar=p.metavar or ("{" + ",".join(p.choices) + "}" if p.choices else None),
-            help=_help(p, is_required),
+            help=flag_help(p, is_required),
         )
 
 
-def _help(p: Param, required: bool) -> str:
-    if required or p.default is None:
+def flag_help(p: Param, required: bool = False) -> str:
+    """``p``'s help with its default, unless required or already named there."""
+    if required or "default" in p.help:
         return p.help
+    if p.default is None or p.default == ():
+        return f"{p.help} (default: none)"
     default = ",".join(map(str, p.default)) if isinstance(p.default, tuple) else p.default
     return f"{p.help} (default {default})"
 

@@ -19,21 +19,31 @@ def add_parser(sub, epilog: str) -> None:
 
 
 def run(args) -> int:
+    from d2scale.progress import HEARTBEAT_S, Progress
+
+    options = values(args, "graph")
+    progress = Progress(options["quiet"], log_json=options["log_json"], heartbeat=HEARTBEAT_S)
+    try:
+        return _build(args, options, progress)
+    finally:
+        progress.close()
+
+
+def _build(args, options: dict, progress) -> int:
     from d2scale import io
-    from d2scale.backends import dask_client
+    from d2scale.backends import dask_client, resolve_device
     from d2scale.params import GraphConfig
-    from d2scale.progress import Progress
+    from d2scale.progress import plural
     from d2scale.select.graph_stage import build_graph
     from d2scale.select.pipeline import check_out_outside_pool, open_pool_or_sample
 
-    options = values(args, "graph")
-    progress = Progress(options["quiet"], log_json=options["log_json"])
     config = GraphConfig.of(options)
+    resolve_device(options["device"])  # refuse --device cuda without a GPU before any work
     if options["metadata_dir"] is not None:
         check_out_outside_pool(args.out, options["metadata_dir"])
     io.check_writable(args.out)
     pool = open_pool_or_sample(options["metadata_dir"], progress)
-    progress(f"pool {pool.url}: {pool.n:,} rows, {config.feature_type} features")
+    progress(f"pool {pool.url}: {plural(pool.n, 'row')}, {config.feature_type} features")
     cluster = options["scheduler"], options["workers"], options["scheduler_file"]
     with dask_client(*cluster) as client:
         knn, info = build_graph(pool, config, args.out, client, progress)

@@ -22,7 +22,9 @@ def add_parser(sub, epilog: str) -> None:
     p.add_argument("--graph", required=True, metavar="GDIR", help="graph directory")
     p.add_argument("--scores", required=True, metavar="S.npy", help="float scores, one per row")
     p.add_argument("--out", required=True, metavar="ORDER.npy", help="pick order file")
-    p.add_argument("--forward-out", metavar="F.npy", help="also save the forward scores")
+    p.add_argument(
+        "--forward-out", metavar="F.npy", help="also save the forward scores (default: not saved)"
+    )
     add_flags(p, "mp", required=("gamma",))
     p.set_defaults(run=run)
 
@@ -57,12 +59,18 @@ def run(args) -> int:
     from d2scale.d2 import d2_order
     from d2scale.graph.store import load_graph
     from d2scale.io import save_npy
+    from d2scale.progress import HEARTBEAT_S, Progress
 
     t0 = time.perf_counter()
     options = values(args, "mp")
     knn, _ = load_graph(args.graph, mmap=True)
     scores = load_scores(args.scores, knn.n)
-    result = d2_order(knn, scores, **{k: v for k, v in options.items() if k != "quiet"})
+    progress = Progress(options["quiet"], heartbeat=HEARTBEAT_S)  # speaks up every 10 s
+    try:
+        progress.working(f"message passing on {knn.n:,} nodes")
+        result = d2_order(knn, scores, **{k: v for k, v in options.items() if k != "quiet"})
+    finally:
+        progress.close()
     save_npy(args.out, result.order.astype(np.int64))
     if args.forward_out:
         save_npy(args.forward_out, result.forward)

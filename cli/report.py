@@ -17,7 +17,12 @@ def add_parser(sub, epilog: str) -> None:
 
 
 def run(args) -> int:
+    from d2scale.progress import HEARTBEAT_S, Progress
     from d2scale.select.report import write_report
 
-    print(write_report(args.out))
+    progress = Progress(heartbeat=HEARTBEAT_S)
+    try:
+        print(write_report(args.out, progress=progress))
+    finally:
+        progress.close()
     return 0

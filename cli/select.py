@@ -19,20 +19,22 @@ def add_parser(sub, epilog: str) -> None:
 
 def run(args) -> int:
     from d2scale.params import SelectParams
-    from d2scale.progress import Progress
+    from d2scale.progress import HEARTBEAT_S, Progress
     from d2scale.select.pipeline import select
+    from d2scale.select.report import method_text
     from d2scale.select.sinks import ALL
 
     options = values(args, "select")
     quiet = options.pop("quiet")
-    progress = Progress(quiet, log_json=options["log_json"])
+    progress = Progress(quiet, log_json=options["log_json"], heartbeat=HEARTBEAT_S)
     try:
         record = select(SelectParams(**options), progress)
     finally:
         progress.close()
     if not quiet:
         n = record["counts"]["n"]
+        via = f" ({method_text(record)})" if len(record.get("steps") or []) > 1 else ""
         for fraction, count in record["counts"]["selected"].items():
             kept = "every row the filter passes" if fraction == ALL else f"fraction {fraction}"
-            print(f"{kept}: {count:,} of {n:,} uids")
+            print(f"{kept}: {count:,} of {n:,} uids{via}")
     return 0

@@ -14,15 +14,21 @@ def add_parser(sub, epilog: str) -> None:
         "direction, correlated image/text embeddings, consistent CLIP scores, exact and near "
         "duplicates.",
     )
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory the pool is written to")
     add_flags(p, "synth", required=("rows",))
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     from d2scale.pool.synth import write_pool
+    from d2scale.progress import HEARTBEAT_S, Progress, plural
 
     options = values(args, "synth")
-    names = write_pool(args.out, **options)
-    print(f"wrote {options['rows']:,} rows in {len(names)} parquet+npz pairs to {args.out}")
+    progress = Progress(heartbeat=HEARTBEAT_S)
+    try:
+        names = write_pool(args.out, **options, progress=progress)
+    finally:
+        progress.close()
+    print(f"wrote {plural(options['rows'], 'row')} in {plural(len(names), 'parquet+npz pair')} "
+          f"to {args.out}")  # fmt: skip
     return 0

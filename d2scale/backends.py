@@ -3,8 +3,8 @@ facts and the Dask client (a local cluster on loopback, or a running one).
 
 ``resolve_device`` is the one place that decides the device: ``"auto"`` is CUDA only where
 a GPU is usable *and* the requested variant exists there; CPU-only variants (standby,
-bucketed) fall back to the CPU before any work starts, and an explicit ``"cuda"`` for them
-is refused at once.
+bucketed) fall back to the CPU before any work starts, and an explicit ``"cuda"`` for them,
+or where no GPU is usable, is refused at once.
 """
 
 from __future__ import annotations
@@ -85,8 +85,40 @@ def resolve_device(device: str, cpu_only: str | None = None) -> str:
     if device == "auto":
         return "cuda" if cpu_only is None and cuda_available() else "cpu"
     if device == "cuda" and cpu_only is not None:
-        raise D2ScaleError(f"{cpu_only} runs on the CPU only: use device 'cpu' or 'auto'.")
+        raise D2ScaleError(f"{cpu_only} runs on the CPU only: use --device cpu or --device auto.")
+    if device == "cuda" and not cuda_available():
+        raise D2ScaleError(
+            "--device cuda needs a CUDA GPU that CuPy can use (pip install 'd2scale[gpu]') and "
+            "none was found: use --device cpu or --device auto."
+        )
     return device
+
+
+KERNEL_MODULES = ("d2scale.d2.forward", "d2scale.d2._greedy", "d2scale.graph.scan",
+                  "d2scale.graph.ivf", "d2scale.graph.probed", "d2scale.graph.dedup",
+                  "d2scale.graph.symmetric", "d2scale.graph.rerank")  # fmt: skip
+
+
+def uncompiled_kernels(modules: tuple[str, ...] = KERNEL_MODULES) -> list[str]:
+    """The numba kernels of ``modules`` with no usable on-disk cache: they compile when
+    first called (seconds each, once per environment). Empty where numba's cache cannot be
+    inspected (its layout is numba's own)."""
+    import importlib
+
+    from numba.core.registry import CPUDispatcher
+
+    missing = []
+    for name in modules:
+        for kernel in vars(importlib.import_module(name)).values():
+            if not isinstance(kernel, CPUDispatcher):
+                continue
+            try:
+                cached = bool(kernel._cache._cache_file._load_index())
+            except Exception:  # noqa: BLE001 - numba internals: say nothing rather than fail
+                continue
+            if not cached:
+                missing.append(f"{name}.{kernel.__name__}")
+    return missing
 
 
 def cpu_threads() -> int:
@@ -149,8 +181,12 @@ def dask_client(
         LocalCluster(
             n_workers=1,
             threads_per_worker=threads,
-            processes=False,
-            dashboard_address=":0",  # a free port: concurrent runs must not collide on 8787
+            processes=False,  # in-process: the scheduler and worker talk inproc://, no port
+            # The scheduler's and the worker's HTTP servers (health, metrics) on loopback and
+            # a free port (concurrent runs must not collide on 8787); no dashboard.
+            dashboard_address=LOOPBACK_ANY_PORT,
+            worker_dashboard_address=LOOPBACK_ANY_PORT,
+            scheduler_kwargs={"dashboard": False},
         ) as cluster,
         Client(cluster) as client,
     ):
@@ -169,6 +205,9 @@ def check_cluster_options(scheduler: str | None, scheduler_file: str | None) -> 
 
 
 WORKER_WAIT_S = 60  # how long a run waits for the first worker of a running cluster
+CONNECT_TIMEOUT = "20s"  # connecting to a scheduler that accepts the connection
+PROBE_TIMEOUT_S = 3.0  # a scheduler's port that neither accepts nor refuses by then: refused
+LOOPBACK_ANY_PORT = "127.0.0.1:0"
 
 
 @contextlib.contextmanager
@@ -178,10 +217,11 @@ def _remote_client(scheduler: str | None, scheduler_file: str | None) -> Iterato
     where = scheduler or f"the address in {scheduler_file}"
     error = None
     try:
+        _probe(scheduler or _file_address(scheduler_file))
         if scheduler:
-            client = Client(scheduler, timeout="20s")
+            client = Client(scheduler, timeout=CONNECT_TIMEOUT)
         else:
-            client = Client(scheduler_file=scheduler_file, timeout="20s")
+            client = Client(scheduler_file=scheduler_file, timeout=CONNECT_TIMEOUT)
     except (OSError, ValueError, TypeError, KeyError) as e:
         error = f"cannot connect to the Dask scheduler at {where}: {e}"
     if error is not None:
@@ -201,15 +241,48 @@ def _remote_client(scheduler: str | None, scheduler_file: str | None) -> Iterato
         yield client
 
 
+def _file_address(scheduler_file: str) -> str:
+    """The scheduler address a scheduler file names."""
+    import json
+
+    with open(scheduler_file) as f:
+        return json.load(f)["address"]
+
+
+def _probe(address: str) -> None:
+    """Fail at once (``OSError``, one line) when nothing accepts TCP connections at a
+    ``tcp://`` or ``tls://`` ``address``: Dask's client retries a refused connection until
+    its timeout (20 s). Other addresses are left to Dask."""
+    import socket
+
+    from distributed.comm import parse_address
+    from distributed.comm.addressing import parse_host_port
+
+    protocol, location = parse_address(address)
+    if protocol not in ("tcp", "tls"):
+        return
+    host, port = parse_host_port(location)
+    try:
+        socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+    except TimeoutError:
+        raise OSError(f"no answer from {host}:{port} within {PROBE_TIMEOUT_S:g} s") from None
+    except OSError as e:
+        raise OSError(e.strerror or str(e)) from None
+
+
 def cluster_facts(client) -> dict:
-    """What ``run.json`` says about the cluster: scheduler, workers, dashboard address."""
+    """What ``run.json`` says about the cluster: scheduler, workers and, on a running
+    cluster, its dashboard address (the local cluster serves none)."""
     info = client.scheduler_info()
     workers = info.get("workers", {})
+    remote = client.cluster is None
     return {
         "scheduler": client.scheduler.address,
         "workers": len(workers),
         "threads": sum(w.get("nthreads", 0) for w in workers.values()),
-        "dashboard": client.dashboard_link if "dashboard" in info.get("services", {}) else None,
+        "dashboard": client.dashboard_link
+        if remote and "dashboard" in info.get("services", {})
+        else None,
     }
 
 

@@ -127,6 +127,23 @@ def listdir(url: str) -> list[str]:
     return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
 
 
+def file_sizes(url: str) -> dict[str, int]:
+    """Name → size in bytes of every file directly in directory ``url`` (empty if none)."""
+    if is_local(url):
+        path = local_path(url)
+        if not os.path.isdir(path):
+            return {}
+        return {e.name: e.stat().st_size for e in os.scandir(path) if e.is_file()}
+    fs, path = filesystem(url)
+    if not fs.exists(path):
+        return {}
+    return {
+        e["name"].rstrip("/").rsplit("/", 1)[-1]: int(e["size"])
+        for e in fs.ls(path, detail=True)
+        if e.get("type") == "file"
+    }
+
+
 def find(url: str) -> list[str]:
     """Every file under directory ``url`` (full paths or URLs)."""
     if is_local(url):

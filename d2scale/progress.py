@@ -1,5 +1,6 @@
 """Progress for people and machines: terminal bars, plain lines every 10 s when stderr is
-not a terminal, and ``--log-json`` events; one timer (:func:`timed`)."""
+not a terminal, ``--log-json`` events, and a heartbeat that speaks up when a step has said
+nothing for 10 s (a k-means, a kernel's first compilation); one timer (:func:`timed`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from d2scale.errors import D2ScaleError
 
 ProgressFn = Callable[[str], None]
 PLAIN_INTERVAL_S = 10.0  # plain (non-terminal) progress: at most one line per step this often
+HEARTBEAT_S = 10.0  # silence after which the heartbeat repeats what is running, and for how long
 _COUNT = re.compile(r"^(?P<label>.+?): (?P<done>\d+)/(?P<total>\d+)(?: (?P<unit>[\w ]+))?$")
 _METER = "{desc}: {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, {rate_fmt}]"
 _TALLY = "{desc}: {n_fmt} {unit} [{elapsed}, {rate_fmt}]"  # a count whose total is unknown
@@ -29,7 +31,10 @@ class Progress:
     plain line at most every ``interval`` seconds and at the step's end. Other messages and
     stage starts/ends are lines ``[d2scale   3.2s] message``. ``quiet`` prints nothing;
     ``log_json`` (a path; ``"-"``: stderr, instead of the human output) receives one JSON
-    object per event (``event``: message, stage, progress; ``time``, ``elapsed_s``).
+    object per event (``event``: message, stage, progress, heartbeat; ``time``,
+    ``elapsed_s``). With ``heartbeat`` (seconds; the commands use :data:`HEARTBEAT_S`), a
+    silence that long brings a ``heartbeat`` event and line naming what is running, for how
+    long, and its last count with its unit; :meth:`close` stops it.
     """
 
     def __init__(
@@ -39,6 +44,7 @@ class Progress:
         stream=None,
         interval: float = PLAIN_INTERVAL_S,
         tty: bool | None = None,
+        heartbeat: float | None = None,
     ) -> None:
         self.stream = stream or sys.stderr
         self.quiet = quiet or log_json == "-"
@@ -50,6 +56,13 @@ class Progress:
         self.bars: dict[str, Any] = {}  # label → tqdm bar (terminal)
         self.steps: dict[str, list[float]] = {}  # label → [start, last line] (plain lines)
         self.marks: dict[str, float] = {}  # message → when it was last said (a step's start)
+        self.last_event = self.start  # when anything was last said or logged
+        self.running: dict[str, Any] = {"label": "starting", "since": self.start}
+        self._stop = threading.Event()
+        if heartbeat and (not self.quiet or self.events is not None):
+            beat = threading.Thread(target=self._beat, args=(heartbeat,), daemon=True,
+                                    name="d2scale-heartbeat")  # fmt: skip
+            beat.start()
 
     def __call__(self, message: str) -> None:
         self.say(message)
@@ -61,6 +74,7 @@ class Progress:
             self.count(m["label"], int(m["done"]), int(m["total"]), m["unit"] or "", scope)
             return
         self.marks[_scoped(scope, message)] = time.perf_counter()
+        self._running(_scoped(scope, message))
         self.event("message", message=message, scope=scope)
         self._line(_scoped(scope, message))
 
@@ -71,6 +85,7 @@ class Progress:
         """A stage started (``start``), finished (``done``) or was reused (``reused``)."""
         self.event("stage", stage=name, status=status, seconds=seconds, scope=scope, **facts)
         label = _scoped(scope, name)
+        self._running(label if status == "start" else f"after {label}")
         if status == "start":
             self.marks[label] = time.perf_counter()
             self._line(f"{label} ...")
@@ -84,6 +99,7 @@ class Progress:
     ) -> None:
         """``done`` of ``total`` ``unit`` of step ``label`` are finished (``total`` None: not
         known yet; the step ends with a call that gives it)."""
+        self._running(_scoped(scope, label), done=done, total=total, unit=unit or None)
         self.event("progress", label=label, done=done, total=total, unit=unit, scope=scope)
         if self.quiet:
             return
@@ -99,6 +115,7 @@ class Progress:
 
     def event(self, kind: str, **fields) -> None:
         """Write one JSON event (when ``log_json`` is set)."""
+        self.last_event = time.perf_counter()
         if self.events is None:
             return
         now = time.time()
@@ -112,7 +129,8 @@ class Progress:
         return time.perf_counter() - self.start
 
     def close(self) -> None:
-        """Finish open bars and close the event log."""
+        """Stop the heartbeat, finish open bars and close the event log."""
+        self._stop.set()
         with self.lock:
             for bar in self.bars.values():
                 bar.close()
@@ -120,6 +138,37 @@ class Progress:
             if self.events not in (None, self.stream):
                 self.events.close()
             self.events = None
+
+    def working(self, label: str) -> None:
+        """Name what runs now, for the heartbeat only (no line, no event)."""
+        self._running(label)
+
+    def _running(self, label: str, **count) -> None:
+        """Remember what runs now (a step keeps its start across its counts)."""
+        same = self.running["label"] == label
+        since = self.running["since"] if same else time.perf_counter()
+        self.running = {"label": label, "since": since, **count}
+
+    def _beat(self, period: float) -> None:
+        """Daemon thread: after ``period`` s without an event, say what is still running."""
+        while not self._stop.wait(max(0.05, self.last_event + period - time.perf_counter())):
+            if time.perf_counter() - self.last_event < period:
+                continue
+            with self.lock:
+                if self._stop.is_set():
+                    return
+                self._heartbeat()
+
+    def _heartbeat(self) -> None:
+        now, run = time.perf_counter(), dict(self.running)
+        label, seconds = run.pop("label"), round(now - run.pop("since"), 1)
+        self.event("heartbeat", label=label, seconds=seconds, **run)
+        counted = f"{run['done']:,}/{run['total']:,} {run.get('unit') or ''}".rstrip() + ", " \
+            if "done" in run else ""  # fmt: skip
+        if self.tty and label in self.bars:
+            self.bars[label].refresh()  # the bar's own clock and rate move on
+        else:
+            self._line(f"{label}: {counted}still working ({seconds:.0f} s)")
 
     def _line(self, text: str) -> None:
         if self.quiet:
@@ -220,6 +269,18 @@ def _open_events(log_json: str | None, stream):
         return open(io.local_path(log_json), "a", encoding="utf-8")  # noqa: SIM115
     except OSError as e:
         raise D2ScaleError(f"cannot write the JSON log {log_json}: {e.strerror or e}") from None
+
+
+def scoped(progress: ProgressFn, scope: str) -> ProgressFn:
+    """``progress`` with everything tagged ``scope`` (structured when it is a Progress)."""
+    if isinstance(progress, Progress):
+        return progress.scoped(scope)
+    return lambda message: progress(f"{scope}: {message}")
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 bucket``, ``2 buckets``, ``1,000 rows``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def say_stage(progress: ProgressFn, name: str, status: str, seconds=None, **facts) -> None:

@@ -3,7 +3,9 @@ under ``OUT/work/<stage>-<key>/``. ``key`` hashes the input fingerprint, the par
 stage depends on and the keys of the stages before it, so a rerun that changes only
 ``--gamma`` reuses the graph and the forward pass. A stage directory counts only once its
 marker ``_done.json`` exists; the marker is written last (datatrove's completion files), so a
-killed stage is simply recomputed (the graph stage resumes its own parts).
+killed stage is simply recomputed (the graph stage resumes its own parts). The marker also
+records the size of every file the stage wrote: a finished stage whose file was truncated or
+deleted since is recomputed too.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from d2scale.progress import ProgressFn, say_stage, timed
 
 MARKER = "_done.json"
+FILES = "_files"  # the marker's record of the stage's files: name → bytes
 
 
 def pause_point(name: str) -> None:
@@ -64,14 +67,24 @@ class Stages:
         return self.io.join(self.root, f"{name}-{key}")
 
     def done(self, directory: str) -> dict | None:
-        """The marker's facts if ``directory`` holds a finished stage, else None."""
+        """The marker's facts if ``directory`` holds a finished stage whose files are as the
+        stage wrote them, else None."""
         marker = self.io.join(directory, MARKER)
         if not self.io.exists(marker):
             return None
         try:
-            return self.io.read_json(marker)
+            info = self.io.read_json(marker)
         except (OSError, ValueError):
             return None  # a damaged marker: recompute
+        if not isinstance(info, dict):
+            return None
+        files = info.pop(FILES, None)  # absent in markers of earlier versions
+        if files is not None:
+            sizes = self.io.file_sizes(directory)
+            if any(sizes.get(name) != size for name, size in files.items()):
+                self.progress(f"{os.path.basename(directory)}: a file is damaged; recomputing")
+                return None
+        return info
 
     def run(
         self,
@@ -97,7 +110,8 @@ class Stages:
             with timed(self.timings, name):
                 info = compute(directory)
             pause_point(f"before-marker-{name}")
-            self.io.save_json(self.io.join(directory, MARKER), info)
+            files = {f: s for f, s in self.io.file_sizes(directory).items() if f != MARKER}
+            self.io.save_json(self.io.join(directory, MARKER), {**info, FILES: files})
             say_stage(self.progress, name, "done", round(self.timings[name], 3))
             run = StageRun(name, key, directory, False, info)
         self.runs[name] = run

@@ -5,6 +5,8 @@ union of buckets, ``--dry-run``, and bucket pools from globs."""
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -220,3 +222,48 @@ def test_bucket_pools_from_url_globs(pools):
     assert one.url.startswith("memory://") and one.url.endswith("/globs/a")
     both = resolve_pool("memory://globs/[a]")
     assert both.n == ROWS
+
+
+def test_a_key_given_twice_in_a_yaml_mapping_is_refused(tmp_path):
+    from d2scale.select.batch import load_jobs
+
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text("out: o\nbuckets:\n  - {name: a, metadata_dir: p, fraction: 0.1, "
+                    "fraction: 0.5}\n")  # fmt: skip
+    with pytest.raises(D2ScaleError, match="line 3: the key 'fraction' is given twice"):
+        load_jobs(str(jobs))
+    merged = tmp_path / "merged.yaml"  # a merge key's values may be overridden
+    merged.write_text("out: o\ndefaults: &d {fraction: 0.2}\nbuckets:\n"
+                      "  - {<<: *d, name: a, metadata_dir: p, fraction: 0.3}\n")  # fmt: skip
+    assert load_jobs(str(merged))["buckets"][0]["fraction"] == 0.3
+
+
+def test_ctrl_c_stops_the_running_bucket_at_once(pools, tmp_path):
+    import signal
+    import time
+
+    jobs = write_jobs(tmp_path / "jobs.yaml", {
+        "out": "out", "defaults": DEFAULTS,
+        "buckets": [{"name": n, "metadata_dir": str(pools / n)} for n in "ab"],
+    })  # fmt: skip
+    argv = [sys.executable, "-m", "d2scale.cli.main", "batch", str(jobs), "--workers", "1"]
+    env = {**os.environ, "D2SCALE_PAUSE_AT": "after-read"}  # the bucket sleeps there
+
+    def default_sigint() -> None:  # as a terminal would (a background job ignores SIGINT)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=default_sigint)  # fmt: skip
+    for line in proc.stderr:
+        if "paused at after-read" in line:
+            break
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("batch did not stop within 30 s of SIGINT") from None
+    assert proc.returncode == 130 and err.strip().splitlines() == ["d2scale: interrupted"]
+    assert time.monotonic() - t0 < 15
+    assert not (tmp_path / "out" / "b").exists()  # the next bucket never started

@@ -39,11 +39,16 @@ def test_markdown_has_the_machine_and_a_table_per_section(report):
     json.dumps(report)  # what bench.json holds
 
 
-def test_unknown_section_is_refused():
-    argv = [sys.executable, "-m", "d2scale.cli.main", "bench", "--only", "nope"]
+@pytest.mark.parametrize("flags, message", [
+    (("--only", "nope"), "unknown section 'nope'"),
+    (("--sizes", "abc"), "--sizes takes pool sizes separated by commas"),
+    (("--sizes", "100000,0"), "--sizes must be positive"),
+])  # fmt: skip
+def test_bad_sections_and_sizes_are_refused(flags, message):
+    argv = [sys.executable, "-m", "d2scale.cli.main", "bench", *flags]
     proc = subprocess.run(argv, capture_output=True, text=True)
     err = proc.stderr.strip().splitlines()
-    assert proc.returncode == 1 and len(err) == 1 and "unknown section 'nope'" in err[0], err
+    assert proc.returncode == 1 and len(err) == 1 and message in err[0], err
 
 
 def test_knn_table_takes_the_fastest_of_several_baselines(report):

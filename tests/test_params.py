@@ -75,7 +75,7 @@ def test_every_invalid_value_is_one_line_and_exit_1(command, param, text, tmp_pa
 
 
 def test_argparse_errors_are_one_line_and_exit_1(capsys):
-    for argv in (["select", "--no-such-flag"], [], ["nope"], ["mp"]):
+    for argv in (["select", "--no-such-flag"], ["nope"], ["mp"]):  # a bare d2scale: help
         assert main(argv) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("d2scale: error: "), err

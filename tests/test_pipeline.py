@@ -185,3 +185,45 @@ def test_ctrl_c_is_one_line_and_status_130(small_pool, tmp_path):
         raise AssertionError("select did not stop within 60 s of SIGINT") from None
     rest = err.strip().splitlines()
     assert proc.returncode == 130 and rest == ["d2scale: interrupted"], rest
+
+
+@pytest.mark.parametrize("stage, name", [("reverse", "order.npy"), ("forward", "forward.npy")])
+def test_a_truncated_file_of_a_finished_stage_is_recomputed(stage, name, small_pool, tmp_path):
+    record = run(small_pool, tmp_path, fraction=[0.3])
+    expected = uids(tmp_path)
+    path = os.path.join(record["stages"][stage]["directory"], name)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    again = run(small_pool, tmp_path, fraction=[0.3])
+    assert not again["stages"][stage]["reused"] and again["stages"]["graph"]["reused"]
+    assert np.array_equal(uids(tmp_path), expected)
+    assert "_files" not in json.dumps(again)  # the marker's own record stays out of run.json
+
+
+def test_ctrl_c_while_a_command_loads_is_one_line(monkeypatch, capsys):
+    from d2scale.cli import main as cli
+
+    def interrupted(name: str):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.importlib, "import_module", interrupted)
+    assert cli.main(["select", "--help"]) == 130
+    assert capsys.readouterr().err == "d2scale: interrupted\n"
+
+
+def test_ctrl_c_that_a_c_extension_turns_into_another_error_is_one_line(monkeypatch, capsys):
+    import time
+
+    from d2scale.cli import main as cli
+
+    def numpy_like(name: str):  # numpy re-raises an interrupted C import as an ImportError
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise ImportError("Importing the numpy C-extensions failed.") from None
+
+    monkeypatch.setattr(cli.importlib, "import_module", numpy_like)
+    assert cli.main(["select", "--help"]) == 130
+    assert capsys.readouterr().err == "d2scale: interrupted\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored

@@ -512,3 +512,14 @@ def test_other_models_members_are_checked_too(small_pool, tmp_path):
         open_pool(path)
     _rewrite_npz(os.path.join(path, "00000002.npz"), vit_img=rng.random((750, 64)))
     assert PoolEmbeddings(open_pool(path), feature_keys("vit", "image")).dim == 64
+
+
+def test_macos_appledouble_files_beside_a_pool_are_not_pool_files(small_pool, tmp_path):
+    from d2scale.pool.buckets import resolve_pool
+
+    pool = tmp_path / "pool"
+    shutil.copytree(small_pool, pool)
+    for name in ("._00000000.npz", "._00000000.parquet", "._extra.npz"):
+        (pool / name).write_bytes(b"\x00\x05\x16\x07 AppleDouble metadata")
+    assert open_pool(str(pool)).fingerprint == open_pool(small_pool).fingerprint
+    assert resolve_pool(str(pool / "*.parquet")).n == open_pool(small_pool).n

@@ -26,9 +26,9 @@ from d2scale.types import CsrGraph, KnnGraph
 def cpu_only_variant(greedy: str, buckets: Any) -> str | None:
     """The name of the requested variant if it exists only on the CPU, else ``None``."""
     if greedy == "standby":
-        return "greedy='standby'"
+        return "--greedy standby"
     if buckets is not None:
-        return "the bucketed reverse pass"
+        return "the bucketed reverse pass (--buckets)"
     return None
 
 

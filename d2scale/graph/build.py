@@ -45,6 +45,7 @@ from d2scale.errors import D2ScaleError
 from d2scale.graph import dedup, ivf, probed, rerank, scan, shards, small
 from d2scale.graph.store import GraphStore, save_graph
 from d2scale.io import save_npy
+from d2scale.progress import plural
 from d2scale.types import EmbeddingBlocks, KnnGraph
 
 AUTO_EXACT_MAX = 50_000  # "auto" picks exact search up to this many rows (when they fit)
@@ -199,6 +200,10 @@ class _Build:
                 tuned = self.tune(centroids, lists, rep, evals, (eval_ids, x_eval), nprobe)
             if self.store is not None:
                 self.store.save_model(_model_arrays(projection, centroids, bound), tuned)
+        if not tuned.get("recall_reached", True):  # recorded in the graph's facts too
+            self.say(f"knn graph: warning: recall@k {tuned['recall']:.3f} is below the target "
+                     f"{self.recall:g} at nprobe {tuned['nprobe']}; a lower --recall or "
+                     "--index exact avoids this")  # fmt: skip
         with self.stage("search"):
             nbr, d2 = self.search(centroids, lists, rep, tuned, manifest.get("plan"))
         if d2 is None:  # search-space candidates: re-ranked in a separate, streamed pass
@@ -256,7 +261,8 @@ class _Build:
         rows = np.unique(np.concatenate(wanted).astype(np.int64))
         by_part = shards.part_rows(self.offsets, rows)
         futs = {p: self.submit(shards.take_rows, self.bf, p, local) for p, local in by_part.items()}
-        for p, got in self._as_completed(futs, "sample"):  # copied into place: no concatenation
+        # copied into place: no concatenation
+        for p, got in self._as_completed(futs, "sample", "partitions"):
             ids = by_part[p] + self.offsets[p]
             for r, x in zip(wanted, xs, strict=True):
                 a, b = np.searchsorted(r, [ids[0], ids[-1] + 1])
@@ -268,6 +274,8 @@ class _Build:
         the ``sample`` of :meth:`start` (its training rows are dropped from it); a task
         computes the bound meanwhile."""
         x_train, x_eval = sample.pop(0), sample[0]
+        if pca:
+            self.say(f"knn graph: train: PCA of {min(len(x_train), ivf.PCA_ROWS):,} rows")
         projection = ivf.fit_pca(x_train) if pca else None
         bound = None
         if projection is not None:  # a task bounds the evaluation rows' neighbours
@@ -275,6 +283,7 @@ class _Build:
                                 *self.client.scatter([x_eval, x_train], hash=False),
                                 self.k + 1)  # fmt: skip
             x_train = projection(x_train)  # meanwhile: the full sample is dropped
+        self.say(f"knn graph: train: k-means of {len(x_train):,} rows into {nlist:,} lists")
         centroids = ivf.train_centroids(x_train, nlist, self.seed)
         return projection, centroids, None if bound is None else bound.result()
 
@@ -303,7 +312,7 @@ class _Build:
                 continue
             futs[p] = self.submit(shards.assign_part, self.bf, p, int(a), *sent, keep,
                                   n_probes, bool(mode))  # fmt: skip
-        for p, res in self._as_completed(futs, "assign"):
+        for p, res in self._as_completed(futs, "assign", "partitions"):
             a, b = self.offsets[p], self.offsets[p + 1]
             hashes[a:b], self.probes[a:b] = res["hashes"], res["probes"]
             share = _eval_arrays(res, x_eval.shape[0], keep)
@@ -442,7 +451,7 @@ class _Build:
                         for c, it in todo.items()}  # fmt: skip
             del shard_f
             for c, (q, nb, dd) in self._as_completed(
-                futs, f"search shard {s + 1}/{len(plan['shards'])}"
+                futs, f"search shard {s + 1}/{len(plan['shards'])}", "chunks"
             ):
                 nbr[q] = nb
                 if not split:
@@ -495,7 +504,7 @@ class _Build:
                 else:
                     source = self.bf
                 futs[p] = self.submit(probed.probe_part, source, p, *sent, nprobe)
-            for p, near in self._as_completed(futs, "probes"):
+            for p, near in self._as_completed(futs, "probes", "partitions"):
                 out[self.offsets[p] : self.offsets[p + 1]] = near
         return out
 
@@ -537,7 +546,7 @@ class _Build:
         for _ in range(2 * self.threads):
             submit_next()
         for i, fut in enumerate(running, 1):
-            self.say(f"knn graph: re-rank: {i}/{total}")
+            self.say(f"knn graph: rerank: {i}/{total} blocks")
             q, nb, dd = fut.result()
             nbr[q], d2[q] = nb, dd
             if self.store is not None:
@@ -594,7 +603,7 @@ class _Build:
                 f"{budget / 2**20:.0f} MiB: memory will exceed the limit"
             )
         self.say(
-            f"knn graph: {len(plan['shards'])} shards of {plan.get('rows', '')} rows "
+            f"knn graph: {plural(len(plan['shards']), 'shard')} of {plan.get('rows', '')} rows "
             f"(budget {budget / 2**20:.0f} MiB, limit {self.limit / 2**20:.0f} MiB)"
         )
 
@@ -630,17 +639,24 @@ class _Build:
                   for a in range(0, rows, step)]  # fmt: skip
         return self.submit(small.join, basis, pieces)
 
-    def _as_completed(self, futs: dict, what: str):
-        """(key, result) of the futures in ``futs`` as they finish, each dropped after use."""
+    def _as_completed(self, futs: dict, what: str, unit: str):
+        """(key, result) of the futures in ``futs`` as they finish, each dropped after use;
+        each is counted in ``unit`` (what one future is). Stopped early (an error, Ctrl-C),
+        the futures not yet done are cancelled: on a shared or running cluster they would
+        otherwise go on computing for nothing."""
         from distributed import as_completed
 
         keys = {f.key: p for p, f in futs.items()}
         total = len(futs)
-        for i, f in enumerate(as_completed(list(futs.values()), loop=self.client.loop), 1):
-            self.say(f"knn graph: {what}: {i}/{total}")
-            p = keys[f.key]
-            yield p, f.result()
-            futs.pop(p)
+        try:
+            for i, f in enumerate(as_completed(list(futs.values()), loop=self.client.loop), 1):
+                self.say(f"knn graph: {what}: {i}/{total} {unit}")
+                p = keys[f.key]
+                yield p, f.result()
+                futs.pop(p)
+        finally:
+            if futs:
+                self.client.cancel(list(futs.values()))
 
     # ------------------------------------------------------------ memory
     def _driver_bytes(self) -> int:

@@ -9,7 +9,7 @@ import json
 
 from d2scale import io
 from d2scale.errors import D2ScaleError
-from d2scale.pool.sources import Pool, open_pool
+from d2scale.pool.sources import APPLEDOUBLE, Pool, open_pool
 
 
 def resolve_pool(spec: str) -> Pool:
@@ -24,7 +24,9 @@ def resolve_pool(spec: str) -> Pool:
         matches = sorted(fs.glob(pattern))
     except (OSError, ValueError) as e:
         raise D2ScaleError(f"cannot expand {spec}: {e}") from None
-    parquets = [m for m in matches if m.endswith(".parquet")]
+    parquets = [
+        m for m in matches if m.endswith(".parquet") and not _base(m).startswith(APPLEDOUBLE)
+    ]
     if parquets:
         return _file_pool(spec, fs, parquets)
     dirs = [m for m in matches if fs.isdir(m)]

@@ -40,6 +40,7 @@ from d2scale.pool.uids import canonical_text, check_unique, encode_uids, uid_tex
 _FEATURE_SUFFIXES = {"image": ("img",), "text": ("txt",), "image_text": ("img", "txt")}
 _DIMS = EMBEDDING_DIMS
 _EXTENSIONS = (".parquet", ".npz")
+APPLEDOUBLE = "._"  # macOS writes ._NAME beside NAME on foreign disks: metadata, never data
 _LIST_THREADS = 16  # shards inspected at once (range reads, mostly waiting on I/O)
 
 
@@ -119,6 +120,8 @@ def _list_files(fs, root: str, url: str) -> dict[str, dict]:
     files = {}
     for entry in entries:
         base = posixpath.basename(entry["name"].rstrip("/"))
+        if base.startswith(APPLEDOUBLE):
+            continue
         if base.lower().endswith(_EXTENSIONS):
             if not base.endswith(_EXTENSIONS):
                 raise D2ScaleError(

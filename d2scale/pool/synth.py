@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -98,12 +99,19 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def write_pool(
-    out: str, *, rows: int, shards: int = 1, seed: int = 0, layout: str = "f16-compressed"
+    out: str,
+    *,
+    rows: int,
+    shards: int = 1,
+    seed: int = 0,
+    layout: str = "f16-compressed",
+    progress: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Write ``shards`` parquet+npz pairs with ``rows`` samples in all to directory ``out``.
 
     Returns the shard base names. Deterministic for a given (rows, shards, seed, layout).
     A directory holding other .parquet/.npz files is refused (they would join the pool).
+    ``progress`` hears ``"synth: i/n shards"`` as shards are written.
     """
     if rows < 1 or shards < 1 or shards > rows:
         raise D2ScaleError(f"need rows ≥ shards ≥ 1, got rows={rows}, shards={shards}")
@@ -132,8 +140,11 @@ def write_pool(
         _write_shard(out, names[s], table, arrays, shard_layout)
 
     # zlib and BLAS release the GIL: two shards at a time use both cores
+    say = progress or (lambda message: None)
+    say(f"synth: 0/{shards} shards")
     with ThreadPoolExecutor(max_workers=min(2, shards)) as ex:
-        list(ex.map(shard, range(shards)))
+        for i, _ in enumerate(ex.map(shard, range(shards)), 1):
+            say(f"synth: {i}/{shards} shards")
     return names
 
 

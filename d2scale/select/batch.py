@@ -89,9 +89,29 @@ def load_jobs(path: str) -> dict:
 def _yaml(path: str):
     import yaml
 
+    class Loader(yaml.SafeLoader):
+        """YAML's safe loader refusing a key given twice in one mapping (YAML keeps the
+        last silently; TOML refuses it too)."""
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                if not isinstance(key, (str, int, float, bool)):
+                    continue  # left to the loader's own check
+                if key in seen:
+                    raise D2ScaleError(
+                        f"jobs file {path}, line {key_node.start_mark.line + 1}: the key "
+                        f"{key!r} is given twice in one mapping; keep one."
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
     try:
         with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f)
+            return yaml.load(f, Loader=Loader)  # noqa: S506 - a SafeLoader
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise D2ScaleError(f"cannot parse jobs file {path}: {_one_line(e)}") from None
 
@@ -260,8 +280,13 @@ def _run_buckets(batch: Batch, client, progress: ProgressFn) -> list[dict]:
         return record
 
     progress(f"batch: 0/{total} buckets")
-    with ThreadPoolExecutor(max_workers=batch.concurrency) as pool:
+    if batch.concurrency == 1:  # in this thread: a Ctrl-C stops the running bucket at once
+        return [one(bucket) for bucket in batch.buckets]
+    pool = ThreadPoolExecutor(max_workers=batch.concurrency)
+    try:
         return list(pool.map(one, batch.buckets))
+    finally:  # after a Ctrl-C: buckets not started are dropped (running ones end first)
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def run_bucket(bucket: Bucket, client, progress: ProgressFn) -> dict:
@@ -327,7 +352,7 @@ def _report(out: str, progress: ProgressFn, pool: Pool) -> str | None:
     if io.exists(io.join(out, "report.html")):
         return io.join(out, "report.html")
     try:
-        return write_report(out, pool)
+        return write_report(out, pool, progress)
     except (D2ScaleError, OSError, ValueError) as e:
         progress(f"report not written: {_one_line(e)}")
         return None

@@ -20,8 +20,11 @@ from d2scale.backends import (
     cluster_facts,
     dask_client,
     peak_rss_bytes,
+    resolve_device,
+    uncompiled_kernels,
     worker_peak_rss,
 )
+from d2scale.d2.reverse import cpu_only_variant
 from d2scale.errors import D2ScaleError
 from d2scale.methods import MethodInputs
 from d2scale.params import SelectParams, budget_for
@@ -33,7 +36,7 @@ from d2scale.pool.sources import (
     read_columns,
     read_metadata,
 )
-from d2scale.progress import Progress, ProgressFn
+from d2scale.progress import HEARTBEAT_S, Progress, ProgressFn, plural, scoped
 from d2scale.select.chain import ChainResult, KeepRule, chain_steps, keep_rule, run_chain
 from d2scale.select.graph_stage import graph_stage
 from d2scale.select.sinks import write_outputs
@@ -53,11 +56,17 @@ def select(
     ``client``: a ``distributed.Client`` to run on (default: per ``params``, a running
     cluster or a local one); ``pool``: an opened pool (default: ``params.metadata_dir``).
     """
-    progress = progress or Progress(log_json=params.log_json)
+    if progress is None:
+        own = Progress(log_json=params.log_json, heartbeat=HEARTBEAT_S)
+        try:
+            return select(params, own, client=client, pool=pool)
+        finally:
+            own.close()
     params.validate()
     # an unknown method or step option, or a contradictory chain, stops here, before any work
     keep_rule(params, chain_steps(params))
     params = absolute_out(params)
+    check_device(params)
     if client is None:
         check_cluster_options(params.scheduler, params.scheduler_file)
     if pool is None and params.metadata_dir is not None:
@@ -69,7 +78,10 @@ def select(
     timings: dict[str, float] = {}
     started = time.time()
     pool = pool or open_pool_or_sample(params.metadata_dir, progress)
-    progress(f"pool {pool.url}: {pool.n:,} rows in {len(pool.shards)} shards")
+    progress(f"pool {pool.url}: {plural(pool.n, 'row')} in {plural(len(pool.shards), 'shard')}")
+    if uncompiled_kernels():
+        progress("kernels not yet compiled in this environment compile when first used "
+                 "(about 10-20 s in all on a first run; cached afterwards)")  # fmt: skip
     stages = Stages(io.join(params.out, "work"), progress, timings)
     with _client(params, client) as client:
         chain, steps, uids, scores, budgets, rule = _run_stages(
@@ -107,7 +119,7 @@ def select(
     if params.report:
         from d2scale.select.report import write_report
 
-        progress(f"report: {write_report(params.out, pool)}")
+        progress(f"report: {write_report(params.out, pool, progress)}")
     return record
 
 
@@ -135,7 +147,14 @@ def _run_stages(params: SelectParams, pool: Pool, stages: Stages, client, progre
     budgets = {f: budget_for(f, pool.n) for f in rule.fractions or ()}
     _check_sizes(params, pool.n, budgets)
 
+    numbers = iter(range(1, len(steps) + 1))
+
     def make_inputs(rows: np.ndarray, rows_key: str, need: int, step) -> MethodInputs:
+        step_progress = progress
+        if len(steps) > 1:  # a chain: each step's stages and graph are named for it
+            name = f"step {next(numbers)}/{len(steps)} ({step.method})"
+            progress(f"{name}: {plural(rows.shape[0], 'row')} in, {need:,} to keep")
+            stages.progress = step_progress = scoped(progress, name)
         whole = rows.shape[0] == pool.n
         step_params = params if whole else dataclasses.replace(params, graph=None)
         if not whole and params.graph is not None:
@@ -147,7 +166,7 @@ def _run_stages(params: SelectParams, pool: Pool, stages: Stages, client, progre
             uids=uids[rows] if not whole else uids,
             budget=need,
             knn_graph=lambda: graph_stage(
-                stages, pool, step_params, client, progress, None if whole else rows, rows_key
+                stages, pool, step_params, client, step_progress, None if whole else rows, rows_key
             ),  # fmt: skip
             embeddings=lambda: embedding_blocks(pool, params, None if whole else rows),
             column=lambda name: read_column(pool, name, client)[rows],
@@ -174,6 +193,14 @@ def keep_record(rule: KeepRule, chain: ChainResult) -> dict:
         text += f": the filter's passing rows, first by {order}"
     return {"rule": text, "fractions": rule.fractions, "filter": rule.last_is_filter,
             "order": order, "warnings": chain.warnings}  # fmt: skip
+
+
+def check_device(params: SelectParams) -> str:
+    """The device message passing runs on; ``--device cuda`` where it cannot run is refused
+    here, before any work (a cached stage must not hide it)."""
+    uses_d2 = any(step.method == "d2" for step in chain_steps(params))
+    cpu_only = cpu_only_variant(params.greedy, params.buckets) if uses_d2 else None
+    return resolve_device(params.device, cpu_only)
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ import numpy as np
 
 from d2scale import io
 from d2scale.errors import D2ScaleError
+from d2scale.progress import plural
 
 REPORT_HTML = "report.html"
 REPORT_DIR = "report"
@@ -43,17 +44,22 @@ class ReportData:
     pool: object = None
 
 
-def write_report(out: str, pool=None) -> str:
+def write_report(out: str, pool=None, progress: Callable[[str], None] | None = None) -> str:
     """Write ``OUT/report.html`` and ``OUT/report/*.png``; return the HTML path.
 
     ``pool`` (an opened pool) supplies the CLIP columns; by default the run's
-    ``metadata_dir`` is opened, if it still holds the same content.
+    ``metadata_dir`` is opened, if it still holds the same content. ``progress`` hears each
+    figure as it is drawn and a warning for each figure left out (the page says why too).
     """
+    say = progress or (lambda message: None)
     data = load(out, pool)
     figures: dict[str, tuple[str, str | None]] = {}  # name → (caption, base64 PNG or None)
     io.makedirs(io.join(out, REPORT_DIR))
-    for name, (caption, draw) in FIGURES.items():
+    for i, (name, (caption, draw)) in enumerate(FIGURES.items()):
+        say(f"report: {i}/{len(FIGURES)} figures")
         fig = _figure(name, draw, data)
+        if fig is None:
+            say(f"report: warning: {caption} not drawn: {data.notes.get(name, 'no data')}")
         png = None if fig is None else _png(fig)
         if png is not None:
             with (
@@ -63,6 +69,7 @@ def write_report(out: str, pool=None) -> str:
                 f.write(png)
             png = base64.b64encode(png).decode("ascii")
         figures[name] = (caption, png)
+    say(f"report: {len(FIGURES)}/{len(FIGURES)} figures")
     path = io.join(out, REPORT_HTML)
     with io.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(render(data, figures))
@@ -73,18 +80,16 @@ def load(out: str, pool=None) -> ReportData:
     """Read what the report needs from the output directory ``out``."""
     import pyarrow.parquet as pq
 
-    run_path = io.join(out, "run.json")
-    if not io.exists(run_path):
-        raise D2ScaleError(
-            f"{out} has no run.json: it is not a finished `d2scale select` output directory"
-        )
-    run = io.read_json(run_path)
+    run = read_run(out)
     fs, path = io.filesystem(io.join(out, "ranking.parquet"))
     try:
         with fs.open(path, "rb") as f:
             table = pq.read_table(f)
     except (OSError, ValueError) as e:
         raise D2ScaleError(f"cannot read {out}/ranking.parquet: {e}") from None
+    missing = [c for c in ("rank", "score") if c not in table.column_names]
+    if missing:
+        raise D2ScaleError(f"{out}/ranking.parquet has no {missing[0]!r} column; rerun select.")
     rank = table.column("rank").to_numpy(zero_copy_only=False).astype(np.float64)
     budget = max(run["counts"]["selected"].values())  # rows written at the largest fraction
     data = ReportData(
@@ -98,6 +103,37 @@ def load(out: str, pool=None) -> ReportData:
     data.graph_dir = _graph_dir(data)
     data.pool = pool if pool is not None else _pool(data)
     return data
+
+
+RUN_KEYS = ("input.metadata_dir", "input.fingerprint", "input.rows", "input.shards",
+            "counts.selected")  # fmt: skip
+
+
+def read_run(out: str) -> dict:
+    """``OUT/run.json``, checked to hold what the report reads (one sentence otherwise)."""
+    path = io.join(out, "run.json")
+    if not io.exists(path):
+        raise D2ScaleError(
+            f"{out} has no run.json: it is not a finished `d2scale select` output directory"
+        )
+    try:
+        run = io.read_json(path)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise D2ScaleError(f"{path} is not valid JSON ({e}); rerun `d2scale select`.") from None
+    for key in RUN_KEYS:
+        value = run
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is None:
+            raise D2ScaleError(f"{path} lacks {key}: not a run.json of `d2scale select`.")
+    selected = run["counts"]["selected"]
+    try:
+        ok = isinstance(selected, dict) and selected and all(float(f) > 0 for f in selected)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise D2ScaleError(f"{path}: counts.selected must map fractions to counts.")
+    return run
 
 
 def _column(table, name: str) -> np.ndarray | None:
@@ -296,7 +332,7 @@ _STYLE = (
 def render(data: ReportData, figures: dict[str, tuple[str, str | None]]) -> str:
     """The report page: facts of the run, then each figure (or the note why it is missing)."""
     run = data.run
-    parts = [f"<h1>d2scale report: {_e(data.out)}</h1>", _table(facts(run))]
+    parts = [f"<h1>d2scale report: {_e(data.out)}</h1>", _table(facts(run)), _steps(run)]
     for name, (caption, png) in figures.items():
         if png is None:
             body = f"<p class='note'>Not drawn: {_e(data.notes.get(name, 'no data'))}</p>"
@@ -312,13 +348,16 @@ def facts(run: dict) -> list[tuple[str, str]]:
     graph, cluster = run.get("graph") or {}, run.get("cluster") or {}
     selected = ", ".join(f"{f}: {c:,}" for f, c in counts.get("selected", {}).items())
     peak = cluster.get("peak_rss_bytes_driver")
+    steps = run.get("steps") or []
     rows = [
-        ("pool", f"{run['input']['metadata_dir']} ({run['input']['rows']:,} rows, "
-                 f"{len(run['input']['shards'])} shards)"),
+        ("pool", f"{run['input']['metadata_dir']} ({plural(run['input']['rows'], 'row')}, "
+                 f"{plural(len(run['input']['shards']), 'shard')})"),
         ("kept (fraction: rows)", selected),
-        ("method", f"{run.get('method', {}).get('name')} γr={params.get('gamma')} "
-                   f"γf={params.get('gamma_forward')} k={params.get('n_neighbors')} "
-                   f"{params.get('embedding_model')}/{params.get('feature_type')}"),
+        ("method" if len(steps) < 2 else "chain", method_text(run)
+         + (f" γr={params.get('gamma')} γf={params.get('gamma_forward')}"
+            if "d2" in [s.get("method") for s in steps] or not steps else "")
+         + f" k={params.get('n_neighbors')} "
+           f"{params.get('embedding_model')}/{params.get('feature_type')}"),
         ("kNN graph", f"{graph.get('index')} search, recall@k {graph.get('recall')}"
                       + (f", nlist {graph['nlist']}, nprobe {graph['nprobe']}"
                          if graph.get("nlist") else "")),
@@ -329,6 +368,41 @@ def facts(run: dict) -> list[tuple[str, str]]:
         ("d2scale", run.get("d2scale_version", "?")),
     ]  # fmt: skip
     return rows
+
+
+def method_text(run: dict) -> str:
+    """The method, or a chain's steps with the rows each kept: ``basic 20,000 → 13,335 →
+    clip-score:0.5 10,000 → d2:0.3 6,000``."""
+    steps = run.get("steps") or []
+    if len(steps) < 2:
+        return str((run.get("method") or {}).get("name") or (steps[0]["method"] if steps else "?"))
+    text = [f"{_num(steps[0].get('rows_in'))} rows"]
+    for step in steps:
+        fraction = step.get("fraction")
+        name = step.get("method") if fraction is None else f"{step.get('method')}:{fraction:g}"
+        text.append(f"{name} {_num(step.get('kept'))}")
+    return " → ".join(text)
+
+
+STEP_FACTS = ("method", "fraction", "options", "rows_in", "kept")
+
+
+def _steps(run: dict) -> str:
+    """A table of a chain's steps (nothing for a single method)."""
+    steps = run.get("steps") or []
+    if len(steps) < 2:
+        return ""
+    head = "<tr><th>step</th><th>method</th><th>fraction of the pool</th><th>options</th>" \
+           "<th>rows in</th><th>kept</th><th>facts</th></tr>"  # fmt: skip
+    rows = []
+    for i, s in enumerate(steps, 1):
+        options = ", ".join(f"{k}={v}" for k, v in (s.get("options") or {}).items())
+        more = ", ".join(f"{k}={v}" for k, v in s.items() if k not in STEP_FACTS)
+        fraction = "-" if s.get("fraction") is None else f"{s['fraction']:g}"
+        rows.append(f"<tr><td>{i}</td><td>{_e(s.get('method'))}</td><td>{fraction}</td>"
+                    f"<td>{_e(options or '-')}</td><td>{_num(s.get('rows_in'))}</td>"
+                    f"<td>{_num(s.get('kept'))}</td><td>{_e(more)}</td></tr>")  # fmt: skip
+    return f"<h2>Steps</h2><table>{head}{''.join(rows)}</table>"
 
 
 def write_index(out: str, records: list[dict], seconds: float | None = None) -> str:
@@ -347,7 +421,9 @@ def write_index(out: str, records: list[dict], seconds: float | None = None) -> 
             f"<td>{_num(r['kept'])}</td><td>{r['seconds'] or 0:.1f}</td>"
             f"<td>{_e(r['error'] or '')}</td></tr>"
         )
-    total = f"<p>{len(records)} buckets in {seconds:.1f} s.</p>" if seconds is not None else ""
+    total = ""
+    if seconds is not None:
+        total = f"<p>{plural(len(records), 'bucket')} in {seconds:.1f} s.</p>"
     body = f"<h1>d2scale batch: {_e(out)}</h1>{total}<table>{head}{''.join(rows)}</table>"
     path = io.join(out, INDEX_HTML)
     with io.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:

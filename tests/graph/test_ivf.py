@@ -85,8 +85,12 @@ def test_auto_picks_exact_for_small_pools():
 
 def test_missed_target_is_reported_honestly():
     x = np.random.default_rng(0).standard_normal((3000, 32)).astype(np.float32)
-    _, info = build_knn_graph(ArrayBlocks(x), n_neighbors=10, index="ivf", nprobe=1)
+    said: list[str] = []
+    _, info = build_knn_graph(ArrayBlocks(x), n_neighbors=10, index="ivf", nprobe=1,
+                              progress=said.append)  # fmt: skip
     assert not info["recall_reached"] and info["recall"] < 0.95
+    warnings = [m for m in said if "warning" in m]  # a degraded graph is said, not only recorded
+    assert len(warnings) == 1 and "below the target 0.95 at nprobe 1" in warnings[0], said
 
 
 def test_probe_table_is_exact_sorted_centroid_order_list_first():

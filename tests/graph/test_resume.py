@@ -19,6 +19,10 @@ from d2scale.types import ArrayBlocks
 sys.path.insert(0, os.path.dirname(__file__))
 from test_store import BLOCK, X  # noqa: E402  (the same 5,000 × 48 pool, 10 partitions)
 
+# These tests count the tasks a build runs: each build gets its own cluster, so that no task
+# of a stopped build still runs on a shared one while the next is counted.
+pytestmark = pytest.mark.own_cluster
+
 N_PARTS = X.shape[0] // BLOCK
 CALLS: dict[str, int] = {"assign": 0, "search": 0, "rerank": 0}
 ORIGINAL = {"assign": shards.assign_part, "list": shards.search_lists,

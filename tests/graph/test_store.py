@@ -84,6 +84,7 @@ def test_layout_and_round_trip(tmp_path, uninterrupted):
     assert manifest["params"]["n_neighbors"] == 6
 
 
+@pytest.mark.own_cluster  # counts the chunks searched: no stray task of the failed build
 def test_resume_recomputes_only_missing_chunks(tmp_path, monkeypatch, uninterrupted):
     gdir = str(tmp_path / "g")
     monkeypatch.setattr(shards, "search_lists", failing_search)
