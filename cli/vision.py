@@ -20,6 +20,7 @@ import os
 import sys
 
 from d2scale.errors import D2ScaleError
+from d2scale.params import DEVICES
 from d2scale.vision.defaults import DEFAULT_QUOTER, DEFAULT_RECALL_SMOOTHING, DEFAULT_THREADS
 
 EPILOG = "Docs: README.md, section 'Image classification'. Errors print one line, exit 1."
@@ -137,7 +138,7 @@ def _train_flags(p: argparse.ArgumentParser, steps: bool = True, seed_gpu: bool 
     g.add_argument("--seed", type=_nonneg_int, default=0, help="every random choice")
     g.add_argument(
         "--device",
-        choices=("auto", "cpu", "cuda"),
+        choices=DEVICES,
         default="auto",
         help="auto: CUDA when torch sees a GPU, else the CPU",
     )

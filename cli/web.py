@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sys
 
+from d2scale.params import DEVICES
+
 
 def add_parser(sub, epilog: str) -> None:
     """Register ``embed`` and ``export`` on an ``add_subparsers()`` object."""
@@ -52,7 +54,7 @@ def add_embed_parser(sub, epilog: str) -> None:
     )
     p.add_argument(
         "--device",
-        choices=("auto", "cpu", "cuda"),
+        choices=DEVICES,
         default="auto",
         help="auto (default): cuda (fp16) when torch sees a GPU, else cpu",
     )

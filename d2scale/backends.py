@@ -78,18 +78,37 @@ def cuda_available() -> bool:
         return False
 
 
-def resolve_device(device: str, cpu_only: str | None = None) -> str:
-    """``"cpu"`` or ``"cuda"`` for ``device``. ``cpu_only`` names the requested variant when
-    it exists only on the CPU (e.g. ``"greedy='standby'"``)."""
+def torch_cuda_available() -> bool:
+    """True when torch imports and sees a CUDA device; never raises."""
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+_RUNTIMES = {  # who runs the GPU work: its availability check and what to install
+    "cupy": (cuda_available, "CuPy (pip install 'd2scale[gpu]')"),
+    "torch": (torch_cuda_available, "torch with CUDA"),
+}
+
+
+def resolve_device(device: str, cpu_only: str | None = None, runtime: str = "cupy") -> str:
+    """``"cpu"`` or ``"cuda"`` for ``device`` (one of :data:`~d2scale.params.DEVICES`), the
+    one place every command decides it: ``auto`` is CUDA when ``runtime`` (``cupy`` or
+    ``torch``) sees a GPU; ``cuda`` without one is refused before any work. ``cpu_only``
+    names the requested variant when it exists only on the CPU (e.g. ``"--greedy standby"``)."""
     check("device", device)
+    available, needs = _RUNTIMES[runtime]
     if device == "auto":
-        return "cuda" if cpu_only is None and cuda_available() else "cpu"
+        return "cuda" if cpu_only is None and available() else "cpu"
     if device == "cuda" and cpu_only is not None:
         raise D2ScaleError(f"{cpu_only} runs on the CPU only: use --device cpu or --device auto.")
-    if device == "cuda" and not cuda_available():
+    if device == "cuda" and not available():
         raise D2ScaleError(
-            "--device cuda needs a CUDA GPU that CuPy can use (pip install 'd2scale[gpu]') and "
-            "none was found: use --device cpu or --device auto."
+            f"--device cuda needs a CUDA GPU that {needs} can use, and none was found: use "
+            "--device cpu or --device auto."
         )
     return device
 

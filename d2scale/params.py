@@ -19,6 +19,7 @@ EMBEDDING_MODELS = ("l14", "b32")
 FEATURE_TYPES = ("image", "text", "image_text")
 SYNTH_LAYOUTS = ("f16-compressed", "f16-stored", "f32-compressed", "f32-stored", "mixed")
 MAX_SEED = 2**32 - 1
+DEVICES = ("auto", "cpu", "cuda")  # every command's --device
 MIN_MEMORY_LIMIT = 64 * 2**20
 RANKING_FRACTION = 0.3  # kept when no fraction is given and the last step ranks (see chain.py)
 
@@ -190,7 +191,7 @@ PARAMS: dict[str, Param] = {
         Param("device", "choice", "auto", "auto: message passing on CUDA when cupy sees a "
               "GPU and the variant runs there, the kNN graph on the CPU; cuda: both on the GPU",
               "execution", (_SEL, _GR, _MP),
-              choices=("auto", "cpu", "cuda")),
+              choices=DEVICES),
         Param("scheduler", "str", None, "address of a running Dask scheduler, e.g. "
               "tcp://host:8786 (default: a local in-process cluster)", "execution",
               (_SEL, _GR), optional=True, metavar="ADDRESS"),

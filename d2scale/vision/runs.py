@@ -21,16 +21,12 @@ from d2scale.vision.dynamics import SCORES
 
 
 def resolve_device(device: str):
-    """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
+    """The ``torch.device`` of ``device`` (``backends.resolve_device`` with torch's view)."""
     import torch
 
-    if device not in ("auto", "cpu", "cuda"):
-        raise D2ScaleError(f"--device must be auto, cpu or cuda; got {device!r}.")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise D2ScaleError("--device cuda was asked for but torch sees no CUDA GPU.")
-    return torch.device(device)
+    from d2scale.backends import resolve_device as resolve
+
+    return torch.device(resolve(device, runtime="torch"))
 
 
 def resolve_seed_gpu(gpuid: int, flag: str):

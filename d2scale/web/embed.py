@@ -36,7 +36,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from d2scale import io
+from d2scale.backends import resolve_device
 from d2scale.errors import D2ScaleError
+from d2scale.params import check
 from d2scale.pool import UID_DTYPE, encode_uids
 from d2scale.progress import Progress
 from d2scale.web.webdata import (
@@ -56,7 +58,6 @@ from d2scale.web.webdata import (
 
 MODEL_PREFIXES = {"ViT-B-32": "b32", "ViT-L-14": "l14"}
 MANIFEST = "embed.json"
-DEVICES = ("auto", "cpu", "cuda")
 CHECKPOINT_EXTS = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 POOL_EXTS = (".parquet", ".npz")
 RANDOM = "none"  # --pretrained value for random weights
@@ -96,8 +97,7 @@ class EmbedParams:
                 "--pretrained is required: an open_clip tag (e.g. openai), a local checkpoint "
                 "file, or none for random weights (meaningless embeddings, for tests only)"
             )
-        if self.device not in DEVICES:
-            raise D2ScaleError(f"--device must be one of {', '.join(DEVICES)}; got {self.device!r}")
+        check("device", self.device)
         if self.batch_size < 1:
             raise D2ScaleError(f"--batch-size must be ≥ 1; got {self.batch_size}")
         if self.threads is not None and self.threads < 1:
@@ -164,7 +164,7 @@ class ClipEncoder:
             ) from None
 
         self.torch = torch
-        self.device = _resolve_device(params.device, torch)
+        self.device = resolve_device(params.device, runtime="torch")
         if params.threads:
             torch.set_num_threads(params.threads)
         if params.model_config:
@@ -212,14 +212,6 @@ def _model_error(model: str, pretrained: str | None, e: Exception) -> D2ScaleErr
         f"cannot create open_clip model {model!r} with {what}: {reason} "
         "(a local checkpoint file or 'none' needs no download)"
     )
-
-
-def _resolve_device(device: str, torch) -> str:
-    if device == "cuda" and not torch.cuda.is_available():
-        raise D2ScaleError("--device cuda was given but torch sees no CUDA GPU")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 @contextlib.contextmanager
