@@ -22,6 +22,7 @@ import sys
 from d2scale.errors import D2ScaleError
 from d2scale.params import DEVICES
 from d2scale.vision.defaults import DEFAULT_QUOTER, DEFAULT_RECALL_SMOOTHING, DEFAULT_THREADS
+from d2scale.vision.registry import METHODS
 
 EPILOG = "Docs: README.md, section 'Image classification'. Errors print one line, exit 1."
 DEFAULT_DATA_DIR = "./data"  # CIFAR archives without --data-dir: ./data (the seeds' default)
@@ -199,7 +200,7 @@ def _select_flags(
         one = g.add_mutually_exclusive_group(required=required)
         one.add_argument(
             "--method",
-            choices=("random", "topk", "d2", "ccs", "moderate", "kcenter"),
+            choices=METHODS,
             help="required to select (or the seed's --sampling-mode)",
         )
         one.add_argument(

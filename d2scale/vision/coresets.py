@@ -22,12 +22,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from d2scale.errors import D2ScaleError
+from d2scale.params import budget_for
 from d2scale.vision.dynamics import difficulty, score_name
 from d2scale.vision.meter import meter
+from d2scale.vision.registry import CORESET_METHODS, METHODS
 
-METHODS = ("random", "topk", "d2", "ccs", "moderate", "kcenter")
-CLASS_MODE_DEFAULT = ("d2", "kcenter")  # methods that pick per class unless told otherwise
-MIS_RATIO_METHODS = ("d2", "ccs")  # methods whose mis_ratio "auto" is not 0
 KCENTER_DENSE_MAX = 8192  # k-center: precompute all distances up to this many points (512 MB)
 
 
@@ -62,7 +61,7 @@ class CoresetParams:
                 f"--coreset-mode must be class or global; got {self.coreset_mode!r}."
             )
         if self.coreset_mode is None:
-            self.coreset_mode = "class" if self.method in CLASS_MODE_DEFAULT else "global"
+            self.coreset_mode = "class" if CORESET_METHODS[self.method].per_class else "global"
         if (
             isinstance(self.seed, bool)
             or not isinstance(self.seed, (int, np.integer))
@@ -83,7 +82,7 @@ def resolve_mis_ratio(value: float | str, method: str, fraction: float) -> float
     """``auto``: for D2 and CCS the CCS paper's CIFAR-10 hard-cutoff rates (none at ≥ 50%
     kept, 0.1 from 20%, 0.4 below, as the seed's 10% command); 0 for other methods."""
     if value == "auto":
-        if method not in MIS_RATIO_METHODS or fraction >= 0.5:
+        if not CORESET_METHODS[method].removes_mislabeled or fraction >= 0.5:
             return 0.0
         return 0.1 if fraction >= 0.2 else 0.4
     try:
@@ -95,11 +94,6 @@ def resolve_mis_ratio(value: float | str, method: str, fraction: float) -> float
             f"--mis-ratio must be in [0, 1 − fraction] = [0, {1 - fraction:.3g}]; got {ratio}."
         )
     return ratio
-
-
-def budget_of(fraction: float, n: int) -> int:
-    """``int(fraction · n)``, robust to binary rounding (0.29 · 100 is 28.999…)."""
-    return min(n, int(math.floor(fraction * n + 1e-9)))
 
 
 @dataclass
@@ -159,7 +153,7 @@ def _select(params, scores, features, class_budget, budget, pool, anchors, progr
     if class_budget is not None:
         budget = int(np.sum(class_budget))
     elif budget is None:
-        budget = budget_of(params.fraction, n)
+        budget = budget_for(params.fraction, n)
     if budget == 0 and pool is None and class_budget is None:
         raise D2ScaleError(f"--fraction {params.fraction} keeps no sample of {n:,}.")
     cands = np.arange(n) if pool is None else np.sort(np.asarray(pool, dtype=np.int64))
@@ -200,7 +194,8 @@ def checked_targets(targets) -> np.ndarray:
 def check_finite(params: CoresetParams, scores: dict[str, np.ndarray], features) -> None:
     """Refuse NaN or infinite values in what ``params``' method reads: its score, the AUM
     that ``mis_ratio`` removes by, the features (d2, moderate, kcenter)."""
-    used = [params.score] if params.method in ("topk", "ccs", "d2") else []
+    method = CORESET_METHODS[params.method]
+    used = [params.score] if method.reads_score else []
     if params.mis_ratio > 0:
         used.append("accumulated_margin")
     for name in used:
@@ -209,7 +204,7 @@ def check_finite(params: CoresetParams, scores: dict[str, np.ndarray], features)
         bad = int(np.count_nonzero(~np.isfinite(np.asarray(scores[name], dtype=np.float64))))
         if bad:
             raise D2ScaleError(f"the score {name!r} has {bad:,} NaN or infinite values.")
-    if params.method in ("d2", "moderate", "kcenter"):
+    if method.reads_features:
         rows = 1 << 16  # a block at a time: no boolean copy of a large feature matrix
         bad = sum(int(np.count_nonzero(~np.isfinite(features[i : i + rows]).all(axis=1)))
                   for i in range(0, len(features), rows))  # fmt: skip
@@ -296,19 +291,7 @@ class _Picker:
             return pool  # a class no larger than its budget is taken whole
         if budget == 0:
             return pool[:0]
-        p = self.p
-        if p.method == "random":
-            return _rng(p.seed, cls).choice(pool, budget, replace=False)
-        if p.method == "topk":
-            return topk(pool, difficulty(self.scores, p.score), budget)
-        if p.method == "ccs":
-            score = np.asarray(self.scores[p.score], dtype=np.float64)[pool]
-            return pool[stratified_sampling(score, budget, p.strata, _rng(p.seed, cls))]
-        if p.method == "moderate":
-            return pool[moderate(self.features[pool], self.targets[pool], budget)]
-        if p.method == "kcenter":
-            return self.kcenter(pool, budget, cls)
-        return pool[self.d2(pool, budget)]
+        return PICKERS[self.p.method](self, pool, budget, cls)
 
     def kcenter(self, pool: np.ndarray, budget: int, cls: int | None) -> np.ndarray:
         a = self.anchors if cls is None else self.anchors[self.targets[self.anchors] == cls]
@@ -440,3 +423,17 @@ def kcenter_greedy(
 def _rng(seed: int, cls: int | None) -> np.random.Generator:
     """One independent stream per class (class mode) or the seed's own (global mode)."""
     return np.random.default_rng(seed if cls is None else [seed, cls])
+
+
+# Each method's picker: (picker state, pool of sample ids, budget, class or None) -> ids.
+PICKERS = {
+    "random": lambda s, pool, budget, cls: _rng(s.p.seed, cls).choice(pool, budget, replace=False),
+    "topk": lambda s, pool, budget, cls: topk(pool, difficulty(s.scores, s.p.score), budget),
+    "d2": lambda s, pool, budget, cls: pool[s.d2(pool, budget)],
+    "ccs": lambda s, pool, budget, cls: pool[stratified_sampling(
+        np.asarray(s.scores[s.p.score], dtype=np.float64)[pool], budget, s.p.strata,
+        _rng(s.p.seed, cls))],
+    "moderate": lambda s, pool, budget, cls: pool[moderate(s.features[pool], s.targets[pool],
+                                                           budget)],
+    "kcenter": lambda s, pool, budget, cls: s.kcenter(pool, budget, cls),
+}  # fmt: skip

@@ -26,9 +26,10 @@ import numpy as np
 from d2scale.errors import D2ScaleError
 from d2scale.io import atomic_path, save_json, save_npy
 from d2scale.vision import runs
-from d2scale.vision.coresets import METHODS, CoresetParams, select_coreset
+from d2scale.vision.coresets import CoresetParams, select_coreset
 from d2scale.vision.dynamics import score_name
 from d2scale.vision.prune import SCORERS, PruneParams, run_prune
+from d2scale.vision.registry import METHODS
 from d2scale.vision.train import train
 
 

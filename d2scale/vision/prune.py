@@ -26,10 +26,10 @@ import numpy as np
 
 from d2scale.errors import D2ScaleError
 from d2scale.io import save_json, save_npy
+from d2scale.params import budget_for
 from d2scale.vision import runs, scoring
 from d2scale.vision.coresets import (
     CoresetParams,
-    budget_of,
     remove_mislabeled,
     resolve_mis_ratio,
     select_coreset,
@@ -164,14 +164,14 @@ def target_sizes(params: PruneParams, n: int) -> list[int]:
     start = 1.0 if params.strategy == "dp" else params.init_frac
     fracs = [start + (params.final_frac - start) * t / params.iterations
              for t in range(1, params.iterations + 1)]  # fmt: skip
-    sizes = [budget_of(f, n) for f in fracs]
-    sizes[-1] = budget_of(params.final_frac, n)
+    sizes = [budget_for(f, n) for f in fracs]
+    sizes[-1] = budget_for(params.final_frac, n)
     return sizes
 
 
 def initial_labelled(n: int, init_frac: float, seed: int) -> np.ndarray:
     """AL: the seeded random initial labelled set (sorted ids)."""
-    size = max(1, budget_of(init_frac, n))
+    size = max(1, budget_for(init_frac, n))
     return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
 
 

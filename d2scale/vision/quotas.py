@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from d2scale.errors import D2ScaleError
-from d2scale.vision.coresets import budget_of
+from d2scale.params import budget_for
 
 QUOTERS = ("none", "uniform", "drop")
 RECALL_SMOOTHINGS = ("none", "laplace")
@@ -87,7 +87,7 @@ def quotas_report(counts, recalls, fraction: float, quoter: str, seed: int = 0) 
     if sum(int(c) for c in counts) > MAX_TOTAL:
         raise D2ScaleError(f"--counts must sum to at most 2^53 = {MAX_TOTAL:,} samples.")
     counts = np.asarray(counts, dtype=np.int64)
-    budget = budget_of(fraction, int(counts.sum()))
+    budget = budget_for(fraction, int(counts.sum()))
     quotas = class_quotas(quoter, counts, recalls, budget, seed)
     report = {"quoter": quoter, "fraction": fraction, "budget": budget, "counts": counts.tolist()}
     if recalls is not None:

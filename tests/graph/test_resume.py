@@ -106,7 +106,7 @@ def test_stopped_after_training_keeps_the_model(tmp_path, uninterrupted):
 def test_stopped_during_assignment_redoes_only_the_rest(tmp_path, uninterrupted, counted):
     gdir = str(tmp_path / "g")
     with pytest.raises(Stop):  # said before the 4th result is stored: 3 are saved
-        build(gdir, stop_at(f"knn graph: assign: 4/{N_PARTS}"))
+        build(gdir, stop_at(f"knn graph: assign: 4/{N_PARTS} partitions"))
     counted.update(assign=0)
     got = build(gdir)
     assert counted["assign"] == N_PARTS - 3
@@ -122,10 +122,10 @@ def test_stopped_during_search_and_rerank_redoes_only_the_rest(tmp_path, uninter
     assert chunks >= 2 and blocks >= 2
     shutil.rmtree(gdir)
     with pytest.raises(Stop):
-        build(gdir, stop_at(f"knn graph: search shard 1/1: 2/{chunks}"))
+        build(gdir, stop_at(f"knn graph: search shard 1/1: 2/{chunks} chunks"))
     counted.update(assign=0, search=0)
     with pytest.raises(Stop):
-        build(gdir, stop_at(f"knn graph: re-rank: 2/{blocks}"))
+        build(gdir, stop_at(f"knn graph: rerank: 2/{blocks} blocks"))
     assert counted["assign"] == 0 and counted["search"] == chunks - 1
     counted.update(search=0, rerank=0)
     got = build(gdir)
@@ -178,7 +178,7 @@ def killed_at(point: str, gdir: str) -> None:
 
 def test_sigkill_during_assignment_then_rerun(tmp_path, uninterrupted, counted):
     gdir = str(tmp_path / "g")
-    killed_at(f"knn graph: assign: 6/{N_PARTS}", gdir)
+    killed_at(f"knn graph: assign: 6/{N_PARTS} partitions", gdir)
     assert not os.path.exists(os.path.join(gdir, "neighbors.npy"))
     got = build(gdir)
     assert counted["assign"] == N_PARTS - 5 and "train" not in got[1]["timings"]
@@ -217,7 +217,7 @@ def test_select_sigkilled_inside_its_graph_stage_reruns_from_there(small_pool, t
     the same uids as a clean run, without training again or assigning those shards again."""
     clean = select_ivf(small_pool, tmp_path / "clean")
     out = tmp_path / "killed"
-    code = SELECT_KILLED.format(point="knn graph: assign: 3/4", pool=str(small_pool),
+    code = SELECT_KILLED.format(point="knn graph: assign: 3/4 partitions", pool=str(small_pool),
                                 out=str(out))  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]

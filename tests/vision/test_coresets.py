@@ -8,9 +8,9 @@ import oracle
 import pytest
 
 from d2scale.errors import D2ScaleError
+from d2scale.params import budget_for
 from d2scale.vision.coresets import (
     CoresetParams,
-    budget_of,
     class_budgets,
     kcenter_greedy,
     knn_graph,
@@ -150,7 +150,7 @@ def test_every_method_keeps_exactly_the_budget(method, mode):
     params = CoresetParams(method, 0.29, score="el2n", mis_ratio=0.1, coreset_mode=mode)
     got = select_coreset(params, scores, features)
     n = len(features)
-    assert len(got.indices) == budget_of(0.29, n) == 20
+    assert len(got.indices) == budget_for(0.29, n) == 20
     assert len(np.unique(got.indices)) == 20 and np.all(np.diff(got.indices) > 0)
     removed = np.argsort(scores["accumulated_margin"], kind="stable")[: int(0.1 * n)]
     assert not set(removed.tolist()) & set(got.indices.tolist())  # lowest AUM never kept
@@ -228,3 +228,11 @@ def test_selection_leaves_torch_threads_alone(monkeypatch):
     scores, features = _run()
     select_coreset(CoresetParams("d2", 0.3), scores, features)
     assert torch.get_num_threads() == 1
+
+
+def test_every_registered_coreset_method_has_a_picker():
+    """A coreset method is one registry entry (what it reads) and one picker."""
+    from d2scale.vision.coresets import PICKERS
+    from d2scale.vision.registry import CORESET_METHODS
+
+    assert set(PICKERS) == set(CORESET_METHODS)
