@@ -336,5 +336,5 @@ def test_one_line_errors(tmp_path, capsys):
                 str(tmp_path / "r"),
             ],
             capsys,
-            "no CUDA GPU",
+            "needs a CUDA GPU",
         )
