@@ -6,12 +6,23 @@ is appended to the buffer of ``j``'s row block (a few thousand sequential stream
 (2) each block, small enough for the CPU cache, counting-sorts its edges by row, which
 keeps them in ascending source order. Every row then merges its own kNN list (sorted by
 id) with its reverse list, keeping one copy of an edge present in both directions, with
-the smaller distance. Step (2) runs twice, to size the rows and then to fill them, so no
-unmerged copy of the graph is ever stored. Chunks run in threads (numba ``nogil``) and
-write disjoint, ordered slots: the output does not depend on the number of threads.
+the smaller distance. Rows are packed per block from an upper bound of the block's offset (its
+own plus reverse entries) and then moved left to their final places, so no unmerged copy
+of the graph is ever stored. Chunks run in threads (numba ``nogil``) and write disjoint,
+ordered slots: the output does not depend on the number of threads.
+
+The routed records live in one anonymous memory map, and the merge runs in ``MERGE_ROUNDS``
+rounds of consecutive blocks, each round's records returned to the system once merged:
+the memory peak is about the larger of the records (12 bytes per reverse entry) and the
+output (4 + 4 bytes per slot of the upper bound), not their sum. With ``weight_room`` the
+distances end up as the upper half of a float64 array of one element per edge, so that
+:func:`d2scale.d2.weights.weights_in_place` can turn them into the float64 weights without
+a second array.
 """
 
 from __future__ import annotations
+
+import mmap
 
 import numpy as np
 from numba import njit
@@ -22,12 +33,15 @@ from d2scale.types import CsrGraph, KnnGraph
 
 BLOCK_ROWS = 1024  # smallest row block; blocks grow so that there are at most MAX_BLOCKS
 MAX_BLOCKS = 4096
+MERGE_ROUNDS = 16  # rounds of the merge; each frees its blocks' routed records
 
 
-def symmetrize(graph: KnnGraph, n_chunks: int | None = None) -> CsrGraph:
+def symmetrize(graph: KnnGraph, n_chunks: int | None = None, weight_room: bool = False) -> CsrGraph:
     """The symmetrised neighbourhood of ``graph`` (int32 indices, rows sorted ascending).
 
     ``n_chunks``: work items (default: by size); the result is the same for any value.
+    ``weight_room``: the float32 distances are the upper half of a float64 array with one
+    element per edge (their values are the same).
     """
     neighbors, distances = _checked_arrays(graph)
     n_chunks = n_chunks_for(neighbors.shape[0]) if n_chunks is None else n_chunks
@@ -35,7 +49,7 @@ def symmetrize(graph: KnnGraph, n_chunks: int | None = None) -> CsrGraph:
     rev_hist, own_hist = _histograms(neighbors, distances, shift, n_chunks)
     upper = rev_hist.sum(axis=0) + own_hist.sum(axis=0)  # block sizes before de-duplication
     routed = _route_to_blocks(neighbors, distances, shift, rev_hist, n_chunks)
-    return _merge(neighbors, distances, shift, routed, upper, n_chunks)
+    return _merge(neighbors, distances, shift, routed, upper, n_chunks, weight_room)
 
 
 def _histograms(neighbors, distances, shift, n_chunks):
@@ -62,29 +76,60 @@ def _route_to_blocks(neighbors, distances, shift, rev_hist, n_chunks):
     n_blocks = rev_hist.shape[1]
     starts = np.concatenate([[0], np.cumsum(rev_hist.T.ravel())]).astype(np.int64)
     cursors = starts[:-1].reshape(n_blocks, n_chunks).T.copy()  # advanced by the scatter
-    buf = np.empty((starts[-1], 3), np.int32)
+    region, buf = _records(int(starts[-1]))
     args = (neighbors, distances, shift, cursors, buf, buf.view(np.float32))
     run_chunks(_scatter_blocks, neighbors.shape[0], n_chunks, *args)
-    return [buf, starts[::n_chunks].copy()]
+    return [buf, starts[::n_chunks].copy(), region]
 
 
-def _merge(neighbors, distances, shift, routed, upper, n_chunks) -> CsrGraph:
+def _records(n: int) -> tuple[mmap.mmap, np.ndarray]:
+    """``n`` int32 triples in their own anonymous memory map (see :func:`_release`)."""
+    region = mmap.mmap(-1, max(1, 12 * n), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        region.madvise(mmap.MADV_HUGEPAGE)
+    return region, np.frombuffer(region, np.int32, 3 * n).reshape(n, 3)
+
+
+def _release(region: mmap.mmap, lo: int, hi: int) -> None:
+    """Return the whole pages of records lo..hi to the system (they read as zeros
+    afterwards; they are not read again)."""
+    a = -(-12 * int(lo) // mmap.PAGESIZE) * mmap.PAGESIZE
+    b = 12 * int(hi) // mmap.PAGESIZE * mmap.PAGESIZE
+    if b > a:
+        region.madvise(mmap.MADV_DONTNEED, a, b - a)
+
+
+def _merge(neighbors, distances, shift, routed, upper, n_chunks, weight_room) -> CsrGraph:
     """Merged rows, packed per block from an upper bound of its offset, then compacted.
-    ``routed`` (a list: this function frees the buffer) is [records, block starts]."""
-    buf, block_start = routed
+    ``routed`` (a list: this function frees the buffer) is [records, block starts, their
+    memory map]."""
+    buf, block_start, region = routed
     routed.clear()
     n = neighbors.shape[0]
     out_start = np.concatenate([[0], np.cumsum(upper)]).astype(np.int64)
+    size = int(out_start[-1])
     indptr = np.zeros(n + 1, np.int64)
-    indices = np.empty(out_start[-1], np.int32)
-    dists = np.empty(out_start[-1], np.float32)
+    indices = np.empty(size, np.int32)
+    room = np.empty(size if weight_room else 0, np.float64)
+    dists = room.view(np.float32)[size:] if weight_room else np.empty(size, np.float32)
     args = (neighbors, distances, shift, block_start, buf, buf.view(np.float32), out_start)
-    run_chunks(_merge_blocks, len(upper), n_chunks, *args, indptr, indices, dists)
-    del buf, args
+    n_blocks = len(upper)
+    for r in range(MERGE_ROUNDS):
+        b0, b1 = r * n_blocks // MERGE_ROUNDS, (r + 1) * n_blocks // MERGE_ROUNDS
+        run_chunks(_merge_range, b1 - b0, n_chunks, b0, *args, indptr, indices, dists)
+        _release(region, block_start[b0], block_start[b1])
+    del buf, args, region
     np.cumsum(indptr, out=indptr)
-    _compact(shift, out_start, indptr, indices, dists)
-    indices.resize(indptr[-1], refcheck=False)  # shrinks in place (realloc)
-    dists.resize(indptr[-1], refcheck=False)
+    n_edges = int(indptr[-1])
+    if not weight_room:
+        _compact(shift, out_start, indptr, indices, dists, dists, 0)
+        dists.resize(n_edges, refcheck=False)  # shrinks in place (realloc)
+    else:  # the distances move to the upper half of the float64 array's first n_edges
+        _compact(shift, out_start, indptr, indices, dists, room.view(np.float32), n_edges)
+        del dists
+        room.resize(n_edges, refcheck=False)
+        dists = room.view(np.float32)[n_edges:]
+    indices.resize(n_edges, refcheck=False)
     return CsrGraph(indptr=indptr, indices=indices, distances=dists)
 
 
@@ -157,6 +202,12 @@ def _scatter_blocks(lo, hi, c, neighbors, distances, shift, cursors, buf, buf_f)
 
 
 @njit(cache=True, nogil=True)
+def _merge_range(lo, hi, c, b0, *args):
+    """:func:`_merge_blocks` on blocks b0 + lo .. b0 + hi."""
+    _merge_blocks(b0 + lo, b0 + hi, c, *args)
+
+
+@njit(cache=True, nogil=True)
 def _merge_blocks(
     lo,
     hi,
@@ -210,8 +261,10 @@ def _merge_blocks(
 
 
 @njit(cache=True, nogil=True)
-def _compact(shift, out_start, indptr, indices, dists):
-    """Move every block's packed rows left to their final place (in block order: safe)."""
+def _compact(shift, out_start, indptr, indices, dists, dists_to, to_offset):
+    """Move every block's packed rows left to their final place (in block order: safe);
+    the distances go to ``dists_to[to_offset + e]`` (which may share memory with
+    ``dists``: with ``to_offset`` ≤ the slots' offset every move is leftward)."""
     n = indptr.shape[0] - 1
     for b in range(out_start.shape[0] - 1):
         r0 = b << shift
@@ -219,7 +272,7 @@ def _compact(shift, out_start, indptr, indices, dists):
         src = out_start[b]
         for e in range(indptr[min(n, r0 + (1 << shift))] - dst):
             indices[dst + e] = indices[src + e]
-            dists[dst + e] = dists[src + e]
+            dists_to[to_offset + dst + e] = dists[src + e]
 
 
 @njit(cache=True, nogil=True)
