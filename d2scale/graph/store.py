@@ -29,6 +29,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from d2scale.errors import D2ScaleError
+from d2scale.graph.pages import release_all
 from d2scale.io import json_default, save_json, save_npy, save_npz
 from d2scale.types import KnnGraph
 
@@ -152,6 +153,7 @@ def load_graph(gdir: str, mmap: bool = False) -> tuple[KnnGraph, dict]:
         )
     if nbr.size and (nbr.min() < -1 or nbr.max() >= nbr.shape[0]):
         raise D2ScaleError(f"{gdir}/neighbors.npy holds ids outside [-1, {nbr.shape[0]})")
+    release_all(nbr)  # a mapped file's pages read by the check need not stay resident
     return KnnGraph(nbr, dist), meta
 
 

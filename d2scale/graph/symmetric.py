@@ -17,7 +17,8 @@ the memory peak is about the larger of the records (12 bytes per reverse entry) 
 output (4 + 4 bytes per slot of the upper bound), not their sum. With ``weight_room`` the
 distances end up as the upper half of a float64 array of one element per edge, so that
 :func:`d2scale.d2.weights.weights_in_place` can turn them into the float64 weights without
-a second array.
+a second array. Pages of memory-mapped input read by a chunk or a round are given back
+(:mod:`d2scale.graph.pages`): the input files do not stay resident either.
 """
 
 from __future__ import annotations
@@ -29,27 +30,44 @@ from numba import njit
 
 from d2scale.backends import n_chunks_for, run_chunks
 from d2scale.errors import D2ScaleError
+from d2scale.graph.pages import release_all, release_rows
 from d2scale.types import CsrGraph, KnnGraph
 
 BLOCK_ROWS = 1024  # smallest row block; blocks grow so that there are at most MAX_BLOCKS
 MAX_BLOCKS = 4096
 MERGE_ROUNDS = 16  # rounds of the merge; each frees its blocks' routed records
+SOURCE_ROWS = 1 << 18  # most rows per chunk of the passes over the input (pages given back)
 
 
 def symmetrize(graph: KnnGraph, n_chunks: int | None = None, weight_room: bool = False) -> CsrGraph:
     """The symmetrised neighbourhood of ``graph`` (int32 indices, rows sorted ascending).
 
-    ``n_chunks``: work items (default: by size); the result is the same for any value.
+    ``n_chunks``: work items of the passes over the input (default: by size, at most
+    ``SOURCE_ROWS`` rows each); the result is the same for any value.
     ``weight_room``: the float32 distances are the upper half of a float64 array with one
     element per edge (their values are the same).
     """
     neighbors, distances = _checked_arrays(graph)
-    n_chunks = n_chunks_for(neighbors.shape[0]) if n_chunks is None else n_chunks
-    shift = _block_shift(neighbors.shape[0])
+    n = neighbors.shape[0]
+    n_chunks = max(n_chunks_for(n), -(-n // SOURCE_ROWS)) if n_chunks is None else n_chunks
+    shift = _block_shift(n)
     rev_hist, own_hist = _histograms(neighbors, distances, shift, n_chunks)
     upper = rev_hist.sum(axis=0) + own_hist.sum(axis=0)  # block sizes before de-duplication
     routed = _route_to_blocks(neighbors, distances, shift, rev_hist, n_chunks)
-    return _merge(neighbors, distances, shift, routed, upper, n_chunks, weight_room)
+    csr = _merge(neighbors, distances, shift, routed, upper, n_chunks_for(n), weight_room)
+    release_all(neighbors, distances)
+    return csr
+
+
+def _giving_back(kernel, neighbors, distances):
+    """``kernel`` on chunks of source rows, giving back each chunk's mapped input pages."""
+
+    def run(lo, hi, c, *args):
+        kernel(lo, hi, c, *args)
+        release_rows(neighbors, lo, hi)
+        release_rows(distances, lo, hi)
+
+    return run
 
 
 def _histograms(neighbors, distances, shift, n_chunks):
@@ -60,7 +78,8 @@ def _histograms(neighbors, distances, shift, n_chunks):
     rev_hist = np.zeros((n_chunks, n_blocks), np.int64)
     own_hist = np.zeros((n_chunks, n_blocks), np.int64)
     bad = np.zeros((n_chunks, 2), np.int64)
-    run_chunks(_count_blocks, n, n_chunks, neighbors, distances, shift, rev_hist, own_hist, bad)
+    count = _giving_back(_count_blocks, neighbors, distances)
+    run_chunks(count, n, n_chunks, neighbors, distances, shift, rev_hist, own_hist, bad)
     n_bad_ids, n_bad_dists = bad.sum(axis=0)
     if n_bad_ids or n_bad_dists:
         raise D2ScaleError(
@@ -78,7 +97,7 @@ def _route_to_blocks(neighbors, distances, shift, rev_hist, n_chunks):
     cursors = starts[:-1].reshape(n_blocks, n_chunks).T.copy()  # advanced by the scatter
     region, buf = _records(int(starts[-1]))
     args = (neighbors, distances, shift, cursors, buf, buf.view(np.float32))
-    run_chunks(_scatter_blocks, neighbors.shape[0], n_chunks, *args)
+    run_chunks(_giving_back(_scatter_blocks, neighbors, distances), len(neighbors), n_chunks, *args)
     return [buf, starts[::n_chunks].copy(), region]
 
 
@@ -118,6 +137,9 @@ def _merge(neighbors, distances, shift, routed, upper, n_chunks, weight_room) ->
         b0, b1 = r * n_blocks // MERGE_ROUNDS, (r + 1) * n_blocks // MERGE_ROUNDS
         run_chunks(_merge_range, b1 - b0, n_chunks, b0, *args, indptr, indices, dists)
         _release(region, block_start[b0], block_start[b1])
+        rows = (b0 << shift, min(n, b1 << shift))
+        release_rows(neighbors, *rows)
+        release_rows(distances, *rows)
     del buf, args, region
     np.cumsum(indptr, out=indptr)
     n_edges = int(indptr[-1])
