@@ -61,10 +61,8 @@ def greedy_kernel(indptr, indices, weights, values, selected, budget, write_back
         if picked_values.shape[0]:
             picked_values[count] = cur
         count += 1
-        # neighbours first: their cache misses are in flight while the path is recomputed
-        # (the order of the two does not matter: records may be stale upper bounds)
-        n_raised = _update_neighbours(e0, e1, indices, weights, work, cur, raised)
         _refresh(rec, work, n_internal, u)
+        n_raised = _update_neighbours(e0, e1, indices, weights, work, cur, raised)
         for r in range(n_raised):
             _climb(rec, n_internal, raised[r], work[raised[r]])
     if not write_back:
