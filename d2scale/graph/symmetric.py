@@ -36,6 +36,7 @@ from d2scale.types import CsrGraph, KnnGraph
 BLOCK_ROWS = 1024  # smallest row block; blocks grow so that there are at most MAX_BLOCKS
 MAX_BLOCKS = 4096
 MERGE_ROUNDS = 16  # rounds of the merge; each frees its blocks' routed records
+_SENTINEL = np.iinfo(np.int64).max  # above every node id (the merge's end of a list)
 SOURCE_ROWS = 1 << 18  # most rows per chunk of the passes over the input (pages given back)
 
 
@@ -252,11 +253,11 @@ def _merge_blocks(
     biggest = 0
     for b in range(lo, hi):
         biggest = max(biggest, block_start[b + 1] - block_start[b])
-    rev_src = np.empty(biggest, np.int32)
-    rev_dist = np.empty(biggest, np.float32)
+    rev_src = np.empty(biggest + 1, np.int32)  # + a spare slot (see _merge_row)
+    rev_dist = np.empty(biggest + 1, np.float32)
     rev_ptr = np.empty(rows + 1, np.int64)
-    own_col = np.empty(k, np.int64)
-    own_dist = np.empty(k, np.float32)
+    own_col = np.empty(k + 1, np.int64)
+    own_dist = np.empty(k + 1, np.float32)
     for b in range(lo, hi):
         r0 = b << shift
         r1 = min(n, r0 + rows)
@@ -318,8 +319,9 @@ def _sort_block(buf, buf_f, e0, e1, n_rows, rev_ptr, rev_src, rev_dist):
 
 @njit(cache=True, nogil=True)
 def _sorted_own_list(neighbors, distances, i, own_col, own_dist):
-    """Row i's valid kNN entries sorted by id into own_col[:m], own_dist[:m]; returns m.
-    (Insertion sort: measured faster than branch-free rank counting for k = 10.)"""
+    """Row i's valid kNN entries sorted by id into own_col[:m], own_dist[:m], and the
+    sentinel in own_col[m]; returns m. (Insertion sort: measured faster than branch-free
+    rank counting for k = 10.)"""
     m = 0
     for t in range(neighbors.shape[1]):
         j = neighbors[i, t]
@@ -334,28 +336,33 @@ def _sorted_own_list(neighbors, distances, i, own_col, own_dist):
         own_col[q] = j
         own_dist[q] = d
         m += 1
+    own_col[m] = _SENTINEL
+    own_dist[m] = 0.0
     return m
 
 
 @njit(cache=True, nogil=True)
 def _merge_row(own_col, own_dist, m, rev_src, rev_dist, b, b_end, indices, dists, p0):
     """Write the merge of a row's sorted own and reverse lists at p0, one copy per id with
-    the smallest distance; return the row size."""
+    the smallest distance; return the row size. Branch-free (the lists interleave at
+    random): ``own_col[m]`` holds a sentinel above every id, and ``rev_src``/``rev_dist``
+    have a spare slot past the block; a repeated id rewrites the previous slot."""
     a = 0
     p = p0
     last = -1
-    while a < m or b < b_end:
-        if b >= b_end or (a < m and own_col[a] <= rev_src[b]):
-            j, d = own_col[a], own_dist[a]
-            a += 1
-        else:
-            j, d = rev_src[b], rev_dist[b]
-            b += 1
-        if j != last:
-            indices[p] = j
-            dists[p] = d
-            p += 1
-            last = j
-        elif d < dists[p - 1]:
-            dists[p - 1] = d
+    for _ in range(m + b_end - b):
+        ja = own_col[a]
+        jb = rev_src[b] if b < b_end else _SENTINEL
+        take_own = ja <= jb
+        j = ja if take_own else jb
+        d = own_dist[a] if take_own else rev_dist[b]
+        a += take_own
+        b += not take_own
+        repeat = j == last
+        p -= repeat
+        kept = dists[p]
+        indices[p] = j
+        dists[p] = min(d, kept) if repeat else d
+        p += 1
+        last = j
     return p - p0
