@@ -60,7 +60,7 @@ def run(args) -> int:
 
     t0 = time.perf_counter()
     options = values(args, "mp")
-    knn, _ = load_graph(args.graph, mmap=True)
+    knn, _ = load_graph(args.graph, mmap=True, check_ids=False)  # symmetrize checks them
     scores = load_scores(args.scores, knn.n)
     result = d2_order(knn, scores, **{k: v for k, v in options.items() if k != "quiet"})
     save_npy(args.out, result.order.astype(np.int64))
