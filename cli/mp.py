@@ -63,7 +63,7 @@ def run(args) -> int:
 
     t0 = time.perf_counter()
     options = values(args, "mp")
-    knn, _ = load_graph(args.graph, mmap=True)
+    knn, _ = load_graph(args.graph, mmap=True, check_ids=False)  # symmetrize checks them
     scores = load_scores(args.scores, knn.n)
     progress = Progress(options["quiet"], heartbeat=HEARTBEAT_S)  # speaks up every 10 s
     try:

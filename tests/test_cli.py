@@ -201,6 +201,17 @@ def test_mp_on_a_saved_graph(selected, tmp_path):
     assert not (tmp_path / "o2.npy").exists() and not (tmp_path / "o3.npy").exists()
 
 
+def test_mp_refuses_a_graph_with_ids_out_of_range(tmp_path):
+    """``mp`` skips the loader's id pass: the symmetrisation's check answers instead."""
+    np.save(tmp_path / "neighbors.npy", np.array([[1], [5]]))
+    np.save(tmp_path / "distances.npy", np.ones((2, 1), np.float32))
+    np.save(tmp_path / "s.npy", np.ones(2))
+    bad = run("mp", "--graph", tmp_path, "--scores", tmp_path / "s.npy", "--gamma", 1.0,
+              "--out", tmp_path / "o.npy")  # fmt: skip
+    assert_one_line_error(bad, "1 neighbour ids outside [-1, 2)")
+    assert not (tmp_path / "o.npy").exists()
+
+
 def test_synth_command(tmp_path):
     proc = run("synth", "--out", tmp_path, "--rows", 50, "--shards", 2, "--seed", 1)
     assert proc.returncode == 0, proc.stderr

@@ -30,9 +30,10 @@ _OFF = 3  # record slot of tree node a is a + _OFF: the children 4a+1..4a+4 shar
 
 
 @njit(cache=True, nogil=True)
-def greedy_kernel(indptr, indices, weights, values, selected, budget, write_back):
-    """Next ``min(budget, unselected)`` picks and their scores. With ``write_back`` the state
-    (``values``, ``selected``) is updated in place; otherwise it is left untouched."""
+def greedy_kernel(indptr, indices, weights, values, selected, budget, write_back, scores=True):
+    """Next ``min(budget, unselected)`` picks and their scores (empty without ``scores``,
+    unless ``write_back``). With ``write_back`` the state (``values``, ``selected``) is
+    updated in place; otherwise it is left untouched."""
     n = values.shape[0]
     work = values.copy()
     remaining = 0
@@ -44,7 +45,7 @@ def greedy_kernel(indptr, indices, weights, values, selected, budget, write_back
     rec, n_internal = _build_tree(work)
     m = max(0, min(budget, remaining))
     picks = np.empty(m, np.int64)
-    picked_values = np.empty(m, np.float64)
+    picked_values = np.empty(m if scores or write_back else 0, np.float64)
     raised = np.empty(_max_degree(indptr) + 1, np.int64)
     count = 0
     while count < m:
@@ -57,7 +58,8 @@ def greedy_kernel(indptr, indices, weights, values, selected, budget, write_back
             continue
         work[u] = np.nan
         picks[count] = u
-        picked_values[count] = cur
+        if picked_values.shape[0]:
+            picked_values[count] = cur
         count += 1
         _refresh(rec, work, n_internal, u)
         n_raised = _update_neighbours(e0, e1, indices, weights, work, cur, raised)

@@ -22,6 +22,7 @@ def exact_order(csr: CsrGraph, forward: np.ndarray, weights: np.ndarray, budget:
         np.zeros(csr.n, dtype=np.uint8),
         int(budget),
         False,
+        False,
     )
     return picks
 

@@ -36,6 +36,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from d2scale.errors import D2ScaleError
+from d2scale.graph.pages import release_all
 from d2scale.io import json_default, save_json, save_npy, save_npz
 from d2scale.types import KnnGraph
 
@@ -161,10 +162,11 @@ def save_graph(gdir: str, graph: KnnGraph, meta: dict, lists: np.ndarray | None 
     save_json(os.path.join(gdir, "meta.json"), meta)
 
 
-def load_graph(gdir: str, mmap: bool = False) -> tuple[KnnGraph, dict]:
+def load_graph(gdir: str, mmap: bool = False, check_ids: bool = True) -> tuple[KnnGraph, dict]:
     """Read a graph directory (``neighbors.npy`` ints and ``distances.npy`` floats, N × k;
     ``meta.json`` when present); ``mmap`` maps the arrays read-only instead of loading them.
-    A missing, truncated or inconsistent file is a D2ScaleError."""
+    A missing, truncated or inconsistent file is a D2ScaleError. ``check_ids=False`` skips
+    the pass over every id (for callers that check them anyway, as ``symmetrize`` does)."""
     meta_path = os.path.join(gdir, "meta.json")
     if not os.path.exists(os.path.join(gdir, "neighbors.npy")):
         raise D2ScaleError(
@@ -184,8 +186,9 @@ def load_graph(gdir: str, mmap: bool = False) -> tuple[KnnGraph, dict]:
         raise D2ScaleError(
             f"{gdir}: meta.json says {meta['n']} × {meta['k']} but neighbors.npy is {nbr.shape}"
         )
-    if nbr.size and (nbr.min() < -1 or nbr.max() >= nbr.shape[0]):
+    if check_ids and nbr.size and (nbr.min() < -1 or nbr.max() >= nbr.shape[0]):
         raise D2ScaleError(f"{gdir}/neighbors.npy holds ids outside [-1, {nbr.shape[0]})")
+    release_all(nbr)  # a mapped file's pages read by the check need not stay resident
     return KnnGraph(nbr, dist), meta
 
 

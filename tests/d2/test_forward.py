@@ -2,12 +2,13 @@
 
 import numpy as np
 import pytest
-from oracle import forward, grid_knn
+from oracle import forward, grid_knn, knn_bruteforce
 
 from d2scale.backends import cuda_available
+from d2scale.d2 import forward as forward_module
 from d2scale.d2 import weights as weights_module
-from d2scale.d2.forward import forward_scores
-from d2scale.d2.weights import forward_weights, kernel_weights
+from d2scale.d2.forward import forward_on, forward_scores
+from d2scale.d2.weights import forward_weights, kernel_weights, weights_in_place
 from d2scale.errors import D2ScaleError
 from d2scale.graph.symmetric import symmetrize
 from d2scale.types import CsrGraph, KnnGraph
@@ -89,3 +90,32 @@ def test_bad_arguments_raise(kwargs, match):
     scores = np.zeros(kwargs.pop("n", 4))
     with pytest.raises(D2ScaleError, match=match):
         forward_scores(csr, scores, **kwargs)
+
+
+@pytest.mark.parametrize("gamma", [0.1, 1.0])
+def test_weights_in_place_are_numpys_and_take_the_distances_memory(monkeypatch, gamma):
+    monkeypatch.setattr(weights_module, "WEIGHT_SLICE", 7)  # many rounds, threads in each
+    knn = knn_bruteforce(np.random.default_rng(5).normal(size=(300, 3)), 6)
+    csr = symmetrize(knn, weight_room=True)
+    plain = symmetrize(knn)
+    np.testing.assert_array_equal(csr.distances, plain.distances)
+    w = weights_in_place(csr, gamma)
+    assert w.dtype == np.float64 and np.shares_memory(w, csr.distances)
+    np.testing.assert_array_equal(w, np.exp(-gamma * plain.distances.astype(np.float64)))
+    kept = plain.distances.copy()  # without room: a new array, the distances untouched
+    np.testing.assert_array_equal(weights_in_place(plain, gamma), w)
+    np.testing.assert_array_equal(plain.distances, kept)
+
+
+@pytest.mark.parametrize("mode", ["sum", "product"])
+def test_forward_in_slices_and_with_given_weights_equals_oracle(monkeypatch, mode):
+    monkeypatch.setattr(forward_module, "WEIGHT_SLICE", 5)  # slices of a few rows
+    rng = np.random.default_rng(6)
+    csr = symmetrize(grid_knn(rng, 60, 8, side=4))
+    scores = rng.normal(0.2, 1.0, size=60)
+    expected = forward(csr.indptr, csr.indices, csr.distances, scores, 0.3, mode)
+    np.testing.assert_array_equal(
+        forward_scores(csr, scores, gamma_forward=0.3, mode=mode), expected
+    )
+    w = kernel_weights(csr.distances, 0.3)
+    np.testing.assert_array_equal(forward_on("cpu", csr, scores, 0.3, mode, weights=w), expected)

@@ -35,6 +35,29 @@ def test_pipeline_equals_oracle(mode, sampling, gamma):
         np.testing.assert_array_equal(result.forward, g)
 
 
+@pytest.mark.parametrize("sampling", ["weighted", "absolute"])
+def test_shared_weights_ties_and_near_ties_equal_oracle(sampling):
+    """γf = γr (one weight array for both passes), grid graphs (equal distances), scores on
+    a few values, some moved by an ulp or a few: forward scores tie or nearly tie."""
+    rng = np.random.default_rng(7)
+    near = 0
+    for _ in range(12):
+        n = int(rng.integers(20, 80))
+        knn = knn_bruteforce(rng.integers(0, 4, size=(n, 2)).astype(float), int(rng.integers(2, 9)))
+        scores = rng.integers(0, 3, size=n).astype(float) / 4
+        nudged = rng.random(n) < 0.3
+        scores[nudged] = (
+            np.nextafter(scores[nudged], np.inf) + rng.integers(0, 3, nudged.sum()) * 1e-16
+        )
+        expected, g = oracle_d2_order(knn, scores, gamma=1.0, gamma_forward=1.0, sampling=sampling)
+        result = d2_order(knn, scores, gamma=1.0, gamma_forward=1.0, sampling=sampling)
+        np.testing.assert_array_equal(result.forward, g)
+        np.testing.assert_array_equal(result.order, expected)
+        gaps = np.diff(np.sort(g))
+        near += int(np.sum((gaps > 0) & (gaps < 1e-12 * np.abs(g).max())))
+    assert near > 0  # near-ties, not only exact ones, were decided
+
+
 def small_knn():
     rng = np.random.default_rng(1)
     return knn_bruteforce(rng.normal(size=(30, 2)), 4), rng.random(30)
