@@ -22,8 +22,6 @@ from numba import njit
 from d2scale.blas import load_faiss
 from d2scale.graph import scan
 
-faiss = load_faiss()
-
 PCA_ENERGY = 0.9  # variance kept by the automatic PCA search space
 PCA_ROWS = 20_000  # rows used to fit the PCA
 BOUND_SAMPLE_ROWS = 8192  # sample rows per sgemm when bounding the evaluation rows' neighbours
@@ -184,6 +182,8 @@ def _centred_norms(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
 
 def train_centroids(sample: np.ndarray, nlist: int, seed: int) -> np.ndarray:
     """k-means centroids (float32, ``nlist`` × d) of a training sample, seeded."""
+    faiss = load_faiss()  # here: the torch engine uses this module on machines without faiss
+
     sample = np.ascontiguousarray(sample, dtype=np.float32)
     km = faiss.Kmeans(
         sample.shape[1],
