@@ -94,6 +94,19 @@ def test_exact_equals_the_compiled_engine_with_duplicates_and_ties():
     assert info["rows_searched_again"] > 0  # row 900's first candidates were not certain
 
 
+def test_exact_equals_the_compiled_engine_searching_through_its_pca_space():
+    rng = np.random.default_rng(10)  # low-rank rows: the compiled exact search goes through PCA
+    z = rng.standard_normal((40, 12))[rng.integers(0, 40, 5000)] + 0.3 * rng.standard_normal(
+        (5000, 12)
+    )
+    proj = np.linalg.qr(rng.standard_normal((128, 12)))[0]
+    x = (z @ proj.T + 0.02 * rng.standard_normal((5000, 128))).astype(np.float32)
+    ref, facts = build_knn_graph(ArrayBlocks(x, 1500), n_neighbors=10, index="exact",
+                                 graph_engine="compiled")  # fmt: skip
+    assert facts.get("exact_search_dim")  # (else this test checks nothing new)
+    same_graph(torch_graph(x, 2000, index="exact", precision="bf16")[0], ref)
+
+
 def test_error_bound_holds_for_half_precision_gemms():
     rng = np.random.default_rng(6)
     x = (rng.standard_normal((300, 64)) * rng.uniform(0.01, 30, (300, 1))).astype(np.float32)
