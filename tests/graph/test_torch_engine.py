@@ -266,6 +266,14 @@ def test_the_torch_engine_needs_neither_faiss_nor_dask(tmp_path):
     assert proc.returncode == 1  # the blocker works
 
 
+def test_the_compiled_engine_without_faiss_is_one_error_line(monkeypatch):
+    from d2scale.graph import ivf
+
+    monkeypatch.setattr(ivf, "faiss", None)
+    with pytest.raises(D2ScaleError, match="needs faiss .* use --graph-engine torch"):
+        ivf.train_centroids(X_IVF[:500], 8, seed=0)
+
+
 def bench(*argv, capsys) -> dict:
     from gpu_graph import main
 
