@@ -151,6 +151,7 @@ def child(args: dict) -> None:
             seed=0,
             memory_limit=args.get("memory_limit"),
             progress=progress,
+            graph_engine=args.get("engine", "compiled"),
         )
 
     if args.get("warm_rows"):
@@ -170,14 +171,20 @@ def child(args: dict) -> None:
 
 
 def run_d2scale(
-    data: str, k: int, recall: float, workdir: str, limit=None, warm_rows: int = 0
+    data: str,
+    k: int,
+    recall: float,
+    workdir: str,
+    limit=None,
+    warm_rows: int = 0,
+    engine: str = "compiled",
 ) -> tuple[dict, np.ndarray]:
     """The build facts of a fresh child process (``wall_s``, ``cpu_s``: its user + system
     time during the timed build; ``warm_rows``: warmed first, see :func:`child`) and its
     neighbours."""
     out = os.path.join(workdir, "d2scale-neighbors.npy")
     arg = json.dumps({"data": data, "k": k, "recall": recall, "out": out, "memory_limit": limit,
-                      "warm_rows": warm_rows})  # fmt: skip
+                      "warm_rows": warm_rows, "engine": engine})  # fmt: skip
     proc = subprocess.run(
         [sys.executable, __file__, "--child", arg], capture_output=True, text=True, check=False
     )
@@ -333,7 +340,8 @@ def bench_size(n: int, args, workdir: str) -> dict:
     runs: dict[str, list[dict]] = {}
     if "d2scale" in methods and args.cold:
         load = os.getloadavg()[0]
-        info, _ = run_d2scale(data, k, args.recall, workdir, args.memory_limit)
+        info, _ = run_d2scale(data, k, args.recall, workdir, args.memory_limit,
+                              engine=args.graph_engine)  # fmt: skip
         out["d2scale_cold"] = {"wall_s": info["wall_s"], "cpu_s": info["cpu_s"],
                                "load_before": round(load, 2),
                                "note": "first build of a fresh process"}  # fmt: skip
@@ -342,7 +350,8 @@ def bench_size(n: int, args, workdir: str) -> dict:
         if "d2scale" in methods:
             load = os.getloadavg()[0]
             info, neighbors = run_d2scale(data, k, args.recall, workdir, args.memory_limit,
-                                          warm_rows=min(WARM_ROWS, n // 4))  # fmt: skip
+                                          warm_rows=min(WARM_ROWS, n // 4),
+                                          engine=args.graph_engine)  # fmt: skip
             info["recall_measured"] = round(recall_with_ties(x, q, neighbors[q], kth), 4)
             runs.setdefault("d2scale", []).append({**info, "load_before": round(load, 2)})
         if tuned is None and ("big_batch_search" in methods or "pynndescent" in methods):
@@ -365,6 +374,7 @@ def bench_size(n: int, args, workdir: str) -> dict:
             "index": info["index"], "nlist": info.get("nlist"), "nprobe": info.get("nprobe"),
             "probing": info.get("probing"), "candidates": info.get("candidates"),
             "pca_dim": info.get("pca_dim"), "shards": info.get("shards"),
+            "graph_engine": info.get("graph_engine"), "device": info.get("device"),
             "unique_rows": info.get("unique_rows"), "timings": info["timings"],
             "peak_rss_gib": round(info["peak_rss_bytes"] / 2**30, 2),
             "float16_embedding_gib": round(n * x.shape[1] * 2 / 2**30, 2),
@@ -452,6 +462,12 @@ def main() -> None:
     p.add_argument("--bbs-nlists", default="0.5,1,2", help="factors of d2scale's nlist")
     p.add_argument("--eval-queries", type=int, default=1000)
     p.add_argument("--memory-limit", type=int, help="d2scale's memory_limit (bytes)")
+    p.add_argument(
+        "--graph-engine",
+        default="compiled",
+        choices=("compiled", "torch", "auto"),
+        help="d2scale's engine (torch: on CUDA where torch sees a GPU)",
+    )
     p.add_argument(
         "--repeat",
         type=int,

@@ -1,94 +1,79 @@
 #!/usr/bin/env bash
-# GPU checks in one run, for a CUDA machine (NVIDIA driver, nvcc, CuPy, torch with CUDA).
+# GPU checks in one run (at most GPU_CHECK_BUDGET seconds, default 450), one JSON out.
 #
 #   bash benchmarks/gpu_check.sh OUTDIR [WHEELS_DIR]
 #
-# 1. the GPU tests (CuPy kernels vs the CPU engine, nvcc builds, CuPy graph scan);
-# 2. the vision tests with torch on CUDA (--device auto picks the GPU);
-# 3. benchmarks/bench_mp_gpu.py (kernels timed and checked bit for bit against the CPU engine);
-# 4. `d2scale graph` and `d2scale select` on a synthetic pool, --device cuda against cpu;
-# 5. `d2scale vision` train/select/train and prune on digits, CUDA against CPU.
-# Everything lands in OUTDIR (log.txt and *.json). WHEELS_DIR: wheels of dependencies missing
-# on that machine, installed with --no-index first (a machine without network).
+# For a machine with torch (CUDA), CuPy and numba and no network; faiss and Dask are not
+# needed except by the two steps that say so (their JSON then says "skipped"): carry their
+# wheels in WHEELS_DIR (benchmarks/gpu_wheels.sh fetches them) to run those too.
+#
+#   versions   packages, GPU, and what --graph-engine auto picks here
+#   equal-50k  the torch engine's exact graph of 50k × 768 rows on the GPU (fp16 GEMMs) against
+#              the same code on the CPU and the compiled engine (faiss, Dask): identical?
+#   graph-1m   the torch engine's exact and IVF graphs of 1M × 768 synthetic rows generated on
+#              the GPU: time, stages, memory, recall of IVF against the exact graph
+#   cpu-1m     the compiled CPU engine on the same rows and this machine's cores (faiss, Dask)
+#   graph-12m  the torch engine's IVF graph of 12.8M × 768 rows: time, memory, sampled recall
+#   mp-12m     D2 message passing on CUDA over the 12.8M-node graph (30% budget)
+#   select-4m  `d2scale synth` + `d2scale select --graph-engine torch --device cuda`, 4M rows
+#              (Dask)
+#
+# OUTDIR/gpu_check.json holds every step's JSON (or why it has none); OUTDIR/log.txt the log.
+# GPU_CHECK_STEPS: a regex of the steps to run (default all); SKIP_INSTALL=1: d2scale is
+# installed already; GPU_CHECK_DEVICE=cpu, GPU_CHECK_ROWS="R0 R1 R2 R3" (the four sizes) and
+# GPU_CHECK_DIM: a dry run of the script at a tiny size on a CPU machine. Steps run in the order above; each has a time limit, and a step that
+# would start with under 15 s of the budget left is skipped.
 set -uo pipefail
 OUT=${1:?usage: gpu_check.sh OUTDIR [WHEELS_DIR]}
 WHEELS=${2:-}
-mkdir -p "$OUT"
+mkdir -p "$OUT/steps"
+OUT=$(cd "$OUT" && pwd)
+cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 LOG="$OUT/log.txt"
-export PY=${PYTHON:-python3}
-D2="$PY -m d2scale.cli.main"
-BUDGET=${GPU_CHECK_BUDGET:-540}
-step() {  # step NAME TIMEOUT_S COMMAND...: run with a time limit, log, never abort the script
+PY=${PYTHON:-python3}
+BENCH="$PY benchmarks/gpu_graph.py"
+DATA=${GPU_CHECK_DATA:-/tmp/gpu-check}
+BUDGET=${GPU_CHECK_BUDGET:-450}
+DEVICE=${GPU_CHECK_DEVICE:-cuda}
+read -r R0 R1 R2 R3 <<<"${GPU_CHECK_ROWS:-50000 1000000 12800000 4000000}"
+BENCH="$BENCH --device $DEVICE --dim ${GPU_CHECK_DIM:-768}"
+rm -rf "$DATA" && mkdir -p "$DATA"
+
+step() {  # step NAME LIMIT_S COMMAND...: stdout → steps/NAME.json, stderr → log; never aborts
   local name=$1 limit=$2
   shift 2
-  [[ $name =~ ${GPU_CHECK_STEPS:-.} ]] || return 0  # GPU_CHECK_STEPS: a regex of steps to run
-  local left=$((BUDGET - SECONDS))  # GPU_CHECK_BUDGET: seconds for the whole script
-  if ((left < 15)); then echo "=== $name: skipped (time budget spent)" | tee -a "$LOG"; return 0; fi
+  [[ $name =~ ${GPU_CHECK_STEPS:-.} ]] || return 0
+  local left=$((BUDGET - SECONDS))
+  if ((left < 15)); then
+    echo "=== $name: skipped (time budget spent)" | tee -a "$LOG"
+    echo "{\"skipped\": \"the script's time budget ($BUDGET s) was spent\"}" >"$OUT/steps/$name.json"
+    return 0
+  fi
   ((limit > left)) && limit=$left
   echo "=== $name ($(date +%T), limit ${limit}s)" | tee -a "$LOG"
   local t0=$SECONDS
-  timeout "$limit" "$@" >>"$LOG" 2>&1
+  timeout "$limit" "$@" >"$OUT/steps/$name.json" 2>>"$LOG"
   local rc=$?
   echo "=== $name: rc=$rc in $((SECONDS - t0)) s" | tee -a "$LOG"
 }
 
 if [ -z "${SKIP_INSTALL:-}" ]; then
-if [ -n "$WHEELS" ]; then
-  step install-wheels 120 $PY -m pip install -q --no-index --no-deps --no-compile \
-    --no-cache-dir "$WHEELS"/*.whl
+  if [ -n "$WHEELS" ]; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir "$WHEELS"/*.whl \
+      >>"$LOG" 2>&1 || echo "=== wheels: install failed" | tee -a "$LOG"
+  fi
+  $PY -m pip install -q --no-index --no-deps --no-build-isolation -e . >>"$LOG" 2>&1 \
+    || echo "=== d2scale: install failed" | tee -a "$LOG"
 fi
-step install-d2scale 120 $PY -m pip install -q --no-index --no-deps --no-build-isolation -e .
-fi
-step versions 60 bash -c 'nvidia-smi -L; nvcc --version | tail -1; $PY -c "
-import cupy, faiss, numpy, numba, torch
-print(\"cupy\", cupy.__version__, \"faiss\", faiss.__version__, \"numpy\", numpy.__version__,
-      \"numba\", numba.__version__, \"torch\", torch.__version__, torch.cuda.is_available())"'
 
-step pytest-gpu 150 $PY -m pytest -q -rs -p no:cacheprovider -o addopts="" \
-  --import-mode=importlib tests/gpu tests/d2/test_kernels.py tests/graph/test_ivf.py
-step bench-mp-gpu 120 bash -c "$PY benchmarks/bench_mp_gpu.py --sizes 100000 1000000 \
-  > $OUT/bench_mp_gpu.json"
-
-step vision-cuda 150 bash -c "
-  $D2 vision train --dataset digits --device cuda --quiet --out /tmp/v-cuda/full &&
-  $D2 vision select --run /tmp/v-cuda/full --method d2 --fraction 0.3 --out /tmp/v-cuda/d2.npy &&
-  $D2 vision train --dataset digits --device cuda --quiet --coreset /tmp/v-cuda/d2.npy \
-    --out /tmp/v-cuda/d2-0.3 &&
-  $D2 vision prune --dataset digits --device cuda --quiet --strategy dp --quoter drop \
-    --scorer random --num-inits 2 --final-frac 0.3 --out /tmp/v-cuda/drop"
-step pytest-vision 150 $PY -m pytest -q -rs -p no:cacheprovider -o addopts="" \
-  --import-mode=importlib -m "not slow" tests/vision
-
-POOL=/tmp/gpu-check-pool
-ROWS=${GPU_CHECK_ROWS:-200000}
-step synth 60 $D2 synth --out $POOL --rows $ROWS --shards 4 --layout f16-stored
-for dev in cuda cpu; do
-  step "graph-$dev" 150 $D2 graph --metadata-dir $POOL --out /tmp/g-$dev --device $dev \
-    --n-neighbors 10 --quiet
-done
-step graphs-equal 30 $PY -c "
-import json, numpy as np
-for d in ('cuda', 'cpu'):
-    m = json.load(open(f'/tmp/g-{d}/meta.json'))
-    print(d, {k: m[k] for k in m if k in ('timings_s', 'timings', 'device', 'nprobe', 'nlist', 'peak_rss_bytes')})
-a, b = (np.load(f'/tmp/g-{d}/neighbors.npy') for d in ('cuda', 'cpu'))
-print('graph cuda == cpu:', np.array_equal(a, b), 'rows differing:', int((a != b).any(1).sum()))"
-step select-cuda 90 $D2 select --metadata-dir $POOL --fraction 0.3 --device cuda \
-  --graph /tmp/g-cpu --n-neighbors 10 --out /tmp/s-cuda --quiet
-step select-cpu 90 $D2 select --metadata-dir $POOL --fraction 0.3 --device cpu \
-  --graph /tmp/g-cpu --n-neighbors 10 --out /tmp/s-cpu --quiet
-step select-equal 30 bash -c "cmp /tmp/s-cuda/uids.npy /tmp/s-cpu/uids.npy && echo uids equal;
-  $PY -c \"import json; [print(d, json.load(open(f'/tmp/s-{d}/run.json'))[k]) for d in ('cuda','cpu') for k in ('method', 'timings_s')]\""
-
-step vision-cpu 120 $D2 vision train --dataset digits --device cpu --quiet --out /tmp/v-cpu/full
-step vision-report 30 $PY -c "
-import json, os
-for run in ('cuda/full', 'cpu/full', 'cuda/d2-0.3', 'cuda/drop'):
-    p = f'/tmp/v-{run}/metrics.json'
-    if os.path.exists(p):
-        m = json.load(open(p))
-        print(run, 'test', m['test_accuracy'], 'worst', m['worst_class_accuracy'],
-              'seconds', m.get('seconds') or m.get('timings'))"
-cp /tmp/v-cuda/full/metrics.json "$OUT/vision-cuda-full-metrics.json" 2>/dev/null
-echo "=== done $(date +%T)" | tee -a "$LOG"
+step versions 60 $BENCH versions
+step equal-50k 90 $BENCH equal --rows "$R0"
+step graph-1m 150 $BENCH graph --rows "$R1" --exact --save "$DATA/1m"
+step cpu-1m 150 $BENCH cpu-engine --data "$DATA/1m"
+rm -f "$DATA/1m/x.npy"
+step graph-12m 240 $BENCH graph --rows "$R2" --save "$DATA/12m"
+step mp-12m 90 $BENCH mp --data "$DATA/12m" --mp-devices "$DEVICE"
+step select-4m 240 $BENCH select --rows "$R3" --save "$DATA/select"
+$BENCH merge "$OUT"/steps/*.json >"$OUT/gpu_check.json"
+echo "=== done $(date +%T) in $SECONDS s: $OUT/gpu_check.json" | tee -a "$LOG"

@@ -30,26 +30,35 @@ def run(args) -> int:
 
 
 def _build(args, options: dict, progress) -> int:
+    import contextlib
+
     from d2scale import io
-    from d2scale.backends import dask_client, resolve_device
+    from d2scale.backends import dask_client
+    from d2scale.graph.torch_engine import resolve_engine
     from d2scale.params import GraphConfig
     from d2scale.progress import plural
     from d2scale.select.graph_stage import build_graph
     from d2scale.select.pipeline import check_out_outside_pool, open_pool_or_sample
 
     config = GraphConfig.of(options)
-    resolve_device(options["device"])  # refuse --device cuda without a GPU before any work
+    # the engine that runs; --device cuda without a GPU for it is refused before any work
+    engine, _, _ = resolve_engine(config.graph_engine, config.device)
     if options["metadata_dir"] is not None:
         check_out_outside_pool(args.out, options["metadata_dir"])
     io.check_writable(args.out)
     pool = open_pool_or_sample(options["metadata_dir"], progress)
     progress(f"pool {pool.url}: {plural(pool.n, 'row')}, {config.feature_type} features")
-    cluster = options["scheduler"], options["workers"], options["scheduler_file"]
-    with dask_client(*cluster) as client:
+    cluster = (  # the torch engine runs in this process: no Dask cluster
+        contextlib.nullcontext(None)
+        if engine == "torch"
+        else dask_client(options["scheduler"], options["workers"], options["scheduler_file"])
+    )
+    with cluster as client:
         knn, info = build_graph(pool, config, args.out, client, progress)
     recall = info.get("recall")
     progress(
-        f"wrote {args.out}/neighbors.npy ({knn.n:,} × {knn.k}, index {info.get('index')}"
+        f"wrote {args.out}/neighbors.npy ({knn.n:,} × {knn.k}, index {info.get('index')}, "
+        f"engine {info.get('graph_engine')} on {info.get('device')}"
         + (f", recall@k {recall}" if recall is not None else "")
         + ")"
     )

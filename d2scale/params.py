@@ -149,6 +149,11 @@ PARAMS: dict[str, Param] = {
               "kNN graph", (_SEL, _GR), stage="graph", choices=("auto", "exact", "ivf")),
         Param("recall", "float", 0.95, "IVF recall@k target used to tune nprobe", "kNN graph",
               (_SEL, _GR), stage="graph", low=0, high=1, low_open=True),
+        Param("graph_engine", "choice", "auto", "kNN graph engine: compiled (CPU: faiss "
+              "k-means, numba and BLAS over Dask), torch (GEMMs on a GPU; with --device cpu "
+              "the same code on the CPU), or auto (torch where torch sees a CUDA GPU and "
+              "--device is not cpu, else compiled)", "kNN graph", (_SEL, _GR), stage="graph",
+              choices=("auto", "compiled", "torch")),
         Param("memory_limit", "bytes", None, f"memory budget with a unit, e.g. 8GB or 512MB, "
               f"at least {MIN_MEMORY_LIMIT >> 20}MB (default: half the available memory)",
               "kNN graph", (_SEL, _GR), optional=True, low=MIN_MEMORY_LIMIT, metavar="SIZE"),
@@ -189,7 +194,8 @@ PARAMS: dict[str, Param] = {
               "selection", (_SEL,), stage="graph", optional=True, metavar="GDIR"),
         # --- execution -----------------------------------------------------------------------
         Param("device", "choice", "auto", "auto: message passing on CUDA when cupy sees a "
-              "GPU and the variant runs there, the kNN graph on the CPU; cuda: both on the GPU",
+              "GPU and the variant runs there, the kNN graph as --graph-engine picks; cuda: "
+              "both on the GPU; cpu: both on the CPU",
               "execution", (_SEL, _GR, _MP),
               choices=DEVICES),
         Param("scheduler", "str", None, "address of a running Dask scheduler, e.g. "
@@ -353,6 +359,7 @@ class GraphConfig:
     n_neighbors: int = _field("n_neighbors")
     index: str = _field("index")
     recall: float = _field("recall")
+    graph_engine: str = _field("graph_engine")
     memory_limit: int | None = _field("memory_limit")
     device: str = _field("device")
     seed: int = _field("seed")
@@ -392,6 +399,7 @@ class SelectParams:
     buckets: int | None = _field("buckets")
     index: str = _field("index")
     recall: float = _field("recall")
+    graph_engine: str = _field("graph_engine")
     memory_limit: int | None = _field("memory_limit")
     device: str = _field("device")
     graph: str | None = _field("graph")

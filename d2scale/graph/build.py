@@ -42,7 +42,7 @@ import numpy as np
 
 from d2scale.backends import bound_heap_growth, peak_rss_bytes, release_free_pages
 from d2scale.errors import D2ScaleError
-from d2scale.graph import dedup, ivf, probed, rerank, scan, shards, small
+from d2scale.graph import dedup, ivf, probed, rerank, scan, shards, small, torch_engine
 from d2scale.graph.store import GraphStore, save_graph
 from d2scale.io import save_npy
 from d2scale.progress import plural
@@ -79,6 +79,8 @@ def build_knn_graph(
     nprobe: int | None = None,
     pca: bool = True,
     meta: dict | None = None,
+    graph_engine: str = "auto",
+    engine_options: dict | None = None,
 ) -> tuple[KnnGraph, dict]:
     """The directed kNN graph of ``blocks`` (SPEC §1) and a dict describing how it was built.
 
@@ -91,12 +93,31 @@ def build_knn_graph(
     holds: shards are sized to it. ``client`` is a
     ``distributed.Client`` (None: an in-process one); ``workdir`` makes the build resumable
     and writes the graph directory. ``meta`` (facts about the source) is added to the
-    returned dict and to ``meta.json``.
+    returned dict and to ``meta.json``. ``graph_engine``: "compiled", "torch"
+    (:mod:`d2scale.graph.torch_engine`: GEMMs on the GPU, or with ``device="cpu"`` the same
+    code on the CPU; no PCA, ``client`` unused) or "auto" (torch where torch sees a CUDA GPU
+    and ``device`` is not "cpu"); ``engine_options``: the torch engine's ``precision`` and
+    ``device_budget``.
     """
     n, k = _validate(blocks, n_neighbors, index, recall, device, memory_limit, nprobe, nlist)
-    device_used = _device(device)
+    engine_used, torch_device, why = torch_engine.resolve_engine(graph_engine, device)
     kind = index if index != "auto" else ("exact" if n <= AUTO_EXACT_MAX else "ivf")
     limit = memory_limit or default_memory_limit()
+    facts = {"graph_engine": engine_used, "graph_engine_reason": why}
+    if engine_used == "torch":
+        store = GraphStore(workdir) if workdir else None
+        graph, info, timings, lists = torch_engine.build(
+            blocks, k=k, kind=kind, recall=recall, seed=seed, device=torch_device, limit=limit,
+            store=store, say=progress or (lambda msg: None), nlist=nlist, nprobe=nprobe,
+            **(engine_options or {}),
+        )  # fmt: skip
+        info = {"index": kind, "device": torch_device, **facts, **info, **(meta or {})}
+        if store is not None:
+            t0 = time.perf_counter()
+            save_graph(store.gdir, graph, {**info, "timings": timings}, lists)
+            timings["write"] = round(time.perf_counter() - t0, 3)
+        return graph, {**info, "timings": timings}
+    device_used = _device(device)
     bound_heap_growth()
     build = _Build(blocks, k, recall, seed, device_used, progress, workdir, limit)
     try:
@@ -106,7 +127,7 @@ def build_knn_graph(
             if index == "auto" and kind == "exact" and not build.one_shard():
                 kind = "ivf"  # exact search holds every row: too many for the memory limit
             graph, info = build.run(kind, nlist, nprobe, pca)
-        info = {"index": kind, "device": device_used, **info, **(meta or {})}
+        info = {"index": kind, "device": device_used, **facts, **info, **(meta or {})}
         info["peak_rss_bytes"] = peak_rss_bytes()
         if build.store is not None:
             build.write(graph, info)

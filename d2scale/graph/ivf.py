@@ -20,9 +20,13 @@ import numpy as np
 from numba import njit
 
 from d2scale.blas import load_faiss
+from d2scale.errors import D2ScaleError
 from d2scale.graph import scan
 
-faiss = load_faiss()
+try:  # loaded first (before torch, say): its OpenBLAS then honours the BLAS thread limits
+    faiss = load_faiss()
+except ImportError:  # the torch engine needs none of faiss: a GPU machine may lack it
+    faiss = None
 
 PCA_ENERGY = 0.9  # variance kept by the automatic PCA search space
 PCA_ROWS = 20_000  # rows used to fit the PCA
@@ -184,6 +188,12 @@ def _centred_norms(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
 
 def train_centroids(sample: np.ndarray, nlist: int, seed: int) -> np.ndarray:
     """k-means centroids (float32, ``nlist`` × d) of a training sample, seeded."""
+    if faiss is None:
+        raise D2ScaleError(
+            "the compiled graph engine needs faiss (pip install faiss-cpu); "
+            "use --graph-engine torch"
+        )
+
     sample = np.ascontiguousarray(sample, dtype=np.float32)
     km = faiss.Kmeans(
         sample.shape[1],

@@ -68,7 +68,8 @@ def graph_stage(
             "left by the previous steps"
         )
     graph_params = params.stage_params("graph")
-    del graph_params["n_neighbors"], graph_params["graph"]
+    del graph_params["n_neighbors"], graph_params["graph"], graph_params["graph_engine"]
+    graph_params.update(engine_key(params.graph_engine, params.device))
     key = stage_key(pool.fingerprint, rows_key, graph_params)
     directory = _larger_exact_graph(stages, key, params.n_neighbors)
     if directory is None:
@@ -81,6 +82,19 @@ def graph_stage(
     run = stages.run("graph", key, build, directory=directory)
     knn, _ = load_graph(run.directory, mmap=True)
     return _first_columns(knn, params.n_neighbors), stage_key(key, params.n_neighbors)
+
+
+def engine_key(engine: str, device: str) -> dict:
+    """The graph engine's part of the stage key: the engine that runs (``auto`` resolved)
+    and, for the torch engine, its device (its IVF lists come from that device's
+    arithmetic). The compiled engine adds nothing: its keys are those from before the
+    option existed."""
+    from d2scale.graph.torch_engine import resolve_engine
+
+    used, torch_device, _ = resolve_engine(engine, device)
+    if used == "compiled":
+        return {}
+    return {"graph_engine": used, "graph_device": torch_device}
 
 
 def _larger_exact_graph(stages: Stages, key: str, k: int) -> str | None:

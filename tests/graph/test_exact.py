@@ -121,5 +121,5 @@ def test_empty_input_is_an_error():
 def test_cuda_without_gpu_is_an_error():
     if scan.gpu_available():
         pytest.skip("a GPU is visible")
-    with pytest.raises(D2ScaleError, match="device .cuda. needs CuPy with a visible GPU"):
+    with pytest.raises(D2ScaleError, match="--device cuda needs a CUDA GPU that CuPy"):
         build_knn_graph(ArrayBlocks(np.ones((5, 4), np.float32)), n_neighbors=1, device="cuda")
