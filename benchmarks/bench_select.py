@@ -28,7 +28,7 @@ def ensure_pool(workdir: str, rows: int) -> tuple[str, float | None]:
     t0 = time.perf_counter()
     subprocess.run(
         ["d2scale", "synth", "--out", path, "--rows", str(rows), "--shards", str(shards),
-         "--seed", "0"], check=True,
+         "--seed", "0"], check=True, stdout=sys.stderr,  # stdout is the JSON document
     )  # fmt: skip
     open(os.path.join(path, "_COMPLETE"), "w").close()
     return path, round(time.perf_counter() - t0, 1)
