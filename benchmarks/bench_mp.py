@@ -448,7 +448,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--sizes", default="1M,2M,4M,12.8M", help=f"comma list of {list(SIZES)}")
     p.add_argument("--workdir", default=os.path.join(os.getcwd(), "bench-mp"))
     p.add_argument("--repeats", type=int, default=3, help="mp runs per size (median reported)")
-    p.add_argument("--buckets", default="4,64,1024", help="bucket counts for the agreement")
+    p.add_argument(
+        "--buckets", default="4,64,1024", help="bucket counts for the agreement ('': none)"
+    )
     p.add_argument("--baseline-n", type=int, default=20_000)
     p.add_argument("--oracle-n", type=int, default=20_000,
                    help="nodes of the graph checked against the oracle (0: skip)")  # fmt: skip
@@ -491,7 +493,7 @@ def main() -> None:
         picks = first[1].size if args.heapq_picks is None else args.heapq_picks
         report["heapq_large"] = heapq_partial(first[0], min(picks, first[1].size))
     report["speedup_mp_vs_heapq"] = speedups(report)
-    if first is not None:
+    if first is not None and args.buckets:  # --buckets '': no agreement runs
         counts = [int(b) for b in args.buckets.split(",")]
         agree = agreement(first[0], first[1], counts)
         report["agreement"] = {"graph": os.path.basename(first[0]), **agree}
