@@ -22,22 +22,11 @@ import sys
 from d2scale.errors import D2ScaleError
 from d2scale.params import DEVICES
 from d2scale.vision.defaults import DEFAULT_QUOTER, DEFAULT_RECALL_SMOOTHING, DEFAULT_THREADS
-from d2scale.vision.registry import METHODS
+from d2scale.vision.registry import DATASETS, METHODS, MODEL_ALIASES, MODELS
 
 EPILOG = "Docs: README.md, section 'Image classification'. Errors print one line, exit 1."
 DEFAULT_DATA_DIR = "./data"  # CIFAR archives without --data-dir: ./data (the seeds' default)
 SEED_CORESET = ""  # `train --coreset` without a file: select here (the D2 seed's train.py)
-DATASETS = ("cifar10", "cifar100", "imagenet", "tinyimagenet", "waterbirds", "digits", "mnist5k")
-MODELS = ("resnet18", "resnet34", "resnet50", "vgg16_bn", "vgg19_bn", "cnn")
-MODEL_ALIASES = {
-    "vgg16": "vgg16_bn",
-    "VGG16": "vgg16_bn",
-    "vgg19": "vgg19_bn",
-    "VGG19": "vgg19_bn",
-    "ResNet18": "resnet18",
-    "ResNet34": "resnet34",
-    "ResNet50": "resnet50",
-}
 SAMPLING_MODES = {
     "graph": "d2",
     "stratified": "ccs",

@@ -31,9 +31,9 @@ import torch.nn.functional as F
 
 from d2scale.errors import D2ScaleError
 from d2scale.vision.folder import FolderData
+from d2scale.vision.registry import DATASETS
 from d2scale.vision.splits import SPLIT_SEED, chunks, holdout_halves, index_tensor
 
-DATASETS = ("cifar10", "cifar100", "imagenet", "tinyimagenet", "waterbirds", "digits", "mnist5k")
 SPLITS = ("train", "val", "test")
 HOLDOUT = 0.4  # digits, mnist5k: share of the samples held out (then halved: val, test)
 

@@ -14,17 +14,8 @@ import torch
 from torch import nn
 
 from d2scale.errors import D2ScaleError
+from d2scale.vision.registry import MODEL_ALIASES, MODELS
 
-MODELS = ("resnet18", "resnet34", "resnet50", "vgg16_bn", "vgg19_bn", "cnn")
-MODEL_ALIASES = {
-    "vgg16": "vgg16_bn",
-    "VGG16": "vgg16_bn",
-    "vgg19": "vgg19_bn",
-    "VGG19": "vgg19_bn",
-    "ResNet18": "resnet18",
-    "ResNet34": "resnet34",
-    "ResNet50": "resnet50",
-}
 SMALL_IMAGES = 64  # at or below this side length, ResNets get the CIFAR stem
 
 

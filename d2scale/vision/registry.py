@@ -1,10 +1,23 @@
-"""The coreset methods of ``d2scale vision`` by name, with what each reads and how it is
-applied (a leaf module: the CLI offers the names without importing torch). Each name's
-picker is in :data:`d2scale.vision.coresets.PICKERS`; adding a method touches these two."""
+"""The names ``d2scale vision`` offers, written once: datasets, models (and the seeds'
+spellings of them), and the coreset methods with what each reads and how it is applied. A
+leaf module: the CLI offers the names without importing torch. Each coreset method's picker
+is in :data:`d2scale.vision.coresets.PICKERS`; adding a method touches these two."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+DATASETS = ("cifar10", "cifar100", "imagenet", "tinyimagenet", "waterbirds", "digits", "mnist5k")
+MODELS = ("resnet18", "resnet34", "resnet50", "vgg16_bn", "vgg19_bn", "cnn")
+MODEL_ALIASES = {  # the seeds' spellings
+    "vgg16": "vgg16_bn",
+    "VGG16": "vgg16_bn",
+    "vgg19": "vgg19_bn",
+    "VGG19": "vgg19_bn",
+    "ResNet18": "resnet18",
+    "ResNet34": "resnet34",
+    "ResNet50": "resnet50",
+}
 
 
 @dataclass(frozen=True)
