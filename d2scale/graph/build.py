@@ -559,7 +559,10 @@ class _Build:
         def submit_next() -> None:
             if todo:
                 b, q = todo.pop(0)
-                fut = self.submit(shards.rerank_streamed, self.bf, offsets, q, cand[q], keep)
+                # scattered, not embedded in the task: a block's queries and candidates are
+                # megabytes, which go to a worker directly instead of through the scheduler
+                q_f, cand_f = self.client.scatter([q, cand[q]], hash=False)
+                fut = self.submit(shards.rerank_streamed, self.bf, offsets, q_f, cand_f, keep)
                 keys[fut.key] = b
                 running.add(fut)
 
