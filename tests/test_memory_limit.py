@@ -14,6 +14,7 @@ from d2scale.pool.synth import write_pool
 def select(pool: str, out: str, *extra: str) -> dict:
     cmd = [sys.executable, "-m", "d2scale.cli.main", "select", "--metadata-dir", pool,
            "--feature-type", "image_text", "--fraction", "0.3", "--workers", "2",
+           "--index", "ivf",  # 40k rows would take the exact path, which has no re-rank blocks
            "--out", out, *extra]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
