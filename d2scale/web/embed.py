@@ -45,6 +45,7 @@ from d2scale.web.webdata import (
     SampleError,
     ShardTally,
     caption,
+    checked_manifest,
     expand_shards,
     image_bytes,
     iter_samples,
@@ -514,19 +515,10 @@ def load_manifest(params: EmbedParams) -> dict:
     """The directory's ``embed.json``, or a new one; refuses another model's directory."""
     path = io.join(params.out, MANIFEST)
     identity = params.identity()
-    if not io.exists(path):
-        return {"command": "embed", **identity, "shards": {}}
-    try:
-        manifest = io.read_json(path)
-    except (OSError, ValueError) as e:
-        raise D2ScaleError(f"cannot read {path}: {e}; remove it to start over") from None
-    for key, value in identity.items():
-        if manifest.get(key) != value:
-            raise D2ScaleError(
-                f"{params.out} holds embeddings made with {key}={manifest.get(key)!r}, not "
-                f"{value!r}; use another --out directory"
-            )
-    return manifest
+    manifest = checked_manifest(path, identity, lambda key, got, wanted: (
+        f"{params.out} holds embeddings made with {key}={got!r}, not {wanted!r}; use another "
+        "--out directory"))  # fmt: skip
+    return manifest if manifest is not None else {"command": "embed", **identity, "shards": {}}
 
 
 def _done(out: str, manifest: dict, name: str) -> bool:

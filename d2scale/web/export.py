@@ -33,6 +33,7 @@ from d2scale.progress import Progress
 from d2scale.web.webdata import (
     SampleError,
     ShardTally,
+    checked_manifest,
     expand_shards,
     iter_samples,
     refuse_foreign_files,
@@ -225,19 +226,12 @@ def _load_manifest(params: ExportParams, urls: list[str]) -> dict:
         "samples_per_shard": params.samples_per_shard,
     }
     path = io.join(params.out, MANIFEST)
-    if not io.exists(path):
+    manifest = checked_manifest(path, identity, lambda key, got, wanted: (
+        f"{params.out} holds an export with another {key.replace('_', ' ')}; use another "
+        "--out directory"))  # fmt: skip
+    if manifest is None:
         counts = {"read": 0, "no_uid": 0, "duplicates": 0}
         return {"command": "export", **identity, "complete": False, "counts": counts, "output": []}
-    try:
-        manifest = io.read_json(path)
-    except (OSError, ValueError) as e:
-        raise D2ScaleError(f"cannot read {path}: {e}; remove it to start over") from None
-    for key, value in identity.items():
-        if manifest.get(key) != value:
-            raise D2ScaleError(
-                f"{params.out} holds an export with another {key.replace('_', ' ')}; "
-                "use another --out directory"
-            )
     return manifest
 
 

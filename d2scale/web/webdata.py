@@ -250,3 +250,19 @@ def ticking(progress: Progress, label: str) -> Iterator[None]:
         stop.set()
         thread.join()
     progress.stage(label, "done", time.perf_counter() - t0)
+
+
+def checked_manifest(path: str, identity: dict, other) -> dict | None:
+    """The JSON manifest at ``path`` (None where there is none yet). Unreadable, or made with
+    another ``identity`` (``other(key, recorded, wanted)`` words the refusal), it is refused
+    in one line: the folder holds another run's output."""
+    if not io.exists(path):
+        return None
+    try:
+        manifest = io.read_json(path)
+    except (OSError, ValueError) as e:
+        raise D2ScaleError(f"cannot read {path}: {e}; remove it to start over") from None
+    for key, value in identity.items():
+        if manifest.get(key) != value:
+            raise D2ScaleError(other(key, manifest.get(key), value))
+    return manifest
