@@ -75,7 +75,7 @@ def test_distributed_client_gives_the_same_order():
     w = reverse_weights(csr, 1.0)
     expected = bucketed_order(csr, g, w, labels, None)
     with distributed.Client(
-        processes=False, n_workers=2, threads_per_worker=1, dashboard_address=":0"
+        processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None
     ) as client:
         np.testing.assert_array_equal(
             bucketed_order(csr, g, w, labels, None, client=client), expected

@@ -68,14 +68,17 @@ def test_exact_search_beyond_the_memory_limit_is_refused():
         build(N, 500_000, index="exact")
 
 
-@pytest.mark.parametrize("processes", [False, True])
+@pytest.mark.parametrize(
+    "processes",  # worker processes: also tests/test_cluster.py (a scheduler + 2 processes)
+    [False, pytest.param(True, marks=pytest.mark.slow)],
+)
 def test_worker_count_does_not_change_the_graph(plain, processes):
     with (
         LocalCluster(
             n_workers=2,
             threads_per_worker=2,
             processes=processes,
-            dashboard_address=":0",
+            dashboard_address=None,
             silence_logs=logging.CRITICAL,
         ) as cluster,
         Client(cluster) as client,
@@ -110,7 +113,7 @@ def test_tasks_are_single_threaded(monkeypatch):
     monkeypatch.setattr(scan, "ip_cpu", recording_ip)
     BLAS_THREADS.clear()
     with (
-        LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0",
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None,
                      silence_logs=logging.CRITICAL) as cluster,
         Client(cluster) as client,
     ):  # fmt: skip
