@@ -36,15 +36,17 @@ def _group(module: str) -> str:
 def imports() -> dict[str, set[str]]:
     """Each module of the package → the d2scale modules it imports (anywhere in its body)."""
     files = [*ROOT.glob("d2scale/**/*.py"), *ROOT.glob("cli/*.py"), *ROOT.glob("kernels/*.py")]
+    modules = {_module(path) for path in files}
     graph: dict[str, set[str]] = {}
     for path in files:
         found = graph.setdefault(_module(path), set())
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                if node.module == "d2scale":
-                    found.update(f"d2scale.{a.name}" for a in node.names)
-                elif node.module.startswith("d2scale."):
+                if node.module == "d2scale" or node.module.startswith("d2scale."):
                     found.add(node.module)
+                    # ``from d2scale.graph import build`` imports the module d2scale.graph.build
+                    found.update(f"{node.module}.{a.name}" for a in node.names
+                                 if f"{node.module}.{a.name}" in modules)  # fmt: skip
             elif isinstance(node, ast.Import):
                 found.update(a.name for a in node.names if a.name.startswith("d2scale."))
     return graph
@@ -132,3 +134,8 @@ def test_the_rules_catch_what_they_forbid():
         "d2scale.graph.build -> d2scale.select.pipeline (only cli imports select)",
     ]
     assert cycles(graph) == [["d2scale.d2.forward", "d2scale.d2.order"]]
+
+
+def test_a_module_imported_from_its_package_counts():
+    """``from d2scale.graph import torch_engine`` is an edge to d2scale.graph.torch_engine."""
+    assert "d2scale.graph.torch_engine" in imports()["d2scale.graph.build"]

@@ -29,8 +29,6 @@ build is recomputed), and a directory holding another input or other parameters 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -43,20 +41,25 @@ import numpy as np
 from d2scale.backends import bound_heap_growth, peak_rss_bytes, release_free_pages
 from d2scale.errors import D2ScaleError
 from d2scale.graph import dedup, ivf, probed, rerank, scan, shards, small, torch_engine
+from d2scale.graph.rules import (
+    EVAL_BUDGET,
+    EVAL_ROWS,
+    FINGERPRINT_ROWS,
+    TRAIN_ROWS_PER_LIST,
+    finish,
+    pick_setting,
+    source_fingerprint,
+)
 from d2scale.graph.store import GraphStore, save_graph
 from d2scale.io import save_npy
+from d2scale.params import DEVICES
 from d2scale.progress import plural
 from d2scale.types import EmbeddingBlocks, KnnGraph
 
 AUTO_EXACT_MAX = 50_000  # "auto" picks exact search up to this many rows (when they fit)
-TRAIN_ROWS_PER_LIST = 32  # k-means sample size per list
-EVAL_ROWS = (200, 1000)  # held-out rows for recall tuning: bounds ...
-EVAL_BUDGET = 1e8  # ... and their share of exact work (rows × n)
-FINGERPRINT_ROWS = 256
 EVAL_CANDIDATES = 4  # search-space candidates per k+1 kept for the evaluation rows
 TASKS_PER_THREAD = 4  # search chunks per cluster thread and shard (load balance)
 INDEXES = ("auto", "exact", "ivf")
-DEVICES = ("auto", "cpu", "cuda")
 RERANK_CANDIDATE_BYTES = 80  # per query and candidate in a re-ranking task (ids, order, d²)
 RERANK_BLOCK_ROWS = 1 << 19  # queries per re-ranking task at most (each reads the pool)
 RERANK_MIN_ROWS = 1024  # ... and at least (each task streams the pool: a few MB more at most)
@@ -231,7 +234,7 @@ class _Build:
             with self.stage("rerank"):
                 nbr, d2 = self.rerank(nbr, rep == np.arange(self.n), lists, centroids)
         with self.stage("expand"):
-            graph = _finish(rep, nbr, d2, self.k)
+            graph = finish(rep, nbr, d2, self.k)
         self.lists = lists if kind == "ivf" else None
         unique = int((rep == np.arange(self.n)).sum())
         pca_dim = None if projection is None else projection.dim
@@ -253,7 +256,7 @@ class _Build:
         x_fp, x_train, x_eval = self.read_rows(
             [fp_ids, train if model is None else train[:0], eval_ids if need_eval else train[:0]]
         )
-        fingerprint = str(own) if own is not None else _fingerprint(self.blocks, x_fp)
+        fingerprint = str(own) if own is not None else source_fingerprint(self.blocks, x_fp)
         if own is None:
             manifest, model = self.open_store(fingerprint, params)
         x_eval = saved if saved is not None else x_eval
@@ -400,7 +403,7 @@ class _Build:
         if by_list:
             curves["list"] = ivf.recall_curve(truth, cands, lists[eval_ids], lists, centroids,
                                               by_list)  # fmt: skip
-        mode, curve, best, ok = _pick(curves, cost, self.recall)
+        mode, curve, best, ok = pick_setting(curves, cost, self.recall)
         return {
             "probing": mode,
             "nprobe": best[0],
@@ -753,20 +756,6 @@ class _Build:
 # ---------------------------------------------------------------- helpers
 
 
-def _pick(curves: dict, cost: dict, target: float) -> tuple:
-    """(probing, its curve, (nprobe, candidates), target reached) of the cheapest setting
-    whose recall minus one standard error reaches ``target``; else the best recall."""
-    ok = [(cost[pm], mode, pm) for mode, cur in curves.items() for pm, (r, se) in cur.items()
-          if r - se >= target]  # fmt: skip
-    if ok:
-        _, mode, best = min(ok, key=lambda t: (t[0], t[1] != "row"))
-        return mode, curves[mode], best, True
-    top = [(cur[pm], -cost[pm], mode == "row", mode, pm) for mode, cur in curves.items()
-           for pm in cur]  # fmt: skip
-    *_, mode, best = max(top)
-    return mode, curves[mode], best, False
-
-
 EVAL_KEYS = ("truth_ids", "truth_d2", "cands_ids", "cands_d2")  # a part's evaluation share
 
 
@@ -841,13 +830,6 @@ def _restore(model) -> tuple:
     return projection, arrays["centroids"], arrays.get("bound"), tuned
 
 
-def _finish(rep: np.ndarray, nbr: np.ndarray, d2: np.ndarray, k: int) -> KnnGraph:
-    """Drop each representative itself, take square roots, give duplicates their lists."""
-    ids, dd = shards.drop_self(nbr, d2, np.arange(rep.shape[0]), k)
-    out_i, out_d = dedup.expand(rep, ids, np.sqrt(dd).astype(np.float32), k)
-    return KnnGraph(out_i, out_d)
-
-
 @contextmanager
 def _one_thread():
     """BLAS and faiss's OpenMP limited to one thread (restored afterwards)."""
@@ -863,17 +845,6 @@ def _one_thread():
             yield
     finally:
         faiss.omp_set_num_threads(omp)
-
-
-def _fingerprint(blocks: EmbeddingBlocks, rows: np.ndarray) -> str:
-    """The source's own ``fingerprint`` if it has one, else a hash of sizes, dim and seeded
-    sample rows."""
-    own = getattr(blocks, "fingerprint", None)
-    if own is not None:
-        return str(own)
-    h = hashlib.sha256(json.dumps([list(map(int, blocks.sizes)), int(blocks.dim)]).encode())
-    h.update(np.ascontiguousarray(rows, dtype=np.float32).tobytes())
-    return h.hexdigest()[:16]
 
 
 def _device(device: str) -> str:

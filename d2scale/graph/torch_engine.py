@@ -37,7 +37,7 @@ import numpy as np
 from d2scale import backends
 from d2scale.backends import peak_rss_bytes, run_chunks
 from d2scale.errors import D2ScaleError
-from d2scale.graph import dedup, ivf, scan, shards
+from d2scale.graph import dedup, ivf, rules, scan, shards
 
 ENGINES = ("auto", "compiled", "torch")
 PRECISIONS = ("fp16", "bf16", "fp32")
@@ -420,8 +420,6 @@ def build(blocks, *, k: int, kind: str, recall: float, seed: int, device: str, l
     engine's. ``precision`` of the
     GEMMs (default fp16 on CUDA, fp32 on the CPU); ``device_budget``: bytes of rows held on
     the device at once (default: a share of its free memory, or of the memory limit)."""
-    from d2scale.graph import build as cpu_build
-
     torch = require_torch()
     precision = precision or ("fp16" if device == "cuda" else "fp32")
     if precision not in PRECISIONS:
@@ -446,7 +444,7 @@ def build(blocks, *, k: int, kind: str, recall: float, seed: int, device: str, l
         with stage("load"):
             x = _load_rows(blocks, n, dim)
         fp_rows = np.sort(np.random.default_rng(0).choice(n, _fp_rows(blocks, n), replace=False))
-        fingerprint = cpu_build._fingerprint(blocks, x[fp_rows])
+        fingerprint = rules.source_fingerprint(blocks, x[fp_rows])
         nlist = 1 if kind == "exact" else min(nlist or ivf.choose_nlist(n), n)
         params = {"engine": "torch", "device": device, "index": kind, "n_neighbors": k,
                   "recall": recall, "seed": seed, "sizes": sizes, "dim": dim, "nlist": nlist,
@@ -489,7 +487,7 @@ def build(blocks, *, k: int, kind: str, recall: float, seed: int, device: str, l
             nbr = np.full((n, k + 1), -1, np.int64)
             d2 = np.full((n, k + 1), np.inf)
             nbr[order], d2[order] = ids_s, d2_s
-            graph = cpu_build._finish(rep, nbr, d2, k)
+            graph = rules.finish(rep, nbr, d2, k)
     lists = None
     if kind == "ivf":
         lists = np.empty(n, np.int32)
@@ -531,9 +529,8 @@ def _search_blocks(search: Search, groups_for, totals, keep: int, store, say) ->
 
 
 def _fp_rows(blocks, n: int) -> int:
-    from d2scale.graph.build import FINGERPRINT_ROWS
-
-    return 0 if getattr(blocks, "fingerprint", None) is not None else min(n, FINGERPRINT_ROWS)
+    own = getattr(blocks, "fingerprint", None) is not None
+    return 0 if own else min(n, rules.FINGERPRINT_ROWS)
 
 
 def _check_host_memory(n: int, dim: int, limit: int) -> None:
@@ -603,20 +600,16 @@ def _model(dev, x, reps, kind, nlist, seed, model):
         tuned = {"probing": "row", "nprobe": 1, "recall": 1.0,
                  "recall_method": "exact search (certified)"}  # fmt: skip
         return np.zeros((1, x.shape[1]), np.float32), tuned
-    from d2scale.graph.build import TRAIN_ROWS_PER_LIST
-
     perm = np.random.default_rng(seed).permutation(reps.size)
-    train = reps[np.sort(perm[: min(reps.size, TRAIN_ROWS_PER_LIST * nlist)])]
+    train = reps[np.sort(perm[: min(reps.size, rules.TRAIN_ROWS_PER_LIST * nlist)])]
     return train_centroids(dev, x[train], nlist, seed), None
 
 
 def _tune(search: Search, probes, rep, k: int, recall: float, nprobe, seed: int, nlist: int):
     """The cheapest per-row ``nprobe`` whose recall@k on held-out rows (minus one standard
     error) reaches the target, from their exact neighbours and the lists alone."""
-    from d2scale.graph.build import EVAL_BUDGET, EVAL_ROWS, _pick
-
     n = rep.shape[0]
-    n_eval = min(search.nr, int(np.clip(EVAL_BUDGET / n, *EVAL_ROWS)))
+    n_eval = min(search.nr, int(np.clip(rules.EVAL_BUDGET / n, *rules.EVAL_ROWS)))
     rng = np.random.default_rng(seed + 1)
     qpos = np.sort(rng.choice(search.nr, n_eval, replace=False))
     found, d2, _ = certified_top(search, lambda q: [(0, search.nr, q)], qpos, k + 1,
@@ -630,7 +623,7 @@ def _tune(search: Search, probes, rep, k: int, recall: float, nprobe, seed: int,
     grid = [(p, k + 1) for p in ([nprobe] if nprobe else ivf.nprobe_grid(nlist)) if p <= cap]
     curve = ivf.recall_from_probes(truth, found, probes[qpos], np.arange(n_eval), lists,
                                    nlist, grid)  # fmt: skip
-    mode, curve, best, ok = _pick({"row": curve}, {pm: pm[0] for pm in grid}, recall)
+    mode, curve, best, ok = rules.pick_setting({"row": curve}, {pm: pm[0] for pm in grid}, recall)
     return {
         "probing": mode,
         "nprobe": best[0],
