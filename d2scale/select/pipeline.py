@@ -64,9 +64,10 @@ def select(
             own.close()
     params.validate()
     # an unknown method or step option, or a contradictory chain, stops here, before any work
-    keep_rule(params, chain_steps(params))
+    steps = chain_steps(params)
+    rule = keep_rule(params, steps)
     params = absolute_out(params)
-    check_device(params)
+    check_device(params, steps)
     if client is None:
         check_cluster_options(params.scheduler, params.scheduler_file)
     if pool is None and params.metadata_dir is not None:
@@ -84,8 +85,8 @@ def select(
                  "(about 10-20 s in all on a first run; cached afterwards)")  # fmt: skip
     stages = Stages(io.join(params.out, "work"), progress, timings)
     with _client(params, client) as client:
-        chain, steps, uids, scores, budgets, rule = _run_stages(
-            params, pool, stages, client, progress
+        chain, uids, scores, budgets = _run_stages(
+            params, steps, rule, pool, stages, client, progress
         )
         cluster = {**cluster_facts(client), **_memory(client, remote=client.cluster is None)}
     record = {
@@ -130,10 +131,11 @@ def _digest(*arrays: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-def _run_stages(params: SelectParams, pool: Pool, stages: Stages, client, progress):
-    """read → the chain of methods (graph stages on demand); ``(chain, steps, uids, scores,
-    budgets, rule)``; ``budgets`` maps each fraction written (``None``: every row the last
-    step passes) to its row count."""
+def _run_stages(params: SelectParams, steps: list, rule: KeepRule, pool: Pool, stages: Stages,
+                client, progress):  # fmt: skip
+    """read → the chain of ``steps`` (graph stages on demand); ``(chain, uids, scores,
+    budgets)``; ``budgets`` maps each fraction written by ``rule`` (``None``: every row the
+    last step passes) to its row count."""
     # The metadata is always read again (seconds, against hours for the graph): the pool's
     # fingerprint samples the parquet files, so later stages are keyed on the values read.
     read_key = stage_key(pool.fingerprint, params.stage_params("read"))
@@ -142,8 +144,6 @@ def _run_stages(params: SelectParams, pool: Pool, stages: Stages, client, progre
     uids = io.load_npy(io.join(read.directory, "uids.npy"))
     scores = io.load_npy(io.join(read.directory, "scores.npy"))
     read_key = stage_key(read_key, _digest(uids, scores))
-    steps = chain_steps(params)
-    rule = keep_rule(params, steps)
     budgets = {f: budget_for(f, pool.n) for f in rule.fractions or ()}
     _check_sizes(params, pool.n, budgets)
 
@@ -182,7 +182,7 @@ def _run_stages(params: SelectParams, pool: Pool, stages: Stages, client, progre
         progress(f"warning: {warning}")
     kept = len(chain.ranking.order)
     budgets = {f: min(b, kept) for f, b in budgets.items()} if budgets else {None: kept}
-    return chain, steps, uids, scores, budgets, rule
+    return chain, uids, scores, budgets
 
 
 def keep_record(rule: KeepRule, chain: ChainResult) -> dict:
@@ -195,10 +195,10 @@ def keep_record(rule: KeepRule, chain: ChainResult) -> dict:
             "order": order, "warnings": chain.warnings}  # fmt: skip
 
 
-def check_device(params: SelectParams) -> str:
-    """The device message passing runs on; ``--device cuda`` where it cannot run is refused
-    here, before any work (a cached stage must not hide it)."""
-    uses_d2 = any(step.method == "d2" for step in chain_steps(params))
+def check_device(params: SelectParams, steps: list) -> str:
+    """The device message passing runs on for ``steps``; ``--device cuda`` where it cannot
+    run is refused here, before any work (a cached stage must not hide it)."""
+    uses_d2 = any(step.method == "d2" for step in steps)
     cpu_only = cpu_only_variant(params.greedy, params.buckets) if uses_d2 else None
     return resolve_device(params.device, cpu_only)
 
