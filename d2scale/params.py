@@ -17,7 +17,8 @@ from d2scale.errors import D2ScaleError
 
 EMBEDDING_MODELS = ("l14", "b32")
 FEATURE_TYPES = ("image", "text", "image_text")
-SYNTH_LAYOUTS = ("f16-compressed", "f16-stored", "f32-compressed", "f32-stored", "mixed")
+SYNTH_MEMBERS = ("l14_img", "l14_txt", "b32_img", "b32_txt")
+SYNTH_LAYOUTS = ("f16-compressed", "f32-stored", "f16-stored", "f32-compressed")  # "mixed": in turn
 MAX_SEED = 2**32 - 1
 DEVICES = ("auto", "cpu", "cuda")  # every command's --device
 MIN_MEMORY_LIMIT = 64 * 2**20
@@ -30,7 +31,7 @@ class Param:
     whose result depends on it (``None``: it never changes a result)."""
 
     name: str
-    kind: str  # int, float, str, bool, choice, fractions, bytes, path
+    kind: str  # int, float, str, bool, choice, choices (a subset), fractions, bytes, path
     default: Any
     help: str
     group: str
@@ -57,6 +58,8 @@ class Param:
             value = parse_fractions(text)
         elif self.kind == "bytes":
             value = parse_bytes(text)
+        elif self.kind == "choices":
+            value = tuple(item.strip() for item in text.split(","))
         elif self.kind == "step":
             parse_step(text)
             value = text
@@ -71,6 +74,12 @@ class Param:
         if self.kind == "choice":
             if value not in self.choices:
                 self._fail(f"one of {', '.join(self.choices)}", value)
+        elif self.kind == "choices":
+            if not isinstance(value, (list, tuple)) or not value:
+                self._fail(f"some of {', '.join(self.choices)}", value)
+            for item in value:
+                if item not in self.choices:
+                    self._fail(f"some of {', '.join(self.choices)}", item)
         elif self.kind in ("int", "bytes"):
             if isinstance(value, bool) or not isinstance(value, int) or not self._in_range(value):
                 self._fail(f"an integer {self._range_text()}".rstrip(), value)
@@ -220,7 +229,10 @@ PARAMS: dict[str, Param] = {
         Param("shards", "int", 1, "parquet+npz pairs", "synthetic pool", (_SY,), low=1),
         Param("layout", "choice", "f16-compressed", "npz member dtype and zip storage (mixed "
               "cycles through the four by shard)", "synthetic pool", (_SY,),
-              choices=SYNTH_LAYOUTS),
+              choices=(*SYNTH_LAYOUTS, "mixed")),
+        Param("embeddings", "choices", SYNTH_MEMBERS, "npz members written, comma-separated "
+              "(the others are still generated: values and scores do not depend on this)",
+              "synthetic pool", (_SY,), choices=SYNTH_MEMBERS, metavar="M[,M…]"),
     ]
 }  # fmt: skip
 

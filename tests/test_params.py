@@ -15,6 +15,8 @@ def invalid_texts(p: Param) -> list[str]:
     """Command-line values that violate ``p``'s constraints."""
     if p.kind == "choice":
         return ["bogus", ""]
+    if p.kind == "choices":
+        return ["bogus", "", f"{p.choices[0]},bogus"]
     if p.kind == "int":
         values = ["x", "1.5", ""]
         if p.low is not None:

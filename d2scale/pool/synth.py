@@ -11,6 +11,7 @@ image exactly (half of them with the same text too) and 2% are near-duplicates.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Callable
@@ -23,9 +24,11 @@ import pyarrow.parquet as pq
 
 from d2scale.errors import D2ScaleError
 from d2scale.io import atomic_path
+from d2scale.params import SYNTH_LAYOUTS, SYNTH_MEMBERS
 
 LATENT_DIM = 48
-LAYOUTS = ("f16-compressed", "f32-stored", "f16-stored", "f32-compressed")  # "mixed" cycles
+LAYOUTS = SYNTH_LAYOUTS  # "mixed" cycles through them by shard
+MEMBERS = SYNTH_MEMBERS  # every npz member a synthetic pool can hold
 _WORDS = [
     "photo",
     "of",
@@ -88,10 +91,17 @@ class _Space:
         return cls(mean, proj)
 
     def embed(self, z: np.ndarray, rng: np.random.Generator, noise: float = 0.35) -> np.ndarray:
+        """Unit float32 embeddings of latents ``z`` (in place where possible: same values)."""
         dim = self.mean.shape[0]
-        x = 0.8 * self.mean + (z @ self.proj.T) / np.sqrt(LATENT_DIM)
-        x += noise / np.sqrt(dim) * rng.standard_normal((z.shape[0], dim))
-        return _unit(x).astype(np.float32)
+        x = z @ self.proj.T
+        x /= np.sqrt(LATENT_DIM)
+        x += 0.8 * self.mean
+        eps = rng.standard_normal((z.shape[0], dim))
+        eps *= noise / np.sqrt(dim)
+        x += eps
+        del eps
+        x /= np.linalg.norm(x, axis=-1, keepdims=True)
+        return x.astype(np.float32)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -105,11 +115,14 @@ def write_pool(
     shards: int = 1,
     seed: int = 0,
     layout: str = "f16-compressed",
+    embeddings: tuple[str, ...] = MEMBERS,
     progress: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Write ``shards`` parquet+npz pairs with ``rows`` samples in all to directory ``out``.
 
     Returns the shard base names. Deterministic for a given (rows, shards, seed, layout).
+    ``embeddings`` names the npz members written (all four by default; the others are still
+    generated, so every value and score column is the same whichever are written).
     A directory holding other .parquet/.npz files is refused (they would join the pool).
     ``progress`` hears ``"synth: i/n shards"`` as shards are written.
     """
@@ -117,35 +130,58 @@ def write_pool(
         raise D2ScaleError(f"need rows ≥ shards ≥ 1, got rows={rows}, shards={shards}")
     if layout not in (*LAYOUTS, "mixed"):
         raise D2ScaleError(f"layout must be one of {', '.join(LAYOUTS)}, mixed; got {layout!r}")
+    unknown = sorted(set(embeddings) - set(MEMBERS)) or ([] if embeddings else ["(none)"])
+    if unknown:
+        raise D2ScaleError(f"embeddings must name some of {', '.join(MEMBERS)}; got {unknown[0]}")
     names = [f"{s:08d}" for s in range(shards)]
     _refuse_other_pool_files(out, names)
     os.makedirs(out, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    n_clusters = max(8, rows // 150)
-    centres = rng.standard_normal((n_clusters, LATENT_DIM))
-    weights = rng.lognormal(0.0, 1.0, n_clusters)
-    weights /= weights.sum()
-    spaces = {name: _Space.make(rng, d) for name, d in (("l14", 768), ("b32", 512))}
-    bounds = np.linspace(0, rows, shards + 1).astype(int)
+    plan = _Plan(out, rows, shards, seed, layout, tuple(embeddings))
+    say = progress or (lambda message: None)
+    say(f"synth: 0/{shards} shards")
+    # numpy's draws, BLAS and zlib release the GIL: two shards at a time use both cores
+    with ThreadPoolExecutor(max_workers=min(2, shards)) as ex:
+        for i, _ in enumerate(ex.map(plan.write, range(shards)), 1):
+            say(f"synth: {i}/{shards} shards")
+    return names
 
-    def shard(s: int) -> None:
-        srng = np.random.default_rng([seed, s])
+
+@dataclass(frozen=True)
+class _Plan:
+    """What determines a pool; ``write(s)`` makes shard ``s`` from it alone."""
+
+    out: str
+    rows: int
+    shards: int
+    seed: int
+    layout: str
+    embeddings: tuple[str, ...]
+
+    def write(self, s: int) -> None:
+        n_clusters, centres, weights, spaces = _setup(self.rows, self.seed)
+        bounds = np.linspace(0, self.rows, self.shards + 1).astype(int)
+        srng = np.random.default_rng([self.seed, s])
         n = int(bounds[s + 1] - bounds[s])
         cluster = srng.choice(n_clusters, size=n, p=weights)
         z = centres[cluster] + 0.4 * srng.standard_normal((n, LATENT_DIM))
         arrays = _embeddings(z, spaces, srng)
         _plant_duplicates(arrays, srng)
         table = _metadata(arrays, cluster, srng)
-        shard_layout = layout if layout != "mixed" else LAYOUTS[s % len(LAYOUTS)]
-        _write_shard(out, names[s], table, arrays, shard_layout)
+        layout = self.layout if self.layout != "mixed" else LAYOUTS[s % len(LAYOUTS)]
+        kept = {key: arrays[key] for key in MEMBERS if key in self.embeddings}
+        _write_shard(self.out, f"{s:08d}", table, kept, layout)
 
-    # zlib and BLAS release the GIL: two shards at a time use both cores
-    say = progress or (lambda message: None)
-    say(f"synth: 0/{shards} shards")
-    with ThreadPoolExecutor(max_workers=min(2, shards)) as ex:
-        for i, _ in enumerate(ex.map(shard, range(shards)), 1):
-            say(f"synth: {i}/{shards} shards")
-    return names
+
+@functools.lru_cache(maxsize=2)
+def _setup(rows: int, seed: int) -> tuple[int, np.ndarray, np.ndarray, dict[str, _Space]]:
+    """The pool-wide draws: cluster centres and weights, one space per embedding model."""
+    rng = np.random.default_rng(seed)
+    n_clusters = max(8, rows // 150)
+    centres = rng.standard_normal((n_clusters, LATENT_DIM))
+    weights = rng.lognormal(0.0, 1.0, n_clusters)
+    weights /= weights.sum()
+    spaces = {name: _Space.make(rng, d) for name, d in (("l14", 768), ("b32", 512))}
+    return n_clusters, centres, weights, spaces
 
 
 def _refuse_other_pool_files(out: str, names: list[str]) -> None:

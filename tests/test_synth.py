@@ -1,0 +1,43 @@
+"""``d2scale synth``: deterministic pools; ``--embeddings`` writes a subset of the same values."""
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from d2scale.cli.main import main
+from d2scale.errors import D2ScaleError
+from d2scale.pool.synth import MEMBERS, write_pool
+
+
+def _members(path: str) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def test_a_subset_of_members_holds_the_same_values_and_scores(tmp_path):
+    full, part = str(tmp_path / "full"), str(tmp_path / "part")
+    write_pool(full, rows=400, shards=2, seed=6, layout="f16-stored")
+    argv = ["synth", "--out", part, "--rows", "400", "--shards", "2", "--seed", "6",
+            "--layout", "f16-stored", "--embeddings", "l14_img"]  # fmt: skip
+    assert main(argv) == 0
+    for name in ("00000000", "00000001"):
+        a, b = _members(f"{full}/{name}.npz"), _members(f"{part}/{name}.npz")
+        assert sorted(a) == sorted(MEMBERS) and list(b) == ["l14_img"]
+        np.testing.assert_array_equal(a["l14_img"], b["l14_img"])
+        tables = [pq.read_table(f"{path}/{name}.parquet") for path in (full, part)]
+        assert tables[0].equals(tables[1])
+
+
+def test_the_same_arguments_give_the_same_bytes(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    for path in (a, b):
+        write_pool(path, rows=300, shards=3, seed=2, layout="mixed")
+    for name in ("00000000", "00000001", "00000002"):
+        x, y = _members(f"{a}/{name}.npz"), _members(f"{b}/{name}.npz")
+        assert all(np.array_equal(x[k], y[k]) for k in MEMBERS)
+
+
+@pytest.mark.parametrize("bad", [(), ("l14_img", "vit_img")])
+def test_unknown_or_no_members_are_refused(tmp_path, bad):
+    with pytest.raises(D2ScaleError, match="embeddings must name"):
+        write_pool(str(tmp_path / "p"), rows=10, embeddings=bad)
