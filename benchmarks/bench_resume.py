@@ -1,9 +1,10 @@
 """A select SIGKILLed halfway through its graph stage, then rerun, against a clean run; prints
 one JSON document.
 
-    python benchmarks/bench_resume.py [--rows 150000] [--workdir DIR] [-- extra select flags]
+    python benchmarks/bench_resume.py [--rows 150000 | --pool DIR] [--workdir DIR] [-- flags]
 
-The pool (``d2scale synth``, as ``bench_select.py`` makes it) is made once under --workdir.
+The pool (``d2scale synth``, as ``bench_select.py`` makes it) is made once under --workdir,
+or given (--pool: an existing pool directory).
 First a clean ``d2scale select`` (its wall time and graph-stage time from ``run.json``);
 then the same select into another directory, SIGKILLed when half the clean run's graph-stage
 time has passed since its graph stage started (the last sub-step it announced is recorded),
@@ -88,20 +89,23 @@ def _read(path: str) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rows", type=int, default=150_000)
+    p.add_argument("--pool", help="an existing pool directory (instead of --rows)")
     p.add_argument("--workdir", default=os.path.expanduser("~/.cache/d2scale-bench"))
     p.add_argument("extra", nargs="*", help="extra flags for d2scale select (after --)")
     args = p.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
-    pool, _ = ensure_pool(args.workdir, args.rows)
-    clean_out = os.path.join(args.workdir, f"resume-{args.rows}-clean")
-    killed_out = os.path.join(args.workdir, f"resume-{args.rows}-killed")
+    pool = args.pool or ensure_pool(args.workdir, args.rows)[0]
+    name = os.path.basename(pool.rstrip("/")) if args.pool else str(args.rows)
+    clean_out = os.path.join(args.workdir, f"resume-{name}-clean")
+    killed_out = os.path.join(args.workdir, f"resume-{name}-killed")
     clean = clean_run(pool, clean_out, args.extra)
     killed = killed_run(pool, killed_out, clean["graph_s"] / 2, args.extra)
     again = rerun(pool, killed_out, args.extra)
     same = np.array_equal(np.load(os.path.join(clean_out, "uids.npy")),
                           np.load(os.path.join(killed_out, "uids.npy")))  # fmt: skip
     print(json.dumps({
-        "benchmark": "resume", "host": host_info(), "rows": args.rows, "select_flags": args.extra,
+        "benchmark": "resume", "host": host_info(), "pool": pool,
+        "rows": _record(clean_out)["counts"]["n"], "select_flags": args.extra,
         "clean": clean, "killed_at_half_graph": killed, "rerun": again,
         "rerun_over_clean": round(again["wall_s"] / clean["wall_s"], 3),
         "rerun_graph_over_clean_graph": round(again["graph_s"] / clean["graph_s"], 3),

@@ -369,22 +369,17 @@ def check_keys(pool: Pool, keys: list[str]) -> None:
         check_npz(pool, shard, keys)
 
 
-def _normalise_into(
-    arr: np.ndarray, out: np.ndarray, path: str, key: str, chunk: int = 8192, ids=None
-):
-    half = arr.dtype == np.float16
-    if half:  # numba's compiled conversion: imported only where needed (start-up time)
-        from d2scale.pool.halfprec import to_float32
-    for start in range(0, arr.shape[0], chunk):
-        x = arr[start : start + chunk]
-        x = (to_float32(x) if half else x).astype(np.float64)  # exact either way
-        norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-        bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
-        if bad.size:
-            row = start + int(bad[0]) if ids is None else int(ids[start + int(bad[0])])
-            what = "has zero norm" if norms[bad[0]] == 0 else "contains NaN or inf"
-            raise D2ScaleError(f"{path}, array {key!r}, row {row}: embedding {what}")
-        out[start : start + x.shape[0]] = x / norms[:, None]
+def _normalise_into(arr: np.ndarray, out: np.ndarray, path: str, key: str, ids=None) -> None:
+    """``arr``'s rows at unit length into ``out`` (float32); a zero or non-finite row is an
+    error naming its row number (``ids``: the rows' numbers in the shard)."""
+    from d2scale.pool.halfprec import unit_rows  # compiled: imported where needed (start-up)
+
+    bad = unit_rows(arr, out)
+    if bad >= 0:
+        row = bad if ids is None else int(ids[bad])
+        norm = np.linalg.norm(np.asarray(arr[bad], dtype=np.float64))
+        what = "has zero norm" if norm == 0 else "contains NaN or inf"
+        raise D2ScaleError(f"{path}, array {key!r}, row {row}: embedding {what}")
 
 
 # -- uids and scores -------------------------------------------------------------------
