@@ -9,6 +9,7 @@ parameter must be a number ≥ 0; got -1." (scikit-learn's generated messages).
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -40,6 +41,7 @@ class Param:
     low: float | None = None  # inclusive unless low_open
     high: float | None = None
     low_open: bool = False
+    high_open: bool = False
     optional: bool = False  # None is allowed (and is the default)
     metavar: str | None = None
 
@@ -73,11 +75,11 @@ class Param:
                 self._fail(f"one of {', '.join(self.choices)}", value)
         elif self.kind in ("int", "bytes"):
             if isinstance(value, bool) or not isinstance(value, int) or not self._in_range(value):
-                self._fail(f"an integer {self._range_text()}".rstrip(), value)
+                self._fail(f"an integer {self.range_text()}".rstrip(), value)
         elif self.kind == "float":
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not (ok and math.isfinite(value) and self._in_range(value)):
-                self._fail(f"a finite number {self._range_text()}".rstrip(), value)
+                self._fail(f"a finite number {self.range_text()}".rstrip(), value)
         elif self.kind == "fractions":
             _check_fractions(value)
         elif self.kind == "step":
@@ -97,17 +99,41 @@ class Param:
     def _in_range(self, v: float) -> bool:
         if self.low is not None and (v <= self.low if self.low_open else v < self.low):
             return False
-        return self.high is None or v <= self.high
+        return self.high is None or (v < self.high if self.high_open else v <= self.high)
 
-    def _range_text(self) -> str:
+    def range_text(self) -> str:
+        """``"in (0, 1]"``, ``"≥ 1"`` or ``""`` (no range)."""
         if self.low is not None and self.high is not None:
-            return f"in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}]"
+            close = ")" if self.high_open else "]"
+            return f"in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}{close}"
         if self.low is not None:
             return f"{'>' if self.low_open else '≥'} {_num(self.low)}"
         return ""
 
     def _fail(self, what: str, value: Any) -> None:
         raise D2ScaleError(f"the {self.name!r} parameter must be {what}; got {value!r}.")
+
+
+def check_option(p: Param, value: Any) -> Any:
+    """``value`` checked against ``p``, the error naming its flag as the vision and web commands
+    word it ("--fraction must be in (0, 1]; got 1.5.")."""
+    if value is None and p.optional:
+        return value
+    rng = p.range_text()
+    if p.kind == "choice":
+        ok, what = value in p.choices, f"one of {', '.join(p.choices)}"
+    elif p.kind == "int":
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        ok, what = ok and p._in_range(value), f"an integer {rng}".rstrip()
+    elif p.kind == "float":
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value) and p._in_range(value)
+        what = rng if p.high is not None else f"a finite number {rng}".rstrip()
+    else:
+        return p.check(value)
+    if not ok:
+        raise D2ScaleError(f"{p.flag} must be {what}; got {value!r}.")
+    return value
 
 
 def _num(v: float) -> str:

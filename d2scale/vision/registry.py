@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 DATASETS = ("cifar10", "cifar100", "imagenet", "tinyimagenet", "waterbirds", "digits", "mnist5k")
 MODELS = ("resnet18", "resnet34", "resnet50", "vgg16_bn", "vgg19_bn", "cnn")
+DATASET_MODELS = {"digits": "cnn", "mnist5k": "cnn", "imagenet": "resnet50"}  # without --model
+DEFAULT_MODEL = "resnet18"  # without --model, other datasets
 MODEL_ALIASES = {  # the seeds' spellings
     "vgg16": "vgg16_bn",
     "VGG16": "vgg16_bn",
