@@ -22,7 +22,13 @@ import sys
 from d2scale.cli.flags import add_flag, flag_help, int_type
 from d2scale.errors import D2ScaleError
 from d2scale.params import PARAMS
-from d2scale.vision.params import AUTO_NUM_INITS, NUM_INITS, SAMPLING_MODES, STRATEGY_ALIASES
+from d2scale.vision.params import (
+    AUTO_NUM_INITS,
+    NUM_INITS,
+    RECALL_SMOOTHINGS,
+    SAMPLING_MODES,
+    STRATEGY_ALIASES,
+)
 from d2scale.vision.params import VISION as V
 from d2scale.vision.registry import DATASET_MODELS, DEFAULT_MODEL, MODEL_ALIASES, MODELS
 
@@ -480,7 +486,8 @@ def _add_experiment(vsub) -> None:
         help="d2: comma list, topk-<score> picks the score (default: "
         f"{D2_METHODS}); drop: <scorer>[+uniform|+drop] (default: {DROP_METHODS})",
     )
-    p.add_argument("--fractions", help="fractions kept (default: d2 0.1,0.3,0.5; drop 0.3,0.5)")
+    shown = "; ".join(f"{k} {v}" for k, v in FRACTIONS.items())
+    p.add_argument("--fractions", help=f"fractions kept (default: {shown})")
     add_flag(p, V["seeds"], help="default: %(default)s")
     p.add_argument("--cdbw", help=f"drop: off, on or off,on (default: {DROP_ONLY['cdbw']})")
     p.add_argument(
@@ -500,6 +507,7 @@ def _add_experiment(vsub) -> None:
     p.set_defaults(run=_with_progress(_run_experiment))
 
 
+FRACTIONS = {"d2": "0.1,0.3,0.5", "drop": "0.3,0.5"}  # of experiment, by --protocol
 D2_METHODS = "random,topk-forgetting,d2,ccs,moderate,kcenter"
 DROP_METHODS = "random,random+drop,el2n,el2n+drop,d2,d2+drop"
 # drop-only flags of experiment: None unless given (then refused under d2), else these
@@ -529,7 +537,7 @@ def _run_experiment(args) -> int:
 
     drop = args.protocol == "drop"
     _protocol_flags(args, drop)
-    fractions = _floats(args.fractions or ("0.3,0.5" if drop else "0.1,0.3,0.5"), "--fractions")
+    fractions = _floats(args.fractions or FRACTIONS[args.protocol], "--fractions")
     try:
         seeds = [int_type(V["seed"])(s) for s in _items(args.seeds, "--seeds")]
     except argparse.ArgumentTypeError as e:
@@ -540,8 +548,9 @@ def _run_experiment(args) -> int:
         grid["cdbw"] = [_on_off(v) for v in _items(args.cdbw, "--cdbw")]
         grid["num_inits"] = args.num_inits
         grid["smoothings"] = _items(args.recall_smoothing, "--recall-smoothing")
-        if not set(grid["smoothings"]) <= {"none", "laplace"}:
-            raise D2ScaleError("--recall-smoothing takes none, laplace or none,laplace.")
+        if not set(grid["smoothings"]) <= set(RECALL_SMOOTHINGS):
+            one, both = ", ".join(RECALL_SMOOTHINGS), ",".join(RECALL_SMOOTHINGS)
+            raise D2ScaleError(f"--recall-smoothing takes {one} or {both}.")
     else:
         grid["methods"] = ex.parse_methods(args.methods or D2_METHODS)
     say = args.say

@@ -368,11 +368,16 @@ def budget_for(fraction: float, n: int) -> int:
     return min(n, int(math.floor(fraction * n + 1e-9)))
 
 
-def _field(name: str) -> Any:
-    value = PARAMS[name].default
+def param_field(p: Param) -> Any:
+    """A dataclass field whose default is ``p``'s (a tuple becomes a fresh list)."""
+    value = p.default
     if isinstance(value, tuple):
         return field(default_factory=lambda: list(value))
     return field(default=value)
+
+
+def _field(name: str) -> Any:
+    return param_field(PARAMS[name])
 
 
 @dataclass(frozen=True)

@@ -52,14 +52,14 @@ from d2scale.graph.rules import (
 )
 from d2scale.graph.store import GraphStore, save_graph
 from d2scale.io import save_npy
-from d2scale.params import DEVICES
+from d2scale.params import DEVICES, PARAMS
 from d2scale.progress import plural
 from d2scale.types import EmbeddingBlocks, KnnGraph
 
 AUTO_EXACT_MAX = 50_000  # "auto" picks exact search up to this many rows (when they fit)
 EVAL_CANDIDATES = 4  # search-space candidates per k+1 kept for the evaluation rows
 TASKS_PER_THREAD = 4  # search chunks per cluster thread and shard (load balance)
-INDEXES = ("auto", "exact", "ivf")
+INDEXES = PARAMS["index"].choices
 RERANK_CANDIDATE_BYTES = 80  # per query and candidate in a re-ranking task (ids, order, d²)
 RERANK_BLOCK_ROWS = 1 << 19  # queries per re-ranking task at most (each reads the pool)
 RERANK_MIN_ROWS = 1024  # ... and at least (each task streams the pool: a few MB more at most)

@@ -10,10 +10,10 @@ Keys are unique; two commands' different parameters of one flag name (``train
 
 from __future__ import annotations
 
-from dataclasses import field, replace
+from dataclasses import replace
 from typing import Any
 
-from d2scale.params import PARAMS, Param
+from d2scale.params import PARAMS, Param, param_field
 from d2scale.vision.defaults import DEFAULT_QUOTER, DEFAULT_RECALL_SMOOTHING, DEFAULT_THREADS
 from d2scale.vision.registry import DATASETS, METHODS, MODELS
 
@@ -116,4 +116,4 @@ VISION: dict[str, Param] = {
 
 def vfield(key: str) -> Any:
     """A dataclass field whose default is the table's (``n_neighbors: int = vfield(...)``)."""
-    return field(default=VISION[key].default)
+    return param_field(VISION[key])
