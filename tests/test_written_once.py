@@ -172,3 +172,12 @@ def test_each_choice_list_is_written_once():
                 where.setdefault(items, []).append(f"{path}:{line}")
     twice = {", ".join(sorted(k)): v for k, v in where.items() if len(v) > 1}
     assert not twice, twice
+
+
+def test_graph_config_is_a_part_of_select_params():
+    """GraphConfig names the graph's inputs among SelectParams's fields: same names, types and
+    (table) defaults, so the two declarations cannot drift apart."""
+    select = {f.name: f for f in dataclasses.fields(SelectParams)}
+    for f in dataclasses.fields(GraphConfig):
+        assert f.name in select, f.name
+        assert (f.type, f.default) == (select[f.name].type, select[f.name].default), f.name

@@ -38,7 +38,12 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from d2scale.backends import bound_heap_growth, peak_rss_bytes, release_free_pages
+from d2scale.backends import (
+    bound_heap_growth,
+    peak_rss_bytes,
+    release_free_pages,
+    resolve_device,
+)
 from d2scale.errors import D2ScaleError
 from d2scale.graph import dedup, ivf, probed, rerank, scan, shards, small, torch_engine
 from d2scale.graph.rules import (
@@ -849,15 +854,9 @@ def _one_thread():
 
 def _device(device: str) -> str:
     """``auto`` → CPU: the CuPy scan ships every (list, list) block to the GPU and measured
-    5× slower than 16 CPU cores on an H200 (200k × 1536, same graph); ``cuda`` on request."""
-    from d2scale.graph.scan import gpu_available
-
-    if device == "cuda" and not gpu_available():
-        raise D2ScaleError(
-            "device 'cuda' needs CuPy with a visible GPU (pip install 'd2scale[gpu]'); "
-            "use device='cpu' or 'auto'"
-        )
-    return "cuda" if device == "cuda" else "cpu"
+    5× slower than 16 CPU cores on an H200 (200k × 1536, same graph); ``cuda`` on request,
+    refused without a GPU as every command does (:func:`d2scale.backends.resolve_device`)."""
+    return "cpu" if device == "auto" else resolve_device(device)
 
 
 def _validate(blocks, k, index, recall, device, memory_limit, nprobe, nlist) -> tuple[int, int]:
