@@ -690,11 +690,7 @@ def _add_prune(vsub) -> None:
         type=float,
         help="al: the seeded initial labelled fraction (default final/(iterations+1))",
     )
-    add_flag(p, V["scorer"], "--scorer_name", type=str.lower,
-             help="dp: random, el2n, grand (the final query model's, as DRoP's code), "
-             "el2n-early, grand-early (in-training), forgetting, dynunc, aum, entropy, d2, "
-             "kcenter; al: random, el2n, grand, entropy, margin, variation_ratio, bald, d2, "
-             "kcenter")  # fmt: skip
+    add_flag(p, V["scorer"], "--scorer_name", type=str.lower)  # fmt: skip
     add_flag(p, V["prune_quoter"], "--quoter_name", type=str.lower, action=_Spelled,
              help="per-class quotas: drop (DRoP: density ∝ validation error), uniform, or none "
              "(the seed's Auto, its default): the scorer alone. A command in the seed's "

@@ -24,7 +24,7 @@ from d2scale.errors import D2ScaleError
 from d2scale.params import budget_for, check_option
 from d2scale.vision.dynamics import difficulty, score_name
 from d2scale.vision.meter import meter
-from d2scale.vision.params import VISION, vfield
+from d2scale.vision.params import AUTO_MIS_RATIO, VISION, vfield
 from d2scale.vision.registry import CORESET_METHODS, METHODS
 
 KCENTER_DENSE_MAX = 8192  # k-center: precompute all distances up to this many points (512 MB)
@@ -64,12 +64,12 @@ class CoresetParams:
 
 
 def resolve_mis_ratio(value: float | str, method: str, fraction: float) -> float:
-    """``auto``: for D2 and CCS the CCS paper's CIFAR-10 hard-cutoff rates (none at ≥ 50%
-    kept, 0.1 from 20%, 0.4 below, as the seed's 10% command); 0 for other methods."""
+    """``auto``: for D2 and CCS the CCS paper's CIFAR-10 hard-cutoff rates by the fraction
+    kept (:data:`~d2scale.vision.params.AUTO_MIS_RATIO`); 0 for other methods."""
     if value == "auto":
-        if not CORESET_METHODS[method].removes_mislabeled or fraction >= 0.5:
+        if not CORESET_METHODS[method].removes_mislabeled:
             return 0.0
-        return 0.1 if fraction >= 0.2 else 0.4
+        return next(ratio for kept, ratio in AUTO_MIS_RATIO if fraction >= kept)
     try:
         ratio = float(value)
     except (TypeError, ValueError):

@@ -15,7 +15,17 @@ from typing import Any
 
 from d2scale.params import PARAMS, Param, param_field
 from d2scale.vision.defaults import DEFAULT_QUOTER, DEFAULT_RECALL_SMOOTHING, DEFAULT_THREADS
-from d2scale.vision.registry import DATASETS, METHODS, MODELS
+from d2scale.vision.registry import (
+    AL_SCORERS,
+    CORESET_METHODS,
+    DATASETS,
+    DP_SCORERS,
+    METHODS,
+    MODELS,
+    SCORE_ALIASES,
+    SCORER_NOTES,
+    SCORES,
+)
 
 QUOTERS = ("none", "uniform", "drop")
 RECALL_SMOOTHINGS = ("none", "laplace")
@@ -36,7 +46,33 @@ NUM_INITS = 1  # DRoP query models per selection without --auto-config
 # DRoP auto-config (pruning): query models per selection; scorers not listed keep --num-inits
 AUTO_NUM_INITS = {"el2n": 5, "grand": 5, "dynunc": 1, "forgetting": 1, "kcenter": 1}
 
+# --mis-ratio auto (D2, CCS): the CCS paper's CIFAR-10 hard-cutoff rates, as the D2 seed's
+# 10% command: (fraction kept at least, share removed), first match
+AUTO_MIS_RATIO = ((0.5, 0.0), (0.2, 0.1), (0.0, 0.4))
+
 _V = "vision"
+
+
+def _scores() -> str:
+    """``forgetting, accumulated_margin/aum, …``."""
+    aliases = {s: "".join(f"/{a}" for a, t in SCORE_ALIASES.items() if t == s) for s in SCORES}
+    return ", ".join(s + aliases[s] for s in SCORES)
+
+
+def _methods(flag: str) -> list[str]:
+    return [name for name, m in CORESET_METHODS.items() if getattr(m, flag)]
+
+
+def _auto_mis_ratio() -> str:
+    """``d2/ccs 0 at ≥ 50%% kept, 0.1 at ≥ 20%%, 0.4 below`` (argparse's %% escapes)."""
+    *steps, (_, below) = AUTO_MIS_RATIO
+    rules = [f"{r:g} at ≥ {100 * f:g}%% kept" for f, r in steps] + [f"{below:g} below"]
+    return f"{'/'.join(_methods('removes_mislabeled'))} {', '.join(rules)}"
+
+
+def _scorers(names: tuple[str, ...]) -> str:
+    """The names, with their notes."""
+    return ", ".join(n + (f" ({SCORER_NOTES[n]})" if n in SCORER_NOTES else "") for n in names)
 
 
 def _p(name: str, kind: str, default: Any, help: str, **kw: Any) -> Param:
@@ -72,12 +108,12 @@ VISION: dict[str, Param] = {
                         "stratified = ccs)", choices=tuple(SAMPLING_MODES), optional=True),
     "fraction": _p("fraction", "float", None, "fraction of the training set kept, {range}",
                    low=0, high=1, low_open=True),
-    "score": _p("score", "str", "forgetting", "training-dynamics score (forgetting, "
-                "accumulated_margin/aum, el2n, entropy, dynamic_uncertainty/dynunc, grand)"),
+    "score": _p("score", "str", "forgetting", f"training-dynamics score ({_scores()})"),
     "mis_ratio": _p("mis_ratio", "str", "auto", "share of samples removed first by lowest AUM "
-                    "(auto: d2/ccs 0.1 from 20%% kept, 0.4 below, 0 at ≥ 50%%; other methods 0)"),
-    "coreset_mode": _p("coreset_mode", "choice", None, "pick per class (default for d2, "
-                       "kcenter) or over all samples", choices=CORESET_MODES, optional=True),
+                    f"(auto: {_auto_mis_ratio()}; other methods 0)"),
+    "coreset_mode": _p("coreset_mode", "choice", None, "pick per class (default for "
+                       f"{', '.join(_methods('per_class'))}) or over all samples",
+                       choices=CORESET_MODES, optional=True),
     "budget_mode": _p("budget_mode", "choice", "uniform", "class budgets: small classes whole, "
                       "the rest even (seed's uniform)", choices=("uniform",)),
     "n_neighbors": _p("n_neighbors", "int", 5, "D2: k of each class's kNN graph", low=1),
@@ -98,7 +134,8 @@ VISION: dict[str, Param] = {
     "strategy": _p("strategy", "choice", "dp", "dp (or 1) | al (or 0)", choices=STRATEGIES),
     "final_frac": _p("final_frac", "float", None, "fraction kept (dp) or labelled (al) at the "
                      "end", low=0, high=1, low_open=True),
-    "scorer": _p("scorer", "str", "random", "the samples' ranking"),
+    "scorer": _p("scorer", "str", "random", f"dp: {_scorers(DP_SCORERS)}; al: "
+                 f"{', '.join(AL_SCORERS)}"),
     "num_inits": _p("num_inits", "int", None, "query models per selection", low=1,
                     optional=True),
     "prune_iterations": _p("iterations", "int", 1, "selection iterations; fractions "

@@ -37,6 +37,7 @@ from d2scale.vision.coresets import (
 from d2scale.vision.models import build_model, has_dropout
 from d2scale.vision.params import AUTO_NUM_INITS, NUM_INITS, VISION, vfield
 from d2scale.vision.quotas import class_quotas, empty_class_warning, estimate_recall
+from d2scale.vision.registry import AL_SCORERS, DP_SCORERS, SCORER_ALIASES, SCORERS
 from d2scale.vision.train import (
     GROUP_KEYS,
     cdbw_key,
@@ -46,31 +47,6 @@ from d2scale.vision.train import (
     train,
 )
 
-# scorer → (coreset method, the score slot it ranks by; see MODEL_SCORES)
-SCORERS = {
-    "random": ("random", None),
-    "el2n": ("topk", "el2n"),  # the final query model's, eval mode (released DRoP)
-    "grand": ("topk", "grand"),  # the final query model's full-model gradient norm (released)
-    "el2n-early": ("topk", "el2n"),  # in-training mean over the first 10 epochs
-    "grand-early": ("topk", "grand"),  # in-training, last layer, first 10 epochs
-    "forgetting": ("topk", "forgetting"),
-    "dynunc": ("topk", "dynamic_uncertainty"),
-    "aum": ("topk", "accumulated_margin"),
-    "entropy": ("topk", "entropy"),
-    "d2": ("d2", None),
-    "kcenter": ("kcenter", None),
-    "margin": ("topk", "entropy"),  # active learning only, like the two below
-    "variation_ratio": ("topk", "entropy"),
-    "bald": ("topk", "entropy"),
-}
-# the DRoP seed's scorer names (lower-cased)
-SCORER_ALIASES = {
-    "dynamicuncertainty": "dynunc",
-    "gradientbased": "grand",
-    "coreset": "kcenter",
-    "maxentropy": "entropy",
-    "variationratio": "variation_ratio",
-}
 # the query-model array (d2scale.vision.scoring) that fills a scorer's slot, per strategy;
 # active learning never looks at the labels of the unlabelled pool
 MODEL_SCORES = {
@@ -84,9 +60,6 @@ MODEL_SCORES = {
         "bald": "mc_bald",
     },
 }
-AL_SCORERS = ("random", "el2n", "grand", "entropy", "margin", "variation_ratio", "bald", "d2",
-              "kcenter")  # fmt: skip
-DP_SCORERS = tuple(k for k in SCORERS if k not in ("margin", "variation_ratio", "bald"))
 # DRoP auto-config: query models for these train 10% of the epochs (the seed's Random query
 # runs its default 16 of VGG-16's 160); the others need full training dynamics
 SHORT_QUERY = ("random", "el2n", "grand", "el2n-early", "grand-early")
