@@ -116,7 +116,7 @@ def _train_flags(p: argparse.ArgumentParser, steps: bool = True, seed_gpu: bool 
     if steps:
         add_flag(g, V["iterations"])
     add_flag(g, V["batch_size"], "--batch_size")
-    g.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
+    add_flag(g, V["lr"])
     add_flag(g, V["seed"])
     add_flag(g, V["device"])
     if seed_gpu:

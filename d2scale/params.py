@@ -122,13 +122,15 @@ def check_option(p: Param, value: Any) -> Any:
     rng = p.range_text()
     if p.kind == "choice":
         ok, what = value in p.choices, f"one of {', '.join(p.choices)}"
-    elif p.kind == "int":
-        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-        ok, what = ok and p._in_range(value), f"an integer {rng}".rstrip()
-    elif p.kind == "float":
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        ok = ok and math.isfinite(value) and p._in_range(value)
-        what = rng if p.high is not None else f"a finite number {rng}".rstrip()
+    elif p.kind in ("int", "float"):
+        number = not isinstance(value, bool) and (
+            isinstance(value, numbers.Integral)
+            if p.kind == "int"
+            else isinstance(value, numbers.Real) and math.isfinite(value)
+        )
+        ok = number and p._in_range(value)
+        kind = "an integer" if p.kind == "int" else "a finite number"
+        what = rng if number else f"{kind} {rng}".rstrip()  # "≥ 1; got 0", "an integer ≥ 1; …"
     else:
         return p.check(value)
     if not ok:

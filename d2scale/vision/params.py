@@ -91,6 +91,8 @@ VISION: dict[str, Param] = {
                      "recipe's; CIFAR 40000)", low=1, optional=True),
     "batch_size": _p("batch_size", "int", None, "samples per SGD step (default: the recipe's)",
                      low=1, optional=True),
+    "lr": _p("lr", "float", None, "peak learning rate (default: the recipe's)", low=0,
+             low_open=True, optional=True),
     "seed": _p("seed", "int", 0, "every random choice", low=0),
     "device": replace(PARAMS["device"], help="auto: CUDA when torch sees a GPU, else the CPU"),
     "threads": _p("threads", "int", DEFAULT_THREADS, "torch CPU threads. These models are "
