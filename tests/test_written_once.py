@@ -181,3 +181,23 @@ def test_graph_config_is_a_part_of_select_params():
     for f in dataclasses.fields(GraphConfig):
         assert f.name in select, f.name
         assert (f.type, f.default) == (select[f.name].type, select[f.name].default), f.name
+
+
+@pytest.mark.parametrize("cls", list(DATACLASSES), ids=lambda c: c.__name__)
+def test_dataclass_checks_no_table_range_by_hand(cls):
+    """A dataclass's methods compare no table parameter with a number (``self.strata < 1``):
+    its range is checked by ``check_option`` against the table."""
+    table = DATACLASSES[cls]
+    path = cls.__module__.replace(".", "/") + ".py"
+    body = next(n for n in ast.walk(_tree(path))
+                if isinstance(n, ast.ClassDef) and n.name == cls.__name__)  # fmt: skip
+    bad = []
+    for n in ast.walk(body):
+        if not _range_check(n):
+            continue
+        sides = (n.left, *n.comparators)
+        attrs = [c.attr for c in sides if isinstance(c, ast.Attribute)
+                 and getattr(c.value, "id", "") == "self"]  # fmt: skip
+        if attrs and all(a in table for a in attrs):
+            bad.append(f"{path}:{n.lineno}: {ast.unparse(n)}")
+    assert not bad, "\n".join(bad)
