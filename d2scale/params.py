@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from d2scale.errors import D2ScaleError
@@ -251,6 +251,12 @@ PARAMS: dict[str, Param] = {
               choices=SYNTH_LAYOUTS),
     ]
 }  # fmt: skip
+
+
+def shared(name: str, help: str, group: str) -> Param:
+    """The table entry ``name`` (its default, choices and range) as another command's
+    parameter, with that command's ``help`` (``vision --device``, ``embed --device``)."""
+    return replace(PARAMS[name], help=help, group=group, commands=(), stage=None)
 
 
 def default(name: str) -> Any:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from d2scale.params import PARAMS, Param, param_field
+from d2scale.params import Param, param_field, shared
 from d2scale.vision.defaults import DEFAULT_QUOTER, DEFAULT_RECALL_SMOOTHING, DEFAULT_THREADS
 from d2scale.vision.registry import (
     AL_SCORERS,
@@ -94,7 +94,7 @@ VISION: dict[str, Param] = {
     "lr": _p("lr", "float", None, "peak learning rate (default: the recipe's)", low=0,
              low_open=True, optional=True),
     "seed": _p("seed", "int", 0, "every random choice", low=0),
-    "device": replace(PARAMS["device"], help="auto: CUDA when torch sees a GPU, else the CPU"),
+    "device": shared("device", "auto: CUDA when torch sees a GPU, else the CPU", _V),
     "threads": _p("threads", "int", DEFAULT_THREADS, "torch CPU threads. These models are "
                   "small per sample, so one thread is the fastest on a small or shared CPU "
                   "(digits on the loaded 2-core dev machine: several times faster than torch's "
@@ -121,8 +121,8 @@ VISION: dict[str, Param] = {
     "n_neighbors": _p("n_neighbors", "int", 5, "D2: k of each class's kNN graph", low=1),
     "gamma": _p("gamma", "float", 0.1, "D2 reverse kernel width γr", low=0),
     "gamma_forward": _p("gamma_forward", "float", 1.0, "D2 forward kernel width", low=0),
-    "mode": replace(PARAMS["mode"], help="D2 forward message combination"),
-    "sampling": replace(PARAMS["sampling"], help="D2 reverse update"),
+    "mode": shared("mode", "D2 forward message combination", _V),
+    "sampling": shared("sampling", "D2 reverse update", _V),
     "strata": _p("strata", "int", 50, "CCS score strata", low=1),
     # --- experiment ----------------------------------------------------------------------------
     "protocol": _p("protocol", "choice", "d2", "", choices=PROTOCOLS),

@@ -6,10 +6,9 @@ open_clip."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
-from d2scale.params import PARAMS, Param, param_field
+from d2scale.params import Param, param_field, shared
 
 MODEL_PREFIXES = {"ViT-B-32": "b32", "ViT-L-14": "l14"}  # npz prefixes; others: from the name
 RANDOM = "none"  # --pretrained value for random weights
@@ -23,7 +22,7 @@ WEB: dict[str, Param] = {
     # --- embed ---------------------------------------------------------------------------------
     "model": _p("model", "str", "ViT-B-32", "open_clip model name"),
     "batch_size": _p("batch_size", "int", 64, "samples per batch", low=1, metavar="N"),
-    "device": replace(PARAMS["device"], help="auto: cuda (fp16) when torch sees a GPU, else cpu"),
+    "device": shared("device", "auto: cuda (fp16) when torch sees a GPU, else cpu", "web"),
     "threads": _p("threads", "int", None, "torch and image-decoding threads (default: all)",
                   low=1, optional=True, metavar="N"),
     "seed": _p("seed", "int", 0, "seed of random weights", metavar="N"),
