@@ -14,7 +14,12 @@ from dataclasses import replace
 from typing import Any
 
 from d2scale.params import Param, param_field, shared
-from d2scale.vision.defaults import DEFAULT_QUOTER, DEFAULT_RECALL_SMOOTHING, DEFAULT_THREADS
+from d2scale.vision.defaults import (
+    CIFAR_ITERATIONS,
+    DEFAULT_QUOTER,
+    DEFAULT_RECALL_SMOOTHING,
+    DEFAULT_THREADS,
+)
 from d2scale.vision.registry import (
     AL_SCORERS,
     CORESET_METHODS,
@@ -88,7 +93,7 @@ VISION: dict[str, Param] = {
     "epochs": _p("epochs", "int", None, "full-data epochs (default: the recipe's)", low=1,
                  optional=True),
     "iterations": _p("iterations", "int", None, "SGD steps of coreset runs (default: the "
-                     "recipe's; CIFAR 40000)", low=1, optional=True),
+                     f"recipe's; CIFAR {CIFAR_ITERATIONS})", low=1, optional=True),
     "batch_size": _p("batch_size", "int", None, "samples per SGD step (default: the recipe's)",
                      low=1, optional=True),
     "lr": _p("lr", "float", None, "peak learning rate (default: the recipe's)", low=0,

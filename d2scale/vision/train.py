@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from d2scale.errors import D2ScaleError
 from d2scale.io import atomic_path
 from d2scale.params import check_option
+from d2scale.vision.defaults import CIFAR_ITERATIONS
 from d2scale.vision.dynamics import DynamicsLog, el2n_of, entropy_of, grand_of
 from d2scale.vision.meter import meter
 from d2scale.vision.models import build_model
@@ -57,7 +58,9 @@ class Recipe:
     short_query_epochs: int | None = None  # DRoP random/EL2N/GraNd query models (None: 10%)
 
 
-CIFAR_D2 = Recipe(epochs=200, batch_size=256, lr=0.1, weight_decay=5e-4, iterations=40_000)
+CIFAR_D2 = Recipe(
+    epochs=200, batch_size=256, lr=0.1, weight_decay=5e-4, iterations=CIFAR_ITERATIONS
+)
 RECIPES: dict[tuple[str, str], Recipe] = {
     # D2 / CCS (SPEC §3): ResNet-18, 200 epochs full data, 40k steps on coresets
     ("d2", "cifar10"): CIFAR_D2,
