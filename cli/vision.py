@@ -25,9 +25,11 @@ from d2scale.params import PARAMS
 from d2scale.vision.params import (
     AUTO_NUM_INITS,
     NUM_INITS,
+    QUOTERS,
     RECALL_SMOOTHINGS,
     SAMPLING_MODES,
     STRATEGY_ALIASES,
+    strategies_text,
 )
 from d2scale.vision.params import VISION as V
 from d2scale.vision.registry import DATASET_MODELS, DEFAULT_MODEL, MODEL_ALIASES, MODELS
@@ -484,16 +486,18 @@ def _add_experiment(vsub) -> None:
     p.add_argument(
         "--methods",
         help="d2: comma list, topk-<score> picks the score (default: "
-        f"{D2_METHODS}); drop: <scorer>[+uniform|+drop] (default: {DROP_METHODS})",
+        f"{D2_METHODS}); drop: <scorer>[{_quota_suffixes()}] (default: {DROP_METHODS})",
     )
     shown = "; ".join(f"{k} {v}" for k, v in FRACTIONS.items())
     p.add_argument("--fractions", help=f"fractions kept (default: {shown})")
     add_flag(p, V["seeds"], help="default: %(default)s")
-    p.add_argument("--cdbw", help=f"drop: off, on or off,on (default: {DROP_ONLY['cdbw']})")
+    p.add_argument("--cdbw", help=f"drop: {_one_or_all(CDBW)} (default: {DROP_ONLY['cdbw']})")
+    none, *others = RECALL_SMOOTHINGS
     p.add_argument(
         "--recall-smoothing",
-        help="drop: none (published), laplace or none,laplace (cells with DRoP quotas or "
-        f"CDB-W; see vision prune) (default: {DROP_ONLY['recall_smoothing']})",
+        help=f"drop: {none} (published), {', '.join(others)} or {','.join(RECALL_SMOOTHINGS)} "
+        f"(cells with DRoP quotas or CDB-W; see vision prune) (default: "
+        f"{DROP_ONLY['recall_smoothing']})",
     )
     add_flag(
         p,
@@ -508,6 +512,7 @@ def _add_experiment(vsub) -> None:
 
 
 FRACTIONS = {"d2": "0.1,0.3,0.5", "drop": "0.3,0.5"}  # of experiment, by --protocol
+CDBW = ("off", "on")  # experiment --cdbw: the grid's CDB-W settings
 D2_METHODS = "random,topk-forgetting,d2,ccs,moderate,kcenter"
 DROP_METHODS = "random,random+drop,el2n,el2n+drop,d2,d2+drop"
 # drop-only flags of experiment: None unless given (then refused under d2), else these
@@ -549,8 +554,7 @@ def _run_experiment(args) -> int:
         grid["num_inits"] = args.num_inits
         grid["smoothings"] = _items(args.recall_smoothing, "--recall-smoothing")
         if not set(grid["smoothings"]) <= set(RECALL_SMOOTHINGS):
-            one, both = ", ".join(RECALL_SMOOTHINGS), ",".join(RECALL_SMOOTHINGS)
-            raise D2ScaleError(f"--recall-smoothing takes {one} or {both}.")
+            raise D2ScaleError(f"--recall-smoothing takes {_one_or_all(RECALL_SMOOTHINGS)}.")
     else:
         grid["methods"] = ex.parse_methods(args.methods or D2_METHODS)
     say = args.say
@@ -568,9 +572,19 @@ def _run_experiment(args) -> int:
 
 
 def _on_off(text: str) -> bool:
-    if text not in ("on", "off"):
-        raise D2ScaleError(f"--cdbw takes off, on or off,on; got {text!r}.")
-    return text == "on"
+    if text not in CDBW:
+        raise D2ScaleError(f"--cdbw takes {_one_or_all(CDBW)}; got {text!r}.")
+    return text == CDBW[1]
+
+
+def _one_or_all(choices) -> str:
+    """``off, on or off,on``: each value, or all of them comma-separated."""
+    return f"{', '.join(choices[:-1])}, {choices[-1]} or {','.join(choices)}"
+
+
+def _quota_suffixes() -> str:
+    """``+uniform|+drop``: the quoters a DRoP grid method may name (none is the default)."""
+    return "|".join(f"+{q}" for q in QUOTERS if q != "none")
 
 
 def _items(text: str, flag: str) -> list[str]:
@@ -678,7 +692,7 @@ def _add_prune(vsub) -> None:
         epilog=EPILOG,
     )
     _data_flags(p, seed_defaults=True)
-    add_flag(p, V["strategy"], type=_strategy, choices=None, help=" | ".join(_STRATEGY_TEXT))
+    add_flag(p, V["strategy"], type=_strategy, choices=None)
     add_flag(p, V["final_frac"], SEED_SPELLING, required=True, action=_Spelled,
              help=f"{V['final_frac'].help}; spelled {SEED_SPELLING}, the command keeps the DRoP "
              "seed's defaults (see --quoter)")  # fmt: skip
@@ -729,14 +743,10 @@ def _add_prune(vsub) -> None:
     p.set_defaults(run=_with_progress(_run_prune))
 
 
-_STRATEGY_TEXT = [f"{s} (or {a})" for s in V["strategy"].choices
-                  for a, t in STRATEGY_ALIASES.items() if t == s]  # fmt: skip
-
-
 def _strategy(text: str) -> str:
     value = STRATEGY_ALIASES.get(text, text.lower())
     if value not in V["strategy"].choices:
-        raise argparse.ArgumentTypeError(f"choose {' or '.join(_STRATEGY_TEXT)}")
+        raise argparse.ArgumentTypeError(f"choose {' or '.join(strategies_text())}")
     return value
 
 

@@ -58,6 +58,11 @@ AUTO_MIS_RATIO = ((0.5, 0.0), (0.2, 0.1), (0.0, 0.4))
 _V = "vision"
 
 
+def strategies_text() -> list[str]:
+    """``["dp (or 1)", "al (or 0)"]``: each strategy with the DRoP seed's number for it."""
+    return [f"{s} (or {a})" for s in STRATEGIES for a, t in STRATEGY_ALIASES.items() if t == s]
+
+
 def _scores() -> str:
     """``forgetting, accumulated_margin/aum, …``."""
     aliases = {s: "".join(f"/{a}" for a, t in SCORE_ALIASES.items() if t == s) for s in SCORES}
@@ -111,8 +116,9 @@ VISION: dict[str, Param] = {
     # --- coreset selection ---------------------------------------------------------------------
     "method": _p("method", "choice", None, "required to select (or the seed's --sampling-mode)",
                  choices=METHODS, optional=True),
-    "sampling_mode": _p("sampling_mode", "choice", None, "seed alias of --method (graph = d2, "
-                        "stratified = ccs)", choices=tuple(SAMPLING_MODES), optional=True),
+    "sampling_mode": _p("sampling_mode", "choice", None, "seed alias of --method ("
+                        + ", ".join(f"{k} = {v}" for k, v in SAMPLING_MODES.items() if k != v)
+                        + ")", choices=tuple(SAMPLING_MODES), optional=True),
     "fraction": _p("fraction", "float", None, "fraction of the training set kept, {range}",
                    low=0, high=1, low_open=True),
     "score": _p("score", "str", "forgetting", f"training-dynamics score ({_scores()})"),
@@ -138,7 +144,8 @@ VISION: dict[str, Param] = {
     "quoter": _p("quoter", "choice", DEFAULT_QUOTER, "per-class quotas", choices=QUOTERS),
     "prune_quoter": _p("quoter", "choice", DEFAULT_QUOTER, "per-class quotas",
                        choices=(*QUOTERS, "auto")),  # the seed's Auto: none
-    "strategy": _p("strategy", "choice", "dp", "dp (or 1) | al (or 0)", choices=STRATEGIES),
+    "strategy": _p("strategy", "choice", "dp", " | ".join(strategies_text()),
+                   choices=STRATEGIES),
     "final_frac": _p("final_frac", "float", None, "fraction kept (dp) or labelled (al) at the "
                      "end", low=0, high=1, low_open=True),
     "scorer": _p("scorer", "str", "random", f"dp: {_scorers(DP_SCORERS)}; al: "
