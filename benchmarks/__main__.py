@@ -35,7 +35,9 @@ sys.path.insert(0, HERE)
 import numpy as np  # noqa: E402
 from common import host_info  # noqa: E402
 
-SECTIONS = ("io", "knn", "mp", "select", "small")
+from d2scale.cli.bench import SECTIONS, SUITE  # noqa: E402
+from d2scale.cli.flags import add_flag, flag_help  # noqa: E402
+
 D2SCALE = [sys.executable, "-m", "d2scale.cli.main"]
 
 
@@ -63,14 +65,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def parse_args(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
-    p.add_argument("--sizes", default="100000", help="pool sizes, comma separated")
-    p.add_argument("--out", default="d2scale-bench", help="where bench.json and bench.md go")
-    p.add_argument("--workdir", default=os.path.expanduser("~/.cache/d2scale-bench"),
-                   help="cache of generated pools and graphs (reused)")  # fmt: skip
-    p.add_argument("--only", default=",".join(SECTIONS), help=f"sections of {SECTIONS}")
-    p.add_argument("--baseline-n", type=int, default=20_000, help="rows of the mp baselines")
-    p.add_argument("--select-flags", default="", help="extra flags for d2scale select")
+    for param in SUITE.values():  # the flags of `d2scale bench`, written once there
+        add_flag(p, param, help=flag_help(param))
     args = p.parse_args(argv)
+    args.workdir = os.path.expanduser(args.workdir)
     bad = set(args.only.split(",")) - set(SECTIONS)
     if bad:  # one line and status 1, like every d2scale error
         _refuse(f"unknown section {sorted(bad)[0]!r}; choose from {', '.join(SECTIONS)}")
@@ -193,7 +191,7 @@ def section_select(sizes: list[int], args) -> dict:
         pool = pool_for(n, args)
         clean = os.path.join(args.workdir, f"select-{n}-clean")
         _remove(clean)
-        extra = args.select_flags.split()
+        extra = (args.select_flags or "").split()
         entry = {"rows": n, **bench_select.run_select(pool, clean, extra)}
         entry["killed"] = [kill_and_rerun(pool, clean, n, point, args, extra)
                            for point in ("after-graph", "before-marker-graph")]  # fmt: skip

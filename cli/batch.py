@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from d2scale.cli.flags import flag_help
+from d2scale.cli.flags import add_flag, flag_help
 from d2scale.params import PARAMS
 from d2scale.progress import plural
 
@@ -25,13 +25,12 @@ def add_parser(sub, epilog: str) -> None:
     p.add_argument("jobs", metavar="JOBS", help="jobs file (.yaml, .yml or .toml)")
     p.add_argument("--dry-run", action="store_true", help="list what would run; write nothing")
     group = p.add_argument_group("execution (override the jobs file)")
-    for name in FLAGS:
+    for name in FLAGS:  # None: not given, the jobs file's value (or the table's) applies
         param = PARAMS[name]
         if param.kind == "bool":
-            group.add_argument(param.flag, dest=name, action="store_true", help=param.help)
+            add_flag(group, param)
         else:
-            group.add_argument(param.flag, dest=name, type=param.parse, default=None,
-                               metavar=param.metavar, help=flag_help(param))  # fmt: skip
+            add_flag(group, param, type=param.parse, default=None, help=flag_help(param))
     p.set_defaults(run=run)
 
 

@@ -1,18 +1,37 @@
-"""``d2scale bench``: the benchmark suite (``python -m benchmarks`` in a source checkout)."""
+"""``d2scale bench``: the benchmark suite (``python -m benchmarks`` in a source checkout).
+
+:data:`SUITE` holds the suite's flags, written once: ``python -m benchmarks`` reads its
+defaults from here, and ``d2scale bench`` passes on only the flags given."""
 
 from __future__ import annotations
 
-SUITE_FLAGS = {
-    "--sizes": ("100000", "pool sizes, comma separated, e.g. 100000,1000000"),
-    "--out": ("d2scale-bench", "directory for bench.json and bench.md"),
-    "--workdir": (None, "cache of generated pools and graphs (default ~/.cache/d2scale-bench)"),
-    "--only": (None, "sections to run: io,knn,mp,select,small (default all)"),
-    "--baseline-n": (None, "nodes of the message-passing baselines (default 20000)"),
-    "--select-flags": (None, "extra flags for d2scale select, in one quoted string (default none)"),
-}
+from d2scale.params import Param
+
+SECTIONS = ("io", "knn", "mp", "select", "small")
+_SUITE = "benchmark suite"
+
+SUITE: dict[str, Param] = {
+    p.name: p
+    for p in [
+        Param("sizes", "str", "100000", "pool sizes, comma separated, e.g. 100000,1000000",
+              _SUITE, ()),
+        Param("out", "path", "d2scale-bench", "directory for bench.json and bench.md", _SUITE,
+              ()),
+        Param("workdir", "path", "~/.cache/d2scale-bench", "cache of generated pools and "
+              "graphs (reused)", _SUITE, ()),
+        Param("only", "str", ",".join(SECTIONS), "sections to run, comma separated", _SUITE,
+              ()),
+        Param("baseline_n", "int", 20_000, "nodes of the message-passing baselines", _SUITE,
+              (), low=1),
+        Param("select_flags", "str", None, "extra flags for d2scale select, in one quoted "
+              "string", _SUITE, (), optional=True),
+    ]
+}  # fmt: skip
 
 
 def add_parser(sub, epilog: str) -> None:
+    from d2scale.cli.flags import add_flag, flag_help
+
     p = sub.add_parser(
         "bench",
         help="run the benchmark suite (I/O, kNN graph, message passing, end-to-end select)",
@@ -21,9 +40,8 @@ def add_parser(sub, epilog: str) -> None:
         "versions, git revision, load).",
         epilog=epilog,
     )
-    for flag, (default, text) in SUITE_FLAGS.items():
-        shown = text if default is None or "default" in text else f"{text} (default {default})"
-        p.add_argument(flag, default=default, help=shown)
+    for param in SUITE.values():  # None: not given, the suite's default applies
+        add_flag(p, param, type=str, default=None, help=flag_help(param))
     p.set_defaults(run=run)
 
 
@@ -41,9 +59,8 @@ def run(args) -> int:
             "from it with `pip install -e .` or run `python -m benchmarks` there."
         )
     argv = [sys.executable, "-m", "benchmarks"]
-    for flag in SUITE_FLAGS:
-        value = getattr(args, flag[2:].replace("-", "_"))
+    for param in SUITE.values():
+        value = getattr(args, param.name)
         if value is not None:
-            path_like = flag in ("--out", "--workdir")
-            argv += [flag, os.path.abspath(value) if path_like else value]
+            argv += [param.flag, os.path.abspath(value) if param.kind == "path" else value]
     return subprocess.call(argv, cwd=root)

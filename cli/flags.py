@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 from d2scale.params import PARAMS, Param, for_command
 
@@ -54,3 +56,40 @@ def flag_help(p: Param, required: bool = False) -> str:
 def values(args: argparse.Namespace, command: str) -> dict:
     """The parsed parameter values of ``command`` as a dict."""
     return {p.name: getattr(args, p.name) for p in for_command(command)}
+
+
+def add_flag(group, p: Param, *aliases: str, **overrides: Any) -> argparse.Action:
+    """One option of a table entry ``p`` (``d2scale.vision.params``, web commands): its flag
+    and ``aliases``, default, choices, and an integer range checked as argparse words it
+    ("expected an integer ≥ 1, got 0"); ``overrides`` are further ``add_argument`` keywords
+    (help of this command, an action, required, …)."""
+    kw: dict[str, Any] = {"dest": p.name, "help": p.help or None}
+    if p.kind == "bool":
+        kw["action"] = "store_true"
+    else:
+        kw["default"] = p.default
+        if p.choices:
+            kw["choices"] = p.choices
+        if p.kind == "int":
+            kw["type"] = int_type(p)
+        elif p.kind == "float":
+            kw["type"] = float
+        if p.metavar:
+            kw["metavar"] = p.metavar
+    return group.add_argument(p.flag, *aliases, **{**kw, **overrides})
+
+
+def int_type(p: Param) -> Callable[[str], int]:
+    """argparse ``type=`` of an integer entry: its range from the table."""
+    what = f"expected an integer {p.range_text()}".rstrip()
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what}, got {text!r}") from None
+        if not p._in_range(value):
+            raise argparse.ArgumentTypeError(f"{what}, got {value}")
+        return value
+
+    return parse

@@ -19,22 +19,24 @@ import json
 import os
 import sys
 
+from d2scale.cli.flags import add_flag, flag_help, int_type
 from d2scale.errors import D2ScaleError
-from d2scale.params import DEVICES
-from d2scale.vision.defaults import DEFAULT_QUOTER, DEFAULT_RECALL_SMOOTHING, DEFAULT_THREADS
-from d2scale.vision.registry import DATASETS, METHODS, MODEL_ALIASES, MODELS
+from d2scale.params import PARAMS
+from d2scale.vision.params import (
+    AUTO_NUM_INITS,
+    NUM_INITS,
+    QUOTERS,
+    RECALL_SMOOTHINGS,
+    SAMPLING_MODES,
+    STRATEGY_ALIASES,
+    strategies_text,
+)
+from d2scale.vision.params import VISION as V
+from d2scale.vision.registry import DATASET_MODELS, DEFAULT_MODEL, MODEL_ALIASES, MODELS
 
 EPILOG = "Docs: README.md, section 'Image classification'. Errors print one line, exit 1."
 DEFAULT_DATA_DIR = "./data"  # CIFAR archives without --data-dir: ./data (the seeds' default)
 SEED_CORESET = ""  # `train --coreset` without a file: select here (the D2 seed's train.py)
-SAMPLING_MODES = {
-    "graph": "d2",
-    "stratified": "ccs",
-    "random": "random",
-    "kcenter": "kcenter",
-    "moderate": "moderate",
-    "topk": "topk",
-}
 
 
 class _Help(argparse.HelpFormatter):
@@ -78,16 +80,9 @@ def add_parser(sub, epilog: str = EPILOG) -> None:
 
 def _data_flags(p: argparse.ArgumentParser, seed_defaults: bool = False) -> None:
     g = p.add_argument_group("data and model")
-    g.add_argument(
-        "--dataset",
-        "--dataset_name",
-        dest="dataset",
-        type=str.lower,
-        required=not seed_defaults,
-        default="cifar10" if seed_defaults else None,
-        choices=DATASETS,
-        help="as the seeds" if seed_defaults else None,
-    )
+    dataset = V["dataset"]
+    add_flag(g, dataset, "--dataset_name", type=str.lower, required=not seed_defaults,
+             **({} if seed_defaults else {"default": None, "help": None}))  # fmt: skip
     g.add_argument(
         "--data-dir",
         "--data_path",
@@ -97,69 +92,46 @@ def _data_flags(p: argparse.ArgumentParser, seed_defaults: bool = False) -> None
         f"metadata.csv (docs/vision-data.md) (default: {DEFAULT_DATA_DIR} for cifar*, as the "
         "seeds; digits, mnist5k ship with packages)",
     )
-    g.add_argument(
-        "--model",
+    by_dataset = ", ".join(f"{m} for {' and '.join(d)}" for m, d in _models_by_dataset().items())
+    add_flag(
+        g,
+        V["model"],
         "--network",
         "--model_name",
-        dest="model",
         type=_model,
-        help=f"{', '.join(MODELS)} (default: cnn for digits and mnist5k, "
-        "resnet50 for imagenet, resnet18 otherwise)",
+        choices=None,
+        help=f"{', '.join(MODELS)} (default: {by_dataset}, {DEFAULT_MODEL} otherwise)",
     )
+
+
+def _models_by_dataset() -> dict[str, list[str]]:
+    """{model: [datasets]} of :data:`DATASET_MODELS`, in its order."""
+    grouped: dict[str, list[str]] = {}
+    for dataset, model in DATASET_MODELS.items():
+        grouped.setdefault(model, []).append(dataset)
+    return grouped
 
 
 def _train_flags(p: argparse.ArgumentParser, steps: bool = True, seed_gpu: bool = False) -> None:
     g = p.add_argument_group("training (defaults: the dataset's recipe)")
-    g.add_argument("--epochs", type=_pos_int, help="full-data epochs (default: the recipe's)")
+    add_flag(g, V["epochs"])
     if steps:
-        g.add_argument(
-            "--iterations",
-            type=_pos_int,
-            help="SGD steps of coreset runs (default: the recipe's; CIFAR 40000)",
-        )
-    g.add_argument(
-        "--batch-size",
-        "--batch_size",
-        dest="batch_size",
-        type=_pos_int,
-        help="samples per SGD step (default: the recipe's)",
-    )
-    g.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
-    g.add_argument("--seed", type=_nonneg_int, default=0, help="every random choice")
-    g.add_argument(
-        "--device",
-        choices=DEVICES,
-        default="auto",
-        help="auto: CUDA when torch sees a GPU, else the CPU",
-    )
+        add_flag(g, V["iterations"])
+    add_flag(g, V["batch_size"], "--batch_size")
+    add_flag(g, V["lr"])
+    add_flag(g, V["seed"])
+    add_flag(g, V["device"])
     if seed_gpu:
         _seed_gpu_flags(g)
-    g.add_argument(
-        "--threads",
-        type=_pos_int,
-        default=DEFAULT_THREADS,
-        help="torch CPU threads. These models are small per sample, so one thread is the "
-        "fastest on a small or shared CPU (digits on the loaded 2-core dev machine: several "
-        "times faster than torch's default of one per core); raise it for large models on "
-        "many free cores. The count "
-        "changes float summation order, so results differ slightly; metrics.json records it",
-    )
+    add_flag(g, V["threads"])
     _progress_flags(p)
 
 
 def _progress_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("progress")
-    g.add_argument(
-        "--quiet",
-        action="store_true",
-        help="no progress output (warnings about degraded results still print)",
-    )
-    g.add_argument(
-        "--log-json",
-        metavar="FILE",
-        help="append one JSON object per progress event to FILE ('-': to stderr, instead of "
-        "the progress lines) (default: none)",
-    )
+    add_flag(g, PARAMS["quiet"],
+             help="no progress output (warnings about degraded results still print)")  # fmt: skip
+    add_flag(g, PARAMS["log_json"], help=flag_help(PARAMS["log_json"]))
 
 
 def _seed_gpu_flags(g) -> None:
@@ -171,12 +143,7 @@ def _seed_gpu_flags(g) -> None:
         action="store_true",
         help="DRoP seed: the GPU if there is one, else the CPU with a warning (recorded)",
     )
-    g.add_argument(
-        "--gpuid",
-        type=_nonneg_int,
-        metavar="N",
-        help="D2 seed: GPU N if there is one, else the CPU with a warning (recorded)",
-    )
+    add_flag(g, V["gpuid"])
 
 
 def _select_flags(
@@ -187,100 +154,21 @@ def _select_flags(
     g = p.add_argument_group("coreset selection")
     if with_method:
         one = g.add_mutually_exclusive_group(required=required)
-        one.add_argument(
-            "--method",
-            choices=METHODS,
-            help="required to select (or the seed's --sampling-mode)",
-        )
-        one.add_argument(
-            "--sampling-mode",
-            choices=tuple(SAMPLING_MODES),
-            help="seed alias of --method (graph = d2, stratified = ccs)",
-        )
-        g.add_argument(
-            "--fraction",
-            "--coreset-ratio",
-            dest="fraction",
-            type=float,
-            required=required,
-            help="fraction of the training set kept, in (0, 1]",
-        )
-        g.add_argument(
-            "--score",
-            "--coreset-key",
-            dest="score",
-            default="forgetting",
-            help="training-dynamics score (forgetting, accumulated_margin/aum, el2n, "
-            "entropy, dynamic_uncertainty/dynunc, grand)",
-        )
-    g.add_argument(
-        "--mis-ratio",
-        default="auto",
-        help="share of samples removed first by lowest AUM (auto: d2/ccs 0.1 from "
-        "20%% kept, 0.4 below, 0 at ≥ 50%%; other methods 0)",
-    )
-    g.add_argument(
-        "--coreset-mode",
-        choices=("class", "global"),
-        help="pick per class (default for d2, kcenter) or over all samples",
-    )
+        add_flag(one, V["method"])
+        add_flag(one, V["sampling_mode"])
+        add_flag(g, V["fraction"], "--coreset-ratio", required=required)
+        add_flag(g, V["score"], "--coreset-key")
+    add_flag(g, V["mis_ratio"])
+    add_flag(g, V["coreset_mode"])
     g.add_argument("--label-balanced", action="store_true", help="seed alias: --coreset-mode class")
-    g.add_argument(
-        "--budget-mode",
-        choices=("uniform",),
-        default="uniform",
-        help="class budgets: small classes whole, the rest even (seed's uniform)",
-    )
-    g.add_argument(
-        "--n-neighbors",
-        "--n-neighbor",
-        dest="n_neighbors",
-        type=_pos_int,
-        default=5,
-        help="D2: k of each class's kNN graph",
-    )
-    g.add_argument("--gamma", type=float, default=0.1, help="D2 reverse kernel width γr")
-    g.add_argument("--gamma-forward", type=float, default=1.0, help="D2 forward kernel width")
-    g.add_argument(
-        "--mode",
-        "--graph-mode",
-        dest="mode",
-        choices=("sum", "product"),
-        default="sum",
-        help="D2 forward message combination",
-    )
-    g.add_argument(
-        "--sampling",
-        "--graph-sampling-mode",
-        dest="sampling",
-        choices=("weighted", "absolute"),
-        default="weighted",
-        help="D2 reverse update",
-    )
-    g.add_argument(
-        "--strata", "--stratas", dest="strata", type=_pos_int, default=50, help="CCS score strata"
-    )
+    add_flag(g, V["budget_mode"])
+    add_flag(g, V["n_neighbors"], "--n-neighbor")
+    add_flag(g, V["gamma"])
+    add_flag(g, V["gamma_forward"])
+    add_flag(g, V["mode"], "--graph-mode")
+    add_flag(g, V["sampling"], "--graph-sampling-mode")
+    add_flag(g, V["strata"], "--stratas")
     return g
-
-
-def _pos_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, got {value}")
-    return value
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {value}")
-    return value
 
 
 def _model(text: str) -> str:
@@ -312,9 +200,7 @@ def _setup(args, family: str):
     from d2scale.vision.data import load_dataset
 
     if args.model is None:
-        args.model = {"digits": "cnn", "mnist5k": "cnn", "imagenet": "resnet50"}.get(
-            args.dataset, "resnet18"
-        )
+        args.model = DATASET_MODELS.get(args.dataset, DEFAULT_MODEL)
     recipe = _recipe(args, family)
     torch.set_num_threads(args.threads)
     device, args.device_record = _device(args)
@@ -554,7 +440,7 @@ def _add_select(vsub) -> None:
         "--run", dest="run_dir", required=True, metavar="RUN", help="full-data run directory"
     )
     p.add_argument("--out", required=True, metavar="FILE.npy")
-    p.add_argument("--seed", type=_nonneg_int, default=0, help="random, ccs: the draw")
+    add_flag(p, V["seed"], help="random, ccs: the draw")
     _progress_flags(p)
     _select_flags(p)
     p.set_defaults(run=_with_progress(_run_select))
@@ -596,25 +482,27 @@ def _add_experiment(vsub) -> None:
         epilog=EPILOG,
     )
     _data_flags(p)
-    p.add_argument("--protocol", choices=("d2", "drop"), default="d2")
+    add_flag(p, V["protocol"])
     p.add_argument(
         "--methods",
         help="d2: comma list, topk-<score> picks the score (default: "
-        f"{D2_METHODS}); drop: <scorer>[+uniform|+drop] (default: {DROP_METHODS})",
+        f"{D2_METHODS}); drop: <scorer>[{_quota_suffixes()}] (default: {DROP_METHODS})",
     )
-    p.add_argument("--fractions", help="fractions kept (default: d2 0.1,0.3,0.5; drop 0.3,0.5)")
-    p.add_argument("--seeds", default="0,1,2", help="default: %(default)s")
-    p.add_argument("--cdbw", help=f"drop: off, on or off,on (default: {DROP_ONLY['cdbw']})")
+    shown = "; ".join(f"{k} {v}" for k, v in FRACTIONS.items())
+    p.add_argument("--fractions", help=f"fractions kept (default: {shown})")
+    add_flag(p, V["seeds"], help="default: %(default)s")
+    p.add_argument("--cdbw", help=f"drop: {_one_or_all(CDBW)} (default: {DROP_ONLY['cdbw']})")
+    none, *others = RECALL_SMOOTHINGS
     p.add_argument(
         "--recall-smoothing",
-        help="drop: none (published), laplace or none,laplace (cells with DRoP quotas or "
-        f"CDB-W; see vision prune) (default: {DROP_ONLY['recall_smoothing']})",
+        help=f"drop: {none} (published), {', '.join(others)} or {','.join(RECALL_SMOOTHINGS)} "
+        f"(cells with DRoP quotas or CDB-W; see vision prune) (default: "
+        f"{DROP_ONLY['recall_smoothing']})",
     )
-    p.add_argument(
-        "--num-inits",
+    add_flag(
+        p,
+        V["num_inits"],
         "--num_inits",
-        dest="num_inits",
-        type=_pos_int,
         help=f"drop: query models per selection (default: {DROP_ONLY['num_inits']})",
     )
     p.add_argument("--out", required=True, metavar="DIR")
@@ -623,9 +511,13 @@ def _add_experiment(vsub) -> None:
     p.set_defaults(run=_with_progress(_run_experiment))
 
 
+FRACTIONS = {"d2": "0.1,0.3,0.5", "drop": "0.3,0.5"}  # of experiment, by --protocol
+CDBW = ("off", "on")  # experiment --cdbw: the grid's CDB-W settings
 D2_METHODS = "random,topk-forgetting,d2,ccs,moderate,kcenter"
 DROP_METHODS = "random,random+drop,el2n,el2n+drop,d2,d2+drop"
-DROP_ONLY = {"cdbw": "off", "recall_smoothing": DEFAULT_RECALL_SMOOTHING, "num_inits": 1}
+# drop-only flags of experiment: None unless given (then refused under d2), else these
+DROP_ONLY = {"cdbw": "off", "recall_smoothing": V["recall_smoothing"].default,
+             "num_inits": NUM_INITS}  # fmt: skip
 
 
 def _protocol_flags(args, drop: bool) -> None:
@@ -650,9 +542,9 @@ def _run_experiment(args) -> int:
 
     drop = args.protocol == "drop"
     _protocol_flags(args, drop)
-    fractions = _floats(args.fractions or ("0.3,0.5" if drop else "0.1,0.3,0.5"), "--fractions")
+    fractions = _floats(args.fractions or FRACTIONS[args.protocol], "--fractions")
     try:
-        seeds = [_nonneg_int(s) for s in _items(args.seeds, "--seeds")]
+        seeds = [int_type(V["seed"])(s) for s in _items(args.seeds, "--seeds")]
     except argparse.ArgumentTypeError as e:
         raise D2ScaleError(f"--seeds: {e}.") from None
     grid = dict(fractions=fractions, seeds=seeds, out=args.out, select_params=_select_params(args))
@@ -661,8 +553,8 @@ def _run_experiment(args) -> int:
         grid["cdbw"] = [_on_off(v) for v in _items(args.cdbw, "--cdbw")]
         grid["num_inits"] = args.num_inits
         grid["smoothings"] = _items(args.recall_smoothing, "--recall-smoothing")
-        if not set(grid["smoothings"]) <= {"none", "laplace"}:
-            raise D2ScaleError("--recall-smoothing takes none, laplace or none,laplace.")
+        if not set(grid["smoothings"]) <= set(RECALL_SMOOTHINGS):
+            raise D2ScaleError(f"--recall-smoothing takes {_one_or_all(RECALL_SMOOTHINGS)}.")
     else:
         grid["methods"] = ex.parse_methods(args.methods or D2_METHODS)
     say = args.say
@@ -680,9 +572,19 @@ def _run_experiment(args) -> int:
 
 
 def _on_off(text: str) -> bool:
-    if text not in ("on", "off"):
-        raise D2ScaleError(f"--cdbw takes off, on or off,on; got {text!r}.")
-    return text == "on"
+    if text not in CDBW:
+        raise D2ScaleError(f"--cdbw takes {_one_or_all(CDBW)}; got {text!r}.")
+    return text == CDBW[1]
+
+
+def _one_or_all(choices) -> str:
+    """``off, on or off,on``: each value, or all of them comma-separated."""
+    return f"{', '.join(choices[:-1])}, {choices[-1]} or {','.join(choices)}"
+
+
+def _quota_suffixes() -> str:
+    """``+uniform|+drop``: the quoters a DRoP grid method may name (none is the default)."""
+    return "|".join(f"+{q}" for q in QUOTERS if q != "none")
 
 
 def _items(text: str, flag: str) -> list[str]:
@@ -710,21 +612,19 @@ def _add_quotas(vsub) -> None:
         description="Prints {quotas, budget, densities, ...} as JSON.",
         epilog=EPILOG,
     )
-    p.add_argument("--counts", required=True, help="class sizes, comma list")
+    add_flag(p, V["counts"], required=True)
     p.add_argument(
         "--recalls", help="per-class validation recall in [0, 1], comma list (needed by drop)"
     )
-    p.add_argument("--fraction", required=True, type=float, help="fraction kept, in (0, 1]")
-    p.add_argument(
-        "--quoter",
+    add_flag(p, V["fraction"], required=True, help=f"fraction kept, {V['fraction'].range_text()}")
+    add_flag(
+        p,
+        V["quoter"],
         "--quoter_name",
-        dest="quoter",
         type=str.lower,
-        choices=("drop", "uniform", "none"),
-        default=DEFAULT_QUOTER,
         help="drop: density ∝ validation error; uniform: the same density in every class",
     )
-    p.add_argument("--seed", type=_nonneg_int, default=0, help="fills the rounding leftovers")
+    add_flag(p, V["seed"], help="fills the rounding leftovers")
     p.set_defaults(run=_run_quotas)
 
 
@@ -732,7 +632,7 @@ def _run_quotas(args) -> int:
     from d2scale.vision.quotas import quotas_report
 
     try:
-        counts = [_nonneg_int(v) for v in _items(args.counts, "--counts")]
+        counts = [int_type(V["class_size"])(v) for v in _items(args.counts, "--counts")]
     except argparse.ArgumentTypeError as e:
         raise D2ScaleError(f"--counts: {e}.") from None
     if args.recalls and args.quoter != "drop":
@@ -754,6 +654,7 @@ def _run_quotas(args) -> int:
 # (d2scale.vision.defaults says why d2scale's own are DRoP quotas with Laplace recall)
 SEED_SPELLING = "--final_frac"  # its one required flag, as its README spells it
 SEED_PRUNE_DEFAULTS = {"quoter": "none", "recall_smoothing": "none"}
+_SEED_PRUNE_PARAMS = (V["prune_quoter"], V["recall_smoothing"])  # d2scale's own of those
 
 
 class _Spelled(argparse.Action):
@@ -791,17 +692,10 @@ def _add_prune(vsub) -> None:
         epilog=EPILOG,
     )
     _data_flags(p, seed_defaults=True)
-    p.add_argument("--strategy", type=_strategy, default="dp", help="dp (or 1) | al (or 0)")
-    p.add_argument(
-        "--final-frac",
-        SEED_SPELLING,
-        dest="final_frac",
-        type=float,
-        required=True,
-        action=_Spelled,
-        help=f"fraction kept (dp) or labelled (al) at the end; spelled {SEED_SPELLING}, the "
-        "command keeps the DRoP seed's defaults (see --quoter)",
-    )
+    add_flag(p, V["strategy"], type=_strategy, choices=None)
+    add_flag(p, V["final_frac"], SEED_SPELLING, required=True, action=_Spelled,
+             help=f"{V['final_frac'].help}; spelled {SEED_SPELLING}, the command keeps the DRoP "
+             "seed's defaults (see --quoter)")  # fmt: skip
     p.add_argument(
         "--init-frac",
         "--init_frac",
@@ -810,75 +704,34 @@ def _add_prune(vsub) -> None:
         type=float,
         help="al: the seeded initial labelled fraction (default final/(iterations+1))",
     )
-    p.add_argument(
-        "--scorer",
-        "--scorer_name",
-        dest="scorer",
-        type=str.lower,
-        default="random",
-        help="dp: random, el2n, grand (the final query model's, as DRoP's code), el2n-early, "
-        "grand-early (in-training), forgetting, dynunc, aum, entropy, d2, kcenter; al: random, "
-        "el2n, grand, entropy, margin, variation_ratio, bald, d2, kcenter",
-    )
-    p.add_argument(
-        "--quoter",
-        "--quoter_name",
-        dest="quoter",
-        type=str.lower,
-        choices=("none", "uniform", "drop", "auto"),
-        default=DEFAULT_QUOTER,
-        action=_Spelled,
-        help="per-class quotas: drop (DRoP: density ∝ validation error), uniform, or none "
-        "(the seed's Auto, its default): the scorer alone. A command in the seed's spelling "
-        f"({SEED_SPELLING}) without this flag keeps the seed's none, and its measured recall "
-        "without --recall-smoothing (said and recorded)",
-    )
-    p.add_argument(
-        "--num-inits",
-        "--num_inits",
-        dest="num_inits",
-        type=_pos_int,
-        help="query models per selection (default: --auto-config's, else 1)",
-    )
-    p.add_argument(
-        "--iterations",
-        type=_pos_int,
-        default=1,
-        help="selection iterations; fractions interpolate linearly to the final one",
-    )
+    add_flag(p, V["scorer"], "--scorer_name", type=str.lower)  # fmt: skip
+    add_flag(p, V["prune_quoter"], "--quoter_name", type=str.lower, action=_Spelled,
+             help="per-class quotas: drop (DRoP: density ∝ validation error), uniform, or none "
+             "(the seed's Auto, its default): the scorer alone. A command in the seed's "
+             f"spelling ({SEED_SPELLING}) without this flag keeps the seed's none, and its "
+             "measured recall without --recall-smoothing (said and recorded)")  # fmt: skip
+    add_flag(p, V["num_inits"], "--num_inits", help="query models per selection (default: "
+             f"--auto-config's, else {NUM_INITS})")  # fmt: skip
+    add_flag(p, V["prune_iterations"])
     p.add_argument("--cdbw-final", "--cdbw_final", dest="cdbw_final", action="store_true")
     p.add_argument("--cdbw-query", "--cdbw_query", dest="cdbw_query", action="store_true")
+    auto = {n: [s for s, v in AUTO_NUM_INITS.items() if v == n] for n in AUTO_NUM_INITS.values()}
     p.add_argument(
         "--auto-config",
         "--auto_config",
         dest="auto_config",
         action="store_true",
-        help="DRoP's released configuration: --num-inits 5 for el2n and grand, 1 for dynunc, "
-        "forgetting and kcenter (pruning); recipes are always filled per dataset/model",
+        help="DRoP's released configuration: --num-inits "
+        + ", ".join(f"{n} for {_and(scorers)}" for n, scorers in auto.items())
+        + " (pruning); recipes are always filled per dataset/model",
     )
-    p.add_argument(
-        "--dropout",
-        type=float,
-        default=0.0,
-        help="dropout before the last layer of query and final models (MC-dropout acquisition)",
-    )
-    p.add_argument(
-        "--mc-passes",
-        "--bald_k",
-        dest="mc_passes",
-        type=_pos_int,
-        default=5,
-        help="al: MC-dropout passes of entropy, margin, variation_ratio, bald (default: 5)",
-    )
-    p.add_argument("--query-epochs", type=_pos_int, help="query-model epochs (default: recipe)")
-    p.add_argument(
-        "--recall-smoothing",
-        choices=("none", "laplace"),
-        default=DEFAULT_RECALL_SMOOTHING,
-        action=_Spelled,
-        help="validation recall for quotas and CDB-W: laplace (hits + 1) / (n + 2), or none: "
-        "as measured (published), which gives a class measured at recall 1.0 no samples",
-    )
+    add_flag(p, V["dropout"])
+    add_flag(p, V["mc_passes"], "--bald_k")
+    add_flag(p, V["query_epochs"])
+    add_flag(p, V["recall_smoothing"], action=_Spelled,
+             help="validation recall for quotas and CDB-W: laplace (hits + 1) / (n + 2), or "
+             "none: as measured (published), which gives a class measured at recall 1.0 no "
+             "samples")  # fmt: skip
     p.add_argument(
         "--query-cache", metavar="DIR", help="reuse query models across runs (default: OUT/query)"
     )
@@ -891,10 +744,15 @@ def _add_prune(vsub) -> None:
 
 
 def _strategy(text: str) -> str:
-    value = {"0": "al", "1": "dp"}.get(text, text.lower())
-    if value not in ("dp", "al"):
-        raise argparse.ArgumentTypeError("choose dp (or 1) or al (or 0)")
+    value = STRATEGY_ALIASES.get(text, text.lower())
+    if value not in V["strategy"].choices:
+        raise argparse.ArgumentTypeError(f"choose {' or '.join(strategies_text())}")
     return value
+
+
+def _and(items: list[str]) -> str:
+    """``a, b and c``."""
+    return " and ".join([", ".join(items[:-1]), items[-1]] if len(items) > 1 else items)
 
 
 def _run_prune(args) -> int:
@@ -923,7 +781,7 @@ def _run_prune(args) -> int:
     data, recipe = _setup(args, "drop")
     if seed_defaults:
         flags = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in seed_defaults.items())
-        own = f"--quoter {DEFAULT_QUOTER}, --recall-smoothing {DEFAULT_RECALL_SMOOTHING}"
+        own = ", ".join(f"{p.flag} {p.default}" for p in _SEED_PRUNE_PARAMS)
         say(f"the DRoP seed's spelling ({SEED_SPELLING}): its defaults {flags} (d2scale's: {own})")
     extra = {**args.device_record, **({"seed_defaults": seed_defaults} if seed_defaults else {})}
     auto = auto_num_inits(params) if args.auto_config else None
@@ -982,11 +840,8 @@ def _add_scores(vsub) -> None:
     p.add_argument("--base-dir", help="seed form: RUN = BASE_DIR/TASK_NAME")
     p.add_argument("--task-name", help="seed form: RUN = BASE_DIR/TASK_NAME")
     p.add_argument("--feature", action="store_true", help="also write the features")
-    p.add_argument(
-        "--gpuid",
-        type=_nonneg_int,
-        metavar="N",
-        help="accepted for the seed; nothing runs on a device here (a note says so)",
+    add_flag(
+        p, V["gpuid"], help="accepted for the seed; nothing runs on a device here (a note says so)"
     )
     _progress_flags(p)
     p.set_defaults(run=_with_progress(_run_scores))

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import sys
 
-from d2scale.params import DEVICES
+from d2scale.cli.flags import add_flag, flag_help
+from d2scale.params import PARAMS, Param
+from d2scale.web.params import MODEL_PREFIXES, RANDOM, WEB
 
 
 def add_parser(sub, epilog: str) -> None:
@@ -32,48 +34,43 @@ def add_embed_parser(sub, epilog: str) -> None:
         help="shard URLs: brace pattern or glob, local or fsspec (e.g. 'pool/{00000..00127}.tar')",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output pool directory")
-    p.add_argument("--model", default="ViT-B-32", help="open_clip model name (default ViT-B-32)")
+    _flag(p, WEB["model"])
     p.add_argument(
         "--pretrained",
         metavar="TAG|PATH|none",
         help="required: an open_clip pretrained tag (e.g. openai), a local checkpoint file, or "
-        "none for random weights (meaningless embeddings for tests; a warning, recorded in "
+        f"{RANDOM} for random weights (meaningless embeddings for tests; a warning, recorded in "
         "embed.json)",
     )
     p.add_argument(
         "--prefix",
-        help="npz key prefix (default: b32 for ViT-B-32, l14 for ViT-L-14, else from the name)",
+        help=f"npz key prefix (default: {_prefixes()}, else from the name)",
     )
     p.add_argument(
         "--model-config",
         metavar="FILE.json",
         help="an open_clip model config registering a custom architecture named after the file",
     )
-    p.add_argument(
-        "--batch-size", type=int, default=64, metavar="N", help="samples per batch (default 64)"
-    )
-    p.add_argument(
-        "--device",
-        choices=DEVICES,
-        default="auto",
-        help="auto (default): cuda (fp16) when torch sees a GPU, else cpu",
-    )
-    p.add_argument(
-        "--threads", type=int, metavar="N", help="torch and image-decoding threads (default: all)"
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, metavar="N", help="seed of random weights (default 0)"
-    )
+    for key in ("batch_size", "device", "threads", "seed"):
+        _flag(p, WEB[key])
     _output_flags(p)
     p.set_defaults(run=run_embed)
 
 
+def _prefixes() -> str:
+    return ", ".join(f"{prefix} for {model}" for model, prefix in MODEL_PREFIXES.items())
+
+
+def _flag(p, param: Param) -> None:
+    """``param``'s flag with its default in the help; a value out of range is refused by the
+    command's parameter check (``--batch-size must be …``)."""
+    add_flag(p, param, help=flag_help(param), **({"type": int} if param.kind == "int" else {}))
+
+
 def _output_flags(p) -> None:
     """``--quiet`` and ``--log-json``, as the other long-running commands have them."""
-    from d2scale.params import PARAMS
-
-    p.add_argument("--quiet", action="store_true", help="no progress or summary (warnings stay)")
-    p.add_argument("--log-json", metavar="FILE", help=PARAMS["log_json"].help)
+    add_flag(p, PARAMS["quiet"], help="no progress or summary (warnings stay)")
+    add_flag(p, PARAMS["log_json"])
 
 
 def _progress(args):
@@ -147,13 +144,7 @@ def add_export_parser(sub, epilog: str) -> None:
     p.add_argument("--uids", required=True, metavar="FILE", help="subset file (u8,u8 .npy)")
     p.add_argument("--shards", required=True, metavar="PATTERN", help="input shards (as embed)")
     p.add_argument("--out", required=True, metavar="DIR", help="output shard directory")
-    p.add_argument(
-        "--samples-per-shard",
-        type=int,
-        default=10000,
-        metavar="N",
-        help="samples per output shard (default 10000; the last shard may hold fewer)",
-    )
+    _flag(p, WEB["samples_per_shard"])
     p.add_argument(
         "--require-all",
         action="store_true",

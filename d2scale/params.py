@@ -9,8 +9,9 @@ parameter must be a number ≥ 0; got -1." (scikit-learn's generated messages).
 from __future__ import annotations
 
 import math
+import numbers
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from d2scale.errors import D2ScaleError
@@ -41,6 +42,7 @@ class Param:
     low: float | None = None  # inclusive unless low_open
     high: float | None = None
     low_open: bool = False
+    high_open: bool = False
     optional: bool = False  # None is allowed (and is the default)
     metavar: str | None = None
 
@@ -82,11 +84,11 @@ class Param:
                     self._fail(f"some of {', '.join(self.choices)}", item)
         elif self.kind in ("int", "bytes"):
             if isinstance(value, bool) or not isinstance(value, int) or not self._in_range(value):
-                self._fail(f"an integer {self._range_text()}".rstrip(), value)
+                self._fail(f"an integer {self.range_text()}".rstrip(), value)
         elif self.kind == "float":
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not (ok and math.isfinite(value) and self._in_range(value)):
-                self._fail(f"a finite number {self._range_text()}".rstrip(), value)
+                self._fail(f"a finite number {self.range_text()}".rstrip(), value)
         elif self.kind == "fractions":
             _check_fractions(value)
         elif self.kind == "step":
@@ -106,17 +108,43 @@ class Param:
     def _in_range(self, v: float) -> bool:
         if self.low is not None and (v <= self.low if self.low_open else v < self.low):
             return False
-        return self.high is None or v <= self.high
+        return self.high is None or (v < self.high if self.high_open else v <= self.high)
 
-    def _range_text(self) -> str:
+    def range_text(self) -> str:
+        """``"in (0, 1]"``, ``"≥ 1"`` or ``""`` (no range)."""
         if self.low is not None and self.high is not None:
-            return f"in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}]"
+            close = ")" if self.high_open else "]"
+            return f"in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}{close}"
         if self.low is not None:
             return f"{'>' if self.low_open else '≥'} {_num(self.low)}"
         return ""
 
     def _fail(self, what: str, value: Any) -> None:
         raise D2ScaleError(f"the {self.name!r} parameter must be {what}; got {value!r}.")
+
+
+def check_option(p: Param, value: Any) -> Any:
+    """``value`` checked against ``p``, the error naming its flag as the vision and web commands
+    word it ("--fraction must be in (0, 1]; got 1.5.")."""
+    if value is None and p.optional:
+        return value
+    rng = p.range_text()
+    if p.kind == "choice":
+        ok, what = value in p.choices, f"one of {', '.join(p.choices)}"
+    elif p.kind in ("int", "float"):
+        number = not isinstance(value, bool) and (
+            isinstance(value, numbers.Integral)
+            if p.kind == "int"
+            else isinstance(value, numbers.Real) and math.isfinite(value)
+        )
+        ok = number and p._in_range(value)
+        kind = "an integer" if p.kind == "int" else "a finite number"
+        what = rng if number else f"{kind} {rng}".rstrip()  # "≥ 1; got 0", "an integer ≥ 1; …"
+    else:
+        return p.check(value)
+    if not ok:
+        raise D2ScaleError(f"{p.flag} must be {what}; got {value!r}.")
+    return value
 
 
 def _num(v: float) -> str:
@@ -237,6 +265,12 @@ PARAMS: dict[str, Param] = {
 }  # fmt: skip
 
 
+def shared(name: str, help: str, group: str) -> Param:
+    """The table entry ``name`` (its default, choices and range) as another command's
+    parameter, with that command's ``help`` (``vision --device``, ``embed --device``)."""
+    return replace(PARAMS[name], help=help, group=group, commands=(), stage=None)
+
+
 def default(name: str) -> Any:
     """The table's default of ``name`` (lists are copied)."""
     value = PARAMS[name].default
@@ -354,11 +388,16 @@ def budget_for(fraction: float, n: int) -> int:
     return min(n, int(math.floor(fraction * n + 1e-9)))
 
 
-def _field(name: str) -> Any:
-    value = PARAMS[name].default
+def param_field(p: Param) -> Any:
+    """A dataclass field whose default is ``p``'s (a tuple becomes a fresh list)."""
+    value = p.default
     if isinstance(value, tuple):
         return field(default_factory=lambda: list(value))
     return field(default=value)
+
+
+def _field(name: str) -> Any:
+    return param_field(PARAMS[name])
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,12 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from d2scale.backends import bound_heap_growth, peak_rss_bytes, release_free_pages
+from d2scale.backends import (
+    bound_heap_growth,
+    peak_rss_bytes,
+    release_free_pages,
+    resolve_device,
+)
 from d2scale.errors import D2ScaleError
 from d2scale.graph import dedup, ivf, probed, rerank, scan, shards, small, torch_engine
 from d2scale.graph.rules import (
@@ -52,14 +57,14 @@ from d2scale.graph.rules import (
 )
 from d2scale.graph.store import GraphStore, save_graph
 from d2scale.io import save_npy
-from d2scale.params import DEVICES
+from d2scale.params import DEVICES, PARAMS
 from d2scale.progress import plural
 from d2scale.types import EmbeddingBlocks, KnnGraph
 
 AUTO_EXACT_MAX = 50_000  # "auto" picks exact search up to this many rows (when they fit)
 EVAL_CANDIDATES = 4  # search-space candidates per k+1 kept for the evaluation rows
 TASKS_PER_THREAD = 4  # search chunks per cluster thread and shard (load balance)
-INDEXES = ("auto", "exact", "ivf")
+INDEXES = PARAMS["index"].choices
 RERANK_CANDIDATE_BYTES = 80  # per query and candidate in a re-ranking task (ids, order, d²)
 RERANK_BLOCK_ROWS = 1 << 19  # queries per re-ranking task at most (each reads the pool)
 RERANK_MIN_ROWS = 1024  # ... and at least (each task streams the pool: a few MB more at most)
@@ -849,15 +854,9 @@ def _one_thread():
 
 def _device(device: str) -> str:
     """``auto`` → CPU: the CuPy scan ships every (list, list) block to the GPU and measured
-    5× slower than 16 CPU cores on an H200 (200k × 1536, same graph); ``cuda`` on request."""
-    from d2scale.graph.scan import gpu_available
-
-    if device == "cuda" and not gpu_available():
-        raise D2ScaleError(
-            "device 'cuda' needs CuPy with a visible GPU (pip install 'd2scale[gpu]'); "
-            "use device='cpu' or 'auto'"
-        )
-    return "cuda" if device == "cuda" else "cpu"
+    5× slower than 16 CPU cores on an H200 (200k × 1536, same graph); ``cuda`` on request,
+    refused without a GPU as every command does (:func:`d2scale.backends.resolve_device`)."""
+    return "cpu" if device == "auto" else resolve_device(device)
 
 
 def _validate(blocks, k, index, recall, device, memory_limit, nprobe, nlist) -> tuple[int, int]:

@@ -39,7 +39,6 @@ from d2scale.backends import peak_rss_bytes, run_chunks
 from d2scale.errors import D2ScaleError
 from d2scale.graph import dedup, ivf, rules, scan, shards
 
-ENGINES = ("auto", "compiled", "torch")
 PRECISIONS = ("fp16", "bf16", "fp32")
 WIDEN = 2  # candidates fetched on the device per row kept (k + 1)
 Q_TILE = 4096  # queries per GEMM

@@ -15,16 +15,16 @@ project's message passing (the engine of ``d2scale mp``) on it.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from d2scale.errors import D2ScaleError
-from d2scale.params import budget_for
+from d2scale.params import budget_for, check_option
 from d2scale.vision.dynamics import difficulty, score_name
 from d2scale.vision.meter import meter
+from d2scale.vision.params import AUTO_MIS_RATIO, VISION, vfield
 from d2scale.vision.registry import CORESET_METHODS, METHODS
 
 KCENTER_DENSE_MAX = 8192  # k-center: precompute all distances up to this many points (512 MB)
@@ -36,55 +36,40 @@ class CoresetParams:
 
     method: str
     fraction: float
-    score: str = "forgetting"  # training-dynamics score (topk, d2, ccs)
-    mis_ratio: float | str = "auto"  # share of N removed first by lowest AUM
-    coreset_mode: str | None = None  # "class" | "global"; None: class for d2 and kcenter
-    n_neighbors: int = 5  # D2: k of each class graph
-    gamma: float = 0.1  # D2: reverse kernel width (0.1 for vision)
-    gamma_forward: float = 1.0  # D2: forward kernel width
-    mode: str = "sum"  # D2: forward "sum" or "product"
-    sampling: str = "weighted"  # D2: reverse update "weighted" or "absolute"
-    strata: int = 50  # CCS: equal-width score strata
-    seed: int = 0
+    score: str = vfield("score")  # training-dynamics score (topk, d2, ccs)
+    mis_ratio: float | str = vfield("mis_ratio")  # share of N removed first by lowest AUM
+    coreset_mode: str | None = vfield("coreset_mode")  # None: class for d2 and kcenter
+    n_neighbors: int = vfield("n_neighbors")  # D2: k of each class graph
+    gamma: float = vfield("gamma")  # D2: reverse kernel width
+    gamma_forward: float = vfield("gamma_forward")  # D2: forward kernel width
+    mode: str = vfield("mode")  # D2: forward combination
+    sampling: str = vfield("sampling")  # D2: reverse update
+    strata: int = vfield("strata")  # CCS: equal-width score strata
+    seed: int = vfield("seed")
 
     def validate(self) -> CoresetParams:
         if self.method not in METHODS:
             raise D2ScaleError(
                 f"--method must be one of {', '.join(METHODS)}; got {self.method!r}."
             )
-        if not (isinstance(self.fraction, (int, float)) and 0 < self.fraction <= 1):
-            raise D2ScaleError(f"--fraction must be in (0, 1]; got {self.fraction!r}.")
+        check_option(VISION["fraction"], self.fraction)
         self.score = score_name(self.score)
         self.mis_ratio = resolve_mis_ratio(self.mis_ratio, self.method, self.fraction)
-        if self.coreset_mode not in (None, "class", "global"):
-            raise D2ScaleError(
-                f"--coreset-mode must be class or global; got {self.coreset_mode!r}."
-            )
+        check_option(VISION["coreset_mode"], self.coreset_mode)
         if self.coreset_mode is None:
             self.coreset_mode = "class" if CORESET_METHODS[self.method].per_class else "global"
-        if (
-            isinstance(self.seed, bool)
-            or not isinstance(self.seed, (int, np.integer))
-            or (self.seed < 0)
-        ):
-            raise D2ScaleError(f"--seed must be an integer ≥ 0; got {self.seed!r}.")
-        if self.n_neighbors < 1 or self.strata < 1:
-            raise D2ScaleError("--n-neighbors and --strata must be ≥ 1.")
-        for name in ("gamma", "gamma_forward"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise D2ScaleError(f"--{name.replace('_', '-')} must be a finite number ≥ 0.")
-        if self.mode not in ("sum", "product") or self.sampling not in ("weighted", "absolute"):
-            raise D2ScaleError("--mode must be sum|product and --sampling weighted|absolute.")
+        for name in ("seed", "n_neighbors", "strata", "gamma", "gamma_forward", "mode", "sampling"):
+            check_option(VISION[name], getattr(self, name))
         return self
 
 
 def resolve_mis_ratio(value: float | str, method: str, fraction: float) -> float:
-    """``auto``: for D2 and CCS the CCS paper's CIFAR-10 hard-cutoff rates (none at ≥ 50%
-    kept, 0.1 from 20%, 0.4 below, as the seed's 10% command); 0 for other methods."""
+    """``auto``: for D2 and CCS the CCS paper's CIFAR-10 hard-cutoff rates by the fraction
+    kept (:data:`~d2scale.vision.params.AUTO_MIS_RATIO`); 0 for other methods."""
     if value == "auto":
-        if not CORESET_METHODS[method].removes_mislabeled or fraction >= 0.5:
+        if not CORESET_METHODS[method].removes_mislabeled:
             return 0.0
-        return 0.1 if fraction >= 0.2 else 0.4
+        return next(ratio for kept, ratio in AUTO_MIS_RATIO if fraction >= kept)
     try:
         ratio = float(value)
     except (TypeError, ValueError):

@@ -16,3 +16,5 @@ DEFAULT_RECALL_SMOOTHING = "laplace"
 # machine torch's default (2) trained digits 5x slower than one thread under load. More
 # threads change float summation order, hence the trained model; metrics.json records it.
 DEFAULT_THREADS = 1
+# SGD steps of a coreset run in the CIFAR recipes (the D2 seed's), named in --iterations' help
+CIFAR_ITERATIONS = 40_000

@@ -15,9 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from d2scale.errors import D2ScaleError
+from d2scale.vision.registry import SCORE_ALIASES, SCORES
 
-SCORES = ("forgetting", "accumulated_margin", "el2n", "entropy", "dynamic_uncertainty", "grand")
-SCORE_ALIASES = {"aum": "accumulated_margin", "dynunc": "dynamic_uncertainty"}
 EARLY_EPOCHS = 10  # EL2N and GraNd: averaged over the first 10 epochs
 WINDOW = 10  # dynamic uncertainty: sliding window of J = 10 epochs
 

@@ -28,6 +28,7 @@ from d2scale.io import atomic_path, save_json, save_npy
 from d2scale.vision import runs
 from d2scale.vision.coresets import CoresetParams, select_coreset
 from d2scale.vision.dynamics import score_name
+from d2scale.vision.params import QUOTERS
 from d2scale.vision.prune import SCORERS, PruneParams, run_prune
 from d2scale.vision.registry import METHODS
 from d2scale.vision.train import train
@@ -178,9 +179,10 @@ def parse_drop_methods(text: str) -> list[tuple[str, str]]:
     pairs = []
     for item in (t.strip().lower() for t in text.split(",") if t.strip()):
         scorer, _, quoter = item.partition("+")
-        if scorer not in SCORERS or quoter not in ("", "none", "uniform", "drop"):
+        if scorer not in SCORERS or quoter not in ("", *QUOTERS):
+            quoters = "|".join("+" + q for q in QUOTERS)
             raise D2ScaleError(
-                f"unknown DRoP method {item!r}: use <scorer>[+none|+uniform|+drop] with a "
+                f"unknown DRoP method {item!r}: use <scorer>[{quoters}] with a "
                 f"scorer among {', '.join(SCORERS)}."
             )
         pairs.append((scorer, quoter or "none"))

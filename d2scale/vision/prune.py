@@ -26,7 +26,7 @@ import numpy as np
 
 from d2scale.errors import D2ScaleError
 from d2scale.io import save_json, save_npy
-from d2scale.params import budget_for
+from d2scale.params import budget_for, check_option
 from d2scale.vision import runs, scoring
 from d2scale.vision.coresets import (
     CoresetParams,
@@ -34,9 +34,10 @@ from d2scale.vision.coresets import (
     resolve_mis_ratio,
     select_coreset,
 )
-from d2scale.vision.defaults import DEFAULT_QUOTER, DEFAULT_RECALL_SMOOTHING
 from d2scale.vision.models import build_model, has_dropout
+from d2scale.vision.params import AUTO_NUM_INITS, NUM_INITS, VISION, vfield
 from d2scale.vision.quotas import class_quotas, empty_class_warning, estimate_recall
+from d2scale.vision.registry import AL_SCORERS, DP_SCORERS, SCORER_ALIASES, SCORERS
 from d2scale.vision.train import (
     GROUP_KEYS,
     cdbw_key,
@@ -46,31 +47,6 @@ from d2scale.vision.train import (
     train,
 )
 
-# scorer → (coreset method, the score slot it ranks by; see MODEL_SCORES)
-SCORERS = {
-    "random": ("random", None),
-    "el2n": ("topk", "el2n"),  # the final query model's, eval mode (released DRoP)
-    "grand": ("topk", "grand"),  # the final query model's full-model gradient norm (released)
-    "el2n-early": ("topk", "el2n"),  # in-training mean over the first 10 epochs
-    "grand-early": ("topk", "grand"),  # in-training, last layer, first 10 epochs
-    "forgetting": ("topk", "forgetting"),
-    "dynunc": ("topk", "dynamic_uncertainty"),
-    "aum": ("topk", "accumulated_margin"),
-    "entropy": ("topk", "entropy"),
-    "d2": ("d2", None),
-    "kcenter": ("kcenter", None),
-    "margin": ("topk", "entropy"),  # active learning only, like the two below
-    "variation_ratio": ("topk", "entropy"),
-    "bald": ("topk", "entropy"),
-}
-# the DRoP seed's scorer names (lower-cased)
-SCORER_ALIASES = {
-    "dynamicuncertainty": "dynunc",
-    "gradientbased": "grand",
-    "coreset": "kcenter",
-    "maxentropy": "entropy",
-    "variationratio": "variation_ratio",
-}
 # the query-model array (d2scale.vision.scoring) that fills a scorer's slot, per strategy;
 # active learning never looks at the labels of the unlabelled pool
 MODEL_SCORES = {
@@ -84,15 +60,9 @@ MODEL_SCORES = {
         "bald": "mc_bald",
     },
 }
-AL_SCORERS = ("random", "el2n", "grand", "entropy", "margin", "variation_ratio", "bald", "d2",
-              "kcenter")  # fmt: skip
-DP_SCORERS = tuple(k for k in SCORERS if k not in ("margin", "variation_ratio", "bald"))
 # DRoP auto-config: query models for these train 10% of the epochs (the seed's Random query
 # runs its default 16 of VGG-16's 160); the others need full training dynamics
 SHORT_QUERY = ("random", "el2n", "grand", "el2n-early", "grand-early")
-# DRoP auto-config (pruning): query models per selection; scorers not listed keep --num-inits
-AUTO_NUM_INITS = {"el2n": 5, "grand": 5, "dynunc": 1, "forgetting": 1, "kcenter": 1}
-MC_PASSES = 5  # MC-dropout passes per uncertainty score (the seed's --bald_k)
 QUERY_SEED_STRIDE = 7919  # query model i of iteration t trains with seed + 7919·(1 + i + 10·t)
 
 
@@ -103,27 +73,25 @@ class PruneParams:
     strategy: str  # "dp" (prune) or "al" (acquire)
     final_frac: float
     init_frac: float | None = None  # al: initial labelled fraction (default F / (I + 1))
-    scorer: str = "random"
-    quoter: str = DEFAULT_QUOTER
-    num_inits: int | None = None  # None: --auto-config's value, else 1
-    iterations: int = 1
+    scorer: str = vfield("scorer")
+    quoter: str = vfield("prune_quoter")
+    num_inits: int | None = vfield("num_inits")  # None: --auto-config's value, else NUM_INITS
+    iterations: int = vfield("prune_iterations")
     cdbw_final: bool = False
     cdbw_query: bool = False
-    query_epochs: int | None = None
-    recall_smoothing: str = DEFAULT_RECALL_SMOOTHING  # laplace: (hits + 1) / (n + 2); none
-    seed: int = 0
+    query_epochs: int | None = vfield("query_epochs")
+    recall_smoothing: str = vfield("recall_smoothing")  # laplace: (hits + 1) / (n + 2); none
+    seed: int = vfield("seed")
     select: dict = field(default_factory=dict)  # CoresetParams keywords (d2: n_neighbors, …)
     auto_config: bool = False  # DRoP's --auto_config: num_inits per AUTO_NUM_INITS
-    dropout: float = 0.0  # dropout before the last layer of query and final models
-    mc_passes: int = MC_PASSES
+    dropout: float = vfield("dropout")  # dropout before the last layer of query and final models
+    mc_passes: int = vfield("mc_passes")
 
     def validate(self) -> PruneParams:
-        if self.strategy not in ("dp", "al"):
-            raise D2ScaleError(f"--strategy must be dp or al; got {self.strategy!r}.")
+        check_option(VISION["strategy"], self.strategy)
         if self.quoter == "auto":  # the seed's "Auto" means no quotas
             self.quoter = "none"
-        if self.quoter not in ("none", "uniform", "drop"):
-            raise D2ScaleError(f"--quoter must be none, uniform or drop; got {self.quoter!r}.")
+        check_option(VISION["quoter"], self.quoter)
         self.scorer = SCORER_ALIASES.get(self.scorer.lower(), self.scorer.lower())
         allowed = AL_SCORERS if self.strategy == "al" else DP_SCORERS
         if self.scorer not in allowed:
@@ -132,14 +100,12 @@ class PruneParams:
                 f"got {self.scorer!r}."
             )
         estimate_recall([], [], self.recall_smoothing)
-        if not 0 < self.final_frac <= 1:
-            raise D2ScaleError(f"--final-frac must be in (0, 1]; got {self.final_frac}.")
+        check_option(VISION["final_frac"], self.final_frac)
         if self.num_inits is None:
-            self.num_inits = (self.auto_config and auto_num_inits(self)) or 1
-        if self.num_inits < 1 or self.iterations < 1 or self.mc_passes < 1:
-            raise D2ScaleError("--num-inits, --iterations and --mc-passes must be ≥ 1.")
-        if not 0 <= self.dropout < 1:
-            raise D2ScaleError(f"--dropout must be in [0, 1); got {self.dropout}.")
+            self.num_inits = (self.auto_config and auto_num_inits(self)) or NUM_INITS
+        for key in ("num_inits", "prune_iterations", "mc_passes", "query_epochs", "seed",
+                    "dropout"):  # fmt: skip
+            check_option(VISION[key], getattr(self, VISION[key].name))
         if self.strategy == "dp" and self.init_frac not in (None, 1.0):
             raise D2ScaleError("--init-frac applies to --strategy al (dp starts from all data).")
         if self.strategy == "al":

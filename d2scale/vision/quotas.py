@@ -14,9 +14,8 @@ import numpy as np
 
 from d2scale.errors import D2ScaleError
 from d2scale.params import budget_for
+from d2scale.vision.params import QUOTERS, RECALL_SMOOTHINGS
 
-QUOTERS = ("none", "uniform", "drop")
-RECALL_SMOOTHINGS = ("none", "laplace")
 MAX_TOTAL = 2**53  # class sizes sum to at most this: quotas are computed in float64, exactly
 
 
@@ -28,8 +27,10 @@ def estimate_recall(recall, counts, smoothing: str = "none") -> np.ndarray:
     recall = np.asarray(recall, dtype=np.float64)
     if smoothing == "none":
         return recall
-    if smoothing != "laplace":
-        raise D2ScaleError(f"--recall-smoothing must be none or laplace; got {smoothing!r}.")
+    if smoothing not in RECALL_SMOOTHINGS:
+        raise D2ScaleError(
+            f"--recall-smoothing must be {' or '.join(RECALL_SMOOTHINGS)}; got {smoothing!r}."
+        )
     n = np.asarray(counts, dtype=np.float64)
     return (recall * n + 1) / (n + 2)
 

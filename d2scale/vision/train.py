@@ -29,9 +29,12 @@ import torch.nn.functional as F
 
 from d2scale.errors import D2ScaleError
 from d2scale.io import atomic_path
+from d2scale.params import check_option
+from d2scale.vision.defaults import CIFAR_ITERATIONS
 from d2scale.vision.dynamics import DynamicsLog, el2n_of, entropy_of, grand_of
 from d2scale.vision.meter import meter
 from d2scale.vision.models import build_model
+from d2scale.vision.params import VISION
 from d2scale.vision.quotas import estimate_recall
 
 # ============================================================================ hyperparameters
@@ -55,7 +58,9 @@ class Recipe:
     short_query_epochs: int | None = None  # DRoP random/EL2N/GraNd query models (None: 10%)
 
 
-CIFAR_D2 = Recipe(epochs=200, batch_size=256, lr=0.1, weight_decay=5e-4, iterations=40_000)
+CIFAR_D2 = Recipe(
+    epochs=200, batch_size=256, lr=0.1, weight_decay=5e-4, iterations=CIFAR_ITERATIONS
+)
 RECIPES: dict[tuple[str, str], Recipe] = {
     # D2 / CCS (SPEC §3): ResNet-18, 200 epochs full data, 40k steps on coresets
     ("d2", "cifar10"): CIFAR_D2,
@@ -121,11 +126,9 @@ def recipe_for(dataset: str, model: str, family: str = "d2", **overrides) -> Rec
     if base is None:
         raise D2ScaleError(f"no {family} recipe for dataset {dataset!r}.")
     changes = {k: v for k, v in overrides.items() if v is not None}
-    for k in ("epochs", "batch_size", "iterations"):
-        if k in changes and changes[k] < 1:
-            raise D2ScaleError(f"--{k.replace('_', '-')} must be ≥ 1; got {changes[k]}.")
-    if "lr" in changes and not changes["lr"] > 0:
-        raise D2ScaleError(f"--lr must be > 0; got {changes['lr']}.")
+    for k in ("epochs", "batch_size", "iterations", "lr"):
+        if k in changes:
+            check_option(VISION[k], changes[k])
     return replace(base, **changes)
 
 

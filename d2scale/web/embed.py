@@ -38,9 +38,10 @@ import pyarrow.parquet as pq
 from d2scale import io
 from d2scale.backends import resolve_device
 from d2scale.errors import D2ScaleError
-from d2scale.params import check
+from d2scale.params import check_option
 from d2scale.pool import UID_DTYPE, encode_uids
 from d2scale.progress import Progress
+from d2scale.web.params import MODEL_PREFIXES, RANDOM, WEB, wfield
 from d2scale.web.webdata import (
     SampleError,
     ShardTally,
@@ -57,11 +58,9 @@ from d2scale.web.webdata import (
     warn,
 )
 
-MODEL_PREFIXES = {"ViT-B-32": "b32", "ViT-L-14": "l14"}
 MANIFEST = "embed.json"
 CHECKPOINT_EXTS = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 POOL_EXTS = (".parquet", ".npz")
-RANDOM = "none"  # --pretrained value for random weights
 RANDOM_WARNING = (
     "random weights (--pretrained none, seed {seed}): the embeddings and "
     "clip_{prefix}_similarity_score carry no meaning; use them for tests, not for selection"
@@ -74,15 +73,15 @@ class EmbedParams:
 
     shards: str
     out: str
-    model: str = "ViT-B-32"
+    model: str = wfield("model")
     pretrained: str | None = None  # an open_clip tag, a checkpoint path or "none" (random);
     # None: not given, refused (random weights by accident would look like a pool)
     prefix: str | None = None  # npz key prefix; None: from the model name
     model_config: str | None = None  # open_clip config JSON registering a custom architecture
-    batch_size: int = 64
-    device: str = "auto"
-    threads: int | None = None
-    seed: int = 0  # seeds random weights (--pretrained none)
+    batch_size: int = wfield("batch_size")
+    device: str = wfield("device")
+    threads: int | None = wfield("threads")
+    seed: int = wfield("seed")  # seeds random weights (--pretrained none)
 
     @property
     def resolved_prefix(self) -> str:
@@ -98,11 +97,8 @@ class EmbedParams:
                 "--pretrained is required: an open_clip tag (e.g. openai), a local checkpoint "
                 "file, or none for random weights (meaningless embeddings, for tests only)"
             )
-        check("device", self.device)
-        if self.batch_size < 1:
-            raise D2ScaleError(f"--batch-size must be ≥ 1; got {self.batch_size}")
-        if self.threads is not None and self.threads < 1:
-            raise D2ScaleError(f"--threads must be ≥ 1; got {self.threads}")
+        for key in ("device", "batch_size", "threads", "seed"):
+            check_option(WEB[key], getattr(self, key))
         if not re.fullmatch(r"[a-z0-9]+", self.resolved_prefix):
             raise D2ScaleError(
                 f"the npz prefix must be lowercase letters and digits; got {self.resolved_prefix!r}"

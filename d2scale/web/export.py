@@ -28,8 +28,10 @@ import pyarrow.parquet as pq
 
 from d2scale import io
 from d2scale.errors import D2ScaleError
+from d2scale.params import check_option
 from d2scale.pool import UID_DTYPE, encode_uids
 from d2scale.progress import Progress
+from d2scale.web.params import WEB, wfield
 from d2scale.web.webdata import (
     SampleError,
     ShardTally,
@@ -54,12 +56,11 @@ class ExportParams:
     uids: str
     shards: str
     out: str
-    samples_per_shard: int = 10000
+    samples_per_shard: int = wfield("samples_per_shard")
     require_all: bool = False  # a subset uid absent from the shards is an error, not a count
 
     def validate(self) -> ExportParams:
-        if self.samples_per_shard < 1:
-            raise D2ScaleError(f"--samples-per-shard must be ≥ 1; got {self.samples_per_shard}")
+        check_option(WEB["samples_per_shard"], self.samples_per_shard)
         return self
 
 

@@ -150,14 +150,16 @@ def test_gpu_kernels_give_the_cpu_graph(pool, index):
 
 
 def test_auto_device_keeps_the_graph_on_the_cpu_even_with_a_gpu(monkeypatch):
+    from d2scale import backends
     from d2scale.graph import build
 
-    monkeypatch.setattr(scan, "gpu_available", lambda: True)
+    needs = backends._RUNTIMES["cupy"][1]
+    monkeypatch.setitem(backends._RUNTIMES, "cupy", (lambda: True, needs))
     assert build._device("auto") == "cpu"  # the CuPy scan measured slower than 16 CPU cores
     assert build._device("cpu") == "cpu"
     assert build._device("cuda") == "cuda"
-    monkeypatch.setattr(scan, "gpu_available", lambda: False)
-    with pytest.raises(D2ScaleError, match="needs CuPy"):
+    monkeypatch.setitem(backends._RUNTIMES, "cupy", (lambda: False, needs))
+    with pytest.raises(D2ScaleError, match="needs a CUDA GPU that CuPy"):
         build._device("cuda")
 
 
