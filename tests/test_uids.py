@@ -94,3 +94,27 @@ def test_canonical_text_is_32_lowercase_digits():
     assert text.type == pa.string()
     assert text.to_pylist() == ["0" * 29 + "abc", "0123456789abcdeffedcba9876543210"]
     assert canonical_text(enc[:0]).to_pylist() == []
+
+
+def test_arrow_buffers_read_without_pyarrow_conversions():
+    """Nulls and slices read from the Arrow buffers as pyarrow's own conversion reads them
+    (that conversion imports pandas: a small select avoids it)."""
+    from d2scale.pool.sources import _float_values
+    from d2scale.pool.uids import not_null
+    from d2scale.select.sinks import arrow_array
+
+    for values in ([1.5, None, 3.0, None, 5.0, 6.0, 7.0, 8.0, None], [1, None, 3, 4, None]):
+        for kind in (pa.float64(), pa.float32(), pa.int64(), pa.int32(), pa.uint8()):
+            arr = pa.array(values, kind)
+            column = pa.chunked_array([arr.slice(1), arr.slice(0, 2), arr.slice(3, 0)])
+            assert list(np.concatenate([not_null(c) for c in column.chunks])) == [
+                v is not None for v in values[1:] + values[:2]
+            ]
+            np.testing.assert_array_equal(_float_values(column),
+                                          column.to_numpy().astype(np.float64))  # fmt: skip
+    rank = np.array([3, -1, 0, 7, -1, 2, 1, 9, 4, -1], np.int64)
+    assert arrow_array(rank, mask=rank < 0).equals(pa.array(rank, pa.int64(), mask=rank < 0))
+    for x in (np.array([0.5, np.nan, 2.0]), np.arange(5, dtype=np.int32), np.array([True])):
+        got = arrow_array(x)
+        assert got.type == pa.array(x).type and got.null_count == 0
+        np.testing.assert_array_equal(got.to_numpy(zero_copy_only=False), x)  # NaN == NaN

@@ -34,7 +34,8 @@ from d2scale.graph.shards import Shard, search_lists, single_threaded
 MIN_ROWS = 4096  # below this brute force is cheap: the shard is searched as it is
 SAMPLE_ROWS = 1024  # rows of the seeded sample the directions are found from
 MAX_WIDTH = 256  # directions tried at most (then ranked; those keeping the energy are used)
-QUERY_TILE = 64  # queries per sgemm: their distances to all rows stay in cache
+QUERY_TILE = 128  # queries per sgemm: their distances to all rows stay in cache
+CELL_ROWS = 256  # rows per cell (seeded pivots): a chunk's queries are searched cell by cell
 CANDIDATE_COST = 16  # a re-ranked candidate costs about this many rows of a brute-force sgemm
 _SAFETY = 1e-6  # relative margin over float64 rounding of the exact distances
 
@@ -47,6 +48,7 @@ class Space:
     aug: np.ndarray
     err: np.ndarray
     sigma: float
+    cells: np.ndarray
 
     @property
     def dim(self) -> int:
@@ -55,11 +57,13 @@ class Space:
 
 @dataclass
 class Basis:
-    """The projection ``y = (x − mean) @ w`` and ``σ`` ≥ the largest singular value of ``w``."""
+    """The projection ``y = (x − mean) @ w``, ``σ`` ≥ the largest singular value of ``w``,
+    and the seed of the cells' pivots."""
 
     mean: np.ndarray
     w: np.ndarray
     sigma: float
+    seed: int = 0
 
 
 def fit_basis(shard: Shard, seed: int, energy: float = ivf.PCA_ENERGY) -> Basis | None:
@@ -73,7 +77,7 @@ def fit_basis(shard: Shard, seed: int, energy: float = ivf.PCA_ENERGY) -> Basis 
     sample = shard.search_rows(np.sort(rng.choice(n, min(n, SAMPLE_ROWS), replace=False)))
     mean = sample.mean(axis=0, dtype=np.float64).astype(np.float32)
     w = _directions(sample - mean, energy, min(d // 2, MAX_WIDTH), rng)
-    return None if w is None else Basis(mean, w, _sigma(w))
+    return None if w is None else Basis(mean, w, _sigma(w), seed)
 
 
 def project(shard: Shard, basis: Basis | None, a: int, b: int) -> tuple | None:
@@ -89,8 +93,25 @@ def join(basis: Basis | None, pieces: list) -> Space | None:
     """Task: the :class:`Space` of the projected pieces, in row order."""
     if basis is None:
         return None
+    single_threaded()
     aug = np.concatenate([p[0] for p in pieces])
-    return Space(aug, np.concatenate([p[1] for p in pieces]), basis.sigma)
+    err = np.concatenate([p[1] for p in pieces])
+    return Space(aug, err, basis.sigma, _cells(aug, basis.seed))
+
+
+def _cells(aug: np.ndarray, seed: int) -> np.ndarray:
+    """Each row's nearest of ``n / CELL_ROWS`` seeded pivot rows in the search space: the
+    queries of one cell share most of their candidates. (Only the order in which queries
+    are searched depends on it, never the result.)"""
+    n = aug.shape[0]
+    pivots = np.sort(
+        np.random.default_rng([seed, 1]).choice(n, max(1, n // CELL_ROWS), replace=False)
+    )
+    y_p, norms_p = aug[pivots, :-1] * np.float32(-0.5), aug[pivots, -1]
+    cells = np.empty(n, np.int32)
+    for a in range(0, n, 8192):  # ‖p‖² − 2y·p: the squared distance less ‖y‖²
+        cells[a : a + 8192] = np.argmin(aug[a : a + 8192, :-1] @ y_p.T + norms_p, axis=1)
+    return cells
 
 
 def fit_space(shard: Shard, seed: int, energy: float = ivf.PCA_ENERGY) -> Space | None:
@@ -146,21 +167,26 @@ def search_chunk(
                         for lst, a, b in items] or [np.empty(0, np.int64)])  # fmt: skip
     pos = np.full((q.size, m), -1, np.int64)
     d2 = np.full((q.size, m), np.inf)
+    by_cell = np.argsort(space.cells[q], kind="stable")  # a tile's queries share candidates
+    norms = (shard.aug[:, -1].max(), space.aug[:, -1].max())  # once: strided column reads
+    bounds = (float(np.sqrt(norms[0])), float(np.sqrt(norms[1])), float(space.err.max()))
     for s in range(0, q.size, QUERY_TILE):
-        pos[s : s + QUERY_TILE], d2[s : s + QUERY_TILE] = _search_tile(
-            shard, space, q[s : s + QUERY_TILE], m, ip
-        )
+        t = by_cell[s : s + QUERY_TILE]
+        pos[t], d2[t] = _search_tile(shard, space, q[t], m, ip, bounds)
     nbr = np.where(pos >= 0, shard.ids[np.maximum(pos, 0)], -1)
     return shard.ids[q], nbr, d2
 
 
-def _search_tile(shard: Shard, space: Space, q: np.ndarray, keep: int, ip: scan.IpFn) -> tuple:
-    """Exact top-``keep`` (shard positions, distances²) of the shard rows ``q``."""
+def _search_tile(
+    shard: Shard, space: Space, q: np.ndarray, keep: int, ip: scan.IpFn, bounds: tuple
+) -> tuple:
+    """Exact top-``keep`` (shard positions, distances²) of the shard rows ``q``; ``bounds``:
+    the largest row norm of the shard and of the space, the largest projection error."""
+    max_x, max_y, max_err = bounds
     xq = shard.search_rows(q)
     qa = np.concatenate([xq, np.ones((q.size, 1), np.float32)], axis=1)
     xn = scan.norms2(xq)
-    eps = scan.l2_error_bound(xq.shape[1] + 1, np.sqrt(xn.astype(np.float64)),
-                              float(np.sqrt(shard.aug[:, -1].max())))  # fmt: skip
+    eps = scan.l2_error_bound(xq.shape[1] + 1, np.sqrt(xn.astype(np.float64)), max_x)
     yq = space.aug[q, :-1] * np.float32(-0.5)  # exact: the projected rows
     yn = scan.norms2(yq)
     part = ip(np.concatenate([yq, np.ones((q.size, 1), np.float32)], axis=1), space.aug)
@@ -170,17 +196,16 @@ def _search_tile(shard: Shard, space: Space, q: np.ndarray, keep: int, ip: scan.
     scan._select(part, yn, 0, heap_d, heap_i)
     first = np.sort(_full_d2(qa, xn, shard.aug, heap_i), axis=1)[:, keep - 1]
     upper = np.sqrt(np.maximum(first + eps, 0.0)) * (1 + _SAFETY)  # ≥ the keep-th distance
-    y_eps = scan.l2_error_bound(space.dim + 1, np.sqrt(yn.astype(np.float64)),
-                                float(np.sqrt(space.aug[:, -1].max())))  # fmt: skip
-    radius = space.sigma * upper + space.err[q] + space.err.max()
+    y_eps = scan.l2_error_bound(space.dim + 1, np.sqrt(yn.astype(np.float64)), max_y)
+    radius = space.sigma * upper + space.err[q] + max_err
     limit = np.where(np.isfinite(upper), radius**2 + y_eps, np.inf)
-    counts = np.empty(q.size, np.int64)
-    _count_within(part, yn, limit, counts)
+    cand, counts = _within(part, yn, limit, max(keep, part.shape[1] // CANDIDATE_COST))
     if counts.mean() * CANDIDATE_COST > part.shape[1]:  # brute force costs less: the same
         return scan.topk(xq, None, [(0, part.shape[1])], keep, shard.ids, ip, aug=shard.aug)
-    cand = np.full((q.size, max(int(counts.max()), keep)), -1, np.int64)
-    _fill_within(part, yn, limit, cand)
-    return _certified(shard, qa, xn, eps, cand, keep)
+    width = max(int(counts.max()), keep)
+    if width > cand.shape[1]:
+        cand = _within(part, yn, limit, width)[0]
+    return _certified(shard, qa, xn, eps, np.ascontiguousarray(cand[:, :width]), keep)
 
 
 def _certified(shard: Shard, qa, xn, eps, cand: np.ndarray, keep: int) -> tuple:
@@ -237,26 +262,27 @@ def _pair_f32(qa, xn, aug, cand, out):
             out[i, j] = xn[i] + (s + aug[p, d])
 
 
+def _within(part: np.ndarray, yn: np.ndarray, limit: np.ndarray, width: int) -> tuple:
+    """(positions, -1 padded to ``width`` columns; their number) of each query's rows whose
+    search-space distance ``yn + part`` is within ``limit``, in one pass."""
+    cand = np.full((part.shape[0], width), -1, np.int64)
+    counts = np.empty(part.shape[0], np.int64)
+    _fill_within(part, yn, limit, cand, counts)
+    return cand, counts
+
+
 @njit(cache=True, nogil=True)
-def _count_within(part, qn, limit, counts):
+def _fill_within(part, qn, limit, cand, counts):
+    width = cand.shape[1]
     for i in range(part.shape[0]):
         c = 0
         bar = limit[i] - qn[i]
         for j in range(part.shape[1]):
             if part[i, j] <= bar:
+                if c < width:
+                    cand[i, c] = j
                 c += 1
         counts[i] = c
-
-
-@njit(cache=True, nogil=True)
-def _fill_within(part, qn, limit, cand):
-    for i in range(part.shape[0]):
-        c = 0
-        bar = limit[i] - qn[i]
-        for j in range(part.shape[1]):
-            if part[i, j] <= bar:
-                cand[i, c] = j
-                c += 1
 
 
 def space_dim(space: Space | None) -> int | None:
