@@ -115,7 +115,8 @@ def resolve_device(device: str, cpu_only: str | None = None, runtime: str = "cup
 
 KERNEL_MODULES = ("d2scale.d2.forward", "d2scale.d2._greedy", "d2scale.graph.scan",
                   "d2scale.graph.ivf", "d2scale.graph.probed", "d2scale.graph.dedup",
-                  "d2scale.graph.symmetric", "d2scale.graph.rerank")  # fmt: skip
+                  "d2scale.graph.symmetric", "d2scale.graph.rerank",
+                  "d2scale.graph.small", "d2scale.pool.halfprec")  # fmt: skip
 
 
 def uncompiled_kernels(modules: tuple[str, ...] = KERNEL_MODULES) -> list[str]:
