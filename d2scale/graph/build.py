@@ -230,9 +230,11 @@ class _Build:
             if self.store is not None:
                 self.store.save_model(_model_arrays(projection, centroids, bound), tuned)
         if not tuned.get("recall_reached", True):  # recorded in the graph's facts too
-            self.say(f"knn graph: warning: recall@k {tuned['recall']:.3f} is below the target "
-                     f"{self.recall:g} at nprobe {tuned['nprobe']}; a lower --recall or "
-                     "--index exact avoids this")  # fmt: skip
+            r, se = tuned["recall"], tuned.get("recall_se", 0.0)
+            self.say(f"knn graph: warning: recall@k {r:.3f} ± {se:.3f} (one standard error) "
+                     f"is not clearly above the target {self.recall:g} at the setting "
+                     f"searched (nprobe {tuned['nprobe']}); a lower --recall or --index exact "
+                     "avoids this")  # fmt: skip
         with self.stage("search"):
             nbr, d2 = self.search(centroids, lists, rep, tuned, manifest.get("plan"))
         if d2 is None:  # search-space candidates: re-ranked in a separate, streamed pass
