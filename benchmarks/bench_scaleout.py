@@ -3,6 +3,7 @@ and of 2 single-threaded worker processes (``dask scheduler`` + ``dask worker --
 1``), round robin, the identical graph checked; the speed-up and the serial share it implies.
 
     python benchmarks/bench_scaleout.py --rows 400000 --repeat 2     # prints one JSON document
+    python benchmarks/bench_scaleout.py --pool DIR --repeat 1          # an existing pool
 
 With speed-up S on 2 workers, Amdahl's law gives the serial share s = 2/S − 1 (0: perfect
 scaling, 1: none); the driver's own steps (sample, PCA + k-means training, tuning) from the
@@ -149,10 +150,13 @@ def main() -> None:
     ap.add_argument("--feature-type", default="image")
     ap.add_argument("--repeat", type=int, default=2, help="rounds of (1 worker, 2 workers)")
     ap.add_argument("--workdir", default=None, help="keeps the generated pool (default: temp)")
+    ap.add_argument("--pool", default=None, help="an existing pool (instead of --rows/--shards)")
     args = ap.parse_args()
     work = args.workdir or tempfile.mkdtemp(prefix="bench-scaleout-")
-    pool = os.path.join(work, f"pool-{args.rows}")
-    if not os.path.exists(os.path.join(pool, f"{args.shards - 1:08d}.parquet")):
+    pool = args.pool or os.path.join(work, f"pool-{args.rows}")
+    if args.pool is None and not os.path.exists(
+        os.path.join(pool, f"{args.shards - 1:08d}.parquet")
+    ):
         subprocess.run(
             [
                 *D2SCALE,
@@ -192,8 +196,9 @@ def main() -> None:
                 "host": host_info(),
                 "load_average_end": [round(v, 2) for v in os.getloadavg()],
                 "params": {
-                    "rows": args.rows,
-                    "shards": args.shards,
+                    "pool": pool,
+                    "rows": args.rows if args.pool is None else None,
+                    "shards": args.shards if args.pool is None else None,
                     "feature_type": args.feature_type,
                     "k": 10,
                     "repeat": args.repeat,

@@ -69,6 +69,8 @@ RERANK_CANDIDATE_BYTES = 80  # per query and candidate in a re-ranking task (ids
 RERANK_BLOCK_ROWS = 1 << 19  # queries per re-ranking task at most (each reads the pool)
 RERANK_MIN_ROWS = 1024  # ... and at least (each task streams the pool: a few MB more at most)
 MEMORY_FRACTION = 0.5  # default budget: this share of the currently available memory
+SEARCH_CALLER_BYTES = 24  # per row: the pool's uids and scores, held by select meanwhile
+GATHER_WARN = 4  # warn when the search shards gather more than this many times the rows
 
 
 def build_knn_graph(
@@ -167,6 +169,7 @@ class _Build:
         self.kept = self.spill = None
         self.keep_mode = ""
         self.kind, self.space_dim = "", None
+        self.gathered_rows, self.unique_rows = None, 0
         self.finished = False
 
     @contextmanager
@@ -438,16 +441,19 @@ class _Build:
         nlist = centroids.shape[0]
         is_rep = rep == np.arange(self.n)
         sizes = np.bincount(lists[is_rep], minlength=nlist)
+        self.unique_rows = int(sizes.sum())
         row_probes, table = self.probe_tables(centroids, lists, is_rep, tuned)
         self.probes = None
         if plan is None:
-            plan = self.plan(centroids, table, sizes, tuned["candidates"])
+            probe_cols = 0 if row_probes is None else row_probes.shape[1]
+            plan = self.plan(centroids, table, sizes, tuned["candidates"], probe_cols)
             if self.store is not None:
                 self.store.save_plan(plan)
         self.report(plan, table.shape[1])
         by_row = tuned.get("probing") == "row"
         self.n_shards = len(plan["shards"])
         self.shard_bytes = (plan.get("largest_shard_bytes"), plan.get("shard_budget_bytes"))
+        self.gathered_rows = plan.get("gathered_rows")
         self.rerank_blocks = plan.get("rerank_blocks")
         split = self.rerank_blocks is not None
         keep = self.k + 1
@@ -602,22 +608,28 @@ class _Build:
 
         return self.store.load_part(f"rerank-{b:05d}", ("q", "nbr", "d2"), whole)
 
-    def plan(self, centroids, table, sizes, m: int) -> dict:
+    def plan(self, centroids, table, sizes, m: int, probe_cols: int) -> dict:
         """Shards (list groups fitting the memory budget), their search chunks, and — when
-        the full rows do not all fit — the blocks of the separate re-ranking pass."""
+        the full rows do not all fit — the blocks of the separate re-ranking pass. The shards
+        are sized to what the driver holds while they are searched (``probe_cols``: each
+        row's probed lists), the re-ranking blocks to what it holds at the end."""
         order = ivf.list_order(centroids, self.seed)
         split = self.projection is not None
-        held = self.n * m * 4 if split else 0  # the candidates found
+        # the candidates found (split), or the neighbours and distances found
+        held = self.n * m * 4 if split else self.n * (self.k + 1) * 16
         if split and self.kept is not None:  # and the search-space rows kept by the assignment
             held += self.n * 4 * self.projection.dim
-        free = max(1, self.limit - self._driver_bytes() - held)
-        budget = free // 2  # pieces + shard
+        free = max(1, self.limit - self._driver_bytes() - (held if split else 0))
+        searching = self.n * (8 + 4 + 1 + 2 * probe_cols + SEARCH_CALLER_BYTES)
+        budget = max(1, self.limit - searching - held) // 2  # pieces + shard
         row_bytes = 16 + 4 * (self.dim if self.projection is None else self.projection.dim)
         groups = shards.plan_shards(order, table, sizes, row_bytes, budget)
         chunks = [shards.plan_items(g, sizes, TASKS_PER_THREAD * self.threads) for g in groups]
         rows = [_probed_rows(table, sizes, g) for g in groups]
+        one_shard = searching + held + 2 * int(sizes.sum()) * row_bytes  # pieces + shard
         plan = {"shards": groups, "chunks": chunks, "largest_shard_bytes": max(rows) * row_bytes,
-                "shard_budget_bytes": budget,
+                "shard_budget_bytes": budget, "gathered_rows": int(sum(rows)),
+                "one_shard_limit_bytes": int(one_shard),
                 "rows": "search-space" if split else "full"}  # fmt: skip
         if split:  # full rows of the queries + the task's per-candidate arrays
             reps = int(sizes.sum())
@@ -640,6 +652,14 @@ class _Build:
             f"knn graph: {plural(len(plan['shards']), 'shard')} of {plan.get('rows', '')} rows "
             f"(budget {budget / 2**20:.0f} MiB, limit {self.limit / 2**20:.0f} MiB)"
         )
+        gathered, unique = plan.get("gathered_rows", 0), max(1, int(self.unique_rows))
+        if len(plan["shards"]) > 1 and gathered > GATHER_WARN * unique:
+            self.say(
+                f"knn graph: warning: the shards gather {gathered / unique:.0f}× the pool's "
+                f"rows in all (a list's rows probe up to {width} lists), so the search is "
+                f"far slower than one shard; a memory limit of about "
+                f"{plan['one_shard_limit_bytes'] / 2**30:.1f} GiB holds it in one shard"
+            )
 
     def _shard(self, shard_lists, table, lists, is_rep, nlist):
         """A future of the shard holding ``shard_lists`` and the lists they probe."""
@@ -754,6 +774,7 @@ class _Build:
                 "memory_limit": self.limit, "shards": self.n_shards,
                 "largest_shard_bytes": self.shard_bytes[0],
                 "shard_budget_bytes": self.shard_bytes[1],
+                "gathered_rows": self.gathered_rows,
                 "rerank_blocks": None if self.rerank_blocks is None else len(self.rerank_blocks),
                 "search_rows_from": {"kept": "kept", "spill": "disk"}.get(self.keep_mode, "pool"),
                 "exact_search_dim": self.space_dim,

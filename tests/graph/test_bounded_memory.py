@@ -53,6 +53,22 @@ def test_a_tiny_memory_limit_does_not_change_the_graph(pool):
     np.testing.assert_array_equal(tight.distances, free.distances)
 
 
+def test_shards_that_gather_the_pool_many_times_over_are_said(pool):
+    """Each shard holds its lists' rows and every list they probe: when that adds up to many
+    times the pool, the build says so and names the limit that holds one shard."""
+    said: list[str] = []
+    _, info = build_knn_graph(pool, n_neighbors=6, index="ivf", memory_limit=3_000_000,
+                              progress=said.append)  # fmt: skip
+    unique = info["unique_rows"]
+    assert info["shards"] > 1 and info["gathered_rows"] >= unique
+    warned = [m for m in said if "the shards gather" in m]
+    assert bool(warned) == (info["gathered_rows"] > 4 * unique), (info["gathered_rows"], said)
+    if warned:
+        assert "GiB holds it in one shard" in warned[0]
+    _, free = build_knn_graph(pool, n_neighbors=6, index="ivf", progress=said.append)
+    assert free["shards"] == 1 and free["gathered_rows"] == free["unique_rows"]
+
+
 def test_resumed_split_build_equals_a_fresh_one(tmp_path):
     """Candidates, re-ranked blocks and spilled search-space rows are saved; a damaged or
     missing one is recomputed; the spill is deleted once the graph is written."""

@@ -44,7 +44,7 @@ def plain():
 
 
 @pytest.mark.parametrize(
-    ("block_rows", "limit"), [(1000, None), (2500, 2_600_000), (777, 2_000_000)]
+    ("block_rows", "limit"), [(1000, None), (2500, 1_600_000), (777, 1_300_000)]
 )
 def test_partitions_and_shards_do_not_change_the_graph(plain, block_rows, limit):
     graph, info = build(block_rows, limit)
@@ -83,7 +83,7 @@ def test_worker_count_does_not_change_the_graph(plain, processes):
         ) as cluster,
         Client(cluster) as client,
     ):
-        graph, info = build(1200, 2_600_000, client=client)
+        graph, info = build(1200, 1_600_000, client=client)
     assert info["shards"] > 1
     np.testing.assert_array_equal(graph.neighbors, plain["ivf"][0].neighbors)
     np.testing.assert_array_equal(graph.distances, plain["ivf"][0].distances)
