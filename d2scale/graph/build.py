@@ -70,6 +70,8 @@ RERANK_BLOCK_ROWS = 1 << 19  # queries per re-ranking task at most (each reads t
 RERANK_MIN_ROWS = 1024  # ... and at least (each task streams the pool: a few MB more at most)
 MEMORY_FRACTION = 0.5  # default budget: this share of the currently available memory
 SEARCH_CALLER_BYTES = 24  # per row: the pool's uids and scores, held by select meanwhile
+SEARCH_TASK_ROW_BYTES = 24  # a search task's per-query ids (+ 8 per probe, 24 per candidate)
+MIN_CHUNK_ROWS = 1024  # a search task answers at least this many queries
 GATHER_WARN = 4  # warn when the search shards gather more than this many times the rows
 
 
@@ -621,12 +623,20 @@ class _Build:
             held += self.n * 4 * self.projection.dim
         free = max(1, self.limit - self._driver_bytes() - (held if split else 0))
         searching = self.n * (8 + 4 + 1 + 2 * probe_cols + SEARCH_CALLER_BYTES)
-        budget = max(1, self.limit - searching - held) // 2  # pieces + shard
         row_bytes = 16 + 4 * (self.dim if self.projection is None else self.projection.dim)
+        avail = max(1, self.limit - searching - held)
+        # the search tasks running at once get what one shard of every row leaves (at least
+        # 1/16 of it); else a fifth, and the shards the rest
+        tasks = avail - 2 * int(sizes.sum()) * row_bytes
+        tasks = tasks if tasks >= avail // 16 else avail // 5
+        budget = max(1, avail - tasks) // 2  # pieces + shard
+        task_row = SEARCH_TASK_ROW_BYTES + 8 * (probe_cols + 3 * m)
+        chunk_rows = max(MIN_CHUNK_ROWS, tasks // (self.threads * task_row))
         groups = shards.plan_shards(order, table, sizes, row_bytes, budget)
-        chunks = [shards.plan_items(g, sizes, TASKS_PER_THREAD * self.threads) for g in groups]
+        chunks = [shards.plan_items(g, sizes, TASKS_PER_THREAD * self.threads, chunk_rows)
+                  for g in groups]  # fmt: skip
         rows = [_probed_rows(table, sizes, g) for g in groups]
-        one_shard = searching + held + 2 * int(sizes.sum()) * row_bytes  # pieces + shard
+        one_shard = searching + held + 2 * int(sizes.sum()) * row_bytes * 16 // 15
         plan = {"shards": groups, "chunks": chunks, "largest_shard_bytes": max(rows) * row_bytes,
                 "shard_budget_bytes": budget, "gathered_rows": int(sum(rows)),
                 "one_shard_limit_bytes": int(one_shard),

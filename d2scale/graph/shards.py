@@ -317,21 +317,24 @@ def plan_shards(
 
 
 def plan_items(
-    lists: list[int], sizes: np.ndarray, n_tasks: int
+    lists: list[int], sizes: np.ndarray, n_tasks: int, max_rows: int | None = None
 ) -> list[list[tuple[int, int, int]]]:
-    """Split the query rows of ``lists`` into about ``n_tasks`` chunks of whole lists or row
-    ranges of large lists: (list, first, end) items."""
+    """Split the query rows of ``lists`` into about ``n_tasks`` chunks (more where a chunk
+    would exceed ``max_rows`` queries) of whole lists or row ranges of large lists:
+    (list, first, end) items."""
     total = int(sizes[lists].sum())
     target = max(1, -(-total // max(1, n_tasks)))
+    if max_rows is not None:
+        target = max(1, min(target, max_rows))
     chunks: list[list[tuple[int, int, int]]] = []
     cur: list[tuple[int, int, int]] = []
     rows = 0
     for lst in lists:
-        size = int(sizes[lst])
-        for a in range(0, size, target):
-            b = min(size, a + target)
+        size, a = int(sizes[lst]), 0
+        while a < size:  # fill the chunk up to the target exactly, splitting lists if needed
+            b = min(size, a + target - rows)
             cur.append((lst, a, b))
-            rows += b - a
+            rows, a = rows + b - a, b
             if rows >= target:
                 chunks.append(cur)
                 cur, rows = [], 0

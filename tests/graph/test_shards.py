@@ -140,6 +140,10 @@ def test_plan_items_cover_every_row_once():
     rows = [(lst, r) for chunk in chunks for lst, a, b in chunk for r in range(a, b)]
     assert sorted(rows) == [(lst, r) for lst in range(4) for r in range(sizes[lst])]
     assert 3 <= len(chunks) <= 6
+    small = plan_items([0, 1, 2, 3], sizes, 4, max_rows=7)  # memory caps a task's queries
+    assert all(sum(b - a for _, a, b in chunk) <= 7 for chunk in small) and len(small) >= 7
+    again = [(lst, r) for chunk in small for lst, a, b in chunk for r in range(a, b)]
+    assert sorted(again) == sorted(rows)
 
 
 def test_part_rows_groups_by_partition():
