@@ -72,6 +72,7 @@ MEMORY_FRACTION = 0.5  # default budget: this share of the currently available m
 SEARCH_CALLER_BYTES = 24  # per row: the pool's uids and scores, held by select meanwhile
 SEARCH_TASK_ROW_BYTES = 24  # a search task's per-query ids (+ 8 per probe, 24 per candidate)
 MIN_CHUNK_ROWS = 1024  # a search task answers at least this many queries
+TASK_SHARE_MIN = 16  # one shard of every row only while the search tasks keep 1/16 of memory
 GATHER_WARN = 4  # warn when the search shards gather more than this many times the rows
 
 
@@ -621,14 +622,14 @@ class _Build:
         held = self.n * m * 4 if split else self.n * (self.k + 1) * 16
         if split and self.kept is not None:  # and the search-space rows kept by the assignment
             held += self.n * 4 * self.projection.dim
-        free = max(1, self.limit - self._driver_bytes() - (held if split else 0))
         searching = self.n * (8 + 4 + 1 + 2 * probe_cols + SEARCH_CALLER_BYTES)
         row_bytes = 16 + 4 * (self.dim if self.projection is None else self.projection.dim)
         avail = max(1, self.limit - searching - held)
-        # the search tasks running at once get what one shard of every row leaves (at least
-        # 1/16 of it); else a fifth, and the shards the rest
-        tasks = avail - 2 * int(sizes.sum()) * row_bytes
-        tasks = tasks if tasks >= avail // 16 else avail // 5
+        space = 2 * int(sizes.sum()) * row_bytes  # one shard of every row: pieces + shard
+        # the search tasks running at once get what that shard leaves (at least
+        # 1/TASK_SHARE_MIN of it); else a fifth, and the shards the rest
+        tasks = avail - space
+        tasks = tasks if tasks >= avail // TASK_SHARE_MIN else avail // 5
         budget = max(1, avail - tasks) // 2  # pieces + shard
         task_row = SEARCH_TASK_ROW_BYTES + 8 * (probe_cols + 3 * m)
         chunk_rows = max(MIN_CHUNK_ROWS, tasks // (self.threads * task_row))
@@ -636,12 +637,13 @@ class _Build:
         chunks = [shards.plan_items(g, sizes, TASKS_PER_THREAD * self.threads, chunk_rows)
                   for g in groups]  # fmt: skip
         rows = [_probed_rows(table, sizes, g) for g in groups]
-        one_shard = searching + held + 2 * int(sizes.sum()) * row_bytes * 16 // 15
+        one_shard = searching + held + space * TASK_SHARE_MIN // (TASK_SHARE_MIN - 1)
         plan = {"shards": groups, "chunks": chunks, "largest_shard_bytes": max(rows) * row_bytes,
                 "shard_budget_bytes": budget, "gathered_rows": int(sum(rows)),
                 "one_shard_limit_bytes": int(one_shard),
                 "rows": "search-space" if split else "full"}  # fmt: skip
         if split:  # full rows of the queries + the task's per-candidate arrays
+            free = max(1, self.limit - self._driver_bytes() - held)
             reps = int(sizes.sum())
             row_bytes = 4 * self.dim + RERANK_CANDIDATE_BYTES * m
             budget = min(free, RERANK_BLOCK_ROWS * row_bytes * self.threads)
