@@ -45,7 +45,17 @@ from d2scale.backends import (
     resolve_device,
 )
 from d2scale.errors import D2ScaleError
-from d2scale.graph import dedup, ivf, probed, rerank, scan, shards, small, torch_engine
+from d2scale.graph import (
+    dedup,
+    ivf,
+    listrows,
+    probed,
+    rerank,
+    scan,
+    shards,
+    small,
+    torch_engine,
+)
 from d2scale.graph.rules import (
     EVAL_BUDGET,
     EVAL_ROWS,
@@ -68,6 +78,9 @@ INDEXES = PARAMS["index"].choices
 RERANK_CANDIDATE_BYTES = 80  # per query and candidate in a re-ranking task (ids, order, d²)
 RERANK_BLOCK_ROWS = 1 << 19  # queries per re-ranking task at most (each reads the pool)
 RERANK_MIN_ROWS = 1024  # ... and at least (each task streams the pool: a few MB more at most)
+LISTS_BLOCK_ROWS = 1 << 17  # queries per re-ranking task reading the rows in list order
+LISTS_MIN_READS = 4  # write the rows in list order where streaming would read the pool this often
+DISK_MARGIN = 1 << 30  # disk left free beside the rows in list order
 MEMORY_FRACTION = 0.5  # default budget: this share of the currently available memory
 SEARCH_CALLER_BYTES = 24  # per row: the pool's uids and scores, held by select meanwhile
 SEARCH_TASK_ROW_BYTES = 24  # a search task's per-query ids (+ 8 per probe, 24 per candidate)
@@ -170,6 +183,7 @@ class _Build:
         self.timings: dict[str, float] = {}
         self.client = self.bf = self.projection = None
         self.kept = self.spill = None
+        self.rows_dir = self.rerank_from = self.rerank_why = None
         self.keep_mode = ""
         self.kind, self.space_dim = "", None
         self.gathered_rows, self.unique_rows = None, 0
@@ -458,6 +472,8 @@ class _Build:
         self.shard_bytes = (plan.get("largest_shard_bytes"), plan.get("shard_budget_bytes"))
         self.gathered_rows = plan.get("gathered_rows")
         self.rerank_blocks = plan.get("rerank_blocks")
+        self.rerank_from = plan.get("rerank_from", "pool")
+        self.rerank_why = plan.get("rerank_from_reason")
         split = self.rerank_blocks is not None
         keep = self.k + 1
         width, names = (tuned["candidates"], ("q", "cand")) if split else (keep, ("q", "nbr", "d2"))
@@ -551,9 +567,10 @@ class _Build:
     def rerank(self, cand, is_rep, lists, centroids) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-(k+1) of every distinct row among its search-space candidates ``cand``:
         blocks of rows, taken in the search's list order (so a block's candidates lie in few
-        lists), re-ranked by tasks that read only their candidates' rows from the pool (a
-        bounded number of blocks in flight, so neither the tasks nor their arguments outgrow
-        the budget)."""
+        lists), re-ranked by tasks that read the full rows either from the rows written in
+        list order (:mod:`d2scale.graph.listrows`) or by streaming the pool; a bounded
+        number of blocks in flight, so neither the tasks nor their arguments outgrow the
+        budget."""
         from distributed import as_completed
 
         keep = self.k + 1
@@ -571,7 +588,16 @@ class _Build:
                 nbr[q], d2[q] = got["nbr"], got["d2"]
             else:
                 todo.append((b, q))
-        offsets = self.client.scatter(self.offsets, broadcast=True, hash=False)
+        if not todo:
+            return nbr, d2
+        if self.rerank_from == "lists":
+            pos, first = self.write_list_rows(q_all)
+            sent = self.client.scatter([first, pos], broadcast=True, hash=False)
+            task, fixed = listrows.rerank_block, (self._rows_directory(), self.bf, *sent)
+        else:
+            offsets = self.client.scatter(self.offsets, broadcast=True, hash=False)
+            task, fixed = shards.rerank_streamed, (self.bf, offsets)
+        del q_all
         running = as_completed(loop=self.client.loop)
         keys: dict = {}
 
@@ -581,7 +607,7 @@ class _Build:
                 # scattered, not embedded in the task: a block's queries and candidates are
                 # megabytes, which go to a worker directly instead of through the scheduler
                 q_f, cand_f = self.client.scatter([q, cand[q]], hash=False)
-                fut = self.submit(shards.rerank_streamed, self.bf, offsets, q_f, cand_f, keep)
+                fut = self.submit(task, *fixed, q_f, cand_f, keep)
                 keys[fut.key] = b
                 running.add(fut)
 
@@ -598,6 +624,24 @@ class _Build:
             release_free_pages()
             submit_next()
         return nbr, d2
+
+    def write_list_rows(self, q_all: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Write the distinct rows ``q_all`` (in list order) to a file per partition (the
+        partitions already written are kept): (each row's position in the files, each
+        file's first position)."""
+        directory = self._rows_directory()
+        order, first = listrows.file_order(q_all, self.offsets)
+        pos = np.full(self.n, -1, np.int32 if order.size < 2**31 else np.int64)
+        pos[order] = np.arange(order.size)
+        futs = {}
+        for p in range(len(self.sizes)):
+            rows = int(first[p + 1] - first[p])
+            if rows and not listrows.part_done(directory, p, rows, self.blocks):
+                local = order[first[p] : first[p + 1]] - self.offsets[p]
+                futs[p] = self.submit(listrows.write_part, self.bf, p, local, directory)
+        for _ in self._as_completed(futs, "rerank: rows in list order", "partitions"):
+            pass
+        return pos, first
 
     def _saved_block(self, b: int, q: np.ndarray, keep: int) -> dict | None:
         """Re-ranked block ``b``'s saved result when it is whole and answers the queries
@@ -646,10 +690,58 @@ class _Build:
             free = max(1, self.limit - self._driver_bytes() - held)
             reps = int(sizes.sum())
             row_bytes = 4 * self.dim + RERANK_CANDIDATE_BYTES * m
-            budget = min(free, RERANK_BLOCK_ROWS * row_bytes * self.threads)
-            budget = max(budget, RERANK_MIN_ROWS * row_bytes * self.threads)
-            plan["rerank_blocks"] = rerank.plan_blocks(reps, row_bytes, budget, self.threads)
+            blocks = self._rerank_blocks(reps, row_bytes, free, RERANK_BLOCK_ROWS)
+            source, why = self._rerank_source(len(blocks), reps)
+            if source == "lists":  # smaller blocks: they need not share reads of the pool
+                blocks = self._rerank_blocks(reps, row_bytes, free, LISTS_BLOCK_ROWS)
+            plan.update(rerank_blocks=blocks, rerank_from=source, rerank_from_reason=why)
         return plan
+
+    def _rerank_blocks(self, reps: int, row_bytes: int, free: int, most: int) -> list:
+        """Blocks of at most ``most`` queries that the tasks running together hold within
+        ``free`` bytes."""
+        budget = min(free, most * row_bytes * self.threads)
+        budget = max(budget, RERANK_MIN_ROWS * row_bytes * self.threads)
+        return rerank.plan_blocks(reps, row_bytes, budget, self.threads)
+
+    def _rerank_source(self, reads: int, reps: int) -> tuple[str, str]:
+        """Where the re-ranking reads the full rows: ``"lists"`` (written in list order
+        once) where streaming would read the pool ``LISTS_MIN_READS`` times or more and
+        the workers can read the driver's disk, which holds them; else ``"pool"``. With
+        the reason; a warning when many reads of the pool could not be avoided."""
+        if reads < LISTS_MIN_READS:
+            return "pool", f"{plural(reads, 'read')} of the pool"
+        need = reps * listrows.row_bytes(self.blocks)
+        directory = self._rows_directory()
+        free = shutil.disk_usage(directory).free
+        if not self._workers_local():
+            why = "the workers run on other hosts and cannot read the driver's files"
+        elif need + DISK_MARGIN > free:
+            why = (f"the rows in list order need {need / 2**30:.1f} GiB of disk at "
+                   f"{directory}, {free / 2**30:.1f} GiB free")  # fmt: skip
+        else:
+            return "lists", f"{need / 2**30:.1f} GiB written once instead of {reads} reads"
+        self.say(f"knn graph: warning: the re-ranking reads the pool {reads} times: {why}")
+        return "pool", why
+
+    def _rows_directory(self) -> str:
+        """Where the rows in list order go: beside the spill, the store's parts, or a
+        temporary directory."""
+        if self.rows_dir is None:
+            self.rows_dir = self.spill or (
+                self.store.parts_dir if self.store else tempfile.mkdtemp(prefix="d2scale-")
+            )
+        return self.rows_dir
+
+    def _workers_local(self) -> bool:
+        """Whether every worker runs on this host (and can read the driver's files)."""
+        from distributed.utils import get_ip
+
+        here = {"127.0.0.1", "localhost", "::1", get_ip()}
+        for address, worker in self.client.scheduler_info().get("workers", {}).items():
+            if not address.startswith("inproc://") and worker.get("host") not in here:
+                return False
+        return True
 
     def report(self, plan: dict, width: int) -> None:
         """Say how the search is sharded (and warn when one shard exceeds its budget)."""
@@ -749,17 +841,21 @@ class _Build:
         return os.path.join(self.spill, f"searchspace-{part:05d}.npy")
 
     def drop_spill(self, done: bool) -> None:
-        """Delete the spilled search-space rows once the graph is written (or, without a
-        store, always: nothing resumes from them)."""
-        if self.spill is None or not done:
+        """Delete the spilled search-space rows and the rows in list order once the graph
+        is written (or, without a store, always: nothing resumes from them)."""
+        if not done:
             return
         if self.store is None:
-            shutil.rmtree(self.spill, ignore_errors=True)
+            for directory in {self.spill, self.rows_dir} - {None}:
+                shutil.rmtree(directory, ignore_errors=True)
         else:
+            parts = self.store.parts_dir
             for p in range(len(self.sizes)):
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(self._spill_path(p))
-        self.spill = None
+                paths = [listrows.rows_path(parts, p), listrows.norms_path(parts, p)]
+                for path in paths + ([self._spill_path(p)] if self.spill else []):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(path)
+        self.spill = self.rows_dir = None
 
     def one_shard(self) -> bool:
         """Whether all full rows fit in one shard: kept by the assignment, gathered into
@@ -788,6 +884,8 @@ class _Build:
                 "shard_budget_bytes": self.shard_bytes[1],
                 "gathered_rows": self.gathered_rows,
                 "rerank_blocks": None if self.rerank_blocks is None else len(self.rerank_blocks),
+                "rerank_rows_from": None if self.rerank_blocks is None else self.rerank_from,
+                "rerank_rows_why": None if self.rerank_blocks is None else self.rerank_why,
                 "search_rows_from": {"kept": "kept", "spill": "disk"}.get(self.keep_mode, "pool"),
                 "exact_search_dim": self.space_dim,
                 "fingerprint": fingerprint}  # fmt: skip

@@ -44,37 +44,81 @@ def _convert(h, out):
         out[i] = _half(h[i])
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _widen(x, i, half, row):
+    """Row ``i`` of ``x`` (float16 bits when ``half``) as float64 into ``row``."""
+    if half:
+        for j in range(x.shape[1]):
+            row[j] = np.float64(_half(x[i, j]))
+    else:
+        for j in range(x.shape[1]):
+            row[j] = np.float64(x[i, j])
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _norm(row):
+    """The float64 norm of ``row``: squares summed in a fixed order (four interleaved
+    partial sums), so the value does not depend on the CPU."""
+    cols = row.shape[0]
+    s0 = s1 = s2 = s3 = 0.0
+    j = 0
+    while j + 4 <= cols:
+        s0 += row[j] * row[j]
+        s1 += row[j + 1] * row[j + 1]
+        s2 += row[j + 2] * row[j + 2]
+        s3 += row[j + 3] * row[j + 3]
+        j += 4
+    while j < cols:
+        s0 += row[j] * row[j]
+        j += 1
+    return np.sqrt((s0 + s1) + (s2 + s3))
+
+
 @njit(cache=True, nogil=True)
 def _unit_rows(x, out, half):
     """Rows of ``x`` (float16 bits when ``half``) divided by their float64 norm into ``out``;
-    the first row whose norm is zero or not finite, or -1. The squares are summed in a fixed
-    order (four interleaved float64 partial sums), so the values do not depend on the CPU."""
-    cols = x.shape[1]
-    row = np.empty(cols, np.float64)
+    the first row whose norm is zero or not finite, or -1."""
+    row = np.empty(x.shape[1], np.float64)
     for i in range(x.shape[0]):
-        if half:
-            for j in range(cols):
-                row[j] = np.float64(_half(x[i, j]))
-        else:
-            for j in range(cols):
-                row[j] = np.float64(x[i, j])
-        s0 = s1 = s2 = s3 = 0.0
-        j = 0
-        while j + 4 <= cols:
-            s0 += row[j] * row[j]
-            s1 += row[j + 1] * row[j + 1]
-            s2 += row[j + 2] * row[j + 2]
-            s3 += row[j + 3] * row[j + 3]
-            j += 4
-        while j < cols:
-            s0 += row[j] * row[j]
-            j += 1
-        norm = np.sqrt((s0 + s1) + (s2 + s3))
+        _widen(x, i, half, row)
+        norm = _norm(row)
         if not (norm > 0.0 and norm < np.inf):
             return i
-        for j in range(cols):
+        for j in range(x.shape[1]):
             out[i, j] = np.float32(row[j] / norm)
     return -1
+
+
+@njit(cache=True, nogil=True)
+def _half_norms(h, norms):
+    row = np.empty(h.shape[1], np.float64)
+    for i in range(h.shape[0]):
+        _widen(h, i, True, row)
+        norms[i] = _norm(row)
+
+
+@njit(cache=True, nogil=True)
+def _scaled_halves(h, norms, out):
+    for i in range(h.shape[0]):
+        norm = norms[i]
+        for j in range(h.shape[1]):
+            out[i, j] = np.float32(np.float64(_half(h[i, j])) / norm)
+
+
+def half_norms(h: np.ndarray) -> np.ndarray:
+    """The float64 norms :func:`unit_rows` divides the float16 rows ``h`` by."""
+    h = np.ascontiguousarray(h.astype(h.dtype.newbyteorder("="), copy=False)).view(np.uint16)
+    norms = np.empty(h.shape[0])
+    if h.shape[0]:
+        _half_norms(h, norms)
+    return norms
+
+
+def scaled_halves(h: np.ndarray, norms: np.ndarray, out: np.ndarray) -> None:
+    """float16 rows ``h`` divided by ``norms`` (from :func:`half_norms`) into ``out``
+    (float32): bit-identical to :func:`unit_rows` of ``h``."""
+    if h.shape[0]:
+        _scaled_halves(np.ascontiguousarray(h).view(np.uint16), norms, out)
 
 
 def unit_rows(x: np.ndarray, out: np.ndarray) -> int:

@@ -290,6 +290,49 @@ class PoolEmbeddings:
                 self._normalise([(r, x[sel]) for r, x in raw], out, shard.npz, local[a:b])
                 yield int(a), int(b), out
 
+    def half_members(self) -> list[int] | None:
+        """Each member's columns when every member of every shard is float16 (rows can then
+        be kept as their raw halves and norms: :meth:`iter_halves`), else None."""
+        cols = []
+        for key in self.keys:
+            found = {(m.dtype[1:], m.shape[1:]) for s in self.pool.shards for m in s.members
+                     if m.key == key}  # fmt: skip
+            if len(found) != 1 or next(iter(found))[0] != "f2":
+                return None
+            cols.append(int(next(iter(found))[1][0]))
+        return cols if sum(cols) == self.dim else None
+
+    def iter_halves(
+        self, i: int, local: np.ndarray, rows: int
+    ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+        """``(a, b, float16 rows, float64 norms)`` of the sorted rows ``local[a:b]`` of shard
+        ``i``: the raw members side by side and each member's norm (a column per member),
+        from which :func:`d2scale.pool.halfprec.scaled_halves` gives exactly the rows
+        :meth:`iter_rows` gives. Only for :meth:`half_members` pools."""
+        from d2scale.pool.halfprec import half_norms
+
+        local = np.asarray(local, dtype=np.int64)
+        if local.size == 0:
+            return
+        shard = self.pool.shards[i]
+        for start, raw in self._raw_chunks(i, rows, int(local[-1]) + 1):
+            a, b = np.searchsorted(local, [start, start + raw[0][1].shape[0]])
+            if b == a:
+                continue
+            sel = local[a:b] - start
+            halves = np.empty((b - a, self.dim), np.float16)
+            norms = np.empty((b - a, len(raw)))
+            col = 0
+            for m, (r, x) in enumerate(raw):
+                halves[:, col : col + r.cols] = x[sel]
+                norms[:, m] = half_norms(halves[:, col : col + r.cols])
+                bad = np.flatnonzero(~((norms[:, m] > 0) & (norms[:, m] < np.inf)))
+                if bad.size:
+                    _normalise_into(x[sel][bad[:1]], np.empty((1, r.cols), np.float32),
+                                    shard.npz, r.key, ids=local[a:b][bad[:1]])  # fmt: skip
+                col += r.cols
+            yield int(a), int(b), halves, norms
+
     def _normalise(self, raw: list, out: np.ndarray, path: str, ids: np.ndarray) -> None:
         """Normalise the raw rows (row numbers ``ids``) of each member into ``out``."""
         col = 0
