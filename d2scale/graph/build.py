@@ -184,6 +184,7 @@ class _Build:
         self.client = self.bf = self.projection = None
         self.kept = self.spill = None
         self.rows_dir = self.rerank_from = self.rerank_why = None
+        self.by_list = self.search_rep = self.search_lists = None
         self.keep_mode = ""
         self.kind, self.space_dim = "", None
         self.gathered_rows, self.unique_rows = None, 0
@@ -459,6 +460,7 @@ class _Build:
         is_rep = rep == np.arange(self.n)
         sizes = np.bincount(lists[is_rep], minlength=nlist)
         self.unique_rows = int(sizes.sum())
+        self.search_rep, self.search_lists, self.search_nlist = is_rep, lists, nlist
         row_probes, table = self.probe_tables(centroids, lists, is_rep, tuned)
         self.probes = None
         if plan is None:
@@ -516,22 +518,36 @@ class _Build:
                     part = {"cand": nb} if split else {"nbr": nb, "d2": dd}
                     self.store.save_part(f"chunk-{c:05d}", q=q, **part)
             release_free_pages()  # the shard is dropped: its pages go back before the next
-        self.kept = None
+        self.kept = self.by_list = self.search_rep = self.search_lists = None
         return nbr, d2
 
     def _saved_chunk(self, c: int, items: list, names: tuple, width: int) -> dict | None:
         """Search chunk ``c``'s saved result when whole: its queries are the rows of its
-        ``items`` (list ranges) and each has ``width`` entries; else None."""
+        ``items`` (list ranges: the distinct rows of each list by id) and each has
+        ``width`` entries; else None."""
         if self.store is None:
             return None
         rows = sum(b - a for _, a, b in items)
 
         def whole(got: dict) -> bool:
             q = got["q"]
-            return q.shape == (rows,) and all(got[n].shape == (rows, width) for n in names[1:]) \
-                and bool(((q >= 0) & (q < self.n)).all())  # fmt: skip
+            if q.shape != (rows,) or any(got[n].shape != (rows, width) for n in names[1:]):
+                return False
+            by_list, first = self._rows_by_list()
+            want = [by_list[first[lst] + a : first[lst] + b] for lst, a, b in items]
+            return bool(np.array_equal(q, np.concatenate(want) if want else q[:0]))
 
         return self.store.load_part(f"chunk-{c:05d}", names, whole)
+
+    def _rows_by_list(self) -> tuple[np.ndarray, np.ndarray]:
+        """(the distinct rows sorted by (list, id), each list's first position), made once
+        when a saved search chunk is checked."""
+        if self.by_list is None:
+            rows = np.flatnonzero(self.search_rep)
+            rows = rows[np.argsort(self.search_lists[rows], kind="stable")]
+            first = np.searchsorted(self.search_lists[rows], np.arange(self.search_nlist + 1))
+            self.by_list = (rows, first)
+        return self.by_list
 
     def probe_tables(self, centroids, lists, is_rep, setting) -> tuple:
         """(each row's probes or None, each list's probed lists) of a setting: per-row

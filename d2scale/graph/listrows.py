@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from d2scale.graph import rerank
+from d2scale.graph import rerank, scan
 from d2scale.graph.shards import chunk_rows, iter_rows, single_threaded
 from d2scale.io import atomic_path
 from d2scale.pool.halfprec import scaled_halves
@@ -155,7 +155,7 @@ def rerank_block(
     pair = valid[order]  # flat index (query * m + slot) of each sorted pair
     m = cand.shape[1]
     d2 = np.full(flat.size, np.inf)
-    wanted = np.unique(by_pos)
+    wanted = scan.unique_sorted(by_pos)
     step = chunk_rows(blocks.dim)
     x = np.empty((min(step, wanted.size), blocks.dim), np.float32)
     for s in range(0, wanted.size, step):

@@ -153,6 +153,22 @@ def test_parts_of_another_build_or_truncated_are_recomputed(tmp_path, uninterrup
     same_graph(got, uninterrupted)
 
 
+def test_a_saved_chunk_answering_other_queries_is_recomputed(tmp_path, uninterrupted, counted):
+    """A chunk whose queries are not the rows of its plan items (same shape, valid ids:
+    e.g. saved under another plan) is searched again."""
+    gdir = str(tmp_path / "g")
+    build(gdir)
+    path = os.path.join(gdir, "parts", "chunk-00001.npz")
+    with np.load(path) as z:
+        arrays = {key: z[key] for key in z.files}
+    arrays["q"] = arrays["q"][::-1].copy()  # the same ids, another order
+    np.savez(path, **arrays)
+    counted.update(assign=0, search=0, rerank=0)
+    got = build(gdir)
+    assert counted["assign"] == 0 and counted["search"] == 1
+    same_graph(got, uninterrupted)
+
+
 KILLED = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
