@@ -71,7 +71,7 @@ def run(args) -> int:
         result = d2_order(knn, scores, **{k: v for k, v in options.items() if k != "quiet"})
     finally:
         progress.close()
-    save_npy(args.out, result.order.astype(np.int64))
+    save_npy(args.out, np.asarray(result.order, dtype=np.int64))  # int64 already: no copy
     if args.forward_out:
         save_npy(args.forward_out, result.forward)
     if not options["quiet"]:

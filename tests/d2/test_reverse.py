@@ -161,3 +161,24 @@ def test_greedy_continue_rejects_unusable_state():
         indptr, indices, w, np.array([0, -np.inf, 1]), np.array([0, 1, 0], bool), 3
     )
     np.testing.assert_array_equal(picks, [2, 0])
+
+
+def test_prefetch_is_only_a_hint():
+    """The greedy's prefetch changes nothing and does not fault past an array's end or on
+    strided and zero-stride (broadcast) arrays."""
+    from numba import njit
+
+    from d2scale.d2._prefetch import prefetch
+
+    @njit
+    def touch(a, b, c):
+        for i in (0, a.shape[0] - 1, a.shape[0], a.shape[0] + (1 << 20)):
+            prefetch(a, i)
+            prefetch(b, i)
+            prefetch(c, i)
+        return a.sum() + b.sum() + c.sum()
+
+    a = np.arange(10.0)
+    ones = np.broadcast_to(np.float64(1.0), (10,))
+    assert touch(a, a[::3], ones) == 45.0 + 18.0 + 10.0
+    np.testing.assert_array_equal(a, np.arange(10.0))
