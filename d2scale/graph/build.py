@@ -73,7 +73,7 @@ from d2scale.types import EmbeddingBlocks, KnnGraph
 
 AUTO_EXACT_MAX = 50_000  # "auto" picks exact search up to this many rows (when they fit)
 EVAL_CANDIDATES = 4  # search-space candidates per k+1 kept for the evaluation rows
-TASKS_PER_THREAD = 4  # search chunks per cluster thread and shard (load balance)
+TASKS_PER_THREAD = 8  # search chunks per cluster thread and shard (load balance)
 INDEXES = PARAMS["index"].choices
 RERANK_CANDIDATE_BYTES = 80  # per query and candidate in a re-ranking task (ids, order, d²)
 RERANK_BLOCK_ROWS = 1 << 19  # queries per re-ranking task at most (each reads the pool)
@@ -562,22 +562,27 @@ class _Build:
 
     def more_probes(self, centroids, nprobe: int) -> np.ndarray:
         """Every row's ``nprobe`` nearest lists, ranked by tasks from the rows the
-        assignment kept or spilled (else read from the pool again)."""
+        assignment kept or spilled (else read from the pool again); a bounded number of
+        partitions in flight (spilled rows are read by the driver), the next submitted as
+        each finishes."""
         sent = self.client.scatter([self.projection, centroids], broadcast=True, hash=False)
         out = np.empty((self.n, nprobe), self.probes.dtype)
-        window = 2 * self.threads  # partitions in flight: spilled rows are read by the driver
-        for first in range(0, len(self.sizes), window):
-            futs = {}
-            for p in range(first, min(first + window, len(self.sizes))):
-                if self.kept is not None and p in self.kept:  # (not when restored)
-                    source = self.kept[p]
-                elif self.spill is not None:
-                    source = self.client.scatter([np.load(self._spill_path(p))], hash=False)[0]
-                else:
-                    source = self.bf
-                futs[p] = self.submit(probed.probe_part, source, p, *sent, nprobe)
-            for p, near in self._as_completed(futs, "probes", "partitions"):
-                out[self.offsets[p] : self.offsets[p + 1]] = near
+        todo = list(range(len(self.sizes)))
+
+        def submit(p: int):
+            if self.kept is not None and p in self.kept:  # (not when restored)
+                source = self.kept[p]
+            elif self.spill is not None:
+                source = self.client.scatter([np.load(self._spill_path(p))], hash=False)[0]
+            else:
+                source = self.bf
+            return self.submit(probed.probe_part, source, p, *sent, nprobe)
+
+        window = 2 * self.threads
+        futs = {p: submit(p) for p in todo[:window]}
+        for p, near in self._as_completed(futs, "probes", "partitions", more=todo[window:],
+                                          submit=submit):  # fmt: skip
+            out[self.offsets[p] : self.offsets[p + 1]] = near
         return out
 
     def rerank(self, cand, is_rep, lists, centroids) -> tuple[np.ndarray, np.ndarray]:
@@ -813,19 +818,27 @@ class _Build:
                   for a in range(0, rows, step)]  # fmt: skip
         return self.submit(small.join, basis, pieces)
 
-    def _as_completed(self, futs: dict, what: str, unit: str):
+    def _as_completed(self, futs: dict, what: str, unit: str, more=(), submit=None):
         """(key, result) of the futures in ``futs`` as they finish, each dropped after use;
-        each is counted in ``unit`` (what one future is). Stopped early (an error, Ctrl-C),
-        the futures not yet done are cancelled: on a shared or running cluster they would
-        otherwise go on computing for nothing."""
+        each is counted in ``unit`` (what one future is). With ``more`` keys and their
+        ``submit``, the next key is submitted as each future finishes (a sliding window).
+        Stopped early (an error, Ctrl-C), the futures not yet done are cancelled: on a
+        shared or running cluster they would otherwise go on computing for nothing."""
         from distributed import as_completed
 
+        more = list(more)
         keys = {f.key: p for p, f in futs.items()}
-        total = len(futs)
+        total = len(futs) + len(more)
+        running = as_completed(list(futs.values()), loop=self.client.loop)
         try:
-            for i, f in enumerate(as_completed(list(futs.values()), loop=self.client.loop), 1):
+            for i, f in enumerate(running, 1):
                 self.say(f"knn graph: {what}: {i}/{total} {unit}")
                 p = keys[f.key]
+                if more:
+                    q = more.pop(0)
+                    futs[q] = submit(q)
+                    keys[futs[q].key] = q
+                    running.add(futs[q])
                 yield p, f.result()
                 futs.pop(p)
         finally:
