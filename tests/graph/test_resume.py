@@ -13,7 +13,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from d2scale.graph import build_knn_graph, probed, shards
+from d2scale.graph import build_knn_graph, listrows, probed, shards
 from d2scale.types import ArrayBlocks
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -26,7 +26,8 @@ pytestmark = pytest.mark.own_cluster
 N_PARTS = X.shape[0] // BLOCK
 CALLS: dict[str, int] = {"assign": 0, "search": 0, "rerank": 0}
 ORIGINAL = {"assign": shards.assign_part, "list": shards.search_lists,
-            "row": probed.search_rows, "rerank": shards.rerank_streamed}  # fmt: skip
+            "row": probed.search_rows, "rerank": shards.rerank_streamed,
+            "rerank_lists": listrows.rerank_block}  # fmt: skip
 
 
 # Task wrappers, referenced by module name so that Dask workers in this process find them.
@@ -48,6 +49,11 @@ def counting_search_rows(*args):
 def counting_rerank(*args):
     CALLS["rerank"] += 1
     return ORIGINAL["rerank"](*args)
+
+
+def counting_rerank_lists(*args):
+    CALLS["rerank"] += 1
+    return ORIGINAL["rerank_lists"](*args)
 
 
 class Stop(Exception):
@@ -78,6 +84,7 @@ def counted(monkeypatch):
     monkeypatch.setattr(shards, "search_lists", counting_search_lists)
     monkeypatch.setattr(probed, "search_rows", counting_search_rows)
     monkeypatch.setattr(shards, "rerank_streamed", counting_rerank)
+    monkeypatch.setattr(listrows, "rerank_block", counting_rerank_lists)
     CALLS.update(assign=0, search=0, rerank=0)
     return CALLS
 
