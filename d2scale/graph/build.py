@@ -80,6 +80,7 @@ RERANK_BLOCK_ROWS = 1 << 19  # queries per re-ranking task at most (each reads t
 RERANK_MIN_ROWS = 1024  # ... and at least (each task streams the pool: a few MB more at most)
 LISTS_BLOCK_ROWS = 1 << 17  # queries per re-ranking task reading the rows in list order
 LISTS_MIN_READS = 2  # write the rows in list order where streaming would read the pool this often
+LISTS_WARN_READS = 4  # ... and warn when it cannot and streaming reads the pool this often
 DISK_MARGIN = 1 << 30  # disk left free beside the rows in list order
 MEMORY_FRACTION = 0.5  # default budget: this share of the currently available memory
 SEARCH_CALLER_BYTES = 24  # per row: the pool's uids and scores, held by select meanwhile
@@ -729,7 +730,8 @@ class _Build:
         """Where the re-ranking reads the full rows: ``"lists"`` (written in list order
         once) where streaming would read the pool ``LISTS_MIN_READS`` times or more and
         the workers can read the driver's disk, which holds them; else ``"pool"``. With
-        the reason; a warning when many reads of the pool could not be avoided."""
+        the reason; a warning when ``LISTS_WARN_READS`` or more reads of the pool could
+        not be avoided."""
         if reads < LISTS_MIN_READS:
             return "pool", f"{plural(reads, 'read')} of the pool"
         need = reps * listrows.row_bytes(self.blocks)
@@ -742,7 +744,8 @@ class _Build:
                    f"{directory}, {free / 2**30:.1f} GiB free")  # fmt: skip
         else:
             return "lists", f"{need / 2**30:.1f} GiB written once instead of {reads} reads"
-        self.say(f"knn graph: warning: the re-ranking reads the pool {reads} times: {why}")
+        if reads >= LISTS_WARN_READS:
+            self.say(f"knn graph: warning: the re-ranking reads the pool {reads} times: {why}")
         return "pool", why
 
     def _rows_directory(self) -> str:
