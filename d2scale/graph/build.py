@@ -79,8 +79,10 @@ RERANK_CANDIDATE_BYTES = 80  # per query and candidate in a re-ranking task (ids
 RERANK_BLOCK_ROWS = 1 << 19  # queries per re-ranking task at most (each reads the pool)
 RERANK_MIN_ROWS = 1024  # ... and at least (each task streams the pool: a few MB more at most)
 LISTS_BLOCK_ROWS = 1 << 17  # queries per re-ranking task reading the rows in list order
-LISTS_MIN_READS = 2  # write the rows in list order where streaming would read the pool this often
+LISTS_MIN_READS = 4  # write the rows in list order where streaming would read the pool this often
 LISTS_WARN_READS = 4  # ... and warn when it cannot and streaming reads the pool this often
+# (at 2 reads it measured slower where reading is cheap — 200k rows in memory: re-rank 4.2 s
+# against 2.3 s — and faster where it is not — two workers streaming a deflated 400k pool)
 DISK_MARGIN = 1 << 30  # disk left free beside the rows in list order
 MEMORY_FRACTION = 0.5  # default budget: this share of the currently available memory
 SEARCH_CALLER_BYTES = 24  # per row: the pool's uids and scores, held by select meanwhile
