@@ -23,7 +23,7 @@ def array_blocks() -> ArrayBlocks:
     rng = np.random.default_rng(2)
     x = rng.standard_normal((900, 40)).astype(np.float32)
     x[700] = x[5]  # an exact tie: the lower id first
-    return ArrayBlocks(x, 300)
+    return ArrayBlocks(x, 200)
 
 
 def write_all(blocks, directory: str, q_all: np.ndarray):
@@ -112,23 +112,23 @@ class Stop(Exception):
 @pytest.mark.own_cluster
 def test_a_stopped_write_keeps_the_written_partitions(tmp_path, monkeypatch):
     rng = np.random.default_rng(3)
-    z = rng.standard_normal((3000, 6)) @ rng.standard_normal((6, 48))  # PCA applies
-    x = (z + 0.1 * rng.standard_normal((3000, 48))).astype(np.float32)
+    z = rng.standard_normal((1600, 6)) @ rng.standard_normal((6, 48))  # PCA applies
+    x = (z + 0.1 * rng.standard_normal((1600, 48))).astype(np.float32)
     kw = {"n_neighbors": 5, "index": "ivf", "memory_limit": 600_000, "workdir": str(tmp_path)}
     monkeypatch.setattr(build, "RERANK_MIN_ROWS", 64)
     monkeypatch.setattr(listrows, "write_part", counting_write)
-    parts = len(ArrayBlocks(x, 300).sizes)
+    parts = len(ArrayBlocks(x, 200).sizes)
 
     def stop(msg: str) -> None:
         if msg == f"knn graph: rerank: rows in list order: 4/{parts} partitions":
             raise Stop
 
     with pytest.raises(Stop):
-        build_knn_graph(ArrayBlocks(x, 300), progress=stop, **kw)
+        build_knn_graph(ArrayBlocks(x, 200), progress=stop, **kw)
     assert len(list(tmp_path.glob("parts/listrows-*.npy"))) >= 3
     WRITTEN.clear()
-    again, info = build_knn_graph(ArrayBlocks(x, 300), **kw)
+    again, info = build_knn_graph(ArrayBlocks(x, 200), **kw)
     assert info["rerank_rows_from"] == "lists" and len(WRITTEN) <= parts - 3
-    ref, _ = build_knn_graph(ArrayBlocks(x, 300), n_neighbors=5, index="ivf")
+    ref, _ = build_knn_graph(ArrayBlocks(x, 200), n_neighbors=5, index="ivf")
     np.testing.assert_array_equal(again.neighbors, ref.neighbors)
     np.testing.assert_array_equal(again.distances, ref.distances)
