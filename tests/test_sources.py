@@ -139,6 +139,23 @@ def test_bad_embeddings(small_pool, tmp_path, value, message):
         blocks.load(0)
 
 
+@pytest.mark.parametrize(
+    ("value", "message"), [(np.inf, "contains NaN or inf"), (0.0, "has zero norm")]
+)
+def test_bad_float16_embeddings_kept_as_halves(small_pool, tmp_path, value, message):
+    """The halves-and-norms reading (the re-ranking's rows in list order) refuses a bad row
+    with the same message as the float32 reading."""
+    path = _copy(small_pool, tmp_path)
+    npz = os.path.join(path, "00000000.npz")
+    with np.load(npz) as z:
+        img, txt = z["l14_img"].astype(np.float16), z["l14_txt"].astype(np.float16)
+    txt[7] = value
+    _rewrite_npz(npz, l14_img=img, l14_txt=txt)
+    blocks = PoolEmbeddings(open_pool(path), feature_keys("l14", "image_text"))
+    with pytest.raises(D2ScaleError, match=f"array 'l14_txt', row 7: embedding {message}"):
+        list(blocks.iter_halves(0, np.arange(3, 20), 4))
+
+
 def test_unknown_column_and_missing_key(small_pool, tmp_path):
     pool = open_pool(small_pool)
     with pytest.raises(D2ScaleError, match="column 'nope' is not in .*available: uid"):

@@ -278,17 +278,11 @@ class PoolEmbeddings:
         ``local``: the members are read ``rows`` rows at a time up to the last one wanted,
         and only the wanted rows are normalised (to the same values :meth:`iter_chunks`
         gives)."""
-        local = np.asarray(local, dtype=np.int64)
-        if local.size == 0:
-            return
-        shard = self.pool.shards[i]
-        for start, raw in self._raw_chunks(i, rows, int(local[-1]) + 1):
-            a, b = np.searchsorted(local, [start, start + raw[0][1].shape[0]])
-            if b > a:
-                sel = local[a:b] - start
-                out = np.empty((b - a, self.dim), dtype=np.float32)
-                self._normalise([(r, x[sel]) for r, x in raw], out, shard.npz, local[a:b])
-                yield int(a), int(b), out
+        npz = self.pool.shards[i].npz
+        for a, b, ids, raw in self._wanted_raw(i, local, rows):
+            out = np.empty((b - a, self.dim), dtype=np.float32)
+            self._normalise(raw, out, npz, ids)
+            yield a, b, out
 
     def half_members(self) -> list[int] | None:
         """Each member's columns when every member of every shard is float16 (rows can then
@@ -311,27 +305,33 @@ class PoolEmbeddings:
         :meth:`iter_rows` gives. Only for :meth:`half_members` pools."""
         from d2scale.pool.halfprec import half_norms
 
-        local = np.asarray(local, dtype=np.int64)
-        if local.size == 0:
-            return
-        shard = self.pool.shards[i]
-        for start, raw in self._raw_chunks(i, rows, int(local[-1]) + 1):
-            a, b = np.searchsorted(local, [start, start + raw[0][1].shape[0]])
-            if b == a:
-                continue
-            sel = local[a:b] - start
+        npz = self.pool.shards[i].npz
+        for a, b, ids, raw in self._wanted_raw(i, local, rows):
             halves = np.empty((b - a, self.dim), np.float16)
             norms = np.empty((b - a, len(raw)))
             col = 0
             for m, (r, x) in enumerate(raw):
-                halves[:, col : col + r.cols] = x[sel]
+                halves[:, col : col + r.cols] = x
                 norms[:, m] = half_norms(halves[:, col : col + r.cols])
                 bad = np.flatnonzero(~((norms[:, m] > 0) & (norms[:, m] < np.inf)))
                 if bad.size:
-                    _normalise_into(x[sel][bad[:1]], np.empty((1, r.cols), np.float32),
-                                    shard.npz, r.key, ids=local[a:b][bad[:1]])  # fmt: skip
+                    _bad_row(x[bad[0]], npz, r.key, int(ids[bad[0]]))
                 col += r.cols
-            yield int(a), int(b), halves, norms
+            yield a, b, halves, norms
+
+    def _wanted_raw(
+        self, i: int, local: np.ndarray, rows: int
+    ) -> Iterator[tuple[int, int, np.ndarray, list]]:
+        """``(a, b, row numbers local[a:b], [(member reader, raw rows)])`` of the sorted rows
+        ``local`` of shard ``i``, read ``rows`` rows at a time up to the last one wanted."""
+        local = np.asarray(local, dtype=np.int64)
+        if local.size == 0:
+            return
+        for start, raw in self._raw_chunks(i, rows, int(local[-1]) + 1):
+            a, b = np.searchsorted(local, [start, start + raw[0][1].shape[0]])
+            if b > a:
+                sel = local[a:b] - start
+                yield int(a), int(b), local[a:b], [(r, x[sel]) for r, x in raw]
 
     def _normalise(self, raw: list, out: np.ndarray, path: str, ids: np.ndarray) -> None:
         """Normalise the raw rows (row numbers ``ids``) of each member into ``out``."""
@@ -419,10 +419,14 @@ def _normalise_into(arr: np.ndarray, out: np.ndarray, path: str, key: str, ids=N
 
     bad = unit_rows(arr, out)
     if bad >= 0:
-        row = bad if ids is None else int(ids[bad])
-        norm = np.linalg.norm(np.asarray(arr[bad], dtype=np.float64))
-        what = "has zero norm" if norm == 0 else "contains NaN or inf"
-        raise D2ScaleError(f"{path}, array {key!r}, row {row}: embedding {what}")
+        _bad_row(arr[bad], path, key, bad if ids is None else int(ids[bad]))
+
+
+def _bad_row(values: np.ndarray, path: str, key: str, row: int) -> None:
+    """Raise the error of an embedding row that cannot be normalised (zero or not finite)."""
+    norm = np.linalg.norm(np.asarray(values, dtype=np.float64))
+    what = "has zero norm" if norm == 0 else "contains NaN or inf"
+    raise D2ScaleError(f"{path}, array {key!r}, row {row}: embedding {what}")
 
 
 # -- uids and scores -------------------------------------------------------------------
