@@ -29,6 +29,7 @@ build is recomputed), and a directory holding another input or other parameters 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
@@ -79,10 +80,10 @@ RERANK_CANDIDATE_BYTES = 80  # per query and candidate in a re-ranking task (ids
 RERANK_BLOCK_ROWS = 1 << 19  # queries per re-ranking task at most (each reads the pool)
 RERANK_MIN_ROWS = 1024  # ... and at least (each task streams the pool: a few MB more at most)
 LISTS_BLOCK_ROWS = 1 << 17  # queries per re-ranking task reading the rows in list order
-LISTS_MIN_READS = 4  # write the rows in list order where streaming would read the pool this often
-LISTS_WARN_READS = 4  # ... and warn when it cannot and streaming reads the pool this often
-# (at 2 reads it measured slower where reading is cheap — 200k rows in memory: re-rank 4.2 s
-# against 2.3 s — and faster where it is not — two workers streaming a deflated 400k pool)
+# write the rows in list order where streaming would read the pool this often (else warn);
+# at 2 reads it measured slower where reading is cheap — 200k rows in memory: re-rank 4.2 s
+# against 2.3 s — and faster where it is not — two workers streaming a deflated 400k pool
+LISTS_MIN_READS = 4
 DISK_MARGIN = 1 << 30  # disk left free beside the rows in list order
 MEMORY_FRACTION = 0.5  # default budget: this share of the currently available memory
 SEARCH_CALLER_BYTES = 24  # per row: the pool's uids and scores, held by select meanwhile
@@ -187,7 +188,6 @@ class _Build:
         self.client = self.bf = self.projection = None
         self.kept = self.spill = None
         self.rows_dir = self.rerank_from = self.rerank_why = None
-        self.by_list = self.search_rep = self.search_lists = None
         self.keep_mode = ""
         self.kind, self.space_dim = "", None
         self.gathered_rows, self.unique_rows = None, 0
@@ -463,7 +463,6 @@ class _Build:
         is_rep = rep == np.arange(self.n)
         sizes = np.bincount(lists[is_rep], minlength=nlist)
         self.unique_rows = int(sizes.sum())
-        self.search_rep, self.search_lists, self.search_nlist = is_rep, lists, nlist
         row_probes, table = self.probe_tables(centroids, lists, is_rep, tuned)
         self.probes = None
         if plan is None:
@@ -485,12 +484,13 @@ class _Build:
         nbr = np.full((self.n, width), -1, np.int32 if split and self.n < 2**31 else np.int64)
         d2 = None if split else np.full((self.n, keep), np.inf)
         chunk = 0
+        list_rows = functools.cache(lambda: _rows_by_list(is_rep, lists, nlist))
         task = probed.search_rows if by_row else shards.search_lists
         t_f = self.client.scatter(row_probes if by_row else table, broadcast=True, hash=False)
         for s, (shard_lists, items) in enumerate(zip(plan["shards"], plan["chunks"], strict=True)):
             todo = {}
             for c, chunk_items in enumerate(items, chunk):
-                got = self._saved_chunk(c, chunk_items, names, width)
+                got = self._saved_chunk(c, chunk_items, names, width, list_rows)
                 if got is None:
                     todo[c] = chunk_items
                 elif split:
@@ -521,13 +521,15 @@ class _Build:
                     part = {"cand": nb} if split else {"nbr": nb, "d2": dd}
                     self.store.save_part(f"chunk-{c:05d}", q=q, **part)
             release_free_pages()  # the shard is dropped: its pages go back before the next
-        self.kept = self.by_list = self.search_rep = self.search_lists = None
+        self.kept = None
         return nbr, d2
 
-    def _saved_chunk(self, c: int, items: list, names: tuple, width: int) -> dict | None:
+    def _saved_chunk(
+        self, c: int, items: list, names: tuple, width: int, list_rows: Callable
+    ) -> dict | None:
         """Search chunk ``c``'s saved result when whole: its queries are the rows of its
-        ``items`` (list ranges: the distinct rows of each list by id) and each has
-        ``width`` entries; else None."""
+        ``items`` (list ranges of ``list_rows()``: the distinct rows by (list, id)) and each
+        has ``width`` entries; else None."""
         if self.store is None:
             return None
         rows = sum(b - a for _, a, b in items)
@@ -536,21 +538,11 @@ class _Build:
             q = got["q"]
             if q.shape != (rows,) or any(got[n].shape != (rows, width) for n in names[1:]):
                 return False
-            by_list, first = self._rows_by_list()
-            want = [by_list[first[lst] + a : first[lst] + b] for lst, a, b in items]
+            ids, first = list_rows()
+            want = [ids[first[lst] + a : first[lst] + b] for lst, a, b in items]
             return bool(np.array_equal(q, np.concatenate(want) if want else q[:0]))
 
         return self.store.load_part(f"chunk-{c:05d}", names, whole)
-
-    def _rows_by_list(self) -> tuple[np.ndarray, np.ndarray]:
-        """(the distinct rows sorted by (list, id), each list's first position), made once
-        when a saved search chunk is checked."""
-        if self.by_list is None:
-            rows = np.flatnonzero(self.search_rep)
-            rows = rows[np.argsort(self.search_lists[rows], kind="stable")]
-            first = np.searchsorted(self.search_lists[rows], np.arange(self.search_nlist + 1))
-            self.by_list = (rows, first)
-        return self.by_list
 
     def probe_tables(self, centroids, lists, is_rep, setting) -> tuple:
         """(each row's probes or None, each list's probed lists) of a setting: per-row
@@ -732,8 +724,7 @@ class _Build:
         """Where the re-ranking reads the full rows: ``"lists"`` (written in list order
         once) where streaming would read the pool ``LISTS_MIN_READS`` times or more and
         the workers can read the driver's disk, which holds them; else ``"pool"``. With
-        the reason; a warning when ``LISTS_WARN_READS`` or more reads of the pool could
-        not be avoided."""
+        the reason; a warning when those reads of the pool could not be avoided."""
         if reads < LISTS_MIN_READS:
             return "pool", f"{plural(reads, 'read')} of the pool"
         need = reps * listrows.row_bytes(self.blocks)
@@ -746,8 +737,7 @@ class _Build:
                    f"{directory}, {free / 2**30:.1f} GiB free")  # fmt: skip
         else:
             return "lists", f"{need / 2**30:.1f} GiB written once instead of {reads} reads"
-        if reads >= LISTS_WARN_READS:
-            self.say(f"knn graph: warning: the re-ranking reads the pool {reads} times: {why}")
+        self.say(f"knn graph: warning: the re-ranking reads the pool {reads} times: {why}")
         return "pool", why
 
     def _rows_directory(self) -> str:
@@ -949,6 +939,13 @@ def _eval_share(arrays: dict) -> list[tuple]:
     if "truth_ids" not in arrays:
         return []
     return [((arrays["truth_ids"], arrays["truth_d2"]), (arrays["cands_ids"], arrays["cands_d2"]))]
+
+
+def _rows_by_list(is_rep: np.ndarray, lists: np.ndarray, nlist: int) -> tuple:
+    """(the distinct rows sorted by (list, id), each list's first position)."""
+    rows = np.flatnonzero(is_rep)
+    rows = rows[np.argsort(lists[rows], kind="stable")]
+    return rows, np.searchsorted(lists[rows], np.arange(nlist + 1))
 
 
 def _npy_shape(path: str) -> tuple | None:

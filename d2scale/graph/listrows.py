@@ -60,27 +60,26 @@ def write_part(blocks: EmbeddingBlocks, part: int, local: np.ndarray, directory:
     """Task: partition ``part``'s rows ``local`` (in file order) into its files; the rows."""
     single_threaded()
     cols = half_members(blocks)
+    halves = cols is not None
     order = np.argsort(local, kind="stable")  # read in pool order, placed in file order
     wanted = local[order]
-    shape = (local.size, blocks.dim)
-    if cols is not None:
+    if halves:
+        chunks = blocks.iter_halves(part, wanted, chunk_rows(blocks.dim))
         norms = np.empty((local.size, len(cols)))
-        with atomic_path(rows_path(directory, part)) as tmp:
-            out = np.lib.format.open_memmap(tmp, "w+", np.float16, shape)
-            for a, b, h, nm in blocks.iter_halves(part, wanted, chunk_rows(blocks.dim)):
-                out[order[a:b]] = h
+    else:
+        chunks = ((a, b, x, None) for a, b, x in iter_rows(blocks, part, wanted))
+    with atomic_path(rows_path(directory, part)) as tmp:
+        dtype = np.float16 if halves else np.float32
+        out = np.lib.format.open_memmap(tmp, "w+", dtype, (local.size, blocks.dim))
+        for a, b, x, nm in chunks:
+            out[order[a:b]] = x
+            if halves:
                 norms[order[a:b]] = nm
-            out.flush()
-            del out
+        out.flush()
+        del out
+        if halves:  # written before the rows file that says the partition is done
             with atomic_path(norms_path(directory, part)) as ntmp, open(ntmp, "wb") as f:
                 np.save(f, norms)
-    else:
-        with atomic_path(rows_path(directory, part)) as tmp:
-            out = np.lib.format.open_memmap(tmp, "w+", np.float32, shape)
-            for a, b, x in iter_rows(blocks, part, wanted):
-                out[order[a:b]] = x
-            out.flush()
-            del out
     return int(local.size)
 
 
