@@ -21,7 +21,7 @@ import os
 import numpy as np
 
 from d2scale.graph import rerank, scan
-from d2scale.graph.shards import chunk_rows, iter_rows, single_threaded
+from d2scale.graph.shards import chunk_rows, iter_rows, part_rows, single_threaded
 from d2scale.io import atomic_path
 from d2scale.pool.halfprec import scaled_halves
 from d2scale.types import EmbeddingBlocks
@@ -108,11 +108,9 @@ class _Reader:
 
     def read(self, pos: np.ndarray, out: np.ndarray) -> None:
         """Rows at the sorted global positions ``pos`` into ``out``."""
-        parts = np.searchsorted(self.first, pos, side="right") - 1
-        bounds = np.concatenate([[0], np.flatnonzero(np.diff(parts)) + 1, [pos.size]])
-        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-            p = int(parts[a])
-            slots = pos[a:b] - self.first[p]
+        b = 0
+        for p, slots in part_rows(self.first, pos).items():
+            a, b = b, b + slots.size
             rows = np.load(rows_path(self.directory, p), mmap_mode="r")
             if self.cols is None:
                 out[a:b] = rows[slots]
