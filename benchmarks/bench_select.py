@@ -25,6 +25,8 @@ import time
 
 from common import host_info
 
+D2SCALE = [sys.executable, "-m", "d2scale.cli.main"]  # this interpreter's d2scale, PATH or not
+
 
 def ensure_pool(workdir: str, rows: int) -> tuple[str, float | None]:
     path = os.path.join(workdir, f"pool-{rows}")
@@ -33,7 +35,7 @@ def ensure_pool(workdir: str, rows: int) -> tuple[str, float | None]:
     shards = max(1, rows // 500_000) if rows >= 500_000 else 4
     t0 = time.perf_counter()
     subprocess.run(
-        ["d2scale", "synth", "--out", path, "--rows", str(rows), "--shards", str(shards),
+        [*D2SCALE, "synth", "--out", path, "--rows", str(rows), "--shards", str(shards),
          "--seed", "0"], check=True, stdout=sys.stderr,  # stdout is the JSON document
     )  # fmt: skip
     open(os.path.join(path, "_COMPLETE"), "w").close()
@@ -41,7 +43,7 @@ def ensure_pool(workdir: str, rows: int) -> tuple[str, float | None]:
 
 
 def run_select(pool: str, out: str, extra: list[str]) -> dict:
-    cmd = ["d2scale", "select", "--metadata-dir", pool, "--out", out, "--fraction", "0.3", *extra]
+    cmd = [*D2SCALE, "select", "--metadata-dir", pool, "--out", out, "--fraction", "0.3", *extra]
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     with open(f"{out}-stderr.log", "w") as err:

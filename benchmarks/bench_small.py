@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from bench_select import ensure_pool
+from bench_select import D2SCALE, ensure_pool
 from common import host_info
 
 GEMM = """
@@ -54,7 +54,7 @@ def embeddings(pool: str, path: str) -> tuple[int, int]:
 def select_once(pool: str, out: str) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "d2scale.cli.main", "select", "--metadata-dir", pool,
+    subprocess.run([*D2SCALE, "select", "--metadata-dir", pool,
                     "--out", out, "--quiet"], check=True)  # fmt: skip
     wall = time.perf_counter() - t0
     with open(os.path.join(out, "run.json")) as f:

@@ -57,7 +57,9 @@ class EmbeddingBlocks(Protocol):
 
     ``load(i)`` returns block ``i`` as float32 ``(sizes[i], dim)``, L2-normalised per
     modality and validated (finite, non-zero). Implementations are picklable so that Dask
-    workers can load their own blocks from storage.
+    workers can load their own blocks from storage. An optional ``costly_reads`` attribute
+    (default False) says that reading the blocks again costs more than reading local
+    files (deflated, remote): the graph then avoids reading them repeatedly sooner.
     """
 
     sizes: list[int]
@@ -91,6 +93,7 @@ class SubsetBlocks:
     def __init__(self, blocks: EmbeddingBlocks, rows: np.ndarray) -> None:
         self.blocks = blocks
         self.dim = blocks.dim
+        self.costly_reads = bool(getattr(blocks, "costly_reads", False))
         bounds = np.concatenate([[0], np.cumsum(blocks.sizes)])
         cuts = np.searchsorted(rows, bounds)
         self.local = [rows[cuts[i] : cuts[i + 1]] - bounds[i] for i in range(len(blocks.sizes))]

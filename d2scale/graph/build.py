@@ -80,10 +80,12 @@ RERANK_CANDIDATE_BYTES = 80  # per query and candidate in a re-ranking task (ids
 RERANK_BLOCK_ROWS = 1 << 19  # queries per re-ranking task at most (each reads the pool)
 RERANK_MIN_ROWS = 1024  # ... and at least (each task streams the pool: a few MB more at most)
 LISTS_BLOCK_ROWS = 1 << 17  # queries per re-ranking task reading the rows in list order
-# write the rows in list order where streaming would read the pool this often (else warn);
-# at 2 reads it measured slower where reading is cheap — 200k rows in memory: re-rank 4.2 s
-# against 2.3 s — and faster where it is not — two workers streaming a deflated 400k pool
+# write the rows in list order where streaming would read the pool this often (else warn):
+# twice where the source's reads are costly (deflated or remote: two workers streaming a
+# deflated 400k pool twice, re-rank 23.9 s against 11.6 s in list order), four times where
+# they are cheap (200k rows in memory, 2 reads: 2.3 s streamed against 4.2 s in list order)
 LISTS_MIN_READS = 4
+LISTS_MIN_READS_COSTLY = 2
 DISK_MARGIN = 1 << 30  # disk left free beside the rows in list order
 MEMORY_FRACTION = 0.5  # default budget: this share of the currently available memory
 SEARCH_CALLER_BYTES = 24  # per row: the pool's uids and scores, held by select meanwhile
@@ -723,9 +725,11 @@ class _Build:
     def _rerank_source(self, reads: int, reps: int) -> tuple[str, str]:
         """Where the re-ranking reads the full rows: ``"lists"`` (written in list order
         once) where streaming would read the pool ``LISTS_MIN_READS`` times or more and
-        the workers can read the driver's disk, which holds them; else ``"pool"``. With
-        the reason; a warning when those reads of the pool could not be avoided."""
-        if reads < LISTS_MIN_READS:
+        the workers can read the driver's disk, which holds them (``LISTS_MIN_READS_COSTLY``
+        times where the source's ``costly_reads``); else ``"pool"``. With the reason; a
+        warning when those reads of the pool could not be avoided."""
+        costly = bool(getattr(self.blocks, "costly_reads", False))
+        if reads < (LISTS_MIN_READS_COSTLY if costly else LISTS_MIN_READS):
             return "pool", f"{plural(reads, 'read')} of the pool"
         need = reps * listrows.row_bytes(self.blocks)
         directory = self._rows_directory()

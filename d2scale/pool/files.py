@@ -50,11 +50,13 @@ _STAMPS = ("ETag", "etag", "md5Hash", "crc32c", "mtime", "LastModified", "last_m
 
 @dataclass(frozen=True)
 class Member:
-    """One ``.npy`` member of an npz: its key, shape and NumPy dtype string."""
+    """One ``.npy`` member of an npz: its key, shape, NumPy dtype string and whether it is
+    deflated (each read then inflates it up to the last row wanted)."""
 
     key: str
     shape: tuple[int, ...]
     dtype: str
+    deflated: bool = False
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,8 @@ def _member(z: zipfile.ZipFile, entry: zipfile.ZipInfo) -> Member:
             shape, _, dtype = fmt.read_array_header_2_0(f)
         else:
             raise ValueError(f"{entry.filename} has unsupported .npy format {version}")
-    return Member(entry.filename[: -len(".npy")], tuple(int(s) for s in shape), dtype.str)
+    return Member(entry.filename[: -len(".npy")], tuple(int(s) for s in shape), dtype.str,
+                  entry.compress_type != zipfile.ZIP_STORED)  # fmt: skip
 
 
 def _describe(e: BaseException) -> str:

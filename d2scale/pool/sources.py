@@ -41,6 +41,7 @@ _FEATURE_SUFFIXES = {"image": ("img",), "text": ("txt",), "image_text": ("img", 
 _DIMS = EMBEDDING_DIMS
 _EXTENSIONS = (".parquet", ".npz")
 APPLEDOUBLE = "._"  # macOS writes ._NAME beside NAME on foreign disks: metadata, never data
+_NEAR_PROTOCOLS = {"file", "local", "memory"}  # filesystems read without a network
 _LIST_THREADS = 16  # shards inspected at once (range reads, mostly waiting on I/O)
 
 
@@ -283,6 +284,16 @@ class PoolEmbeddings:
             out = np.empty((b - a, self.dim), dtype=np.float32)
             self._normalise(raw, out, npz, ids)
             yield a, b, out
+
+    @property
+    def costly_reads(self) -> bool:
+        """Whether reading the pool again costs more than reading local files: some member
+        used is deflated, or the pool's filesystem is remote."""
+        protocols = self.pool.fs.protocol
+        protocols = {protocols} if isinstance(protocols, str) else set(protocols)
+        if not protocols & _NEAR_PROTOCOLS:
+            return True
+        return any(m.deflated for s in self.pool.shards for m in s.members if m.key in self.keys)
 
     def half_members(self) -> list[int] | None:
         """Each member's columns when every member of every shard is float16 (rows can then

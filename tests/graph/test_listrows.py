@@ -83,6 +83,20 @@ def test_a_build_that_would_read_the_pool_often_writes_the_rows_once(
     assert not list((tmp_path / "parts").glob("list*"))  # deleted once the graph is written
 
 
+def test_a_deflated_pool_is_read_in_list_order_sooner(tmp_path, monkeypatch, f16_pool):
+    path = str(tmp_path / "deflated")
+    write_pool(path, rows=3000, shards=3, seed=7, layout="f16-compressed")
+    deflated = PoolEmbeddings(open_pool(path), feature_keys("l14", "image_text"))
+    assert deflated.costly_reads and not f16_pool.costly_reads
+    assert not getattr(array_blocks(), "costly_reads", False)
+    monkeypatch.setattr(build, "RERANK_MIN_ROWS", 256)
+    monkeypatch.setattr(build, "LISTS_MIN_READS", 10**6)  # cheap reads would be streamed
+    _, info = build_knn_graph(deflated, n_neighbors=6, index="ivf", memory_limit=3_000_000,
+                              workdir=str(tmp_path / "work"))  # fmt: skip
+    assert info["rerank_blocks"] >= build.LISTS_MIN_READS_COSTLY
+    assert info["rerank_rows_from"] == "lists"
+
+
 def test_without_the_disk_for_them_the_pool_is_streamed_and_that_is_said(monkeypatch, f16_pool):
     said: list[str] = []
     monkeypatch.setattr(build, "RERANK_MIN_ROWS", 256)
