@@ -237,9 +237,14 @@ def _certified(shard: Shard, qa, xn, eps, cand: np.ndarray, keep: int) -> tuple:
 
 def _full_d2(qa: np.ndarray, xn: np.ndarray, aug: np.ndarray, cand: np.ndarray) -> np.ndarray:
     """float32 squared distances ‖x‖² + ‖b‖² − 2x·b of each query and its candidates (inf
-    for ``-1``): the arithmetic of the sgemm in :func:`scan.topk`, so its error bound."""
-    out = np.empty(cand.shape, np.float32)
-    _pair_f32(qa, xn, aug, cand, out)
+    for ``-1``): the arithmetic of the sgemm in :func:`scan.topk`, so its error bound. The
+    pairs are taken candidate by candidate (a tile's queries share most candidates: each
+    candidate row is read from memory once, the tile's queries stay in cache)."""
+    out = np.full(cand.shape, np.inf, np.float32)
+    flat = cand.ravel()
+    pairs = np.flatnonzero(flat >= 0)
+    pairs = pairs[np.argsort(flat[pairs], kind="stable")]
+    _pair_f32(qa, xn, aug, flat, pairs, cand.shape[1], out.ravel())
     return out
 
 
@@ -256,18 +261,14 @@ def _ranked(shard: Shard, qa: np.ndarray, cand: np.ndarray, keep: int) -> tuple:
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _pair_f32(qa, xn, aug, cand, out):
+def _pair_f32(qa, xn, aug, flat, pairs, width, out):
     d = aug.shape[1] - 1
-    for i in range(cand.shape[0]):
-        for j in range(cand.shape[1]):
-            p = cand[i, j]
-            if p < 0:
-                out[i, j] = np.inf
-                continue
-            s = np.float32(0.0)
-            for t in range(d):
-                s += qa[i, t] * aug[p, t]
-            out[i, j] = xn[i] + (s + aug[p, d])
+    for f in pairs:
+        i, p = f // width, flat[f]
+        s = np.float32(0.0)
+        for t in range(d):
+            s += qa[i, t] * aug[p, t]
+        out[f] = xn[i] + (s + aug[p, d])
 
 
 def _within(part: np.ndarray, yn: np.ndarray, limit: np.ndarray, width: int) -> tuple:
