@@ -68,6 +68,17 @@ def peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
+def rss_bytes() -> int:
+    """This process's resident memory now (bytes; Linux's ``VmRSS``, elsewhere psutil's)."""
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
 def cuda_available() -> bool:
     """True when cupy imports and sees at least one CUDA device; never raises."""
     try:

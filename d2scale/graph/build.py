@@ -44,6 +44,7 @@ from d2scale.backends import (
     peak_rss_bytes,
     release_free_pages,
     resolve_device,
+    rss_bytes,
 )
 from d2scale.errors import D2ScaleError
 from d2scale.graph import (
@@ -185,7 +186,9 @@ class _Build:
         self.n, self.dim = int(self.offsets[-1]), int(blocks.dim)
         self.say = progress or (lambda msg: None)
         self.store = GraphStore(workdir) if workdir else None
-        self.limit = limit
+        # the limit bounds what the build adds to what the process holds before it
+        # (interpreter, libraries, the caller's arrays), which is recorded beside it
+        self.limit, self.held_before = limit, rss_bytes()
         self.timings: dict[str, float] = {}
         self.client = self.bf = self.projection = None
         self.kept = self.spill = None
@@ -774,7 +777,8 @@ class _Build:
             )
         self.say(
             f"knn graph: {plural(len(plan['shards']), 'shard')} of {plan.get('rows', '')} rows "
-            f"(budget {budget / 2**20:.0f} MiB, limit {self.limit / 2**20:.0f} MiB)"
+            f"(budget {budget / 2**20:.0f} MiB; limit {self.limit / 2**20:.0f} MiB, "
+            f"{self.held_before / 2**20:.0f} MiB held before the graph)"
         )
         gathered, unique = plan.get("gathered_rows", 0), max(1, int(self.unique_rows))
         if len(plan["shards"]) > 1 and gathered > GATHER_WARN * unique:
@@ -907,7 +911,8 @@ class _Build:
 
     def describe(self, fingerprint: str) -> dict:
         return {"n": self.n, "k": self.k, "dim": self.dim, "partitions": len(self.sizes),
-                "memory_limit": self.limit, "shards": self.n_shards,
+                "memory_limit": self.limit, "memory_held_before": self.held_before,
+                "shards": self.n_shards,
                 "largest_shard_bytes": self.shard_bytes[0],
                 "shard_budget_bytes": self.shard_bytes[1],
                 "gathered_rows": self.gathered_rows,

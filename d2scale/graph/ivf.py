@@ -34,6 +34,7 @@ BOUND_SAMPLE_ROWS = 8192  # sample rows per sgemm when bounding the evaluation r
 MAX_NPROBE = 512
 PROBE_CAP = 48  # per-row probing: the most lists a row may probe (its nearest, kept per row)
 PROBE_FIRST = 32  # ... of which the assignment ranks this many (more: a pass after tuning)
+NEAREST_BYTES = 32 << 20  # distances to the centroids computed at a time (per task)
 MIN_POINTS_PER_LIST = 39  # faiss warns below this many training points per centroid
 KMEANS_ITER = 10
 
@@ -220,10 +221,16 @@ def probe_cap(nlist: int) -> int:
 
 def nearest_lists(x: np.ndarray, centroids: np.ndarray, p: int) -> np.ndarray:
     """The ``p`` nearest lists of each row, nearest first, by exact distance then list id
-    (uint16 when the ids fit, else int32): the first column is the row's list."""
+    (uint16 when the ids fit, else int32): the first column is the row's list. Rows are
+    ranked ``NEAREST_BYTES`` of distances at a time (each row's result is its own)."""
     nlist = centroids.shape[0]
-    pos, _ = scan.topk(x, centroids, [(0, nlist)], min(p, nlist))
-    return pos.astype(list_dtype(nlist))
+    out = np.empty((x.shape[0], min(p, nlist)), list_dtype(nlist))
+    aug = scan.augment(centroids)
+    step = max(1, NEAREST_BYTES // (4 * nlist))
+    for a in range(0, x.shape[0], step):
+        out[a : a + step] = scan.topk(x[a : a + step], None, [(0, nlist)], out.shape[1],
+                                      aug=aug)[0]  # fmt: skip
+    return out
 
 
 def list_dtype(nlist: int) -> type:

@@ -107,6 +107,19 @@ def test_probe_table_is_exact_sorted_centroid_order_list_first():
     np.testing.assert_array_equal(table, ref)
 
 
+def test_nearest_lists_are_ranked_a_bounded_block_at_a_time(monkeypatch):
+    rng = np.random.default_rng(4)
+    cents = rng.standard_normal((64, 12)).astype(np.float32)
+    cents[9] = cents[5]  # tied lists: the lower id first
+    x = np.concatenate([rng.standard_normal((500, 12)).astype(np.float32), cents[[5, 9]]])
+    whole = ivf.nearest_lists(x, cents, 10)
+    monkeypatch.setattr(ivf, "NEAREST_BYTES", 4 * 64 * 7)  # 7 rows at a time
+    np.testing.assert_array_equal(ivf.nearest_lists(x, cents, 10), whole)
+    d2 = ((x[:, None].astype(np.float64) - cents[None].astype(np.float64)) ** 2).sum(-1)
+    ref = np.lexsort((np.broadcast_to(np.arange(64), d2.shape), d2), axis=1)[:, :10]
+    np.testing.assert_array_equal(whole, ref)
+
+
 @pytest.mark.parametrize("margin", [0, 4])
 def test_topk_is_exact_and_independent_of_blocking(margin):
     """Certified sgemm top-k: the exact (distance, id) order over the given spans, whatever

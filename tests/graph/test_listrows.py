@@ -77,6 +77,7 @@ def test_a_build_that_would_read_the_pool_often_writes_the_rows_once(
     tight, info = build_knn_graph(f16_pool, n_neighbors=6, index="ivf", memory_limit=3_000_000,
                                   workdir=str(tmp_path), progress=said.append)  # fmt: skip
     assert info["rerank_blocks"] >= build.LISTS_MIN_READS and info["rerank_rows_from"] == "lists"
+    assert 0 < info["memory_held_before"] <= info["peak_rss_bytes"]
     assert any("rows in list order" in m for m in said)
     np.testing.assert_array_equal(tight.neighbors, free.neighbors)
     np.testing.assert_array_equal(tight.distances, free.distances)
