@@ -132,8 +132,9 @@ KERNEL_MODULES = ("d2scale.d2.forward", "d2scale.d2._greedy", "d2scale.graph.sca
 
 def uncompiled_kernels(modules: tuple[str, ...] = KERNEL_MODULES) -> list[str]:
     """The numba kernels of ``modules`` with no usable on-disk cache: they compile when
-    first called (seconds each, once per environment). Empty where numba's cache cannot be
-    inspected (its layout is numba's own)."""
+    first called (seconds each, once per environment). Helpers inlined into their callers
+    (``inline="always"``) have no cache of their own and are not counted. Empty where
+    numba's cache cannot be inspected (its layout is numba's own)."""
     import importlib
 
     from numba.core.registry import CPUDispatcher
@@ -142,6 +143,8 @@ def uncompiled_kernels(modules: tuple[str, ...] = KERNEL_MODULES) -> list[str]:
     for name in modules:
         for kernel in vars(importlib.import_module(name)).values():
             if not isinstance(kernel, CPUDispatcher):
+                continue
+            if kernel.targetoptions.get("inline") == "always":
                 continue
             try:
                 cached = bool(kernel._cache._cache_file._load_index())

@@ -85,3 +85,30 @@ def test_cuda_is_refused_by_the_graph_command_too(small_pool, tmp_path, monkeypa
 def test_cpu_only_variant_with_cuda_says_the_flag():
     with pytest.raises(D2ScaleError, match="--greedy standby runs on the CPU only: use --device"):
         backends.resolve_device("cuda", "--greedy standby")
+
+
+KERNELS = """
+from numba import njit
+
+
+@njit(cache=True, inline="always")
+def _helper(x):
+    return x + 1
+
+
+@njit(cache=True)
+def kernel(x):
+    return _helper(x) * 2
+"""
+
+
+def test_uncompiled_kernels_are_the_uncached_ones_not_inlined_helpers(tmp_path, monkeypatch):
+    (tmp_path / "d2scale_probe_kernels.py").write_text(KERNELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import d2scale_probe_kernels as mod
+
+    assert backends.uncompiled_kernels(("d2scale_probe_kernels",)) == [
+        "d2scale_probe_kernels.kernel"
+    ]
+    assert mod.kernel(1) == 4  # compiled and cached; the inlined helper has no cache
+    assert backends.uncompiled_kernels(("d2scale_probe_kernels",)) == []
