@@ -592,8 +592,6 @@ class _Build:
         list order (:mod:`d2scale.graph.listrows`) or by streaming the pool; a bounded
         number of blocks in flight, so neither the tasks nor their arguments outgrow the
         budget."""
-        from distributed import as_completed
-
         keep = self.k + 1
         nbr = np.full((self.n, keep), -1, np.int64)
         d2 = np.full((self.n, keep), np.inf)
@@ -601,14 +599,14 @@ class _Build:
         rank_of[ivf.list_order(centroids, self.seed)] = np.arange(centroids.shape[0])
         q_all = np.flatnonzero(is_rep)
         q_all = q_all[np.lexsort((q_all, rank_of[lists[q_all]]))]
-        todo = []
+        todo = {}  # block -> its queries
         for b, (first, end) in enumerate(self.rerank_blocks):
             q = np.sort(q_all[first:end])
             got = self._saved_block(b, q, keep)
             if got is not None:
                 nbr[q], d2[q] = got["nbr"], got["d2"]
             else:
-                todo.append((b, q))
+                todo[b] = q
         if not todo:
             return nbr, d2
         if self.rerank_from == "lists":
@@ -619,31 +617,23 @@ class _Build:
             offsets = self.client.scatter(self.offsets, broadcast=True, hash=False)
             task, fixed = shards.rerank_streamed, (self.bf, offsets)
         del q_all
-        running = as_completed(loop=self.client.loop)
-        keys: dict = {}
 
-        def submit_next() -> None:
-            if todo:
-                b, q = todo.pop(0)
-                # scattered, not embedded in the task: a block's queries and candidates are
-                # megabytes, which go to a worker directly instead of through the scheduler
-                q_f, cand_f = self.client.scatter([q, cand[q]], hash=False)
-                fut = self.submit(task, *fixed, q_f, cand_f, keep)
-                keys[fut.key] = b
-                running.add(fut)
+        def submit(b: int):
+            # scattered, not embedded in the task: a block's queries and candidates are
+            # megabytes, which go to a worker directly instead of through the scheduler
+            q_f, cand_f = self.client.scatter([todo[b], cand[todo[b]]], hash=False)
+            return self.submit(task, *fixed, q_f, cand_f, keep)
 
-        total = len(todo)
-        for _ in range(2 * self.threads):
-            submit_next()
-        for i, fut in enumerate(running, 1):
-            self.say(f"knn graph: rerank: {i}/{total} blocks")
-            q, nb, dd = fut.result()
+        blocks = list(todo)
+        window = 2 * self.threads
+        futs = {b: submit(b) for b in blocks[:window]}
+        for b, (q, nb, dd) in self._as_completed(futs, "rerank", "blocks", more=blocks[window:],
+                                                 submit=submit):  # fmt: skip
             nbr[q], d2[q] = nb, dd
             if self.store is not None:
-                self.store.save_part(f"rerank-{keys.pop(fut.key):05d}", q=q, nbr=nb, d2=dd)
-            del fut
+                self.store.save_part(f"rerank-{b:05d}", q=q, nbr=nb, d2=dd)
+            del q, nb, dd, todo[b]
             release_free_pages()
-            submit_next()
         return nbr, d2
 
     def write_list_rows(self, q_all: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
