@@ -60,23 +60,30 @@ def peak_rss_bytes() -> int:
     import resource
     import sys
 
-    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
+    peak = _proc_status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def rss_bytes() -> int:
     """This process's resident memory now (bytes; Linux's ``VmRSS``, elsewhere psutil's)."""
-    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
+    rss = _proc_status_bytes("VmRSS")
+    if rss is not None:
+        return rss
     import psutil
 
     return int(psutil.Process().memory_info().rss)
+
+
+def _proc_status_bytes(field: str) -> int | None:
+    """A kB field of Linux's ``/proc/self/status`` in bytes; None where there is none."""
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    return None
 
 
 def cuda_available() -> bool:
