@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.registry import known_implementations
 
+from d2scale import io
 from d2scale.errors import D2ScaleError
 from d2scale.params import EMBEDDING_MODELS, FEATURE_TYPES
 from d2scale.pool.files import (
@@ -41,7 +42,6 @@ _FEATURE_SUFFIXES = {"image": ("img",), "text": ("txt",), "image_text": ("img", 
 _DIMS = EMBEDDING_DIMS
 _EXTENSIONS = (".parquet", ".npz")
 APPLEDOUBLE = "._"  # macOS writes ._NAME beside NAME on foreign disks: metadata, never data
-_NEAR_PROTOCOLS = {"file", "local", "memory"}  # filesystems read without a network
 _LIST_THREADS = 16  # shards inspected at once (range reads, mostly waiting on I/O)
 
 
@@ -288,10 +288,8 @@ class PoolEmbeddings:
     @property
     def costly_reads(self) -> bool:
         """Whether reading the pool again costs more than reading local files: some member
-        used is deflated, or the pool's filesystem is remote."""
-        protocols = self.pool.fs.protocol
-        protocols = {protocols} if isinstance(protocols, str) else set(protocols)
-        if not protocols & _NEAR_PROTOCOLS:
+        used is deflated, or the pool is not on the local filesystem."""
+        if not io.is_local(self.pool.url):
             return True
         return any(m.deflated for s in self.pool.shards for m in s.members if m.key in self.keys)
 
