@@ -33,12 +33,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import numpy as np  # noqa: E402
-from common import host_info  # noqa: E402
+from common import D2SCALE, host_info  # noqa: E402
 
 from d2scale.cli.bench import SECTIONS, SUITE  # noqa: E402
 from d2scale.cli.flags import add_flag, flag_help  # noqa: E402
-
-D2SCALE = [sys.executable, "-m", "d2scale.cli.main"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,11 +18,10 @@ import os
 import resource
 import shutil
 import subprocess
-import sys
 import time
 
 import numpy as np
-from common import host_info
+from common import D2SCALE, host_info
 
 
 def pool(workdir: str, rows: int, shards: int) -> str:
@@ -36,7 +35,7 @@ def pool(workdir: str, rows: int, shards: int) -> str:
 
 
 def select(pool_dir: str, out: str, limit: str | None, fraction: float) -> dict:
-    cmd = [sys.executable, "-m", "d2scale.cli.main", "select", "--metadata-dir", pool_dir,
+    cmd = [*D2SCALE, "select", "--metadata-dir", pool_dir,
            "--feature-type", "image_text", "--fraction", str(fraction), "--out", out]  # fmt: skip
     if limit:
         cmd += ["--memory-limit", limit]

@@ -20,14 +20,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 from bench_select import ensure_pool
-from common import host_info
+from common import D2SCALE, host_info
 
-SELECT = [sys.executable, "-m", "d2scale.cli.main", "select", "--fraction", "0.3"]
+SELECT = [*D2SCALE, "select", "--fraction", "0.3"]
 GRAPH_START = "] graph ..."  # the progress line of the graph stage's start
 
 

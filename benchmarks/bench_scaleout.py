@@ -24,10 +24,9 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
-from common import host_info
+from common import D2SCALE, host_info
 
 DASK = os.path.join(os.path.dirname(sys.executable), "dask")
-D2SCALE = [sys.executable, "-m", "d2scale.cli.main"]
 DRIVER_STEPS = ("sample", "train", "tune")  # graph sub-steps the driver runs itself
 
 

@@ -23,9 +23,7 @@ import sys
 import tempfile
 import time
 
-from common import host_info
-
-D2SCALE = [sys.executable, "-m", "d2scale.cli.main"]  # this interpreter's d2scale, PATH or not
+from common import D2SCALE, host_info
 
 
 def ensure_pool(workdir: str, rows: int) -> tuple[str, float | None]:

@@ -23,8 +23,8 @@ import subprocess
 import sys
 import time
 
-from bench_select import D2SCALE, ensure_pool
-from common import host_info
+from bench_select import ensure_pool
+from common import D2SCALE, host_info
 
 GEMM = """
 import sys, time

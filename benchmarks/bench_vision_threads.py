@@ -21,11 +21,11 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from common import host_info  # noqa: E402
+from common import D2SCALE, host_info  # noqa: E402
 
 
 def run_once(dataset: str, epochs: int, threads: int, out: str) -> dict:
-    argv = [sys.executable, "-m", "d2scale.cli.main", "vision", "train", "--dataset", dataset]
+    argv = [*D2SCALE, "vision", "train", "--dataset", dataset]
     argv += ["--epochs", str(epochs), "--threads", str(threads), "--quiet", "--out", out]
     t0 = time.perf_counter()
     subprocess.run(argv, check=True)

@@ -1,10 +1,14 @@
-"""Shared helpers for the benchmark scripts: host facts and the git revision for the JSON."""
+"""Shared helpers for the benchmark scripts: host facts and the git revision for the JSON,
+and the command that runs this interpreter's d2scale."""
 
 from __future__ import annotations
 
 import os
 import platform
 import subprocess
+import sys
+
+D2SCALE = [sys.executable, "-m", "d2scale.cli.main"]  # this interpreter's d2scale, PATH or not
 
 
 def host_info() -> dict:

@@ -35,7 +35,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import host_info  # noqa: E402
+from common import D2SCALE, host_info  # noqa: E402
 
 LATENT = 48
 K = 10
@@ -227,7 +227,7 @@ def step_select(args) -> dict:
                 "(benchmarks/gpu_wheels.sh)"}  # fmt: skip
     root = args.save or tempfile.mkdtemp(prefix="gpu-check-select-")
     pool, out = os.path.join(root, "pool"), os.path.join(root, "out")
-    d2 = [sys.executable, "-m", "d2scale.cli.main"]
+    d2 = D2SCALE
     shards = max(1, min(64, args.rows // 250_000))
     doc: dict = {"rows": args.rows, "shards": shards}
     for name, cmd in (
