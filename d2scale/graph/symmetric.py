@@ -259,6 +259,7 @@ def _merge_blocks(
     own_col = np.empty(k + 1, np.int64)
     own_dist = np.empty(k + 1, np.float32)
     keys = np.empty(k, np.int64)
+    s = _position_bits(k)
     for b in range(lo, hi):
         r0 = b << shift
         r1 = min(n, r0 + rows)
@@ -267,7 +268,7 @@ def _merge_blocks(
         )
         p = out_start[b]
         for i in range(r0, r1):
-            m = _sorted_own_list(neighbors, distances, i, keys, own_col, own_dist)
+            m = _sorted_own_list(neighbors, distances, i, s, keys, own_col, own_dist)
             size = _merge_row(
                 own_col,
                 own_dist,
@@ -318,15 +319,15 @@ def _sort_block(buf, buf_f, e0, e1, n_rows, rev_ptr, rev_src, rev_dist):
     rev_ptr[0] = 0
 
 
-@njit(cache=True, nogil=True)
-def _sorted_own_list(neighbors, distances, i, keys, own_col, own_dist):
+@njit(cache=True, nogil=True, inline="always")
+def _sorted_own_list(neighbors, distances, i, s, keys, own_col, own_dist):
     """Row i's valid kNN entries sorted by id (then list position) into own_col[:m],
     own_dist[:m], and the sentinel in own_col[m]; returns m. Each entry is packed into one
     distinct key ``id << s | position`` and written at its rank, the number of smaller keys:
     branch-free and vectorised, about 3× faster than an insertion sort at k = 10 (whose
-    branches the random ids mispredict). ``keys`` holds k int64."""
+    branches the random ids mispredict). ``s``: :func:`_position_bits` of k; ``keys`` holds k
+    int64."""
     k = neighbors.shape[1]
-    s = _position_bits(k)
     m = 0
     for t in range(k):
         j = neighbors[i, t]
