@@ -11,7 +11,10 @@ unselected node below it. Hence:
 - an update that *raises* a score (after a negative pick) climbs from the node's group
   while it beats the records on its way;
 - at the root ``(key, u)``: if ``score[u] == key``, ``u`` beats every unselected node and is
-  the greedy's pick; otherwise (stale) re-scan ``u``'s group and recompute its path.
+  the greedy's pick; otherwise (stale) re-scan ``u``'s group and recompute its path;
+- a raised neighbour that beats the root's record (once the pick's path is recomputed) beats
+  every other node, so it is the next pick without climbing (those climbs went to the
+  root): after a negative pick, when a neighbour often overtakes the rest.
 
 Selected nodes hold NaN in a private copy of the scores, so that updates need no test
 (NaN stays NaN and never compares greater). Records are 16-byte ``(key, float(node))``
@@ -55,14 +58,22 @@ def greedy_kernel(indptr, indices, weights, values, selected, budget, write_back
     picked_values = np.empty(m if scores or write_back else 0, np.float64)
     raised = np.empty(_max_degree(indptr) + 1, np.int64)
     count = 0
+    forced = -1  # the next pick, when a raised neighbour of this one is known to beat all
     while count < m:
-        u = int(rec[_OFF, 1])
-        e0 = indptr[u]  # loaded before the stale test: the two cache misses overlap
-        e1 = indptr[u + 1]
-        cur = work[u]
-        if cur < rec[_OFF, 0]:  # stale root: u's score dropped since its record was made
-            _refresh(rec, work, n_internal, u)
-            continue
+        if forced >= 0:
+            u = forced
+            forced = -1
+            e0 = indptr[u]
+            e1 = indptr[u + 1]
+            cur = work[u]
+        else:
+            u = int(rec[_OFF, 1])
+            e0 = indptr[u]  # loaded before the stale test: the two cache misses overlap
+            e1 = indptr[u + 1]
+            cur = work[u]
+            if cur < rec[_OFF, 0]:  # stale root: u's score dropped since its record was made
+                _refresh(rec, work, n_internal, u)
+                continue
         work[u] = np.nan
         picks[count] = u
         if picked_values.shape[0]:
@@ -73,9 +84,13 @@ def greedy_kernel(indptr, indices, weights, values, selected, budget, write_back
         _refresh(rec, work, n_internal, u)
         nxt = min(int(rec[_OFF, 1]), n - 1)  # likely the next pick
         _prefetch_pick(indptr, work, nxt)
-        n_raised = _update_neighbours(e0, e1, indices, weights, work, cur, raised)
+        n_raised, best = _update_neighbours(e0, e1, indices, weights, work, cur, raised)
+        if best >= 0 and _beats(work[best], best, rec[_OFF, 0], rec[_OFF, 1]):
+            forced = nxt = best  # it beats the root's bound of all others: no climb needed
+            prefetch(indptr, best)
         for r in range(n_raised):
-            _climb(rec, n_internal, raised[r], work[raised[r]])
+            if raised[r] != forced:
+                _climb(rec, n_internal, raised[r], work[raised[r]])
         _prefetch_row(indptr, indices, weights, nxt)
     if not write_back:
         return picks, picked_values
@@ -109,16 +124,30 @@ def _prefetch_row(indptr, indices, weights, v):
 @njit(cache=True, nogil=True)
 def _update_neighbours(e0, e1, indices, weights, work, cur, raised):
     """``work[v] -= w_uv·cur`` over the edges e0..e1 of the pick, without branches; list
-    the raised nodes."""
+    the raised nodes. Returns their count and the best of them (score, then lowest id), or
+    -1."""
     n_raised = 0
+    best = -1
+    best_key = -np.inf
     for e in range(e0, e1):
         v = indices[e]
         old = work[v]
         new = old - weights[e] * cur
         work[v] = new
         raised[n_raised] = v
-        n_raised += new > old
-    return n_raised
+        up = new > old
+        better = up & ((new > best_key) | ((new == best_key) & (v < best)))
+        best_key = new if better else best_key
+        best = v if better else best
+        n_raised += up
+    return n_raised, best
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _beats(key, node, other_key, other_node):
+    """Whether (key, node) comes before the record (other_key, other_node): the greedy's
+    order, score descending, then id ascending."""
+    return key > other_key or (key == other_key and float(node) < other_node)
 
 
 @njit(cache=True, nogil=True)
@@ -214,7 +243,7 @@ def _climb(rec, n_internal, v, key):
     a = n_internal + v // GROUP
     while True:
         ka = rec[a + _OFF, 0]
-        if not (key > ka or (key == ka and node < rec[a + _OFF, 1])):
+        if not _beats(key, v, ka, rec[a + _OFF, 1]):
             return
         rec[a + _OFF, 0] = key
         rec[a + _OFF, 1] = node
