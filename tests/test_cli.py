@@ -212,6 +212,29 @@ def test_mp_refuses_a_graph_with_ids_out_of_range(tmp_path):
     assert not (tmp_path / "o.npy").exists()
 
 
+@pytest.mark.parametrize(
+    ("outputs", "expected"),
+    [
+        (("--out", "g/neighbors.npy"), "--out g/neighbors.npy is the same file as --graph's"),
+        (("--out", "s.npy"), "--out s.npy is the same file as --scores"),
+        (("--out", "o.npy", "--forward-out", "./o.npy"), "the same file as --out"),
+    ],
+)
+def test_mp_refuses_an_output_that_is_an_input_or_the_other_output(
+    tmp_path, monkeypatch, outputs, expected
+):
+    """Writing one of them would replace the graph, the scores or the pick order."""
+    (tmp_path / "g").mkdir()
+    np.save(tmp_path / "g/neighbors.npy", np.array([[1], [0]]))
+    np.save(tmp_path / "g/distances.npy", np.ones((2, 1), np.float32))
+    np.save(tmp_path / "s.npy", np.ones(2))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*.npy")}
+    monkeypatch.chdir(tmp_path)
+    bad = run("mp", "--graph", "g", "--scores", "s.npy", "--gamma", 1.0, *outputs)
+    assert_one_line_error(bad, expected)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*.npy")} == before
+
+
 def test_synth_command(tmp_path):
     proc = run("synth", "--out", tmp_path, "--rows", 50, "--shards", 2, "--seed", 1)
     assert proc.returncode == 0, proc.stderr
