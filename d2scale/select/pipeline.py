@@ -37,7 +37,14 @@ from d2scale.pool.sources import (
     read_metadata,
 )
 from d2scale.progress import HEARTBEAT_S, Progress, ProgressFn, plural, scoped
-from d2scale.select.chain import ChainResult, KeepRule, chain_steps, keep_rule, run_chain
+from d2scale.select.chain import (
+    ChainResult,
+    KeepRule,
+    chain_steps,
+    keep_rule,
+    run_chain,
+    unread_flags,
+)
 from d2scale.select.graph_stage import graph_stage
 from d2scale.select.sinks import write_outputs
 from d2scale.stages import Stages, stage_key
@@ -66,6 +73,7 @@ def select(
     # an unknown method or step option, or a contradictory chain, stops here, before any work
     steps = chain_steps(params)
     rule = keep_rule(params, steps)
+    ignored = unread_flags(steps, params)
     params = absolute_out(params)
     check_device(params, steps)
     if client is None:
@@ -76,6 +84,8 @@ def select(
         for directory in sorted({os.path.dirname(s.parquet) for s in pool.shards}):
             check_out_outside_pool(params.out, directory)
     io.check_writable(params.out)
+    for warning in ignored:
+        progress(f"warning: {warning}")
     timings: dict[str, float] = {}
     started = time.time()
     pool = pool or open_pool_or_sample(params.metadata_dir, progress)
@@ -104,6 +114,7 @@ def select(
         "method": {"name": steps[-1].method, **chain.ranking.info},
         "steps": chain.steps,
         "keep": keep_record(rule, chain),
+        "ignored_flags": ignored,
         "stages": {
             name: {"key": r.key, "reused": r.reused, "directory": r.directory}
             for name, r in stages.runs.items()
