@@ -77,7 +77,7 @@ def select(
     params = absolute_out(params)
     check_device(params, steps)
     if client is None:
-        check_cluster_options(params.scheduler, params.scheduler_file)
+        check_cluster_options(params.scheduler, params.scheduler_file, params.workers)
     if pool is None and params.metadata_dir is not None:
         check_out_outside_pool(params.out, params.metadata_dir)
     elif pool is not None:
