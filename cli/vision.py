@@ -449,10 +449,11 @@ def _add_select(vsub) -> None:
 def _run_select(args) -> int:
     from d2scale.io import save_json, save_npy
     from d2scale.vision.coresets import select_coreset
-    from d2scale.vision.runs import load_run
+    from d2scale.vision.runs import check_not_a_run_file, load_run
 
     params = _coreset_params(args)
     method = params.method
+    check_not_a_run_file([args.out, args.out + ".json"], args.run_dir)
     scores, features = load_run(args.run_dir)
     coreset = select_coreset(params, scores, features, progress=args.say)
     save_npy(args.out, coreset.indices)

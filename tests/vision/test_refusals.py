@@ -116,3 +116,16 @@ def test_a_fraction_that_keeps_nothing_is_refused(tmp_path, capsys):
     _fails(
         [*argv, "--fraction", "0.01", "--out", str(tmp_path / "c.npy")], capsys, "keeps no sample"
     )
+
+
+@pytest.mark.parametrize("out", ["features.npy", "metrics", "./dynamics.npz"])
+def test_a_coreset_out_over_a_file_of_the_run_is_refused(tmp_path, capsys, out):
+    """``--out RUN/features.npy`` (or RUN/metrics, whose record is RUN/metrics.json) would
+    replace the run it selects from."""
+    run = _run(tmp_path)
+    (tmp_path / "run" / "metrics.json").write_text("{}")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    argv = ["vision", "select", "--run", run, "--method", "random", "--fraction", "0.5",
+            "--out", os.path.join(run, out), "--quiet"]  # fmt: skip
+    _fails(argv, capsys, "a file of the run in")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
