@@ -41,3 +41,15 @@ def test_the_same_arguments_give_the_same_bytes(tmp_path):
 def test_unknown_or_no_members_are_refused(tmp_path, bad):
     with pytest.raises(D2ScaleError, match="embeddings must name"):
         write_pool(str(tmp_path / "p"), rows=10, embeddings=bad)
+
+
+def test_a_file_url_is_its_directory_and_keeps_its_other_pool_refusal(tmp_path, monkeypatch):
+    """``--out file://DIR`` over a 2-shard pool would leave DIR's second shard in a 1-shard
+    pool; it is refused as ``--out DIR`` is, and writes no ``./file:`` directory."""
+    monkeypatch.chdir(tmp_path)
+    write_pool(str(tmp_path / "p"), rows=20, shards=2, seed=1)
+    with pytest.raises(D2ScaleError, match="already holds 00000001.npz"):
+        write_pool(f"file://{tmp_path}/p", rows=10, seed=2)
+    write_pool(f"file://{tmp_path}/q", rows=10, seed=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p", "q"]
+    assert pq.read_table(tmp_path / "q" / "00000000.parquet").num_rows == 10

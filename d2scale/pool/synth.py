@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from d2scale import io
 from d2scale.errors import D2ScaleError
 from d2scale.io import atomic_path
 from d2scale.params import SYNTH_LAYOUTS, SYNTH_MEMBERS
@@ -134,8 +135,9 @@ def write_pool(
     if unknown:
         raise D2ScaleError(f"embeddings must name some of {', '.join(MEMBERS)}; got {unknown[0]}")
     names = [f"{s:08d}" for s in range(shards)]
+    out = io.local_path(out) if io.is_local(out) else out  # file://: its local directory
     _refuse_other_pool_files(out, names)
-    os.makedirs(out, exist_ok=True)
+    io.check_writable(out)
     plan = _Plan(out, rows, shards, seed, layout, tuple(embeddings))
     say = progress or (lambda message: None)
     say(f"synth: 0/{shards} shards")
@@ -186,11 +188,9 @@ def _setup(rows: int, seed: int) -> tuple[int, np.ndarray, np.ndarray, dict[str,
 
 def _refuse_other_pool_files(out: str, names: list[str]) -> None:
     """An older pool's shards left beside the new ones would silently become part of it."""
-    if not os.path.isdir(out):
-        return
     ours = {f"{name}{ext}" for name in names for ext in (".parquet", ".npz")}
     others = sorted(
-        f for f in os.listdir(out) if f.lower().endswith((".parquet", ".npz")) and f not in ours
+        f for f in io.listdir(out) if f.lower().endswith((".parquet", ".npz")) and f not in ours
     )
     if others:
         raise D2ScaleError(
