@@ -39,8 +39,7 @@ from d2scale import io
 from d2scale.backends import resolve_device
 from d2scale.errors import D2ScaleError
 from d2scale.params import check_option
-from d2scale.pool import UID_DTYPE, encode_uids
-from d2scale.pool.files import EMBEDDING_DIMS
+from d2scale.pool import EMBEDDING_DIMS, UID_DTYPE, encode_uids
 from d2scale.progress import Progress
 from d2scale.web.params import MODEL_PREFIXES, RANDOM, WEB, wfield
 from d2scale.web.webdata import (
