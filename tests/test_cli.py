@@ -181,6 +181,18 @@ def test_empty_pool_and_unwritable_output(small_pool, tmp_path):
     assert_one_line_error(select(small_pool, blocker / "out"), "not writable")
 
 
+@pytest.mark.parametrize("command", ["select", "graph"])
+def test_a_json_log_in_the_pool_is_refused_before_it_is_written(small_pool, tmp_path, command):
+    """The log is appended to from the first event: a pool file given as --log-json was
+    damaged before the pool was read."""
+    pool = _copy(small_pool, tmp_path)
+    shard = pool / "00000000.parquet"
+    before = shard.read_bytes()
+    proc = run(command, "--metadata-dir", pool, "--out", tmp_path / "o", "--log-json", shard)
+    assert_one_line_error(proc, "the JSON log")
+    assert shard.read_bytes() == before and not (tmp_path / "o").exists()
+
+
 def test_mp_on_a_saved_graph(selected, tmp_path):
     gdir = graph_dir(selected)
     n = np.load(gdir / "neighbors.npy", mmap_mode="r").shape[0]

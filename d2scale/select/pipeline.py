@@ -270,17 +270,27 @@ def open_pool_or_sample(metadata_dir: str | None, progress: ProgressFn) -> Pool:
     return open_pool(sample_pool_dir())
 
 
-def check_out_outside_pool(out: str, metadata_dir: str) -> None:
-    """Refuse an output directory that is the pool or inside it (outputs would join it)."""
+def check_out_outside_pool(
+    out: str, metadata_dir: str, what: str = "the output directory", flag: str = "an --out"
+) -> None:
+    """Refuse an output directory (or ``what`` else, given as ``flag``: the JSON log) that
+    is the pool or inside it (outputs would join it, a log would append to a pool file)."""
     if not (io.is_local(out) and io.is_local(metadata_dir)):
         return
     out_path = os.path.realpath(io.local_path(out))
     pool_path = os.path.realpath(io.local_path(metadata_dir))
     if out_path == pool_path or out_path.startswith(pool_path + os.sep):
         raise D2ScaleError(
-            f"the output directory {out} is inside the metadata directory {metadata_dir}; "
-            "choose an --out outside the pool."
+            f"{what} {out} is inside the metadata directory {metadata_dir}; "
+            f"choose {flag} outside the pool."
         )
+
+
+def check_log_outside_pool(log_json: str | None, metadata_dir: str | None) -> None:
+    """Refuse a ``--log-json`` file in the pool: it is opened (and appended to) before the
+    pool is read, so ``--log-json pool/x.parquet`` would damage a shard."""
+    if log_json not in (None, "-") and metadata_dir is not None:
+        check_out_outside_pool(log_json, metadata_dir, "the JSON log", "a --log-json")
 
 
 def embedding_blocks(pool: Pool, params, rows: np.ndarray | None = None) -> EmbeddingBlocks:
