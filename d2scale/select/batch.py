@@ -33,6 +33,7 @@ from d2scale.params import PARAMS, SelectParams
 from d2scale.pool.buckets import resolve_pool, union_pool
 from d2scale.pool.sources import Pool
 from d2scale.progress import Progress, ProgressFn
+from d2scale.select.chain import chain_steps, keep_rule
 
 SUMMARY = "summary.json"
 GLOBAL_NAME = "global"
@@ -208,8 +209,12 @@ def _buckets(raw, defaults: dict, out: str, base_dir: str, is_global: bool) -> l
 
 
 def _params(values: dict, spec: str, out: str, where: str) -> SelectParams:
+    """Checked as ``select`` checks them before any work: values, methods and their step
+    options, and a fraction given twice."""
     try:
-        return SelectParams(**values, metadata_dir=spec, out=out).validate()
+        params = SelectParams(**values, metadata_dir=spec, out=out).validate()
+        keep_rule(params, chain_steps(params))
+        return params
     except D2ScaleError as e:
         raise D2ScaleError(f"{where}: {e}") from None
 
