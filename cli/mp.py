@@ -90,9 +90,9 @@ def run(args) -> int:
         result = d2_order(knn, scores, **{k: v for k, v in options.items() if k != "quiet"})
     finally:
         progress.close()
-    save_npy(args.out, np.asarray(result.order, dtype=np.int64))  # int64 already: no copy
-    if args.forward_out:
+    if args.forward_out:  # first: the pick order, written last, says the run is complete
         save_npy(args.forward_out, result.forward)
+    save_npy(args.out, np.asarray(result.order, dtype=np.int64))  # int64 already: no copy
     if not options["quiet"]:
         seconds = ", ".join(f"{k} {v:.2f}s" for k, v in result.stats["seconds"].items())
         print(

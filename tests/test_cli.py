@@ -247,6 +247,17 @@ def test_mp_refuses_an_output_that_is_an_input_or_the_other_output(
     assert {p: p.read_bytes() for p in tmp_path.rglob("*.npy")} == before
 
 
+def test_mp_writes_no_pick_order_when_the_forward_scores_cannot_be_written(tmp_path):
+    np.save(tmp_path / "neighbors.npy", np.array([[1], [0]]))
+    np.save(tmp_path / "distances.npy", np.ones((2, 1), np.float32))
+    np.save(tmp_path / "s.npy", np.ones(2))
+    (tmp_path / "blocker").write_text("a file, not a directory")
+    bad = run("mp", "--graph", tmp_path, "--scores", tmp_path / "s.npy", "--gamma", 1.0,
+              "--out", tmp_path / "o.npy", "--forward-out", tmp_path / "blocker/f.npy")  # fmt: skip
+    assert_one_line_error(bad, "cannot write")
+    assert not (tmp_path / "o.npy").exists()
+
+
 def test_synth_command(tmp_path):
     proc = run("synth", "--out", tmp_path, "--rows", 50, "--shards", 2, "--seed", 1)
     assert proc.returncode == 0, proc.stderr
