@@ -128,3 +128,15 @@ def test_a_flag_no_step_reads_is_a_warning_recorded_in_run_json(small_pool, tmp_
     warning = "--gamma 0.5 changes nothing: no step of --method/--then reads it"
     assert record["ignored_flags"] == [warning] and f"warning: {warning}" in lines
     assert json.loads((tmp_path / "run.json").read_text())["ignored_flags"] == [warning]
+
+
+def test_a_given_graph_serves_the_first_step_and_later_steps_without_a_graph(small_pool, tmp_path):
+    """``--graph G --method d2 --then random:0.5 --then random:0.2``: only d2 reads the
+    graph (the whole pool's); the later steps on fewer rows need none."""
+    first = run(small_pool, tmp_path / "first", fraction=[0.3])
+    graph = first["stages"]["graph"]["directory"]
+    record = select(SelectParams(metadata_dir=str(small_pool), out=str(tmp_path / "chain"),
+                                 workers=2, graph=graph, then=["random:0.5", "random:0.2"]),
+                    Progress(quiet=True))  # fmt: skip
+    assert record["counts"]["selected"] == {"0.2": 600}
+    assert record["stages"]["graph"]["reused"] is True

@@ -167,18 +167,20 @@ def _run_stages(params: SelectParams, steps: list, rule: KeepRule, pool: Pool, s
             progress(f"{name}: {plural(rows.shape[0], 'row')} in, {need:,} to keep")
             stages.progress = step_progress = scoped(progress, name)
         whole = rows.shape[0] == pool.n
-        step_params = params if whole else dataclasses.replace(params, graph=None)
-        if not whole and params.graph is not None:
-            raise D2ScaleError("--graph holds the whole pool's graph: use it only when "
-                               "the first step needs a graph.")  # fmt: skip
+
+        def knn_graph():
+            if not whole and params.graph is not None:  # asked only by a step that needs it
+                raise D2ScaleError("--graph holds the whole pool's graph: use it only when "
+                                   "the first step needs a graph.")  # fmt: skip
+            return graph_stage(stages, pool, params, client, step_progress,
+                               None if whole else rows, rows_key)  # fmt: skip
+
         return MethodInputs(
             n=rows.shape[0],
             scores=scores[rows] if not whole else scores,
             uids=uids[rows] if not whole else uids,
             budget=need,
-            knn_graph=lambda: graph_stage(
-                stages, pool, step_params, client, step_progress, None if whole else rows, rows_key
-            ),  # fmt: skip
+            knn_graph=knn_graph,
             embeddings=lambda: embedding_blocks(pool, params, None if whole else rows),
             column=lambda name: read_column(pool, name, client)[rows],
             stages=stages,
