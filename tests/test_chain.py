@@ -88,6 +88,11 @@ def test_d2_step_options_override_the_global_flags(small_pool, tmp_path):
         ("random:0.3:bogus=1", "method 'random' takes seed"),
         ("semdedup:0.3:clusters=x,eps=0.1", "option clusters must be an integer"),
         ("clip-score:0.3:bogus=1", "method 'clip-score' takes threshold, column"),
+        ("random:0.3:seed=-1", "method 'random': the 'seed' parameter must be an integer in"),
+        ("semdedup:0.3:eps=0.1,iterations=0", "method 'semdedup': option iterations must be"),
+        ("image-clustering:0.3:targets=t.npy,iterations=-1", "option iterations must be ≥ 1"),
+        ("d2:0.3:gamma=0.5,gamma=0.7", "gives the option gamma twice"),  # one would be lost
+        ("d2:0.3:0.5", "gives two fractions"),
     ],
 )
 def test_bad_step_options_stop_before_any_work(step, message, tmp_path):

@@ -15,7 +15,7 @@ import numpy as np
 
 from d2scale.errors import D2ScaleError
 from d2scale.methods._kmeans import assign, kmeans, unit_rows
-from d2scale.methods._options import REQUIRED, step_options
+from d2scale.methods._options import REQUIRED, at_least, step_options
 
 
 def image_clustering_filter(
@@ -48,7 +48,8 @@ DESCRIPTION = "DataComp image-based: k-means clusters holding a target embedding
 def options(given: dict, params) -> dict:
     """``targets`` (required), ``clusters`` (None: rows/128, set by ``rank``), ``iterations``."""
     spec = {"targets": (str, REQUIRED), "clusters": (int, None), "iterations": (int, 20)}
-    return step_options("image-clustering", given, spec)
+    values = step_options("image-clustering", given, spec)
+    return at_least("image-clustering", values, 1, "iterations")
 
 
 def rank(inputs, params):

@@ -15,7 +15,7 @@ import numpy as np
 
 from d2scale.errors import D2ScaleError
 from d2scale.methods._kmeans import assign, kmeans, unit_rows
-from d2scale.methods._options import REQUIRED, step_options
+from d2scale.methods._options import REQUIRED, at_least, step_options
 
 KEEP = ("hard", "easy")
 
@@ -77,7 +77,7 @@ def options(given: dict, params) -> dict:
     ``iterations``."""
     spec = {"eps": (float, REQUIRED), "clusters": (int, None), "keep": (str, "hard"),
             "iterations": (int, 20)}  # fmt: skip
-    return step_options("semdedup", given, spec)
+    return at_least("semdedup", step_options("semdedup", given, spec), 1, "iterations")
 
 
 def rank(inputs, params):
