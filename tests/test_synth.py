@@ -53,3 +53,25 @@ def test_a_file_url_is_its_directory_and_keeps_its_other_pool_refusal(tmp_path, 
     write_pool(f"file://{tmp_path}/q", rows=10, seed=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p", "q"]
     assert pq.read_table(tmp_path / "q" / "00000000.parquet").num_rows == 10
+
+
+def test_a_run_stopped_midway_leaves_no_smaller_pool(tmp_path, monkeypatch):
+    """Shards are moved in once all are written: a run killed after 1 of 3 shards left a
+    1-shard pool that select read as complete."""
+    from d2scale.pool import synth
+
+    write = synth._Plan.write
+
+    def stop_at_the_last(plan, s):
+        if s == 2:
+            raise KeyboardInterrupt
+        write(plan, s)
+
+    monkeypatch.setattr(synth._Plan, "write", stop_at_the_last)
+    with pytest.raises(KeyboardInterrupt):
+        write_pool(str(tmp_path), rows=30, shards=3, seed=1)
+    assert not [p for p in tmp_path.iterdir() if p.suffix in (".parquet", ".npz")]
+    monkeypatch.setattr(synth._Plan, "write", write)
+    assert write_pool(str(tmp_path), rows=30, shards=3, seed=1) == ["00000000", "00000001",
+                                                                      "00000002"]  # fmt: skip
+    assert len(list(tmp_path.iterdir())) == 6

@@ -27,6 +27,7 @@ from d2scale.errors import D2ScaleError
 from d2scale.io import atomic_path
 from d2scale.params import SYNTH_LAYOUTS, SYNTH_MEMBERS
 
+STAGING = ".synth-partial"  # where a run writes its shards until all are written
 LATENT_DIM = 48
 LAYOUTS = SYNTH_LAYOUTS  # "mixed" cycles through them by shard
 MEMBERS = SYNTH_MEMBERS  # every npz member a synthetic pool can hold
@@ -138,13 +139,20 @@ def write_pool(
     out = io.local_path(out) if io.is_local(out) else out  # file://: its local directory
     _refuse_other_pool_files(out, names)
     io.check_writable(out)
-    plan = _Plan(out, rows, shards, seed, layout, tuple(embeddings))
+    # every shard is written into a staging subdirectory (which readers skip) and the pairs
+    # are moved in at the end: a killed run leaves no smaller pool that looks complete
+    staging = io.join(out, STAGING)
+    io.remove(staging, recursive=True)
+    plan = _Plan(staging, rows, shards, seed, layout, tuple(embeddings))
     say = progress or (lambda message: None)
     say(f"synth: 0/{shards} shards")
     # numpy's draws, BLAS and zlib release the GIL: two shards at a time use both cores
     with ThreadPoolExecutor(max_workers=min(2, shards)) as ex:
         for i, _ in enumerate(ex.map(plan.write, range(shards)), 1):
             say(f"synth: {i}/{shards} shards")
+    for name in (f"{n}{ext}" for n in names for ext in (".npz", ".parquet")):
+        io.move(io.join(staging, name), io.join(out, name))
+    io.remove(staging, recursive=True)
     return names
 
 
