@@ -118,6 +118,9 @@ def test_bad_step_options_stop_before_any_work(step, message, tmp_path):
         ({"graph": "g", "index": "ivf"},
          ["--index ivf changes nothing: the --graph given is used as it was built"]),
         ({"method": "random", "then": ["d2:0.1"], "gamma": 0.7, "index": "ivf"}, []),
+        ({"method": "random", "feature_type": "text"},
+         ["--feature-type text changes nothing: no step of --method/--then reads it"]),
+        ({"method": "semdedup:eps=0.1", "feature_type": "text"}, []),
     ],
 )  # fmt: skip
 def test_a_flag_no_step_reads_is_named(given, warnings):

@@ -16,6 +16,7 @@ import numpy as np
 from d2scale.errors import D2ScaleError
 from d2scale.methods._kmeans import assign, kmeans, unit_rows
 from d2scale.methods._options import REQUIRED, at_least, step_options
+from d2scale.methods.base import EMBEDDING_FLAGS
 
 
 def image_clustering_filter(
@@ -42,6 +43,7 @@ def image_clustering_filter(
     return keep, info
 
 
+FLAGS = EMBEDDING_FLAGS  # the global flags it reads
 DESCRIPTION = "DataComp image-based: k-means clusters holding a target embedding (targets=T.npy)"
 
 
