@@ -41,7 +41,7 @@ def add_parser(sub, epilog: str) -> None:
         epilog=epilog,
     )
     for param in SUITE.values():  # None: not given, the suite's default applies
-        add_flag(p, param, type=str, default=None, help=flag_help(param))
+        add_flag(p, param, type=param.parse, default=None, help=flag_help(param))
     p.set_defaults(run=run)
 
 
@@ -62,5 +62,5 @@ def run(args) -> int:
     for param in SUITE.values():
         value = getattr(args, param.name)
         if value is not None:
-            argv += [param.flag, os.path.abspath(value) if param.kind == "path" else value]
+            argv += [param.flag, os.path.abspath(value) if param.kind == "path" else str(value)]
     return subprocess.call(argv, cwd=root)

@@ -20,8 +20,10 @@ def add_parser(sub, epilog: str) -> None:
 
 def run(args) -> int:
     from d2scale.progress import HEARTBEAT_S, Progress
+    from d2scale.select.pipeline import check_log_outside_pool
 
     options = values(args, "graph")
+    check_log_outside_pool(options["log_json"], options["metadata_dir"])
     progress = Progress(options["quiet"], log_json=options["log_json"], heartbeat=HEARTBEAT_S)
     try:
         return _build(args, options, progress)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -55,6 +56,23 @@ def load_scores(path: str, n: int) -> np.ndarray:
     return scores
 
 
+def check_outputs(args) -> None:
+    """Refuse an output file that is an input (the scores, a file of the graph) or the other
+    output: one write would replace what another needs."""
+    taken = {os.path.realpath(args.scores): "--scores"}
+    for name in ("neighbors.npy", "distances.npy", "meta.json", "lists.npy"):
+        taken[os.path.realpath(os.path.join(args.graph, name))] = f"--graph's {name}"
+    for flag, path in (("--out", args.out), ("--forward-out", args.forward_out)):
+        if path is None:
+            continue
+        real = os.path.realpath(path)
+        if real in taken:
+            raise D2ScaleError(
+                f"{flag} {path} is the same file as {taken[real]}; give another path."
+            )
+        taken[real] = flag
+
+
 def run(args) -> int:
     from d2scale.d2 import d2_order
     from d2scale.graph.store import load_graph
@@ -63,6 +81,7 @@ def run(args) -> int:
 
     t0 = time.perf_counter()
     options = values(args, "mp")
+    check_outputs(args)
     knn, _ = load_graph(args.graph, mmap=True, check_ids=False)  # symmetrize checks them
     scores = load_scores(args.scores, knn.n)
     progress = Progress(options["quiet"], heartbeat=HEARTBEAT_S)  # speaks up every 10 s
@@ -71,9 +90,9 @@ def run(args) -> int:
         result = d2_order(knn, scores, **{k: v for k, v in options.items() if k != "quiet"})
     finally:
         progress.close()
-    save_npy(args.out, np.asarray(result.order, dtype=np.int64))  # int64 already: no copy
-    if args.forward_out:
+    if args.forward_out:  # first: the pick order, written last, says the run is complete
         save_npy(args.forward_out, result.forward)
+    save_npy(args.out, np.asarray(result.order, dtype=np.int64))  # int64 already: no copy
     if not options["quiet"]:
         seconds = ", ".join(f"{k} {v:.2f}s" for k, v in result.stats["seconds"].items())
         print(

@@ -446,18 +446,39 @@ def _add_select(vsub) -> None:
     p.set_defaults(run=_with_progress(_run_select))
 
 
+D2_FLAGS = ("n_neighbors", "gamma", "gamma_forward", "mode", "sampling")  # read by d2 only
+
+
+def _unread_flags(args, method: str) -> list[str]:
+    """A warning per selection flag set away from its default that ``method`` never reads
+    (``--method random --gamma 0.5``): it changed nothing."""
+    from d2scale.vision.registry import CORESET_METHODS
+
+    reads = {"score": CORESET_METHODS[method].reads_score, "strata": method == "ccs"}
+    reads |= {name: method == "d2" for name in D2_FLAGS}
+    return [
+        f"warning: {V[name].flag} {getattr(args, name)} changes nothing: --method {method} "
+        "does not read it"
+        for name, read in reads.items()
+        if not read and getattr(args, name) != V[name].default
+    ]
+
+
 def _run_select(args) -> int:
     from d2scale.io import save_json, save_npy
     from d2scale.vision.coresets import select_coreset
-    from d2scale.vision.runs import load_run
+    from d2scale.vision.runs import check_not_a_run_file, load_run
 
     params = _coreset_params(args)
     method = params.method
+    check_not_a_run_file([args.out, args.out + ".json"], args.run_dir)
     scores, features = load_run(args.run_dir)
     coreset = select_coreset(params, scores, features, progress=args.say)
+    warnings = [*_unread_flags(args, method), *coreset.info.get("warnings", [])]
     save_npy(args.out, coreset.indices)
-    save_json(args.out + ".json", {**coreset.info, "run": os.path.abspath(args.run_dir)})
-    for warning in coreset.info.get("warnings", []):
+    record = {**coreset.info, "run": os.path.abspath(args.run_dir)}
+    save_json(args.out + ".json", {**record, "warnings": warnings} if warnings else record)
+    for warning in warnings:
         args.say(warning)
     args.say(
         f"{method}: kept {len(coreset.indices):,} of {coreset.info['n']:,} samples in "

@@ -210,7 +210,7 @@ def dask_client(
     import distributed  # noqa: F401  (its import configures logging: quiet it afterwards)
 
     _quiet_dask_logs()
-    check_cluster_options(scheduler, scheduler_file)
+    check_cluster_options(scheduler, scheduler_file, workers)
     if scheduler or scheduler_file:
         with _remote_client(scheduler, scheduler_file) as client:
             yield client
@@ -234,10 +234,18 @@ def dask_client(
         yield client
 
 
-def check_cluster_options(scheduler: str | None, scheduler_file: str | None) -> None:
-    """Refuse both cluster options at once, or a scheduler file that does not exist."""
+def check_cluster_options(
+    scheduler: str | None, scheduler_file: str | None, workers: int | None = None
+) -> None:
+    """Refuse both cluster options at once, ``workers`` (the local cluster's threads) with
+    either, or a scheduler file that does not exist."""
     if scheduler and scheduler_file:
         raise D2ScaleError("give either --scheduler or --scheduler-file, not both.")
+    if workers is not None and (scheduler or scheduler_file):
+        raise D2ScaleError(
+            "--workers sets the threads of the local cluster; a running cluster "
+            "(--scheduler, --scheduler-file) has its own workers: drop --workers."
+        )
     if scheduler_file and not os.path.exists(scheduler_file):
         raise D2ScaleError(
             f"the scheduler file {scheduler_file} does not exist; start the scheduler with "

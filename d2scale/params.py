@@ -376,7 +376,12 @@ def parse_step(text: Any) -> Step:
                 key, eq, value = item.partition("=")
                 if not (key.strip() and eq and value.strip()):
                     raise D2ScaleError(f"step {text!r}: options are KEY=VALUE; got {item!r}.")
-                options[key.strip().replace("-", "_")] = value.strip()
+                key = key.strip().replace("-", "_")
+                if key in options:  # the first value would be dropped
+                    raise D2ScaleError(f"step {text!r} gives the option {key} twice; keep one.")
+                options[key] = value.strip()
+        elif fraction is not None:
+            raise D2ScaleError(f"step {text!r} gives two fractions; keep one.")
         else:
             fraction = _number(PARAMS["fraction"], part, float)
             _check_fractions([fraction])

@@ -57,6 +57,16 @@ def test_refused_scheduler_is_one_line_within_seconds(flag, small_pool, tmp_path
     assert time.perf_counter() - t0 < 8
 
 
+@pytest.mark.parametrize("flag", ["--scheduler", "--scheduler-file"])
+def test_workers_beside_a_running_cluster_is_refused(flag, small_pool, tmp_path, capsys):
+    """--workers sizes only the local cluster: with a running one it would change nothing."""
+    rc = main(["select", "--metadata-dir", small_pool, "--out", str(tmp_path / "o"), flag,
+               str(tmp_path / "scheduler.json"), "--workers", "2", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "drop --workers" in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
 def test_cuda_without_gpu_is_refused_before_any_work(small_pool, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(backends, "cuda_available", lambda: False)
     out = tmp_path / "out"

@@ -498,7 +498,8 @@ def command_line(bad: Bad, command: str, pool: str, out: str, case_dir: str, gra
         np.save(os.path.join(case_dir, "good.npy"), np.linspace(0.1, 0.9, ROWS))
         return ["mp", "--graph", graph, "--scores", f"{case_dir}/good.npy", "--gamma", "0.1",
                 "--out", f"{out}/order.npy", "--quiet", *extra]  # fmt: skip
-    return [command, "--metadata-dir", pool, "--out", out, *FAST, *extra]
+    fast = FAST if "--scheduler" not in extra else ("--quiet", "--index", "exact")  # no --workers
+    return [command, "--metadata-dir", pool, "--out", out, *fast, *extra]
 
 
 def assert_refused(proc: CliResult, expect: str, out: str) -> None:

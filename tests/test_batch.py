@@ -163,6 +163,16 @@ def test_dry_run_lists_and_writes_nothing(pools, tmp_path):
                                                    "gamma": 2}]}, "global job"),
         ({"out": "o", "concurrency": 0, "buckets": [{"name": "a", "metadata_dir": "x"}]},
          "'concurrency' parameter must be an integer ≥ 1"),
+        # methods and step options are checked before anything runs, as select checks them
+        ({"out": "o", "defaults": {"method": "nope"}, "buckets": [{"name": "a",
+          "metadata_dir": "x"}]}, "bucket 'a': the 'method' parameter must be one of"),
+        ({"out": "o", "buckets": [{"name": "a", "metadata_dir": "x", "then": "d2:0.1",
+          "fraction": 0.2}]}, "both say how much to keep"),
+        # keys that would change nothing: 'name' without global, concurrency with it
+        ({"out": "o", "name": "all", "buckets": [{"name": "a", "metadata_dir": "x"}]},
+         "'name' names the selection of a global job"),
+        ({"out": "o", "global": True, "concurrency": 2,
+          "buckets": [{"name": "a", "metadata_dir": "x"}]}, "a global job .global: true. runs one"),
     ],
 )  # fmt: skip
 def test_jobs_are_checked_against_the_parameter_table(doc, message):

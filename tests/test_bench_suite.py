@@ -43,6 +43,8 @@ def test_markdown_has_the_machine_and_a_table_per_section(report):
     (("--only", "nope"), "unknown section 'nope'"),
     (("--sizes", "abc"), "--sizes takes pool sizes separated by commas"),
     (("--sizes", "100000,0"), "--sizes must be positive"),
+    # checked by d2scale, not by the suite's parser (its usage text and exit status 2)
+    (("--baseline-n", "0"), "the 'baseline_n' parameter must be an integer ≥ 1; got 0."),
 ])  # fmt: skip
 def test_bad_sections_and_sizes_are_refused(flags, message):
     argv = [sys.executable, "-m", "d2scale.cli.main", "bench", *flags]

@@ -1,5 +1,6 @@
 """``--method`` / ``--then``: a chain equals running its steps one by one."""
 
+import json
 import os
 
 import numpy as np
@@ -11,7 +12,7 @@ from d2scale.methods import registry
 from d2scale.params import SelectParams
 from d2scale.pool.uids import decode_uids
 from d2scale.progress import Progress
-from d2scale.select.chain import chain_steps
+from d2scale.select.chain import chain_steps, unread_flags
 from d2scale.select.pipeline import select
 
 
@@ -87,6 +88,11 @@ def test_d2_step_options_override_the_global_flags(small_pool, tmp_path):
         ("random:0.3:bogus=1", "method 'random' takes seed"),
         ("semdedup:0.3:clusters=x,eps=0.1", "option clusters must be an integer"),
         ("clip-score:0.3:bogus=1", "method 'clip-score' takes threshold, column"),
+        ("random:0.3:seed=-1", "method 'random': the 'seed' parameter must be an integer in"),
+        ("semdedup:0.3:eps=0.1,iterations=0", "method 'semdedup': option iterations must be"),
+        ("image-clustering:0.3:targets=t.npy,iterations=-1", "option iterations must be ≥ 1"),
+        ("d2:0.3:gamma=0.5,gamma=0.7", "gives the option gamma twice"),  # one would be lost
+        ("d2:0.3:0.5", "gives two fractions"),
     ],
 )
 def test_bad_step_options_stop_before_any_work(step, message, tmp_path):
@@ -95,3 +101,50 @@ def test_bad_step_options_stop_before_any_work(step, message, tmp_path):
     with pytest.raises(D2ScaleError, match=message):
         select(params, Progress(quiet=True))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("given", "warnings"),
+    [
+        ({"method": "random", "gamma": 0.5, "n_neighbors": 7},
+         ["--n-neighbors 7 changes nothing: no step of --method/--then reads it",
+          "--gamma 0.5 changes nothing: no step of --method/--then reads it"]),
+        ({"method": "d2-reference", "mode": "product", "gamma": 0.5},
+         ["--mode product changes nothing: no step of --method/--then reads it"]),
+        ({"method": "d2:gamma=0.5", "gamma": 0.7},
+         ["--gamma 0.7 changes nothing: every step that reads it sets its own gamma"]),
+        ({"index": "exact", "recall": 0.5},
+         ["--recall 0.5 changes nothing: an exact index has no recall target"]),
+        ({"graph": "g", "index": "ivf"},
+         ["--index ivf changes nothing: the --graph given is used as it was built"]),
+        ({"method": "random", "then": ["d2:0.1"], "gamma": 0.7, "index": "ivf"}, []),
+        ({"method": "random", "feature_type": "text"},
+         ["--feature-type text changes nothing: no step of --method/--then reads it"]),
+        ({"method": "semdedup:eps=0.1", "feature_type": "text"}, []),
+    ],
+)  # fmt: skip
+def test_a_flag_no_step_reads_is_named(given, warnings):
+    params = SelectParams(**given)
+    assert unread_flags(chain_steps(params), params) == warnings
+
+
+def test_a_flag_no_step_reads_is_a_warning_recorded_in_run_json(small_pool, tmp_path):
+    """``--method random --gamma 0.5`` selects what ``--method random`` does, and says so."""
+    lines = []
+    record = select(SelectParams(metadata_dir=str(small_pool), out=str(tmp_path), workers=2,
+                                 method="random", gamma=0.5), lines.append)  # fmt: skip
+    warning = "--gamma 0.5 changes nothing: no step of --method/--then reads it"
+    assert record["ignored_flags"] == [warning] and f"warning: {warning}" in lines
+    assert json.loads((tmp_path / "run.json").read_text())["ignored_flags"] == [warning]
+
+
+def test_a_given_graph_serves_the_first_step_and_later_steps_without_a_graph(small_pool, tmp_path):
+    """``--graph G --method d2 --then random:0.5 --then random:0.2``: only d2 reads the
+    graph (the whole pool's); the later steps on fewer rows need none."""
+    first = run(small_pool, tmp_path / "first", fraction=[0.3])
+    graph = first["stages"]["graph"]["directory"]
+    record = select(SelectParams(metadata_dir=str(small_pool), out=str(tmp_path / "chain"),
+                                 workers=2, graph=graph, then=["random:0.5", "random:0.2"]),
+                    Progress(quiet=True))  # fmt: skip
+    assert record["counts"]["selected"] == {"0.2": 600}
+    assert record["stages"]["graph"]["reused"] is True

@@ -181,6 +181,18 @@ def test_empty_pool_and_unwritable_output(small_pool, tmp_path):
     assert_one_line_error(select(small_pool, blocker / "out"), "not writable")
 
 
+@pytest.mark.parametrize("command", ["select", "graph"])
+def test_a_json_log_in_the_pool_is_refused_before_it_is_written(small_pool, tmp_path, command):
+    """The log is appended to from the first event: a pool file given as --log-json was
+    damaged before the pool was read."""
+    pool = _copy(small_pool, tmp_path)
+    shard = pool / "00000000.parquet"
+    before = shard.read_bytes()
+    proc = run(command, "--metadata-dir", pool, "--out", tmp_path / "o", "--log-json", shard)
+    assert_one_line_error(proc, "the JSON log")
+    assert shard.read_bytes() == before and not (tmp_path / "o").exists()
+
+
 def test_mp_on_a_saved_graph(selected, tmp_path):
     gdir = graph_dir(selected)
     n = np.load(gdir / "neighbors.npy", mmap_mode="r").shape[0]
@@ -209,6 +221,40 @@ def test_mp_refuses_a_graph_with_ids_out_of_range(tmp_path):
     bad = run("mp", "--graph", tmp_path, "--scores", tmp_path / "s.npy", "--gamma", 1.0,
               "--out", tmp_path / "o.npy")  # fmt: skip
     assert_one_line_error(bad, "1 neighbour ids outside [-1, 2)")
+    assert not (tmp_path / "o.npy").exists()
+
+
+@pytest.mark.parametrize(
+    ("outputs", "expected"),
+    [
+        (("--out", "g/neighbors.npy"), "--out g/neighbors.npy is the same file as --graph's"),
+        (("--out", "s.npy"), "--out s.npy is the same file as --scores"),
+        (("--out", "o.npy", "--forward-out", "./o.npy"), "the same file as --out"),
+    ],
+)
+def test_mp_refuses_an_output_that_is_an_input_or_the_other_output(
+    tmp_path, monkeypatch, outputs, expected
+):
+    """Writing one of them would replace the graph, the scores or the pick order."""
+    (tmp_path / "g").mkdir()
+    np.save(tmp_path / "g/neighbors.npy", np.array([[1], [0]]))
+    np.save(tmp_path / "g/distances.npy", np.ones((2, 1), np.float32))
+    np.save(tmp_path / "s.npy", np.ones(2))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*.npy")}
+    monkeypatch.chdir(tmp_path)
+    bad = run("mp", "--graph", "g", "--scores", "s.npy", "--gamma", 1.0, *outputs)
+    assert_one_line_error(bad, expected)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*.npy")} == before
+
+
+def test_mp_writes_no_pick_order_when_the_forward_scores_cannot_be_written(tmp_path):
+    np.save(tmp_path / "neighbors.npy", np.array([[1], [0]]))
+    np.save(tmp_path / "distances.npy", np.ones((2, 1), np.float32))
+    np.save(tmp_path / "s.npy", np.ones(2))
+    (tmp_path / "blocker").write_text("a file, not a directory")
+    bad = run("mp", "--graph", tmp_path, "--scores", tmp_path / "s.npy", "--gamma", 1.0,
+              "--out", tmp_path / "o.npy", "--forward-out", tmp_path / "blocker/f.npy")  # fmt: skip
+    assert_one_line_error(bad, "cannot write")
     assert not (tmp_path / "o.npy").exists()
 
 

@@ -105,8 +105,9 @@ def test_output_inside_the_pool_is_refused(small_pool):
 
 def test_bad_scheduler_address_is_one_sentence(small_pool, tmp_path):
     for address in ("not-an-address", "foo://nowhere:1"):
-        with pytest.raises(D2ScaleError, match="Dask scheduler"):
-            run(small_pool, tmp_path, scheduler=address)
+        params = SelectParams(metadata_dir=str(small_pool), out=str(tmp_path), scheduler=address)
+        with pytest.raises(D2ScaleError, match="Dask scheduler"):  # (no --workers beside it)
+            select(params, Progress(quiet=True))
 
 
 # --- fault injection -----------------------------------------------------------------------

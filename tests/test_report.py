@@ -83,6 +83,16 @@ def test_exact_graph_has_no_cluster_figure_and_a_rerun_drops_a_stale_report(smal
     assert not (tmp_path / "report.html").exists() and not (tmp_path / "report").exists()
 
 
+def test_a_filter_run_without_a_fraction_has_its_report(small_pool, tmp_path):
+    """A filter alone keeps every row it passes (``counts.selected`` is ``{"all": n}``):
+    ``--report`` wrote the set, then refused its own run.json."""
+    params = SelectParams(metadata_dir=small_pool, out=str(tmp_path), workers=2, report=True,
+                          method="clip-score:threshold=0.3")  # fmt: skip
+    record = select(params, Progress(quiet=True))
+    assert list(record["counts"]["selected"]) == ["all"]
+    assert "this run built no kNN graph" in (tmp_path / "report.html").read_text()
+
+
 def test_report_of_a_directory_without_run_json_is_one_line(tmp_path):
     proc = report_cli(tmp_path)
     err = proc.stderr.strip().splitlines()

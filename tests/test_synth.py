@@ -41,3 +41,37 @@ def test_the_same_arguments_give_the_same_bytes(tmp_path):
 def test_unknown_or_no_members_are_refused(tmp_path, bad):
     with pytest.raises(D2ScaleError, match="embeddings must name"):
         write_pool(str(tmp_path / "p"), rows=10, embeddings=bad)
+
+
+def test_a_file_url_is_its_directory_and_keeps_its_other_pool_refusal(tmp_path, monkeypatch):
+    """``--out file://DIR`` over a 2-shard pool would leave DIR's second shard in a 1-shard
+    pool; it is refused as ``--out DIR`` is, and writes no ``./file:`` directory."""
+    monkeypatch.chdir(tmp_path)
+    write_pool(str(tmp_path / "p"), rows=20, shards=2, seed=1)
+    with pytest.raises(D2ScaleError, match="already holds 00000001.npz"):
+        write_pool(f"file://{tmp_path}/p", rows=10, seed=2)
+    write_pool(f"file://{tmp_path}/q", rows=10, seed=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p", "q"]
+    assert pq.read_table(tmp_path / "q" / "00000000.parquet").num_rows == 10
+
+
+def test_a_run_stopped_midway_leaves_no_smaller_pool(tmp_path, monkeypatch):
+    """Shards are moved in once all are written: a run killed after 1 of 3 shards left a
+    1-shard pool that select read as complete."""
+    from d2scale.pool import synth
+
+    write = synth._Plan.write
+
+    def stop_at_the_last(plan, s):
+        if s == 2:
+            raise KeyboardInterrupt
+        write(plan, s)
+
+    monkeypatch.setattr(synth._Plan, "write", stop_at_the_last)
+    with pytest.raises(KeyboardInterrupt):
+        write_pool(str(tmp_path), rows=30, shards=3, seed=1)
+    assert not [p for p in tmp_path.iterdir() if p.suffix in (".parquet", ".npz")]
+    monkeypatch.setattr(synth._Plan, "write", write)
+    assert write_pool(str(tmp_path), rows=30, shards=3, seed=1) == ["00000000", "00000001",
+                                                                      "00000002"]  # fmt: skip
+    assert len(list(tmp_path.iterdir())) == 6

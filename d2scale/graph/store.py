@@ -37,7 +37,7 @@ import numpy as np
 
 from d2scale.errors import D2ScaleError
 from d2scale.graph.pages import release_all
-from d2scale.io import json_default, save_json, save_npy, save_npz
+from d2scale.io import is_local, json_default, local_path, save_json, save_npy, save_npz
 from d2scale.types import KnnGraph
 
 MANIFEST_VERSION = 4  # 4: keyed parts; the model saved once trained; evaluation in parts
@@ -47,8 +47,8 @@ class GraphStore:
     """The resumable state of one graph build in directory ``gdir`` (written by the driver)."""
 
     def __init__(self, gdir: str):
-        self.gdir = gdir
-        self.parts_dir = os.path.join(gdir, "parts")
+        self.gdir = local_dir(gdir)
+        self.parts_dir = os.path.join(self.gdir, "parts")
         self.key = ""  # the build's key, set by :meth:`begin`
 
     # -- manifest ------------------------------------------------------------------
@@ -131,6 +131,18 @@ class GraphStore:
         return got, info
 
 
+def local_dir(gdir: str) -> str:
+    """Graph directory ``gdir`` as a local path (``file://`` URLs too). Graphs are
+    memory-mapped and their parts checked with local file calls, so an fsspec URL of another
+    filesystem is refused."""
+    if not is_local(gdir):
+        raise D2ScaleError(
+            f"graph directory {gdir} is not a local path: kNN graphs are written and "
+            "memory-mapped on a local or shared filesystem."
+        )
+    return local_path(gdir)
+
+
 def build_key(fingerprint: str, params: dict) -> str:
     """A short hash of a build's input fingerprint and parameters."""
     text = json.dumps([fingerprint, _jsonable(params)], sort_keys=True)
@@ -157,6 +169,7 @@ def _load_keyed(
 
 def save_graph(gdir: str, graph: KnnGraph, meta: dict, lists: np.ndarray | None = None) -> None:
     """Write ``neighbors.npy``, ``distances.npy`` (``lists.npy``) and ``meta.json`` atomically."""
+    gdir = local_dir(gdir)
     _write_arrays(gdir, graph, lists)
     meta = {**meta, "n": graph.n, "k": graph.k}
     save_json(os.path.join(gdir, "meta.json"), meta)
@@ -167,6 +180,7 @@ def load_graph(gdir: str, mmap: bool = False, check_ids: bool = True) -> tuple[K
     ``meta.json`` when present); ``mmap`` maps the arrays read-only instead of loading them.
     A missing, truncated or inconsistent file is a D2ScaleError. ``check_ids=False`` skips
     the pass over every id (for callers that check them anyway, as ``symmetrize`` does)."""
+    gdir = local_dir(gdir)
     meta_path = os.path.join(gdir, "meta.json")
     if not os.path.exists(os.path.join(gdir, "neighbors.npy")):
         raise D2ScaleError(
@@ -194,7 +208,7 @@ def load_graph(gdir: str, mmap: bool = False, check_ids: bool = True) -> tuple[K
 
 def load_lists(gdir: str) -> np.ndarray | None:
     """The IVF list of every row (``lists.npy``), or None for graphs built without IVF."""
-    path = os.path.join(gdir, "lists.npy")
+    path = os.path.join(local_dir(gdir), "lists.npy")
     return _load_npy(path) if os.path.exists(path) else None
 
 

@@ -1,7 +1,8 @@
 """Selection methods behind one interface: ``rank(inputs, params) -> Ranking``.
 
 A method module defines ``rank``, a one-line ``DESCRIPTION`` and, if it takes step options
-(``--then semdedup:eps=0.05``), ``options(given, params) -> dict`` that parses and checks them;
+(``--then semdedup:eps=0.05``), ``options(given, params) -> dict`` that parses and checks them,
+and ``FLAGS`` if it reads global graph or message-passing flags (:func:`flags_read`);
 :data:`METHODS` names the module of each method, imported only when it is used (so
 ``select`` never imports what it does not run). Every step of a chain is checked with
 :func:`check_step` before any work starts. The pipeline turns a
@@ -50,4 +51,11 @@ def check_step(step: Step, params) -> dict:
     return module.options(step.options, params)
 
 
-__all__ = ["METHODS", "MethodInputs", "Ranking", "check_step", "get_method", "method_module"]
+def flags_read(step: Step) -> set[str]:
+    """The global flags (of the graph and message passing) that ``step`` reads: its
+    module's ``FLAGS``, less those the step sets as its own options."""
+    return set(getattr(method_module(step.method), "FLAGS", ())) - set(step.options)
+
+
+__all__ = ["METHODS", "MethodInputs", "Ranking", "check_step", "flags_read", "get_method",
+           "method_module"]  # fmt: skip

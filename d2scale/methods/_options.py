@@ -38,3 +38,14 @@ def step_options(method: str, given: dict, spec: dict[str, tuple[type, Any]]) ->
 
 def _what(kind: type) -> str:
     return {int: "an integer", float: "a number"}.get(kind, "a string")
+
+
+def at_least(method: str, values: dict, low: int, *names: str) -> dict:
+    """``values`` (parsed step options), refused where an integer option of ``names`` is
+    below ``low`` (``iterations=0`` would run no k-means step at all)."""
+    for name in names:
+        if values.get(name) is not None and values[name] < low:
+            raise D2ScaleError(
+                f"method {method!r}: option {name} must be ≥ {low}; got {values[name]}."
+            )
+    return values

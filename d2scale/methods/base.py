@@ -10,8 +10,17 @@ from typing import Any
 
 import numpy as np
 
+from d2scale.params import PARAMS
 from d2scale.stages import Stages
 from d2scale.types import EmbeddingBlocks, KnnGraph
+
+# The global flags that shape ``MethodInputs.embeddings()`` and ``knn_graph()``, and those
+# of message passing (SPEC §1: the stages forward and reverse). A method module lists those
+# it reads in its ``FLAGS``; one set that no step of a selection reads is a warning
+# (select/chain.py).
+EMBEDDING_FLAGS = ("feature_type",)  # which embeddings ``embeddings()`` and the graph use
+GRAPH_FLAGS = (*EMBEDDING_FLAGS, "n_neighbors", "index", "recall", "graph_engine", "graph")
+MESSAGE_PASSING_FLAGS = tuple(p.name for p in PARAMS.values() if p.stage in ("forward", "reverse"))
 
 
 @dataclass

@@ -15,7 +15,7 @@ from d2scale.d2.order import checked_scores
 from d2scale.d2.reverse import cpu_only_variant, reverse_on
 from d2scale.errors import D2ScaleError
 from d2scale.graph.symmetric import symmetrize
-from d2scale.methods.base import MethodInputs
+from d2scale.methods.base import GRAPH_FLAGS, MESSAGE_PASSING_FLAGS, MethodInputs
 from d2scale.params import PARAMS, SelectParams
 from d2scale.stages import stage_key
 from d2scale.types import Ranking
@@ -24,8 +24,8 @@ DESCRIPTION = (
     "D2 Pruning: forward and reverse message passing on the kNN graph (default); options "
     "gamma, gamma_forward, mode, sampling, greedy, buckets override the global flags"
 )
-# The step options: the message-passing parameters (the stages forward and reverse).
-OVERRIDES = tuple(p.name for p in PARAMS.values() if p.stage in ("forward", "reverse"))
+OVERRIDES = MESSAGE_PASSING_FLAGS  # the step options
+FLAGS = (*GRAPH_FLAGS, *OVERRIDES)  # the global flags it reads
 
 
 def options(given: dict, params) -> dict:

@@ -35,6 +35,7 @@ import numpy as np
 from d2scale.d2.standby import _standby
 from d2scale.errors import D2ScaleError
 from d2scale.methods._options import step_options
+from d2scale.methods.base import GRAPH_FLAGS
 from d2scale.params import check_budget
 from d2scale.types import KnnGraph
 
@@ -101,6 +102,7 @@ def reference_order(
     return order.astype(np.int64), forward
 
 
+FLAGS = (*GRAPH_FLAGS, "gamma", "gamma_forward")  # the global flags it reads
 DESCRIPTION = "the D2 seed's DataComp script exactly (directed lists, squared distances, standby)"
 
 

@@ -15,7 +15,8 @@ import numpy as np
 
 from d2scale.errors import D2ScaleError
 from d2scale.methods._kmeans import assign, kmeans, unit_rows
-from d2scale.methods._options import REQUIRED, step_options
+from d2scale.methods._options import REQUIRED, at_least, step_options
+from d2scale.methods.base import EMBEDDING_FLAGS
 
 
 def image_clustering_filter(
@@ -42,13 +43,15 @@ def image_clustering_filter(
     return keep, info
 
 
+FLAGS = EMBEDDING_FLAGS  # the global flags it reads
 DESCRIPTION = "DataComp image-based: k-means clusters holding a target embedding (targets=T.npy)"
 
 
 def options(given: dict, params) -> dict:
     """``targets`` (required), ``clusters`` (None: rows/128, set by ``rank``), ``iterations``."""
     spec = {"targets": (str, REQUIRED), "clusters": (int, None), "iterations": (int, 20)}
-    return step_options("image-clustering", given, spec)
+    values = step_options("image-clustering", given, spec)
+    return at_least("image-clustering", values, 1, "iterations")
 
 
 def rank(inputs, params):

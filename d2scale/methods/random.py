@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from d2scale.errors import D2ScaleError
 from d2scale.methods._options import step_options
+from d2scale.params import PARAMS
 from d2scale.types import Ranking
 
 
@@ -21,7 +23,12 @@ DESCRIPTION = "a seeded random order (option seed=S, default --seed): the baseli
 
 def options(given: dict, params) -> dict:
     """``seed`` (default ``--seed``)."""
-    return step_options("random", given, {"seed": (int, params.seed)})
+    values = step_options("random", given, {"seed": (int, params.seed)})
+    try:
+        PARAMS["seed"].check(values["seed"])  # default_rng takes no negative seed
+    except D2ScaleError as e:
+        raise D2ScaleError(f"method 'random': {e}") from None
+    return values
 
 
 def rank(inputs, params) -> Ranking:

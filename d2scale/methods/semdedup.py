@@ -15,7 +15,8 @@ import numpy as np
 
 from d2scale.errors import D2ScaleError
 from d2scale.methods._kmeans import assign, kmeans, unit_rows
-from d2scale.methods._options import REQUIRED, step_options
+from d2scale.methods._options import REQUIRED, at_least, step_options
+from d2scale.methods.base import EMBEDDING_FLAGS
 
 KEEP = ("hard", "easy")
 
@@ -67,6 +68,7 @@ def dominated(x: np.ndarray, threshold: float, max_cells: int = 1 << 24) -> np.n
     return out
 
 
+FLAGS = EMBEDDING_FLAGS  # the global flags it reads
 DESCRIPTION = (
     "SemDeDup: one row per group of near-duplicates (cosine > 1 − eps) in k-means clusters"
 )
@@ -77,7 +79,7 @@ def options(given: dict, params) -> dict:
     ``iterations``."""
     spec = {"eps": (float, REQUIRED), "clusters": (int, None), "keep": (str, "hard"),
             "iterations": (int, 20)}  # fmt: skip
-    return step_options("semdedup", given, spec)
+    return at_least("semdedup", step_options("semdedup", given, spec), 1, "iterations")
 
 
 def rank(inputs, params):

@@ -22,6 +22,7 @@ _EXPORTS = {
     "subset_array": "d2scale.pool.uids",
     "to_float32": "d2scale.pool.halfprec",
     "write_pool": "d2scale.pool.synth",
+    "EMBEDDING_DIMS": "d2scale.pool.files",
 }
 __all__ = list(_EXPORTS)
 

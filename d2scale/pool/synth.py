@@ -22,10 +22,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from d2scale import io
 from d2scale.errors import D2ScaleError
 from d2scale.io import atomic_path
 from d2scale.params import SYNTH_LAYOUTS, SYNTH_MEMBERS
 
+STAGING = ".synth-partial"  # where a run writes its shards until all are written
 LATENT_DIM = 48
 LAYOUTS = SYNTH_LAYOUTS  # "mixed" cycles through them by shard
 MEMBERS = SYNTH_MEMBERS  # every npz member a synthetic pool can hold
@@ -134,15 +136,23 @@ def write_pool(
     if unknown:
         raise D2ScaleError(f"embeddings must name some of {', '.join(MEMBERS)}; got {unknown[0]}")
     names = [f"{s:08d}" for s in range(shards)]
+    out = io.local_path(out) if io.is_local(out) else out  # file://: its local directory
     _refuse_other_pool_files(out, names)
-    os.makedirs(out, exist_ok=True)
-    plan = _Plan(out, rows, shards, seed, layout, tuple(embeddings))
+    io.check_writable(out)
+    # every shard is written into a staging subdirectory (which readers skip) and the pairs
+    # are moved in at the end: a killed run leaves no smaller pool that looks complete
+    staging = io.join(out, STAGING)
+    io.remove(staging, recursive=True)
+    plan = _Plan(staging, rows, shards, seed, layout, tuple(embeddings))
     say = progress or (lambda message: None)
     say(f"synth: 0/{shards} shards")
     # numpy's draws, BLAS and zlib release the GIL: two shards at a time use both cores
     with ThreadPoolExecutor(max_workers=min(2, shards)) as ex:
         for i, _ in enumerate(ex.map(plan.write, range(shards)), 1):
             say(f"synth: {i}/{shards} shards")
+    for name in (f"{n}{ext}" for n in names for ext in (".npz", ".parquet")):
+        io.move(io.join(staging, name), io.join(out, name))
+    io.remove(staging, recursive=True)
     return names
 
 
@@ -186,11 +196,9 @@ def _setup(rows: int, seed: int) -> tuple[int, np.ndarray, np.ndarray, dict[str,
 
 def _refuse_other_pool_files(out: str, names: list[str]) -> None:
     """An older pool's shards left beside the new ones would silently become part of it."""
-    if not os.path.isdir(out):
-        return
     ours = {f"{name}{ext}" for name in names for ext in (".parquet", ".npz")}
     others = sorted(
-        f for f in os.listdir(out) if f.lower().endswith((".parquet", ".npz")) and f not in ours
+        f for f in io.listdir(out) if f.lower().endswith((".parquet", ".npz")) and f not in ours
     )
     if others:
         raise D2ScaleError(

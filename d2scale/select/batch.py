@@ -33,6 +33,7 @@ from d2scale.params import PARAMS, SelectParams
 from d2scale.pool.buckets import resolve_pool, union_pool
 from d2scale.pool.sources import Pool
 from d2scale.progress import Progress, ProgressFn
+from d2scale.select.chain import chain_steps, keep_rule
 
 SUMMARY = "summary.json"
 GLOBAL_NAME = "global"
@@ -151,6 +152,7 @@ def parse_batch(doc: dict, base_dir: str = ".", overrides: dict | None = None) -
         raise D2ScaleError("jobs file: 'defaults' must be a mapping of select parameters.")
     defaults = {k: _value(k, v, "defaults") for k, v in defaults.items()}
     is_global = _value_bool(doc.get("global", False))
+    _refuse_unused_keys(doc, execution["concurrency"], is_global)
     buckets = _buckets(doc.get("buckets"), defaults, out, base_dir, is_global)
     batch = Batch(out, buckets, is_global, concurrency=execution["concurrency"],
                   scheduler=execution["scheduler"], scheduler_file=execution["scheduler_file"],
@@ -160,6 +162,21 @@ def parse_batch(doc: dict, base_dir: str = ".", overrides: dict | None = None) -
         spec = " + ".join(b.spec for b in buckets)
         batch.global_params = _params(defaults, spec, io.join(out, batch.global_name), "global")
     return batch
+
+
+def _refuse_unused_keys(doc: dict, concurrency: int, is_global: bool) -> None:
+    """``name`` names the one selection of a global job; ``concurrency`` runs several
+    buckets' selections at once: each alone would change nothing."""
+    if not is_global and "name" in doc:
+        raise D2ScaleError(
+            "jobs file: 'name' names the selection of a global job (global: true); without "
+            "it each bucket is named by its own 'name': drop it."
+        )
+    if is_global and concurrency != 1:
+        raise D2ScaleError(
+            f"concurrency {concurrency} runs buckets at once, but a global job (global: true) "
+            "runs one selection: drop it."
+        )
 
 
 def _buckets(raw, defaults: dict, out: str, base_dir: str, is_global: bool) -> list[Bucket]:
@@ -192,8 +209,12 @@ def _buckets(raw, defaults: dict, out: str, base_dir: str, is_global: bool) -> l
 
 
 def _params(values: dict, spec: str, out: str, where: str) -> SelectParams:
+    """Checked as ``select`` checks them before any work: values, methods and their step
+    options, and a fraction given twice."""
     try:
-        return SelectParams(**values, metadata_dir=spec, out=out).validate()
+        params = SelectParams(**values, metadata_dir=spec, out=out).validate()
+        keep_rule(params, chain_steps(params))
+        return params
     except D2ScaleError as e:
         raise D2ScaleError(f"{where}: {e}") from None
 

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from d2scale.errors import D2ScaleError
-from d2scale.methods import MethodInputs, check_step, get_method
+from d2scale.methods import MethodInputs, check_step, flags_read, get_method
+from d2scale.methods.base import GRAPH_FLAGS, MESSAGE_PASSING_FLAGS
 from d2scale.methods.registry import is_filter
-from d2scale.params import RANKING_FRACTION, SelectParams, Step, budget_for, parse_step
+from d2scale.params import PARAMS, RANKING_FRACTION, SelectParams, Step, budget_for, parse_step
 from d2scale.stages import stage_key
 from d2scale.types import Ranking
 
@@ -35,6 +36,37 @@ def chain_steps(params: SelectParams) -> list[Step]:
     for step in steps:
         check_step(step, params)
     return steps
+
+
+BUILD_FLAGS = ("index", "recall", "graph_engine")  # how a graph is built: not read with --graph
+
+
+def unread_flags(steps: list[Step], params: SelectParams) -> list[str]:
+    """One warning per graph or message-passing flag set away from its default that no step
+    reads, so that it changes nothing (no step uses the graph, every d2 step sets its own
+    value, the given ``--graph`` is used as built, an exact index has no recall target)."""
+    read = set().union(*(flags_read(step) for step in steps))
+    own = set().union(*(step.options for step in steps))
+    if params.graph is not None:
+        read -= set(BUILD_FLAGS)
+    elif params.index == "exact":
+        read.discard("recall")
+    return [
+        f"{PARAMS[name].flag} {getattr(params, name)} changes nothing: "
+        f"{_unread_why(name, params, own)}"
+        for name in (*GRAPH_FLAGS, *MESSAGE_PASSING_FLAGS)
+        if name not in read and getattr(params, name) != PARAMS[name].default
+    ]
+
+
+def _unread_why(name: str, params: SelectParams, own: set[str]) -> str:
+    if name in own:
+        return f"every step that reads it sets its own {name}"
+    if params.graph is not None and name in BUILD_FLAGS:
+        return "the --graph given is used as it was built"
+    if name == "recall" and params.index == "exact":
+        return "an exact index has no recall target"
+    return "no step of --method/--then reads it"
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,14 @@ from d2scale.pool.sources import (
     read_metadata,
 )
 from d2scale.progress import HEARTBEAT_S, Progress, ProgressFn, plural, scoped
-from d2scale.select.chain import ChainResult, KeepRule, chain_steps, keep_rule, run_chain
+from d2scale.select.chain import (
+    ChainResult,
+    KeepRule,
+    chain_steps,
+    keep_rule,
+    run_chain,
+    unread_flags,
+)
 from d2scale.select.graph_stage import graph_stage
 from d2scale.select.sinks import write_outputs
 from d2scale.stages import Stages, stage_key
@@ -66,16 +73,19 @@ def select(
     # an unknown method or step option, or a contradictory chain, stops here, before any work
     steps = chain_steps(params)
     rule = keep_rule(params, steps)
+    ignored = unread_flags(steps, params)
     params = absolute_out(params)
     check_device(params, steps)
     if client is None:
-        check_cluster_options(params.scheduler, params.scheduler_file)
+        check_cluster_options(params.scheduler, params.scheduler_file, params.workers)
     if pool is None and params.metadata_dir is not None:
         check_out_outside_pool(params.out, params.metadata_dir)
     elif pool is not None:
         for directory in sorted({os.path.dirname(s.parquet) for s in pool.shards}):
             check_out_outside_pool(params.out, directory)
     io.check_writable(params.out)
+    for warning in ignored:
+        progress(f"warning: {warning}")
     timings: dict[str, float] = {}
     started = time.time()
     pool = pool or open_pool_or_sample(params.metadata_dir, progress)
@@ -104,6 +114,7 @@ def select(
         "method": {"name": steps[-1].method, **chain.ranking.info},
         "steps": chain.steps,
         "keep": keep_record(rule, chain),
+        "ignored_flags": ignored,
         "stages": {
             name: {"key": r.key, "reused": r.reused, "directory": r.directory}
             for name, r in stages.runs.items()
@@ -156,18 +167,20 @@ def _run_stages(params: SelectParams, steps: list, rule: KeepRule, pool: Pool, s
             progress(f"{name}: {plural(rows.shape[0], 'row')} in, {need:,} to keep")
             stages.progress = step_progress = scoped(progress, name)
         whole = rows.shape[0] == pool.n
-        step_params = params if whole else dataclasses.replace(params, graph=None)
-        if not whole and params.graph is not None:
-            raise D2ScaleError("--graph holds the whole pool's graph: use it only when "
-                               "the first step needs a graph.")  # fmt: skip
+
+        def knn_graph():
+            if not whole and params.graph is not None:  # asked only by a step that needs it
+                raise D2ScaleError("--graph holds the whole pool's graph: use it only when "
+                                   "the first step needs a graph.")  # fmt: skip
+            return graph_stage(stages, pool, params, client, step_progress,
+                               None if whole else rows, rows_key)  # fmt: skip
+
         return MethodInputs(
             n=rows.shape[0],
             scores=scores[rows] if not whole else scores,
             uids=uids[rows] if not whole else uids,
             budget=need,
-            knn_graph=lambda: graph_stage(
-                stages, pool, step_params, client, step_progress, None if whole else rows, rows_key
-            ),  # fmt: skip
+            knn_graph=knn_graph,
             embeddings=lambda: embedding_blocks(pool, params, None if whole else rows),
             column=lambda name: read_column(pool, name, client)[rows],
             stages=stages,
@@ -259,17 +272,27 @@ def open_pool_or_sample(metadata_dir: str | None, progress: ProgressFn) -> Pool:
     return open_pool(sample_pool_dir())
 
 
-def check_out_outside_pool(out: str, metadata_dir: str) -> None:
-    """Refuse an output directory that is the pool or inside it (outputs would join it)."""
+def check_out_outside_pool(
+    out: str, metadata_dir: str, what: str = "the output directory", flag: str = "an --out"
+) -> None:
+    """Refuse an output directory (or ``what`` else, given as ``flag``: the JSON log) that
+    is the pool or inside it (outputs would join it, a log would append to a pool file)."""
     if not (io.is_local(out) and io.is_local(metadata_dir)):
         return
     out_path = os.path.realpath(io.local_path(out))
     pool_path = os.path.realpath(io.local_path(metadata_dir))
     if out_path == pool_path or out_path.startswith(pool_path + os.sep):
         raise D2ScaleError(
-            f"the output directory {out} is inside the metadata directory {metadata_dir}; "
-            "choose an --out outside the pool."
+            f"{what} {out} is inside the metadata directory {metadata_dir}; "
+            f"choose {flag} outside the pool."
         )
+
+
+def check_log_outside_pool(log_json: str | None, metadata_dir: str | None) -> None:
+    """Refuse a ``--log-json`` file in the pool: it is opened (and appended to) before the
+    pool is read, so ``--log-json pool/x.parquet`` would damage a shard."""
+    if log_json not in (None, "-") and metadata_dir is not None:
+        check_out_outside_pool(log_json, metadata_dir, "the JSON log", "a --log-json")
 
 
 def embedding_blocks(pool: Pool, params, rows: np.ndarray | None = None) -> EmbeddingBlocks:

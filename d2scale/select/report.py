@@ -22,6 +22,7 @@ import numpy as np
 from d2scale import io
 from d2scale.errors import D2ScaleError
 from d2scale.progress import plural
+from d2scale.select.sinks import ALL
 
 REPORT_HTML = "report.html"
 REPORT_DIR = "report"
@@ -128,11 +129,12 @@ def read_run(out: str) -> dict:
             raise D2ScaleError(f"{path} lacks {key}: not a run.json of `d2scale select`.")
     selected = run["counts"]["selected"]
     try:
-        ok = isinstance(selected, dict) and selected and all(float(f) > 0 for f in selected)
+        ok = isinstance(selected, dict) and selected and all(f == ALL or float(f) > 0
+                                                             for f in selected)  # fmt: skip
     except ValueError:
         ok = False
     if not ok:
-        raise D2ScaleError(f"{path}: counts.selected must map fractions to counts.")
+        raise D2ScaleError(f"{path}: counts.selected must map fractions (or {ALL!r}) to counts.")
     return run
 
 

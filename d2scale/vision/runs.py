@@ -65,6 +65,19 @@ def read_metrics(out: str) -> dict:
         return json.load(f)
 
 
+RUN_FILES = ("metrics.json", "checkpoint.pt", "dynamics.npz", "features.npy")
+
+
+def check_not_a_run_file(paths: list[str], run_dir: str) -> None:
+    """Refuse output ``paths`` of which one would replace a file of run ``run_dir``."""
+    own = {os.path.realpath(os.path.join(run_dir, name)) for name in RUN_FILES}
+    for path in paths:
+        if os.path.realpath(path) in own:
+            raise D2ScaleError(
+                f"--out would write {path}, a file of the run in {run_dir}; choose another --out."
+            )
+
+
 def load_run(run_dir: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """(scores, features) of a full-data run directory, checked for consistency."""
     dyn_path = os.path.join(run_dir, "dynamics.npz")

@@ -39,7 +39,7 @@ from d2scale import io
 from d2scale.backends import resolve_device
 from d2scale.errors import D2ScaleError
 from d2scale.params import check_option
-from d2scale.pool import UID_DTYPE, encode_uids
+from d2scale.pool import EMBEDDING_DIMS, UID_DTYPE, encode_uids
 from d2scale.progress import Progress
 from d2scale.web.params import MODEL_PREFIXES, RANDOM, WEB, wfield
 from d2scale.web.webdata import (
@@ -171,6 +171,7 @@ class ClipEncoder:
                 f"unknown open_clip model {params.model!r} (open_clip.list_models() names "
                 "them; --model-config FILE.json registers a custom one)"
             )
+        _check_prefix_width(params, open_clip.get_model_config(params.model))
         pretrained = None if params.random_weights else params.pretrained
         torch.manual_seed(params.seed)
         try:
@@ -194,6 +195,18 @@ class ClipEncoder:
             img = self.model.encode_image(images)
             txt = self.model.encode_text(self.tokenizer(texts).to(self.device))
         return _unit(img.float().cpu().numpy()), _unit(txt.float().cpu().numpy())
+
+
+def _check_prefix_width(params: EmbedParams, config: dict | None) -> None:
+    """Refuse a prefix that names another width (``--prefix l14`` on a 512-d model): the
+    pool's readers would refuse every file of it."""
+    width = EMBEDDING_DIMS.get(params.resolved_prefix)
+    dim = (config or {}).get("embed_dim")
+    if width is not None and dim is not None and int(dim) != width:
+        raise D2ScaleError(
+            f"the npz prefix {params.resolved_prefix} holds {width}-d embeddings, but "
+            f"{params.model} makes {dim}-d ones; give --prefix another name."
+        )
 
 
 def _model_error(model: str, pretrained: str | None, e: Exception) -> D2ScaleError:

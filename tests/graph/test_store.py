@@ -8,6 +8,7 @@ import pytest
 
 from d2scale.errors import D2ScaleError
 from d2scale.graph import build_knn_graph, load_graph, load_lists, probed, save_graph, shards
+from d2scale.graph.store import GraphStore
 from d2scale.types import ArrayBlocks, KnnGraph
 
 
@@ -192,3 +193,19 @@ def test_save_load_and_errors(tmp_path):
     os.remove(os.path.join(gdir, "neighbors.npy"))
     with pytest.raises(D2ScaleError, match="not a graph directory .no neighbors.npy"):
         load_graph(gdir)
+
+
+def test_a_file_url_is_its_local_directory_and_other_urls_are_refused(tmp_path, monkeypatch):
+    """``file://`` graph directories resume and load like their paths (no stray ``file:``
+    directory in the working directory); an object-store URL is one sentence."""
+    monkeypatch.chdir(tmp_path)
+    url = f"file://{tmp_path}/g"
+    store = GraphStore(url)
+    store.begin("fingerprint", {"k": 1})
+    assert GraphStore(url).read_manifest()["fingerprint"] == "fingerprint"
+    save_graph(url, KnnGraph(np.array([[1], [0]]), np.ones((2, 1), np.float32)), {})
+    assert load_graph(url)[0].n == 2 and load_lists(url) is None
+    assert os.listdir(tmp_path) == ["g"]
+    for call in (GraphStore, load_graph):
+        with pytest.raises(D2ScaleError, match="graph directory memory://g is not a local path"):
+            call("memory://g")

@@ -3,6 +3,7 @@ wrong result (NaN scores or features, negative labels, damaged runs and archives
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -116,3 +117,34 @@ def test_a_fraction_that_keeps_nothing_is_refused(tmp_path, capsys):
     _fails(
         [*argv, "--fraction", "0.01", "--out", str(tmp_path / "c.npy")], capsys, "keeps no sample"
     )
+
+
+@pytest.mark.parametrize("out", ["features.npy", "metrics", "./dynamics.npz"])
+def test_a_coreset_out_over_a_file_of_the_run_is_refused(tmp_path, capsys, out):
+    """``--out RUN/features.npy`` (or RUN/metrics, whose record is RUN/metrics.json) would
+    replace the run it selects from."""
+    run = _run(tmp_path)
+    (tmp_path / "run" / "metrics.json").write_text("{}")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    argv = ["vision", "select", "--run", run, "--method", "random", "--fraction", "0.5",
+            "--out", os.path.join(run, out), "--quiet"]  # fmt: skip
+    _fails(argv, capsys, "a file of the run in")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+
+
+def test_a_flag_the_method_does_not_read_is_a_recorded_warning(tmp_path, capsys):
+    """``--method random --gamma 0.5 --score el2n`` keeps what ``--method random`` keeps,
+    and says (and records) that the two flags changed nothing."""
+    run = _run(tmp_path)
+    assert main(_select(run, "random", tmp_path, "--gamma", "0.5", "--score", "el2n")) == 0
+    err = capsys.readouterr().err
+    plain = np.load(tmp_path / "c.npy")
+    record = json.loads((tmp_path / "c.npy.json").read_text())
+    assert record["warnings"] == [
+        "warning: --score el2n changes nothing: --method random does not read it",
+        "warning: --gamma 0.5 changes nothing: --method random does not read it",
+    ]
+    assert all(w in err for w in record["warnings"])
+    assert main(_select(run, "random", tmp_path)) == 0
+    assert np.array_equal(np.load(tmp_path / "c.npy"), plain)
+    assert "warnings" not in json.loads((tmp_path / "c.npy.json").read_text())

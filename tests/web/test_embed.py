@@ -176,6 +176,9 @@ def cli(*args):
         (["--shards", "{shards}", "--pretrained", "{junk}", "--model", "d2tiny",
           "--model-config", TINY], "cannot load {junk} as weights of open_clip model"),
         (["--shards", "{shards}", "--model-config", "{junk}"], "{junk} is not valid JSON"),
+        # select refuses an l14 member that is not 768-d: so does embed, before any work
+        (["--shards", "{shards}", "--model", "d2tiny", "--model-config", TINY, "--prefix",
+          "l14"], "the npz prefix l14 holds 768-d embeddings, but d2tiny makes 32-d ones"),
     ],
 )  # fmt: skip
 def test_errors_are_one_line(args, message, tmp_path, web_shards):
