@@ -131,35 +131,38 @@ def resolve_device(device: str, cpu_only: str | None = None, runtime: str = "cup
     return device
 
 
-KERNEL_MODULES = ("d2scale.d2.forward", "d2scale.d2._greedy", "d2scale.graph.scan",
-                  "d2scale.graph.ivf", "d2scale.graph.probed", "d2scale.graph.dedup",
-                  "d2scale.graph.symmetric", "d2scale.graph.rerank",
-                  "d2scale.graph.small", "d2scale.pool.halfprec")  # fmt: skip
+COMPILING_NOTICE = (
+    "compiling numba kernels that this environment has not cached yet (seconds "
+    "each, on their first use only)"
+)
 
 
-def uncompiled_kernels(modules: tuple[str, ...] = KERNEL_MODULES) -> list[str]:
-    """The numba kernels of ``modules`` with no usable on-disk cache: they compile when
-    first called (seconds each, once per environment). Helpers inlined into their callers
-    (``inline="always"``) have no cache of their own and are not counted. Empty where
-    numba's cache cannot be inspected (its layout is numba's own)."""
-    import importlib
+@contextlib.contextmanager
+def announcing_compiles(say: Callable[[str], None]) -> Iterator[None]:
+    """Inside the block, say :data:`COMPILING_NOTICE` once when the first numba kernel of
+    this process compiles. numba signals only real compilations (a kernel without a usable
+    on-disk cache), so a run that compiles nothing says nothing, and a kernel that this run
+    never calls is not announced. Kernels compiled on the workers of a remote cluster are
+    not seen."""
+    from numba.core import event
 
-    from numba.core.registry import CPUDispatcher
+    class FirstCompile(event.Listener):
+        said = False
 
-    missing = []
-    for name in modules:
-        for kernel in vars(importlib.import_module(name)).values():
-            if not isinstance(kernel, CPUDispatcher):
-                continue
-            if kernel.targetoptions.get("inline") == "always":
-                continue
-            try:
-                cached = bool(kernel._cache._cache_file._load_index())
-            except Exception:  # noqa: BLE001 - numba internals: say nothing rather than fail
-                continue
-            if not cached:
-                missing.append(f"{name}.{kernel.__name__}")
-    return missing
+        def on_start(self, _event) -> None:
+            if not self.said:  # under numba's compiler lock
+                self.said = True
+                say(COMPILING_NOTICE)
+
+        def on_end(self, _event) -> None:
+            pass
+
+    listener = FirstCompile()
+    event.register("numba:compile", listener)
+    try:
+        yield
+    finally:
+        event.unregister("numba:compile", listener)
 
 
 def cpu_threads() -> int:

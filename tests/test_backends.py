@@ -1,6 +1,7 @@
 """Where work runs: the local cluster listens on loopback only, an unreachable scheduler is
 refused in seconds, and ``--device cuda`` without a GPU is refused before any work."""
 
+import importlib
 import json
 import time
 
@@ -112,13 +113,20 @@ def kernel(x):
 """
 
 
-def test_uncompiled_kernels_are_the_uncached_ones_not_inlined_helpers(tmp_path, monkeypatch):
+def test_the_first_real_compilation_is_announced_once(tmp_path, monkeypatch):
+    """Kernels without a cache compile: said once for two compilations; calling them again,
+    or loading them from their cache in a fresh dispatcher, says nothing."""
     (tmp_path / "d2scale_probe_kernels.py").write_text(KERNELS)
     monkeypatch.syspath_prepend(str(tmp_path))
     import d2scale_probe_kernels as mod
 
-    assert backends.uncompiled_kernels(("d2scale_probe_kernels",)) == [
-        "d2scale_probe_kernels.kernel"
-    ]
-    assert mod.kernel(1) == 4  # compiled and cached; the inlined helper has no cache
-    assert backends.uncompiled_kernels(("d2scale_probe_kernels",)) == []
+    said = []
+    with backends.announcing_compiles(said.append):
+        assert mod.kernel(1) == 4
+        assert mod.kernel(1.5) == 5.0  # a second signature: a second compilation
+    assert said == [backends.COMPILING_NOTICE]
+    mod = importlib.reload(mod)  # a fresh dispatcher: loads both from their cache
+    with backends.announcing_compiles(said.append):
+        assert mod.kernel(3) == 8
+        assert mod.kernel(2.5) == 7.0
+    assert said == [backends.COMPILING_NOTICE]

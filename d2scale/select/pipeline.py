@@ -16,12 +16,12 @@ import pyarrow.parquet as pq
 
 from d2scale import __version__, io
 from d2scale.backends import (
+    announcing_compiles,
     check_cluster_options,
     cluster_facts,
     dask_client,
     peak_rss_bytes,
     resolve_device,
-    uncompiled_kernels,
     worker_peak_rss,
 )
 from d2scale.d2.reverse import cpu_only_variant
@@ -90,11 +90,8 @@ def select(
     started = time.time()
     pool = pool or open_pool_or_sample(params.metadata_dir, progress)
     progress(f"pool {pool.url}: {plural(pool.n, 'row')} in {plural(len(pool.shards), 'shard')}")
-    if uncompiled_kernels():
-        progress("kernels not yet compiled in this environment compile when first used "
-                 "(about 10-20 s in all on a first run; cached afterwards)")  # fmt: skip
     stages = Stages(io.join(params.out, "work"), progress, timings)
-    with _client(params, client) as client:
+    with _client(params, client) as client, announcing_compiles(progress):
         chain, uids, scores, budgets = _run_stages(
             params, steps, rule, pool, stages, client, progress
         )
