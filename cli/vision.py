@@ -253,16 +253,7 @@ def _say(args):
     events; a ``warning:`` line prints even with ``--quiet`` (it reports a degraded result)."""
     from d2scale.progress import Progress
 
-    progress = Progress(args.quiet, log_json=args.log_json)
-    loud = args.quiet and args.log_json != "-"
-
-    def say(message: str) -> None:
-        if loud and message.startswith("warning:"):
-            print(f"d2scale: {message}", file=sys.stderr, flush=True)
-        progress(message)
-
-    say.close = progress.close
-    return say
+    return Progress(args.quiet, log_json=args.log_json)
 
 
 def _with_progress(run):

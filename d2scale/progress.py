@@ -21,6 +21,7 @@ HEARTBEAT_S = 10.0  # silence after which the heartbeat repeats what is running,
 _COUNT = re.compile(r"^(?P<label>.+?): (?P<done>\d+)/(?P<total>\d+)(?: (?P<unit>[\w ]+))?$")
 _METER = "{desc}: {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, {rate_fmt}]"
 _TALLY = "{desc}: {n_fmt} {unit} [{elapsed}, {rate_fmt}]"  # a count whose total is unknown
+_WARNING = re.compile(r"(^|: )warning: ")  # "warning: …", "report: warning: …"
 
 
 class Progress:
@@ -29,7 +30,8 @@ class Progress:
     Messages of the form ``"label: 3/40 unit"`` (and :meth:`count`) are counted steps: on a
     terminal each is a live tqdm bar with count, rate and ETA; otherwise the same meter is a
     plain line at most every ``interval`` seconds and at the step's end. Other messages and
-    stage starts/ends are lines ``[d2scale   3.2s] message``. ``quiet`` prints nothing;
+    stage starts/ends are lines ``[d2scale   3.2s] message``. ``quiet`` prints nothing but
+    warnings (``warning: …``, as ``d2scale: warning: …``: they report a degraded result);
     ``log_json`` (a path; ``"-"``: stderr, instead of the human output) receives one JSON
     object per event (``event``: message, stage, progress, heartbeat; ``time``,
     ``elapsed_s``). With ``heartbeat`` (seconds; the commands use :data:`HEARTBEAT_S`), a
@@ -48,6 +50,7 @@ class Progress:
     ) -> None:
         self.stream = stream or sys.stderr
         self.quiet = quiet or log_json == "-"
+        self.loud_warnings = quiet and log_json != "-"  # JSON on stderr carries them itself
         self.tty = _isatty(self.stream) if tty is None else tty
         self.interval = interval
         self.start = time.perf_counter()
@@ -76,6 +79,9 @@ class Progress:
         self.marks[_scoped(scope, message)] = time.perf_counter()
         self._running(_scoped(scope, message))
         self.event("message", message=message, scope=scope)
+        if self.loud_warnings and _WARNING.search(message):
+            with self.lock:
+                print(f"d2scale: {_scoped(scope, message)}", file=self.stream, flush=True)
         self._line(_scoped(scope, message))
 
     def stage(

@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+from clirun import run_cli
+
 from d2scale.progress import Progress
 
 
@@ -54,6 +56,34 @@ def test_quiet_prints_nothing_but_still_logs_json(tmp_path):
     assert [e["event"] for e in events] == ["stage", "progress", "stage"]
     assert events[1] | {"label": "knn graph: search", "done": 2, "total": 4} == events[1]
     assert events[2]["status"] == "done" and events[2]["seconds"] == 1.25
+
+
+def test_quiet_still_prints_warnings_once_and_json_on_stderr_carries_them_itself():
+    out = io.StringIO()
+    progress = Progress(quiet=True, stream=out, tty=False)
+    progress("pool: 1,000 rows")
+    progress("warning: --gamma 0.5 changes nothing")
+    progress.say("warning: a class emptied", scope="bucket a")
+    progress("report: warning: figure not drawn")
+    progress.close()
+    assert out.getvalue().splitlines() == [
+        "d2scale: warning: --gamma 0.5 changes nothing",
+        "d2scale: bucket a: warning: a class emptied",
+        "d2scale: report: warning: figure not drawn",
+    ]
+    out = io.StringIO()
+    Progress(quiet=True, log_json="-", stream=out, tty=False)("warning: x")
+    assert [json.loads(line)["message"] for line in lines(out)] == ["warning: x"]
+
+
+def test_select_quiet_prints_its_warning(small_pool, tmp_path):
+    """``select --quiet`` prints nothing but a degraded result's warning."""
+    result = run_cli("select", "--metadata-dir", small_pool, "--method", "random", "--gamma",
+                     "0.5", "--fraction", "0.5", "--out", tmp_path / "o", "--quiet")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "d2scale: warning: --gamma 0.5 changes nothing: no step of --method/--then reads it"
+    ]
 
 
 def test_log_json_dash_replaces_the_human_lines():
