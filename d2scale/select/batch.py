@@ -237,7 +237,7 @@ def _value(name: str, value, where: str):
         if p.kind == "steps" and isinstance(value, str):
             value = [value]
         if p.kind == "fractions" and isinstance(value, list):
-            value = sorted(set(value)) if all(isinstance(v, (int, float)) for v in value) else value
+            value = sorted(value) if all(isinstance(v, (int, float)) for v in value) else value
         return p.check(value)
     except D2ScaleError as e:
         raise D2ScaleError(f"{where}: {e}") from None
