@@ -185,6 +185,33 @@ def test_jobs_are_checked_against_the_parameter_table(doc, message):
         parse_batch(doc)
 
 
+@pytest.mark.parametrize("where", ["log"])
+def test_an_out_or_log_in_a_buckets_pool_is_refused_first(pools, tmp_path, where):
+    """out: each bucket failed, but summary.json and index.html were written into the
+    pool; --log-json: appended to a pool file (select and graph refused it)."""
+    pool = tmp_path / "a"
+    shutil.copytree(pools / "a", pool)
+    before = sorted(os.listdir(pool))
+    out = "a" if where == "out" else "out"
+    jobs = write_jobs(tmp_path / "jobs.yaml", {"out": out, "defaults": DEFAULTS, "buckets": [
+        {"name": "x", "metadata_dir": "a*"}]})  # fmt: skip
+    log = ("--log-json", pool / "00000000.parquet") if where == "log" else ()
+    proc = batch_cli(jobs, *log)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "inside the metadata directory" in proc.stderr
+    assert sorted(os.listdir(pool)) == before and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["summary.json", "x/run.json"])
+def test_a_batch_log_that_is_an_output_file_is_refused(pools, tmp_path, name):
+    jobs = write_jobs(tmp_path / "jobs.yaml", {"out": "out", "defaults": DEFAULTS, "buckets": [
+        {"name": "x", "metadata_dir": str(pools / "a")}]})  # fmt: skip
+    (tmp_path / "out" / "x").mkdir(parents=True)  # a rerun: the log can be opened
+    proc = batch_cli(jobs, "--log-json", tmp_path / "out" / name)
+    assert proc.returncode == 1 and "the JSON log" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out" / "x" / "uids.npy").exists()
+
+
 def test_cli_errors_are_one_line(tmp_path):
     bad = write_jobs(tmp_path / "jobs.yaml", {"out": "o", "buckets": [
         {"name": "a", "metadata_dir": "x", "seed": -1}]})  # fmt: skip

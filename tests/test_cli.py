@@ -193,6 +193,16 @@ def test_a_json_log_in_the_pool_is_refused_before_it_is_written(small_pool, tmp_
     assert shard.read_bytes() == before and not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("name", ["run.json", "uids.npy", "ranking.parquet", "report.html",
+                                  "report/log.json"])  # fmt: skip
+def test_a_json_log_that_is_an_output_file_is_refused(small_pool, tmp_path, name):
+    """The commit replaces the output files: the events logged after it were lost."""
+    out = tmp_path / "o"
+    proc = run("select", "--metadata-dir", small_pool, "--out", out, "--log-json", out / name)
+    assert_one_line_error(proc, f"the JSON log {out / name} is a file written into {out}")
+    assert not out.exists()
+
+
 def test_mp_on_a_saved_graph(selected, tmp_path):
     gdir = graph_dir(selected)
     n = np.load(gdir / "neighbors.npy", mmap_mode="r").shape[0]

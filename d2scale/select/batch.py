@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from d2scale import io
 from d2scale.errors import D2ScaleError
 from d2scale.params import PARAMS, SelectParams
-from d2scale.pool.buckets import resolve_pool, union_pool
+from d2scale.pool.buckets import pool_directories, resolve_pool, union_pool
 from d2scale.pool.sources import Pool
 from d2scale.progress import Progress, ProgressFn
 from d2scale.select.chain import chain_steps, keep_rule
@@ -263,6 +263,27 @@ def _resolve(path: str, base_dir: str) -> str:
         return path
     path = os.path.expanduser(io.local_path(path))
     return os.path.normpath(os.path.join(base_dir, path))
+
+
+def check_outside_pools(batch: Batch, log_json: str | None = None) -> None:
+    """Refuse, before any work, a ``--log-json`` in a bucket's pool or that is a file the
+    batch writes (it would be replaced)."""
+    from d2scale.select.pipeline import check_log_not_an_output, check_log_outside_pool
+    from d2scale.select.report import INDEX_HTML
+
+    for bucket in batch.buckets:
+        for directory in pool_directories(bucket.spec):
+            check_log_outside_pool(log_json, directory)
+    outs = [b.params.out for b in batch.buckets]
+    for out in [batch.global_params.out] if batch.global_params else outs:
+        check_log_not_an_output(log_json, out)
+    if log_json not in (None, "-") and io.is_local(log_json) and io.is_local(batch.out):
+        log = os.path.realpath(io.local_path(log_json))
+        for name in (SUMMARY, INDEX_HTML):
+            if log == os.path.realpath(io.join(io.local_path(batch.out), name)):
+                raise D2ScaleError(
+                    f"the JSON log {log_json} is the batch's {name}; choose another --log-json."
+                )
 
 
 # ---------------------------------------------------------------- running

@@ -46,7 +46,7 @@ from d2scale.select.chain import (
     unread_flags,
 )
 from d2scale.select.graph_stage import graph_stage
-from d2scale.select.sinks import write_outputs
+from d2scale.select.sinks import is_output_file, write_outputs
 from d2scale.stages import Stages, stage_key
 from d2scale.types import EmbeddingBlocks, SubsetBlocks
 
@@ -252,11 +252,14 @@ def _memory(client, remote: bool) -> dict:
     return facts
 
 
+REPORT_FILES = ("report.html", "report")  # the report of a select output directory
+
+
 def remove_report(out: str) -> None:
     """Remove ``report.html`` and ``report/`` of an earlier run (``d2scale report`` remakes
     them from the committed set)."""
-    io.remove(io.join(out, "report.html"))
-    io.remove(io.join(out, "report"), recursive=True)
+    io.remove(io.join(out, REPORT_FILES[0]))
+    io.remove(io.join(out, REPORT_FILES[1]), recursive=True)
 
 
 def open_pool_or_sample(metadata_dir: str | None, progress: ProgressFn) -> Pool:
@@ -290,6 +293,22 @@ def check_log_outside_pool(log_json: str | None, metadata_dir: str | None) -> No
     pool is read, so ``--log-json pool/x.parquet`` would damage a shard."""
     if log_json not in (None, "-") and metadata_dir is not None:
         check_out_outside_pool(log_json, metadata_dir, "the JSON log", "a --log-json")
+
+
+def check_log_not_an_output(log_json: str | None, out: str) -> None:
+    """Refuse a ``--log-json`` that is a file ``select`` writes into ``out`` (run.json,
+    uids*.npy, ranking.parquet; the report, removed by every run): the events logged after
+    the commit would go to the replaced file and be lost."""
+    if log_json in (None, "-") or not (io.is_local(log_json) and io.is_local(out)):
+        return
+    out_path = os.path.realpath(io.local_path(out))
+    directory, name = os.path.split(os.path.realpath(io.local_path(log_json)))
+    report = directory == os.path.join(out_path, REPORT_FILES[1])
+    if report or (directory == out_path and (is_output_file(name) or name == REPORT_FILES[0])):
+        raise D2ScaleError(
+            f"the JSON log {log_json} is a file written into {out}; choose a --log-json "
+            "that is not one of its outputs."
+        )
 
 
 def embedding_blocks(pool: Pool, params, rows: np.ndarray | None = None) -> EmbeddingBlocks:
