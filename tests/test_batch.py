@@ -185,7 +185,7 @@ def test_jobs_are_checked_against_the_parameter_table(doc, message):
         parse_batch(doc)
 
 
-@pytest.mark.parametrize("where", ["log"])
+@pytest.mark.parametrize("where", ["out", "log"])
 def test_an_out_or_log_in_a_buckets_pool_is_refused_first(pools, tmp_path, where):
     """out: each bucket failed, but summary.json and index.html were written into the
     pool; --log-json: appended to a pool file (select and graph refused it)."""

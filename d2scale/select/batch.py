@@ -266,13 +266,19 @@ def _resolve(path: str, base_dir: str) -> str:
 
 
 def check_outside_pools(batch: Batch, log_json: str | None = None) -> None:
-    """Refuse, before any work, a ``--log-json`` in a bucket's pool or that is a file the
-    batch writes (it would be replaced)."""
-    from d2scale.select.pipeline import check_log_not_an_output, check_log_outside_pool
+    """Refuse, before any work, an ``out`` in a bucket's pool (each bucket would fail, and
+    summary.json and index.html would be written into the pool), and a ``--log-json`` in a
+    bucket's pool or that is a file the batch writes (it would be replaced)."""
+    from d2scale.select.pipeline import (
+        check_log_not_an_output,
+        check_log_outside_pool,
+        check_out_outside_pool,
+    )
     from d2scale.select.report import INDEX_HTML
 
     for bucket in batch.buckets:
         for directory in pool_directories(bucket.spec):
+            check_out_outside_pool(batch.out, directory, "the batch's out", "an 'out'")
             check_log_outside_pool(log_json, directory)
     outs = [b.params.out for b in batch.buckets]
     for out in [batch.global_params.out] if batch.global_params else outs:
@@ -295,6 +301,7 @@ def run_batch(batch: Batch, progress: ProgressFn | None = None, client=None) -> 
     from d2scale.backends import dask_client
 
     progress = progress or Progress()
+    check_outside_pools(batch)
     io.check_writable(batch.out)
     if client is None:
         with dask_client(batch.scheduler, batch.workers, batch.scheduler_file) as own:
