@@ -74,7 +74,7 @@ def select(
     steps = chain_steps(params)
     rule = keep_rule(params, steps)
     ignored = unread_flags(steps, params)
-    params = absolute_out(params)
+    params = absolute_paths(params)
     check_device(params, steps)
     if client is None:
         check_cluster_options(params.scheduler, params.scheduler_file, params.workers)
@@ -222,12 +222,17 @@ def _client(params: SelectParams, client) -> Iterator:
         yield own
 
 
-def absolute_out(params: SelectParams) -> SelectParams:
-    """``params`` with a local ``out`` made absolute: Dask tasks may run in another working
-    directory (a worker process's own), and must write where the driver reads."""
-    if not io.is_local(params.out):
-        return params
-    return dataclasses.replace(params, out=os.path.abspath(io.local_path(params.out)))
+def absolute_paths(params: SelectParams) -> SelectParams:
+    """``params`` with a local ``out`` made absolute (Dask tasks may run in another working
+    directory, a worker process's own, and must write where the driver reads) and a
+    relative pool path too (``run.json`` records it: ``report`` reads the pool from any
+    directory); URLs are kept as given."""
+    if io.is_local(params.out):
+        params = dataclasses.replace(params, out=os.path.abspath(io.local_path(params.out)))
+    pool = params.metadata_dir
+    if pool is not None and "://" not in pool:
+        params = dataclasses.replace(params, metadata_dir=os.path.abspath(pool))
+    return params
 
 
 def stage_rates(stages: Stages, timings: dict[str, float], n: int, edges: int | None) -> dict:
