@@ -728,3 +728,14 @@ def test_recall_of_an_exact_graph_warns_and_keys_nothing(base, tmp_path):
                    "--recall", value)  # fmt: skip
         assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "s" / "run.json").read_text())["stages"]["graph"]["reused"]
+
+
+@pytest.mark.parametrize(
+    "how", [("--buckets", str(ROWS + 1)), ("--method", f"d2:buckets={ROWS + 1}")]
+)
+def test_more_buckets_than_rows_is_refused_before_the_graph(base, tmp_path, how):
+    """Every row was a bucket of its own: no edge left, the order by forward score alone."""
+    proc = run("select", "--metadata-dir", base, "--out", tmp_path, *FAST, *how)
+    assert proc.returncode == 1 and proc.stderr.startswith("d2scale: error: "), proc.stderr
+    assert f"({ROWS + 1}) is more than the {ROWS} nodes" in proc.stderr
+    assert not [d for d in os.listdir(tmp_path / "work") if d.startswith("graph")]

@@ -220,7 +220,10 @@ def test_mp_on_a_saved_graph(selected, tmp_path):
     bad = run("mp", "--graph", gdir, "--scores", tmp_path / "short.npy", "--gamma", 0.1,
               "--out", tmp_path / "o3.npy")  # fmt: skip
     assert_one_line_error(bad, f"has {n - 1} scores but the graph has {n} rows")
-    assert not (tmp_path / "o2.npy").exists() and not (tmp_path / "o3.npy").exists()
+    bad = run("mp", "--graph", gdir, "--scores", tmp_path / "s.npy", "--gamma", 0.1,
+              "--buckets", n + 1, "--out", tmp_path / "o4.npy")  # fmt: skip
+    assert_one_line_error(bad, f"the 'buckets' parameter ({n + 1}) is more than the {n:,} nodes")
+    assert not any((tmp_path / f"o{i}.npy").exists() for i in (2, 3, 4))
 
 
 def test_mp_refuses_a_graph_with_ids_out_of_range(tmp_path):
