@@ -38,13 +38,21 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     from d2scale.progress import HEARTBEAT_S, Progress
-    from d2scale.select.batch import load_jobs, parse_batch, plan, run_batch, summary_table
+    from d2scale.select.batch import (
+        check_outside_pools,
+        load_jobs,
+        parse_batch,
+        plan,
+        run_batch,
+        summary_table,
+    )
 
     overrides = {k: getattr(args, k) for k in ("concurrency", "scheduler", "workers")}
     if args.scheduler_file is not None:  # relative to where the command runs
         overrides["scheduler_file"] = os.path.abspath(args.scheduler_file)
     batch = parse_batch(load_jobs(args.jobs), os.path.dirname(os.path.abspath(args.jobs)),
                         overrides)  # fmt: skip
+    check_outside_pools(batch, args.log_json)
     if args.dry_run:
         return _dry_run(batch, plan(batch))
     progress = Progress(args.quiet, log_json=args.log_json, heartbeat=HEARTBEAT_S)

@@ -48,6 +48,8 @@ def _build(args, options: dict, progress) -> int:
     if options["metadata_dir"] is not None:
         check_out_outside_pool(args.out, options["metadata_dir"])
     io.check_writable(args.out)
+    if config.index == "exact":
+        _warn_unread_recall(config, progress, "an exact index has no recall target")
     pool = open_pool_or_sample(options["metadata_dir"], progress)
     progress(f"pool {pool.url}: {plural(pool.n, 'row')}, {config.feature_type} features")
     cluster = (  # the torch engine runs in this process: no Dask cluster
@@ -57,6 +59,10 @@ def _build(args, options: dict, progress) -> int:
     )
     with cluster as client:
         knn, info = build_graph(pool, config, args.out, client, progress)
+    if config.index == "auto" and info.get("index") == "exact":
+        _warn_unread_recall(
+            config, progress, "--index auto built an exact graph (no recall target)"
+        )
     recall = info.get("recall")
     progress(
         f"wrote {args.out}/neighbors.npy ({knn.n:,} × {knn.k}, index {info.get('index')}, "
@@ -65,3 +71,12 @@ def _build(args, options: dict, progress) -> int:
         + ")"
     )
     return 0
+
+
+def _warn_unread_recall(config, progress, why: str) -> None:
+    """A --recall away from its default that the exact graph never reads (as ``select``
+    warns for ``--index exact --recall``)."""
+    from d2scale.params import PARAMS
+
+    if config.recall != PARAMS["recall"].default:
+        progress(f"warning: --recall {config.recall:g} changes nothing: {why}")

@@ -20,13 +20,14 @@ def add_parser(sub, epilog: str) -> None:
 def run(args) -> int:
     from d2scale.params import SelectParams
     from d2scale.progress import HEARTBEAT_S, Progress
-    from d2scale.select.pipeline import check_log_outside_pool, select
+    from d2scale.select.pipeline import check_log_not_an_output, check_log_outside_pool, select
     from d2scale.select.report import method_text
     from d2scale.select.sinks import ALL
 
     options = values(args, "select")
     quiet = options.pop("quiet")
     check_log_outside_pool(options["log_json"], options["metadata_dir"])
+    check_log_not_an_output(options["log_json"], options["out"])
     progress = Progress(quiet, log_json=options["log_json"], heartbeat=HEARTBEAT_S)
     try:
         record = select(SelectParams(**options), progress)

@@ -301,14 +301,14 @@ def check_budget(budget: Any, n: int) -> int:
 
 
 def parse_fractions(text: str) -> list[float]:
-    """``"0.1,0.2,0.3"`` → ``[0.1, 0.2, 0.3]`` (sorted, duplicates removed)."""
+    """``"0.3,0.1,0.2"`` → ``[0.1, 0.2, 0.3]`` (sorted: each fraction has its own files, so
+    their order changes nothing); an empty item is refused, duplicates by the check."""
     try:
-        values = sorted({float(t) for t in text.split(",") if t.strip()})
+        return sorted(float(t) for t in text.split(","))
     except ValueError:
         raise D2ScaleError(
             f"the 'fraction' parameter takes numbers separated by commas; got {text!r}."
         ) from None
-    return values
 
 
 def _check_fractions(values: Any) -> None:
@@ -320,6 +320,8 @@ def _check_fractions(values: Any) -> None:
             raise D2ScaleError(f"the 'fraction' parameter must be in (0, 1]; got {f!r}.")
     names: dict[str, float] = {}
     for f in values:
+        if list(values).count(f) > 1:
+            raise D2ScaleError(f"the 'fraction' parameter gives {f:g} twice; give it once.")
         if fraction_label(f) in names and names[fraction_label(f)] != f:
             raise D2ScaleError(
                 f"fractions {names[fraction_label(f)]!r} and {f!r} would both be written "

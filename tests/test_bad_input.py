@@ -710,3 +710,32 @@ def test_damaged_graph_part_is_recomputed(base, graph, tmp_path):
     proc = run("graph", "--metadata-dir", base, "--out", gdir, *FAST, "--feature-type", "image")
     assert proc.returncode == 0, proc.stderr
     assert np.array_equal(np.load(gdir / "neighbors.npy"), np.load(f"{graph}/neighbors.npy"))
+
+
+def test_recall_of_an_exact_graph_warns_and_keys_nothing(base, tmp_path):
+    """An exact graph has no recall target: `graph` warns as `select` does, and another
+    --recall resumes the same graph (it was refused) and reuses select's graph stage."""
+    gdir, recall = tmp_path / "g", "changes nothing: an exact index has no recall target"
+    proc = run("graph", "--metadata-dir", base, "--out", gdir, *FAST, "--recall", "0.5")
+    assert proc.returncode == 0 and f"d2scale: warning: --recall 0.5 {recall}" in proc.stderr
+    proc = run("graph", "--metadata-dir", base, "--out", gdir, *FAST, "--recall", "0.8")
+    assert proc.returncode == 0, proc.stderr
+    auto = ("--quiet", "--workers", "1", "--recall", "0.7")
+    proc = run("graph", "--metadata-dir", base, "--out", tmp_path / "a", *auto)
+    assert proc.returncode == 0 and "--index auto built an exact graph" in proc.stderr
+    for value in ("0.5", "0.8"):
+        proc = run("select", "--metadata-dir", base, "--out", tmp_path / "s", *FAST,
+                   "--recall", value)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "s" / "run.json").read_text())["stages"]["graph"]["reused"]
+
+
+@pytest.mark.parametrize(
+    "how", [("--buckets", str(ROWS + 1)), ("--method", f"d2:buckets={ROWS + 1}")]
+)
+def test_more_buckets_than_rows_is_refused_before_the_graph(base, tmp_path, how):
+    """Every row was a bucket of its own: no edge left, the order by forward score alone."""
+    proc = run("select", "--metadata-dir", base, "--out", tmp_path, *FAST, *how)
+    assert proc.returncode == 1 and proc.stderr.startswith("d2scale: error: "), proc.stderr
+    assert f"({ROWS + 1}) is more than the {ROWS} nodes" in proc.stderr
+    assert not [d for d in os.listdir(tmp_path / "work") if d.startswith("graph")]

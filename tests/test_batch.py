@@ -152,6 +152,11 @@ def test_dry_run_lists_and_writes_nothing(pools, tmp_path):
          "bucket 'a': 'gama' is not a parameter"),
         ({"out": "o", "buckets": [{"name": "a", "metadata_dir": "x", "fraction": 1.5}]},
          r"bucket 'a': the 'fraction' parameter must be in \(0, 1\]"),
+        ({"out": "o", "buckets": [{"name": "a", "metadata_dir": "x", "fraction": [0.3, 0.3]}]},
+         "bucket 'a': the 'fraction' parameter gives 0.3 twice"),
+        ({"out": "o", "buckets": [{"name": "a", "metadata_dir": "x", "method": "random",
+          "then": ["random:0.5", "random"], "fraction": 0.7}]},
+         "asked for 0.7 of the pool, more than the 0.5"),
         ({"out": "o", "defaults": {"n_neighbors": 0}, "buckets": [{"name": "a",
           "metadata_dir": "x"}]}, "defaults: the 'n_neighbors' parameter must be an integer"),
         ({"out": "o", "buckets": [{"name": "a", "metadata_dir": "x", "out": "y"}]},
@@ -178,6 +183,33 @@ def test_dry_run_lists_and_writes_nothing(pools, tmp_path):
 def test_jobs_are_checked_against_the_parameter_table(doc, message):
     with pytest.raises(D2ScaleError, match=message):
         parse_batch(doc)
+
+
+@pytest.mark.parametrize("where", ["out", "log"])
+def test_an_out_or_log_in_a_buckets_pool_is_refused_first(pools, tmp_path, where):
+    """out: each bucket failed, but summary.json and index.html were written into the
+    pool; --log-json: appended to a pool file (select and graph refused it)."""
+    pool = tmp_path / "a"
+    shutil.copytree(pools / "a", pool)
+    before = sorted(os.listdir(pool))
+    out = "a" if where == "out" else "out"
+    jobs = write_jobs(tmp_path / "jobs.yaml", {"out": out, "defaults": DEFAULTS, "buckets": [
+        {"name": "x", "metadata_dir": "a*"}]})  # fmt: skip
+    log = ("--log-json", pool / "00000000.parquet") if where == "log" else ()
+    proc = batch_cli(jobs, *log)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "inside the metadata directory" in proc.stderr
+    assert sorted(os.listdir(pool)) == before and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["summary.json", "x/run.json"])
+def test_a_batch_log_that_is_an_output_file_is_refused(pools, tmp_path, name):
+    jobs = write_jobs(tmp_path / "jobs.yaml", {"out": "out", "defaults": DEFAULTS, "buckets": [
+        {"name": "x", "metadata_dir": str(pools / "a")}]})  # fmt: skip
+    (tmp_path / "out" / "x").mkdir(parents=True)  # a rerun: the log can be opened
+    proc = batch_cli(jobs, "--log-json", tmp_path / "out" / name)
+    assert proc.returncode == 1 and "the JSON log" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out" / "x" / "uids.npy").exists()
 
 
 def test_cli_errors_are_one_line(tmp_path):

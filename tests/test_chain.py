@@ -65,6 +65,20 @@ def test_step_errors_are_one_sentence(small_pool, tmp_path):
         run(small_pool, tmp_path, method="keep-even", fraction=[0.8])
 
 
+@pytest.mark.parametrize(
+    ("then", "fraction"),
+    [(["random:0.5", "random:0.7"], None), (["random:0.5", "random"], [0.3, 0.7])],
+)
+def test_a_step_asked_for_more_than_an_earlier_keeps_is_refused_first(
+    small_pool, tmp_path, then, fraction
+):
+    """Refused with the steps, before any work (it was refused when the later step ran)."""
+    with pytest.raises(D2ScaleError, match="asked for 0.7 of the pool, more than the 0.5"):
+        run(small_pool, tmp_path / "o", method="random", then=then, fraction=fraction)
+    assert not (tmp_path / "o").exists()
+    run(small_pool, tmp_path / "f", method="random", then=["random:0.5", "basic:0.7"])
+
+
 def test_d2_step_options_override_the_global_flags(small_pool, tmp_path):
     """``--then d2:0.3:gamma=0.01`` selects as ``--method d2 --gamma 0.01`` on the same rows
     (clip-score without a threshold keeps every row), and differs from the default γ."""

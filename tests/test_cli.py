@@ -193,6 +193,16 @@ def test_a_json_log_in_the_pool_is_refused_before_it_is_written(small_pool, tmp_
     assert shard.read_bytes() == before and not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("name", ["run.json", "uids.npy", "ranking.parquet", "report.html",
+                                  "report/log.json"])  # fmt: skip
+def test_a_json_log_that_is_an_output_file_is_refused(small_pool, tmp_path, name):
+    """The commit replaces the output files: the events logged after it were lost."""
+    out = tmp_path / "o"
+    proc = run("select", "--metadata-dir", small_pool, "--out", out, "--log-json", out / name)
+    assert_one_line_error(proc, f"the JSON log {out / name} is a file written into {out}")
+    assert not out.exists()
+
+
 def test_mp_on_a_saved_graph(selected, tmp_path):
     gdir = graph_dir(selected)
     n = np.load(gdir / "neighbors.npy", mmap_mode="r").shape[0]
@@ -210,7 +220,10 @@ def test_mp_on_a_saved_graph(selected, tmp_path):
     bad = run("mp", "--graph", gdir, "--scores", tmp_path / "short.npy", "--gamma", 0.1,
               "--out", tmp_path / "o3.npy")  # fmt: skip
     assert_one_line_error(bad, f"has {n - 1} scores but the graph has {n} rows")
-    assert not (tmp_path / "o2.npy").exists() and not (tmp_path / "o3.npy").exists()
+    bad = run("mp", "--graph", gdir, "--scores", tmp_path / "s.npy", "--gamma", 0.1,
+              "--buckets", n + 1, "--out", tmp_path / "o4.npy")  # fmt: skip
+    assert_one_line_error(bad, f"the 'buckets' parameter ({n + 1}) is more than the {n:,} nodes")
+    assert not any((tmp_path / f"o{i}.npy").exists() for i in (2, 3, 4))
 
 
 def test_mp_refuses_a_graph_with_ids_out_of_range(tmp_path):

@@ -34,7 +34,7 @@ def invalid_texts(p: Param) -> list[str]:
     if p.kind == "bytes":
         return ["8", "8 parsecs", "1KB", "x"]
     if p.kind == "fractions":
-        return ["0", "1.5", "x", "-0.1", "0.3,0.30000000001", ""]
+        return ["0", "1.5", "x", "-0.1", "0.3,0.30000000001", "", "0.3,", "0.3,,0.5", "0.3,0.3"]
     if p.kind in ("str", "path"):
         return [""]
     return []

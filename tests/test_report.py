@@ -72,6 +72,27 @@ def test_missing_sources_leave_notes(selected, tmp_path):
     assert len(warned) == 2 and all("not drawn: the graph directory" in w for w in warned)
 
 
+def test_a_run_on_a_relative_pool_path_is_reported_from_another_directory(
+    small_pool, tmp_path, monkeypatch
+):
+    """run.json records the pool's absolute path: a relative one (kept as given) could not
+    be read by `report` run from another directory (a warning, fewer figures)."""
+    import json
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    proc = run_cli("select", "--metadata-dir", os.path.relpath(small_pool), "--out", "o",
+                   "--index", "exact", "--quiet")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["params"]["metadata_dir"] == run["input"]["metadata_dir"] == small_pool
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    proc = report_cli(tmp_path / "o")
+    assert proc.returncode == 0 and "the pool cannot be read" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("warning") == 1  # an exact graph has no IVF lists to draw
+
+
 def test_exact_graph_has_no_cluster_figure_and_a_rerun_drops_a_stale_report(small_pool, tmp_path):
     params = SelectParams(metadata_dir=small_pool, out=str(tmp_path), index="exact",
                           workers=2, report=True)  # fmt: skip

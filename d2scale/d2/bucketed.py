@@ -32,6 +32,17 @@ def contiguous_buckets(n: int, n_buckets: int) -> np.ndarray:
     return np.arange(n, dtype=np.int64) * int(n_buckets) // max(n, 1)
 
 
+def check_bucket_count(buckets: Any, n: int) -> None:
+    """Refuse a bucket count above the ``n`` nodes (``mp`` and ``select`` check it before
+    any work): each node would be a bucket of its own, no edge would be left and the reverse
+    pass would order the nodes by forward score alone."""
+    if isinstance(buckets, (int, np.integer)) and not isinstance(buckets, bool) and buckets > n:
+        raise D2ScaleError(
+            f"the 'buckets' parameter ({buckets}) is more than the {n:,} nodes: every node "
+            f"would be a bucket of its own and no edge would be left; use at most {n:,}."
+        )
+
+
 def bucket_labels(buckets: int | np.ndarray, n: int) -> np.ndarray:
     """``buckets`` as one integer label per node: a count gives :func:`contiguous_buckets`."""
     if isinstance(buckets, (int, np.integer)) and not isinstance(buckets, bool):

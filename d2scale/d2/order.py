@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from d2scale.backends import resolve_device
+from d2scale.d2.bucketed import check_bucket_count
 from d2scale.d2.exact import exact_order
 from d2scale.d2.forward import forward_on
 from d2scale.d2.reverse import cpu_only_variant, reverse_on
@@ -63,6 +64,7 @@ def d2_order(
                         ("sampling", sampling), ("greedy", greedy)):  # fmt: skip
         check(name, value)
     budget = check_budget(budget, knn.n)
+    check_bucket_count(buckets, knn.n)
     device = resolve_device(device, cpu_only_variant(greedy, buckets))
     timings: dict[str, float] = {}
     if device == "cpu" and greedy == "exact" and buckets is None:

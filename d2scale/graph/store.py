@@ -244,9 +244,13 @@ def _read_json(path: str) -> dict:
 
 
 def _param_diff(old: dict, new: dict) -> str:
-    keys = sorted(set(old) | set(new))
+    keys = set(old) | set(new)
+    if new.get("index") == "exact":  # no recall target (older manifests still hold one)
+        keys.discard("recall")
     return ", ".join(
-        f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)
+        f"{k}: {old.get(k)!r} then, {new.get(k)!r} now"
+        for k in sorted(keys)
+        if old.get(k) != new.get(k)
     )
 
 

