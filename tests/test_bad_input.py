@@ -498,7 +498,11 @@ def command_line(bad: Bad, command: str, pool: str, out: str, case_dir: str, gra
         np.save(os.path.join(case_dir, "good.npy"), np.linspace(0.1, 0.9, ROWS))
         return ["mp", "--graph", graph, "--scores", f"{case_dir}/good.npy", "--gamma", "0.1",
                 "--out", f"{out}/order.npy", "--quiet", *extra]  # fmt: skip
-    fast = FAST if "--scheduler" not in extra else ("--quiet", "--index", "exact")  # no --workers
+    fast = ["--quiet"]
+    if "--scheduler" not in extra:  # --workers sizes only the local cluster
+        fast += ["--workers", "1"]
+    if "--graph" not in extra:  # a given graph is used as built: --index would warn
+        fast += ["--index", "exact"]
     return [command, "--metadata-dir", pool, "--out", out, *fast, *extra]
 
 
