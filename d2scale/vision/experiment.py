@@ -28,7 +28,7 @@ from d2scale.io import atomic_path, save_json, save_npy
 from d2scale.vision import runs
 from d2scale.vision.coresets import CoresetParams, select_coreset
 from d2scale.vision.dynamics import score_name
-from d2scale.vision.params import QUOTERS
+from d2scale.vision.params import QUOTERS, VISION
 from d2scale.vision.prune import SCORERS, PruneParams, run_prune
 from d2scale.vision.registry import METHODS
 from d2scale.vision.train import train
@@ -59,6 +59,22 @@ def parse_methods(text: str) -> list[MethodSpec]:
     return specs
 
 
+def check_axes(fractions: list[float], **axes: list) -> None:
+    """Refuse, before any training, a fraction out of range and a grid that would run a cell
+    twice: an item of ``--fractions`` or of ``axes`` (flag name → items) given twice, or two
+    fractions that name one cell directory (``0.3`` and ``0.3000001`` are both ``-0.3``)."""
+    param = VISION["fraction"]
+    bad = next((f for f in fractions if not param._in_range(f)), None)
+    if bad is not None:
+        raise D2ScaleError(f"--fractions must be {param.range_text()}; got {bad:g}.")
+    for flag, items in {"fractions": [f"{f:g}" for f in fractions], **axes}.items():
+        twice = next((x for i, x in enumerate(items) if x in items[:i]), None)
+        if twice is not None:
+            why = " (a cell directory names a fraction to 6 digits)" * (flag == "fractions")
+            raise D2ScaleError(f"--{flag.replace('_', '-')} names {twice} twice{why}; "
+                               "give each once.")  # fmt: skip
+
+
 def run_experiment(
     data,
     model: str,
@@ -73,6 +89,7 @@ def run_experiment(
     bars: bool = False,
 ) -> list[dict]:
     """Run the grid (resuming finished cells) and write the results files; the records."""
+    check_axes(fractions, methods=[spec.label for spec in methods], seeds=seeds)
     bars = progress if bars else None  # training reports batches through ``progress``
     records = []
     for seed in seeds:
@@ -211,6 +228,10 @@ def run_drop_experiment(
     --strategy dp`` for every (scorer+quoter, CDB-W, recall smoothing, fraction) — smoothing
     only where recalls are used (DRoP quotas, CDB-W); query models are shared through
     ``out/query-cache``. Writes the same results files as :func:`run_experiment`."""
+    labels = [s + f"+{q}" * (q != "none") for s, q in methods]
+    cdbw_items = ["on" if w else "off" for w in cdbw]
+    check_axes(fractions, methods=labels, seeds=seeds, cdbw=cdbw_items,
+               recall_smoothing=list(smoothings))  # fmt: skip
     bars = progress if bars else None  # training reports batches through ``progress``
     records = []
     cache = os.path.join(out, "query-cache")

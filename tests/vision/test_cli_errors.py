@@ -76,6 +76,34 @@ CASES = [
         "--fractions must be a comma list of numbers",
     ),
     (["experiment", "--dataset", "digits", "--seeds", "a", "--out", "G"], "--seeds: expected"),
+    # a grid cell given twice, or two fractions naming one cell, before any training
+    (
+        ["experiment", "--dataset", "digits", "--fractions", "0.3,0.3000001", "--out", "G"],
+        "--fractions names 0.3 twice",
+    ),
+    (["experiment", "--dataset", "digits", "--seeds", "0,0", "--out", "G"], "--seeds names 0"),
+    (
+        ["experiment", "--dataset", "digits", "--methods", "d2,random,d2", "--out", "G"],
+        "--methods names d2 twice",
+    ),
+    (
+        [
+            "experiment",
+            "--dataset",
+            "digits",
+            "--protocol",
+            "drop",
+            "--cdbw",
+            "on,on",
+            "--out",
+            "G",
+        ],
+        "--cdbw names on twice",
+    ),  # fmt: skip
+    (
+        ["experiment", "--dataset", "digits", "--fractions", "0.3,1.5", "--out", "G"],
+        "--fractions must be in (0, 1]; got 1.5.",
+    ),
     (
         [
             "experiment",
