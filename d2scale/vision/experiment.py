@@ -7,19 +7,22 @@ fraction). Layout of ``out``::
 
     seed-<s>/full/                 full-data run (D2 grid: dynamics.npz, features.npy)
     seed-<s>/<method>-<fraction>/  a cell: coreset.npy + selection.json, or a prune run
+    grid.json                      what every cell depends on besides its method, fraction, seed
     query-cache/                   DRoP grid: query models shared by the cells
     results.json  results.md  accuracy.png
 
-A cell whose ``metrics.json`` exists is skipped, so a rerun resumes the grid.
+A cell whose ``metrics.json`` exists is skipped, so a rerun resumes the grid; a rerun with
+other data, model, training recipe or selection settings is refused (``grid.json``).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -31,7 +34,9 @@ from d2scale.vision.dynamics import score_name
 from d2scale.vision.params import QUOTERS, VISION
 from d2scale.vision.prune import SCORERS, PruneParams, run_prune
 from d2scale.vision.registry import METHODS
-from d2scale.vision.train import train
+from d2scale.vision.train import TRAINING_VERSION, train
+
+GRID_FILE = "grid.json"
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,36 @@ def check_axes(fractions: list[float], **axes: list) -> None:
                                "give each once.")  # fmt: skip
 
 
+def check_grid(out: str, identity: dict) -> None:
+    """Record in ``out/grid.json`` what every cell depends on besides its method, fraction and
+    seed, or refuse ``out`` when it holds a grid made with other values: its finished cells
+    would be read as they are and mixed with new ones. A grid without the file (made before
+    it was written) gets it."""
+    identity = json.loads(json.dumps(identity, default=str))  # as it reads back
+    path = os.path.join(out, GRID_FILE)
+    if not os.path.isfile(path):
+        save_json(path, identity)
+        return
+    try:
+        with open(path) as f:
+            recorded = json.load(f)
+    except (OSError, ValueError) as e:
+        raise D2ScaleError(f"cannot read {path}: {e}; use another --out.") from None
+    for key in sorted(set(identity) | set(recorded)):
+        if recorded.get(key) != identity.get(key):
+            raise D2ScaleError(
+                f"{out} holds a grid made with {key} {recorded.get(key)!r}, not "
+                f"{identity.get(key)!r} (its finished cells would be reused); use another --out."
+            )
+
+
+def _identity(protocol: str, data, model: str, recipe, select_params: dict, **extra) -> dict:
+    """The values every cell of a grid depends on (:func:`check_grid`)."""
+    return {"protocol": protocol, "training_version": TRAINING_VERSION, "dataset": data.name,
+            "n_train": data.size("train"), "model": model, **asdict(recipe), **select_params,
+            **extra}  # fmt: skip
+
+
 def run_experiment(
     data,
     model: str,
@@ -90,6 +125,7 @@ def run_experiment(
 ) -> list[dict]:
     """Run the grid (resuming finished cells) and write the results files; the records."""
     check_axes(fractions, methods=[spec.label for spec in methods], seeds=seeds)
+    check_grid(out, _identity("d2", data, model, recipe, select_params))
     bars = progress if bars else None  # training reports batches through ``progress``
     records = []
     for seed in seeds:
@@ -232,6 +268,7 @@ def run_drop_experiment(
     cdbw_items = ["on" if w else "off" for w in cdbw]
     check_axes(fractions, methods=labels, seeds=seeds, cdbw=cdbw_items,
                recall_smoothing=list(smoothings))  # fmt: skip
+    check_grid(out, _identity("drop", data, model, recipe, select_params, num_inits=num_inits))
     bars = progress if bars else None  # training reports batches through ``progress``
     records = []
     cache = os.path.join(out, "query-cache")

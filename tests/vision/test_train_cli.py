@@ -177,6 +177,12 @@ def test_experiment_grid_writes_results_and_resumes(tmp_path, capsys):
     mtime = os.path.getmtime(os.path.join(out, "seed-0", "d2-0.3", "metrics.json"))
     _ok(argv, capsys)  # every cell finished: nothing is retrained
     assert os.path.getmtime(os.path.join(out, "seed-0", "d2-0.3", "metrics.json")) == mtime
+    # other settings would mix new cells with the finished ones: refused, nothing written
+    for flag, value, message in [("--epochs", "2", "with epochs 1, not 2"),
+                                 ("--gamma", "0.5", "with gamma 0.1, not 0.5")]:  # fmt: skip
+        _fails([*argv, flag, value, "--seeds", "1"], capsys, message)
+    assert not os.path.exists(os.path.join(out, "seed-1"))
+    _ok([*argv, "--seeds", "1", "--methods", "random"], capsys)  # more cells: the grid grows
 
 
 def test_interrupted_training_resumes_to_the_same_model(tmp_path, monkeypatch):
