@@ -147,10 +147,13 @@ def run_prune(data, model: str, recipe, params: PruneParams, out: str, *, progre
     """The DRoP workflow; writes ``out/metrics.json`` (and ``kept.npy``) and returns metrics;
     ``extra`` entries (e.g. the device request, warnings) are recorded in the metrics."""
     params.validate()
+    n, targets = data.size("train"), data.targets("train")
+    sizes = target_sizes(params, n)
+    if sizes[-1] == 0:  # before any query model is trained
+        raise D2ScaleError(f"--final-frac {params.final_frac} keeps no sample of {n:,}.")
     extra = {**(extra or {}), **_mc_check(data, model, params)}
     bars = progress if bars else None  # training reports batches through ``progress``
     t0 = time.perf_counter()
-    n, targets = data.size("train"), data.targets("train")
     cache = query_cache or os.path.join(out, "query")
     kept = (
         np.arange(n)
@@ -158,7 +161,7 @@ def run_prune(data, model: str, recipe, params: PruneParams, out: str, *, progre
         else initial_labelled(n, params.init_frac, params.seed)
     )
     history, timings = [], {"query": 0.0, "select": 0.0}
-    for t, size in enumerate(target_sizes(params, n)):
+    for t, size in enumerate(sizes):
         progress(f"iteration {t + 1}/{params.iterations}: {len(kept):,} → {size:,} samples")
         t1 = time.perf_counter()
         query = _query(data, model, recipe, params, kept, t, cache, bars)

@@ -119,6 +119,15 @@ def test_a_fraction_that_keeps_nothing_is_refused(tmp_path, capsys):
     )
 
 
+def test_a_final_frac_that_keeps_nothing_is_refused_before_training(tmp_path, capsys):
+    """``prune --final-frac 0.0001`` of 1,078 samples trained a query model, then failed in
+    the final recipe with a ZeroDivisionError traceback."""
+    out = tmp_path / "p"
+    argv = ["vision", "prune", "--dataset", "digits", "--epochs", "1", "--out", str(out)]
+    _fails([*argv, "--final-frac", "0.0001", "--quiet"], capsys, "keeps no sample of 1,078")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("out", ["features.npy", "metrics", "./dynamics.npz"])
 def test_a_coreset_out_over_a_file_of_the_run_is_refused(tmp_path, capsys, out):
     """``--out RUN/features.npy`` (or RUN/metrics, whose record is RUN/metrics.json) would
