@@ -90,7 +90,9 @@ def _needs_vision_extra(command: str, error: ImportError):
 
 def run_embed(args) -> int:
     try:
+        from d2scale.web.embed import MANIFEST as EMBED_MANIFEST
         from d2scale.web.embed import EmbedParams, embed
+        from d2scale.web.webdata import check_log_json, expand_shards
     except ImportError as e:
         raise _needs_vision_extra("embed", e) from None
 
@@ -106,6 +108,8 @@ def run_embed(args) -> int:
         threads=args.threads,
         seed=args.seed,
     )
+    inputs = [args.pretrained, args.model_config, *expand_shards(args.shards)]
+    check_log_json(args.log_json, inputs, args.out, (EMBED_MANIFEST,))
     progress = _progress(args)
     try:
         record = embed(params, progress)
@@ -157,7 +161,9 @@ def add_export_parser(sub, epilog: str) -> None:
 
 def run_export(args) -> int:
     try:
-        from d2scale.web.export import ExportParams, export
+        from d2scale.web.export import MANIFEST as EXPORT_MANIFEST
+        from d2scale.web.export import MISSING, ExportParams, export
+        from d2scale.web.webdata import check_log_json, expand_shards
     except ImportError as e:
         raise _needs_vision_extra("export", e) from None
 
@@ -168,6 +174,8 @@ def run_export(args) -> int:
         samples_per_shard=args.samples_per_shard,
         require_all=args.require_all,
     )
+    inputs = [args.uids, *expand_shards(args.shards)]
+    check_log_json(args.log_json, inputs, args.out, (EXPORT_MANIFEST, MISSING))
     progress = _progress(args)
     try:
         record = export(params, progress)

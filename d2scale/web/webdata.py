@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import posixpath
 import re
 import sys
@@ -203,6 +204,28 @@ def refuse_foreign_files(out: str, exts: tuple[str, ...], ours: set[str], what: 
             f"{out} already holds {others[0]} ({len(others)} such files in all), which is not "
             f"part of this {what} and would sit beside its files; write into an empty "
             "directory or remove them"
+        )
+
+
+def check_log_json(
+    log_json: str | None, inputs: list[str | None], out: str, written: tuple[str, ...]
+) -> None:
+    """Refuse a ``--log-json`` that is one of the local ``inputs`` (the log is appended to it
+    before it is read: a shard or subset file would be damaged) or a file the command writes
+    into ``out`` (a name in ``written`` or a ``.tar``/``.parquet``/``.npz``: each is replaced
+    when written, and the events logged after it would be lost)."""
+    if log_json in (None, "-") or not io.is_local(log_json):
+        return
+    log = os.path.realpath(io.local_path(log_json))
+    files = [io.local_path(u) for u in inputs if u and io.is_local(u)]
+    if any(os.path.isfile(f) and os.path.realpath(f) == log for f in files):
+        raise D2ScaleError(f"the JSON log {log_json} is an input file; choose another --log-json.")
+    directory, name = os.path.split(log)
+    in_out = io.is_local(out) and directory == os.path.realpath(io.local_path(out))
+    if in_out and (name in written or name.lower().endswith((".tar", ".parquet", ".npz"))):
+        raise D2ScaleError(
+            f"the JSON log {log_json} is a file written into {out}; choose a --log-json "
+            "that is not one of its outputs."
         )
 
 

@@ -176,6 +176,12 @@ def cli(*args):
         (["--shards", "{shards}", "--pretrained", "{junk}", "--model", "d2tiny",
           "--model-config", TINY], "cannot load {junk} as weights of open_clip model"),
         (["--shards", "{shards}", "--model-config", "{junk}"], "{junk} is not valid JSON"),
+        # the log is appended to from the start: it would damage an input file, or be lost
+        # when the output file it is gets replaced
+        (["--shards", "{shards}", "--log-json", "{tmp}/out/embed.json"],
+         "the JSON log {tmp}/out/embed.json is a file written into {tmp}/out;"),
+        (["--shards", "{shards}", "--model", "d2tiny", "--model-config", TINY, "--pretrained",
+          "{junk}", "--log-json", "{junk}"], "the JSON log {junk} is an input file;"),
         # select refuses an l14 member that is not 768-d: so does embed, before any work
         (["--shards", "{shards}", "--model", "d2tiny", "--model-config", TINY, "--prefix",
           "l14"], "the npz prefix l14 holds 768-d embeddings, but d2tiny makes 32-d ones"),

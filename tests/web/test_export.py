@@ -3,7 +3,9 @@
 import json
 import os
 import re
+import shutil
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -141,6 +143,25 @@ def test_cli_reports_missing_uids_and_errors_in_one_line(web_shards, chosen, tmp
     proc = cli("--uids", tmp_path / "bad.npy", "--shards", pattern, "--out", tmp_path / "c")
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
     assert "must hold a 1-D array of dtype u8,u8" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "log", ["{shards}/00000.tar", "{subset}", "{out}/export.json", "{out}/00000000.tar",
+            "{out}/missing_uids.npy"],
+)  # fmt: skip
+def test_a_log_json_over_an_input_or_an_output_is_refused(web_shards, chosen, tmp_path, log):
+    """The log is appended to from the start: an input shard or the subset file was damaged;
+    a file the export writes replaced it, and the events logged after that were lost."""
+    shards = tmp_path / "shards"
+    shutil.copytree(os.path.dirname(web_shards[0]), shards)
+    subset, out = Path(chosen[1]), tmp_path / "out"
+    out.mkdir()
+    before = {p: p.read_bytes() for p in [*shards.iterdir(), subset]}
+    path = log.format(shards=shards, subset=subset, out=out)
+    proc = cli("--uids", subset, "--shards", f"{shards}/*.tar", "--out", out, "--log-json", path)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"d2scale: error: the JSON log {path} is ")
+    assert {p: p.read_bytes() for p in before} == before and not os.listdir(out)
 
 
 def test_stale_shards_of_an_earlier_export_are_refused(web_shards, chosen, tmp_path):
