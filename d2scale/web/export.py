@@ -20,6 +20,7 @@ an output directory holding shard files that are not this export's.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,7 +62,17 @@ class ExportParams:
 
     def validate(self) -> ExportParams:
         check_option(WEB["samples_per_shard"], self.samples_per_shard)
+        missing = io.join(self.out, MISSING)
+        if io.is_local(self.uids) and io.is_local(missing) and _same_file(self.uids, missing):
+            raise D2ScaleError(
+                f"--uids {self.uids} is the {MISSING} this export writes into {self.out}; "
+                "copy it out of that directory first."
+            )
         return self
+
+
+def _same_file(a: str, b: str) -> bool:
+    return os.path.realpath(io.local_path(a)) == os.path.realpath(io.local_path(b))
 
 
 def load_subset(path: str) -> np.ndarray:

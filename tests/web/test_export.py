@@ -164,6 +164,19 @@ def test_a_log_json_over_an_input_or_an_output_is_refused(web_shards, chosen, tm
     assert {p: p.read_bytes() for p in before} == before and not os.listdir(out)
 
 
+def test_a_subset_file_that_is_the_missing_uids_file_it_writes_is_refused(web_shards, tmp_path):
+    """``--uids OUT/missing_uids.npy --out OUT`` replaced the user's subset file with the
+    (here empty) list of missing uids."""
+    pattern, by_uid = web_shards
+    out = tmp_path / "out"
+    out.mkdir()
+    subset = save_subset(out / "missing_uids.npy", sorted(by_uid)[:5])
+    kept = Path(subset).read_bytes()
+    with pytest.raises(D2ScaleError, match="is the missing_uids.npy this export writes"):
+        export(ExportParams(subset, pattern, str(out)), QUIET)
+    assert Path(subset).read_bytes() == kept and os.listdir(out) == ["missing_uids.npy"]
+
+
 def test_stale_shards_of_an_earlier_export_are_refused(web_shards, chosen, tmp_path):
     pattern, _ = web_shards
     _, subset = chosen
