@@ -12,6 +12,9 @@ import argparse
 import contextlib
 import difflib
 import importlib
+import io
+import os
+import select
 import signal
 import sys
 import threading
@@ -22,6 +25,7 @@ EPILOG = "Docs: README.md. Errors print one line and exit with status 1."
 COMMANDS = ("select", "batch", "report", "graph", "mp", "synth", "methods", "web", "vision",
             "bench")  # fmt: skip
 INTERRUPTED = 130  # the shell's status for a SIGINT
+BROKEN_PIPE = 141  # the shell's status for a SIGPIPE: the reader of stdout stopped (| head)
 
 
 class Parser(argparse.ArgumentParser):
@@ -63,12 +67,32 @@ def _main(argv: list[str] | None) -> int:
     except D2ScaleError as e:
         print(f"d2scale: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError as e:
+        if _stdout_closed():  # `d2scale methods | head`: stop quietly, as other tools do
+            return BROKEN_PIPE
+        print(f"d2scale: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
     except (OSError, MemoryError) as e:
         print(f"d2scale: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("d2scale: interrupted", file=sys.stderr)
         return INTERRUPTED
+
+
+def _stdout_closed() -> bool:
+    """True when stdout is a pipe whose reader has gone (poll reports an error on it); its
+    file descriptor then points to /dev/null, so that flushing it at exit does not fail."""
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if not any(events & select.POLLERR for _, events in poller.poll(0)):
+            return False
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):  # no fd, no poll
+        return False
+    return True
 
 
 @contextlib.contextmanager

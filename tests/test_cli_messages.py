@@ -3,6 +3,9 @@ closest flag), help for a bare ``d2scale``, a default for every flag, flags in t
 their own command, and counts in the singular where there is one."""
 
 import argparse
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -68,3 +71,22 @@ def test_synth_counts_its_shards(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path / "p"), "--rows", "300", "--shards", "3"]) == 0
     err = capsys.readouterr().err
     assert "synth: 3/3 shards" in err, err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["methods"],
+        ["vision", "quotas", "--counts", "3,5", "--fraction", "1", "--quoter", "uniform"],
+    ],
+)
+def test_a_reader_that_stops_early_ends_it_quietly(argv):
+    """``d2scale methods | head -1`` printed ``d2scale: error: BrokenPipeError`` and exited 1;
+    it stops as other tools do: no line, the shell's SIGPIPE status."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    code = f"from d2scale.cli.main import main; raise SystemExit(main({argv!r}))"
+    proc = subprocess.run([sys.executable, "-c", code], stdout=write, stderr=subprocess.PIPE,
+                          text=True, timeout=120)  # fmt: skip
+    os.close(write)
+    assert (proc.returncode, proc.stderr) == (141, "")
