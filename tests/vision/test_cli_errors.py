@@ -14,6 +14,10 @@ CASES = [
     (["train", "--dataset", "digits", "--model", "vit", "--out", "R"], "choose from resnet18"),
     (["train", "--dataset", "digits"], "give --out RUN"),
     (["train", "--dataset", "cifar10", "--out", "R"], "no CIFAR archive in ./data: expected"),
+    (
+        ["train", "--dataset", "digits", "--data-dir", ".", "--out", "R"],
+        "--dataset digits ships with scikit-learn and reads no --data-dir",
+    ),
     (["train", "--dataset", "digits", "--lr", "0", "--out", "R"], "--lr must be > 0"),
     (
         ["select", "--run", "R", "--method", "d2", "--fraction", "1.5", "--out", "c.npy"],
