@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from d2scale.params import Param, param_field, shared
+from d2scale.params import MAX_SEED, Param, param_field, shared
 from d2scale.vision.defaults import (
     CIFAR_ITERATIONS,
     DEFAULT_QUOTER,
@@ -103,7 +103,7 @@ VISION: dict[str, Param] = {
                      low=1, optional=True),
     "lr": _p("lr", "float", None, "peak learning rate (default: the recipe's)", low=0,
              low_open=True, optional=True),
-    "seed": _p("seed", "int", 0, "every random choice", low=0),
+    "seed": _p("seed", "int", 0, "every random choice", low=0, high=MAX_SEED),
     "device": shared("device", "auto: CUDA when torch sees a GPU, else the CPU", _V),
     "threads": _p("threads", "int", DEFAULT_THREADS, "torch CPU threads. These models are "
                   "small per sample, so one thread is the fastest on a small or shared CPU "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from d2scale.params import Param, param_field, shared
+from d2scale.params import MAX_SEED, Param, param_field, shared
 
 MODEL_PREFIXES = {"ViT-B-32": "b32", "ViT-L-14": "l14"}  # npz prefixes; others: from the name
 RANDOM = "none"  # --pretrained value for random weights
@@ -25,7 +25,7 @@ WEB: dict[str, Param] = {
     "device": shared("device", "auto: cuda (fp16) when torch sees a GPU, else cpu", "web"),
     "threads": _p("threads", "int", None, "torch and image-decoding threads (default: all)",
                   low=1, optional=True, metavar="N"),
-    "seed": _p("seed", "int", 0, "seed of random weights", metavar="N"),
+    "seed": _p("seed", "int", 0, "seed of random weights", low=0, high=MAX_SEED, metavar="N"),
     # --- export --------------------------------------------------------------------------------
     "samples_per_shard": _p("samples_per_shard", "int", 10000, "samples per output shard; the "
                             "last shard may hold fewer", low=1, metavar="N"),

@@ -7,8 +7,12 @@ import pytest
 from d2scale.cli.main import main
 
 CASES = [
-    (["train", "--dataset", "digits", "--seed", "-1", "--out", "R"], "expected an integer ≥ 0"),
+    (["train", "--dataset", "digits", "--seed", "-1", "--out", "R"], "in [0, 4294967295], got -1"),
     (["train", "--dataset", "digits", "--epochs", "0", "--out", "R"], "expected an integer ≥ 1"),
+    (  # torch takes seeds below 2**63: a larger one was an OverflowError traceback
+        ["train", "--dataset", "digits", "--seed", "99999999999999999999999", "--out", "R"],
+        "expected an integer in [0, 4294967295]",
+    ),
     (["train", "--dataset", "digits", "--threads", "0", "--out", "R"], "expected an integer ≥ 1"),
     (["train", "--dataset", "svhn", "--out", "R"], "invalid choice: 'svhn'"),
     (["train", "--dataset", "digits", "--model", "vit", "--out", "R"], "choose from resnet18"),

@@ -176,6 +176,8 @@ def cli(*args):
         (["--shards", "{shards}", "--pretrained", "{junk}", "--model", "d2tiny",
           "--model-config", TINY], "cannot load {junk} as weights of open_clip model"),
         (["--shards", "{shards}", "--model-config", "{junk}"], "{junk} is not valid JSON"),
+        (["--shards", "{shards}", "--seed", "99999999999999999999999"],
+         "--seed must be in [0, 4294967295]"),
         # the log is appended to from the start: it would damage an input file, or be lost
         # when the output file it is gets replaced
         (["--shards", "{shards}", "--log-json", "{tmp}/out/embed.json"],
