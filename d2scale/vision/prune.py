@@ -60,6 +60,7 @@ MODEL_SCORES = {
         "bald": "mc_bald",
     },
 }
+_MC_SCORERS = ", ".join(k for k, v in MODEL_SCORES["al"].items() if v.startswith("mc_"))
 # DRoP auto-config: query models for these train 10% of the epochs (the seed's Random query
 # runs its default 16 of VGG-16's 160); the others need full training dynamics
 SHORT_QUERY = ("random", "el2n", "grand", "el2n-early", "grand-early")
@@ -106,6 +107,12 @@ class PruneParams:
         for key in ("num_inits", "prune_iterations", "mc_passes", "query_epochs", "seed",
                     "dropout"):  # fmt: skip
             check_option(VISION[key], getattr(self, VISION[key].name))
+        mc = MODEL_SCORES[self.strategy].get(self.scorer, "").startswith("mc_")
+        if not mc and self.mc_passes != VISION["mc_passes"].default:
+            raise D2ScaleError(
+                f"--mc-passes applies to the MC-dropout scorers of --strategy al ({_MC_SCORERS}); "
+                f"--strategy {self.strategy} --scorer {self.scorer} takes no passes."
+            )
         if self.strategy == "dp" and self.init_frac not in (None, 1.0):
             raise D2ScaleError("--init-frac applies to --strategy al (dp starts from all data).")
         if self.strategy == "al":

@@ -271,6 +271,10 @@ CASES = [
         "--data-score-path s.pickle does not exist",
     ),
     (["prune", "--final_frac", "0.5", "--dropout", "1"], "--dropout must be in [0, 1)"),
+    (  # it was read by no scorer of dp: silently unused
+        ["prune", "--dataset", "digits", "--final-frac", "0.5", "--mc-passes", "3", "--out", "P"],
+        "--mc-passes applies to the MC-dropout scorers of --strategy al",
+    ),
     (["scores", "--feature"], "give --run RUN (or the seed's --base-dir and --task-name)."),
     (["scores", "--run", "R"], "R/dynamics.npz is missing"),
 ]
