@@ -768,7 +768,12 @@ def _and(items: list[str]) -> str:
 
 
 def _run_prune(args) -> int:
-    from d2scale.vision.prune import PruneParams, auto_num_inits, run_prune
+    from d2scale.vision.prune import (
+        PruneParams,
+        auto_num_inits,
+        refuse_unread_query_flags,
+        run_prune,
+    )
 
     seed_defaults = _seed_prune_defaults(args)
     params = PruneParams(
@@ -789,6 +794,9 @@ def _run_prune(args) -> int:
         dropout=args.dropout,
         mc_passes=args.mc_passes,
     ).validate()
+    query_flags = {"--num-inits": args.num_inits, "--query-epochs": args.query_epochs,
+                   "--cdbw-query": args.cdbw_query or None}  # fmt: skip
+    refuse_unread_query_flags(params, [f for f, v in query_flags.items() if v is not None])
     say = args.say
     data, recipe = _setup(args, "drop")
     if seed_defaults:

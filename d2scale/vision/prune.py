@@ -229,10 +229,24 @@ def query_recipe(recipe, params: PruneParams, kept_fraction: float):
     return replace(recipe, epochs=pruned_epochs(epochs, kept_fraction), iterations=None)
 
 
-def _query(data, model, recipe, params, kept, t, cache, bars) -> _Query:
+def trains_query_models(params: PruneParams) -> bool:
+    """False when nothing needs a query model: random scores, no DRoP quotas, no AUM cut."""
     mis = params.select.get("mis_ratio", "auto")
     aum = params.strategy == "dp" and resolve_mis_ratio(mis, "random", params.final_frac) > 0
-    if params.scorer == "random" and params.quoter != "drop" and not aum:
+    return not (params.scorer == "random" and params.quoter != "drop" and not aum)
+
+
+def refuse_unread_query_flags(params: PruneParams, given: list[str]) -> None:
+    """Refuse query-model flags (``given``: as spelt) for a run that trains no query model."""
+    if given and not trains_query_models(params):
+        raise D2ScaleError(
+            f"{given[0]} sets the query models, but --scorer {params.scorer} --quoter "
+            f"{params.quoter} trains none (no scores, recalls or AUM cut needed); leave it out."
+        )
+
+
+def _query(data, model, recipe, params, kept, t, cache, bars) -> _Query:
+    if not trains_query_models(params):
         return _Query(None, None, None, [])  # no scores, recalls or AUM needed
     n = data.size("train")
     qr = query_recipe(recipe, params, len(kept) / n)
