@@ -440,18 +440,19 @@ def _add_select(vsub) -> None:
 D2_FLAGS = ("n_neighbors", "gamma", "gamma_forward", "mode", "sampling")  # read by d2 only
 
 
-def _unread_flags(args, method: str) -> list[str]:
+def _unread_flags(args, method: str, by: str | None = None) -> list[str]:
     """A warning per selection flag set away from its default that ``method`` never reads
-    (``--method random --gamma 0.5``): it changed nothing."""
+    (``--method random --gamma 0.5``): it changed nothing. ``by`` names what chose the
+    method (default ``--method METHOD``); flags the command lacks are skipped."""
     from d2scale.vision.registry import CORESET_METHODS
 
     reads = {"score": CORESET_METHODS[method].reads_score, "strata": method == "ccs"}
     reads |= {name: method == "d2" for name in D2_FLAGS}
     return [
-        f"warning: {V[name].flag} {getattr(args, name)} changes nothing: --method {method} "
-        "does not read it"
+        f"warning: {V[name].flag} {getattr(args, name)} changes nothing: "
+        f"{by or f'--method {method}'} does not read it"
         for name, read in reads.items()
-        if not read and getattr(args, name) != V[name].default
+        if hasattr(args, name) and not read and getattr(args, name) != V[name].default
     ]
 
 
@@ -774,6 +775,7 @@ def _run_prune(args) -> int:
         refuse_unread_query_flags,
         run_prune,
     )
+    from d2scale.vision.registry import SCORERS
 
     seed_defaults = _seed_prune_defaults(args)
     params = PruneParams(
@@ -804,6 +806,11 @@ def _run_prune(args) -> int:
         own = ", ".join(f"{p.flag} {p.default}" for p in _SEED_PRUNE_PARAMS)
         say(f"the DRoP seed's spelling ({SEED_SPELLING}): its defaults {flags} (d2scale's: {own})")
     extra = {**args.device_record, **({"seed_defaults": seed_defaults} if seed_defaults else {})}
+    unread = _unread_flags(args, SCORERS[params.scorer][0], f"--scorer {params.scorer}")
+    for warning in unread:
+        say(warning)
+    if unread:
+        extra["ignored_flags"] = unread
     auto = auto_num_inits(params) if args.auto_config else None
     if auto is not None and params.num_inits != auto:
         extra["num_inits_warning"] = (

@@ -157,3 +157,16 @@ def test_a_flag_the_method_does_not_read_is_a_recorded_warning(tmp_path, capsys)
     assert main(_select(run, "random", tmp_path)) == 0
     assert np.array_equal(np.load(tmp_path / "c.npy"), plain)
     assert "warnings" not in json.loads((tmp_path / "c.npy.json").read_text())
+
+
+def test_a_selection_flag_the_prune_scorer_does_not_read_is_a_recorded_warning(tmp_path, capsys):
+    """``prune --scorer random --gamma 0.5``: the gamma of D2 changed nothing (it was
+    ignored silently)."""
+    out = tmp_path / "p"
+    argv = ["vision", "prune", "--dataset", "digits", "--final-frac", "0.5", "--quoter", "none",
+            "--gamma", "0.5", "--epochs", "1", "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    warning = "warning: --gamma 0.5 changes nothing: --scorer random does not read it"
+    assert json.loads((out / "metrics.json").read_text())["ignored_flags"] == [warning]
+    assert f"d2scale: {warning}\n" in err
