@@ -440,17 +440,19 @@ def _add_select(vsub) -> None:
 D2_FLAGS = ("n_neighbors", "gamma", "gamma_forward", "mode", "sampling")  # read by d2 only
 
 
-def _unread_flags(args, method: str, by: str | None = None) -> list[str]:
-    """A warning per selection flag set away from its default that ``method`` never reads
-    (``--method random --gamma 0.5``): it changed nothing. ``by`` names what chose the
-    method (default ``--method METHOD``); flags the command lacks are skipped."""
+def _unread_flags(args, methods: str | list[str], by: str | None = None) -> list[str]:
+    """A warning per selection flag set away from its default that no method of ``methods``
+    reads (``--method random --gamma 0.5``): it changed nothing. ``by`` says who does not read
+    it (default ``--method METHOD does not read it``); flags the command lacks are skipped."""
     from d2scale.vision.registry import CORESET_METHODS
 
-    reads = {"score": CORESET_METHODS[method].reads_score, "strata": method == "ccs"}
-    reads |= {name: method == "d2" for name in D2_FLAGS}
+    methods = [methods] if isinstance(methods, str) else methods
+    reads = {"score": any(CORESET_METHODS[m].reads_score for m in methods),
+             "strata": "ccs" in methods}  # fmt: skip
+    reads |= {name: "d2" in methods for name in D2_FLAGS}
     return [
         f"warning: {V[name].flag} {getattr(args, name)} changes nothing: "
-        f"{by or f'--method {method}'} does not read it"
+        f"{by or f'--method {methods[0]} does not read it'}"
         for name, read in reads.items()
         if hasattr(args, name) and not read and getattr(args, name) != V[name].default
     ]
@@ -552,6 +554,7 @@ def _protocol_flags(args, drop: bool) -> None:
 
 def _run_experiment(args) -> int:
     from d2scale.vision import experiment as ex
+    from d2scale.vision.registry import SCORERS
 
     drop = args.protocol == "drop"
     _protocol_flags(args, drop)
@@ -571,6 +574,11 @@ def _run_experiment(args) -> int:
     else:
         grid["methods"] = ex.parse_methods(args.methods or D2_METHODS)
     say = args.say
+    names = [SCORERS[s][0] for s, _ in grid["methods"]] if drop else [
+        m.name for m in grid["methods"]]  # fmt: skip
+    grid["ignored_flags"] = _unread_flags(args, names, "no method of --methods reads it")
+    for warning in grid["ignored_flags"]:
+        say(warning)
     data, recipe = _setup(args, args.protocol)
     runner = ex.run_drop_experiment if drop else ex.run_experiment
     records = runner(data, args.model, recipe, progress=say, bars=True, **grid)
@@ -806,7 +814,9 @@ def _run_prune(args) -> int:
         own = ", ".join(f"{p.flag} {p.default}" for p in _SEED_PRUNE_PARAMS)
         say(f"the DRoP seed's spelling ({SEED_SPELLING}): its defaults {flags} (d2scale's: {own})")
     extra = {**args.device_record, **({"seed_defaults": seed_defaults} if seed_defaults else {})}
-    unread = _unread_flags(args, SCORERS[params.scorer][0], f"--scorer {params.scorer}")
+    unread = _unread_flags(
+        args, SCORERS[params.scorer][0], f"--scorer {params.scorer} does not read it"
+    )
     for warning in unread:
         say(warning)
     if unread:

@@ -122,6 +122,7 @@ def run_experiment(
     select_params: dict,
     progress: Callable[[str], None] = print,
     bars: bool = False,
+    ignored_flags: list[str] | None = None,
 ) -> list[dict]:
     """Run the grid (resuming finished cells) and write the results files; the records."""
     check_axes(fractions, methods=[spec.label for spec in methods], seeds=seeds)
@@ -165,7 +166,7 @@ def run_experiment(
                     )
                 records.append(_record(spec.label, fraction, seed, runs.read_metrics(cell)))
                 _say_warnings(records[-1], progress)
-    write_results(out, records)
+    write_results(out, records, ignored_flags)
     return records
 
 
@@ -259,6 +260,7 @@ def run_drop_experiment(
     select_params: dict,
     progress: Callable[[str], None] = print,
     bars: bool = False,
+    ignored_flags: list[str] | None = None,
 ) -> list[dict]:
     """DRoP pruning grid: per seed a full-data reference model, then ``vision prune
     --strategy dp`` for every (scorer+quoter, CDB-W, recall smoothing, fraction) — smoothing
@@ -300,16 +302,18 @@ def run_drop_experiment(
             records.append(_record(label, fraction, seed, m))
             if finished:  # a cell run now said its warnings as they came
                 _say_warnings(records[-1], progress)
-    write_results(out, records)
+    write_results(out, records, ignored_flags)
     return records
 
 
 # ============================================================================ results files
 
 
-def write_results(out: str, records: list[dict]) -> None:
-    """``results.json`` (every record), ``results.md`` (mean ± std over seeds), the plot."""
-    save_json(os.path.join(out, "results.json"), {"records": records})
+def write_results(out: str, records: list[dict], ignored_flags: list[str] | None = None) -> None:
+    """``results.json`` (every record; ``ignored_flags``: the warnings of flags no method of
+    the grid reads), ``results.md`` (mean ± std over seeds), the plot."""
+    ignored = {"ignored_flags": ignored_flags} if ignored_flags else {}
+    save_json(os.path.join(out, "results.json"), {"records": records, **ignored})
     with atomic_path(os.path.join(out, "results.md")) as tmp, open(tmp, "w") as f:
         f.write(results_markdown(records))
     plot_results(records, os.path.join(out, "accuracy.png"))

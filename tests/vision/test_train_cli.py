@@ -344,3 +344,16 @@ def test_one_line_errors(tmp_path, capsys):
             capsys,
             "needs a CUDA GPU",
         )
+
+
+def test_a_selection_flag_no_grid_method_reads_is_a_recorded_warning(tmp_path, capsys):
+    """``experiment --methods random --gamma 0.5``: D2's gamma changed nothing (it was
+    ignored silently); a grid with d2 reads it."""
+    out = tmp_path / "grid"
+    argv = ["vision", "experiment", "--dataset", "digits", "--methods", "random",
+            "--fractions", "0.3", "--seeds", "0", "--epochs", "1", "--iterations", "2",
+            "--gamma", "0.5", "--out", str(out), "--quiet"]  # fmt: skip
+    err = _ok(argv, capsys).err
+    warning = "warning: --gamma 0.5 changes nothing: no method of --methods reads it"
+    assert _json(out / "results.json")["ignored_flags"] == [warning]
+    assert f"d2scale: {warning}\n" in err
