@@ -126,6 +126,8 @@ def run_experiment(
 ) -> list[dict]:
     """Run the grid (resuming finished cells) and write the results files; the records."""
     check_axes(fractions, methods=[spec.label for spec in methods], seeds=seeds)
+    for spec, fraction in itertools.product(methods, fractions):  # e.g. --mis-ratio, now
+        _cell_params(spec, fraction, seeds[0], select_params)
     check_grid(out, _identity("d2", data, model, recipe, select_params))
     bars = progress if bars else None  # training reports batches through ``progress``
     records = []
@@ -170,11 +172,17 @@ def run_experiment(
     return records
 
 
-def _run_cell(data, model, recipe, spec, fraction, seed, cell, scores, features, sp, bars):
-    t0 = time.perf_counter()
+def _cell_params(spec: MethodSpec, fraction: float, seed: int, sp: dict) -> CoresetParams:
+    """The checked selection parameters of one cell."""
     params = CoresetParams(method=spec.name, fraction=fraction, seed=seed, **sp)
     if spec.score:
         params.score = spec.score
+    return params.validate()
+
+
+def _run_cell(data, model, recipe, spec, fraction, seed, cell, scores, features, sp, bars):
+    t0 = time.perf_counter()
+    params = _cell_params(spec, fraction, seed, sp)
     coreset = select_coreset(params, scores, features)
     save_npy(os.path.join(cell, "coreset.npy"), coreset.indices)
     warnings = coreset.info.get("warnings", [])
@@ -270,6 +278,9 @@ def run_drop_experiment(
     cdbw_items = ["on" if w else "off" for w in cdbw]
     check_axes(fractions, methods=labels, seeds=seeds, cdbw=cdbw_items,
                recall_smoothing=list(smoothings))  # fmt: skip
+    for (scorer, quoter), fraction in itertools.product(methods, fractions):  # now, not later
+        PruneParams("dp", fraction, scorer=scorer, quoter=quoter, num_inits=num_inits,
+                    seed=seeds[0], select=select_params).validate()  # fmt: skip
     check_grid(out, _identity("drop", data, model, recipe, select_params, num_inits=num_inits))
     bars = progress if bars else None  # training reports batches through ``progress``
     records = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from d2scale.cli.main import main
@@ -111,6 +113,22 @@ CASES = [
     (
         ["experiment", "--dataset", "digits", "--fractions", "0.3,1.5", "--out", "G"],
         "--fractions must be in (0, 1]; got 1.5.",
+    ),
+    (  # a cell's selection flags, checked before the full-data runs (were checked after)
+        [
+            "experiment",
+            "--dataset",
+            "digits",
+            "--methods",
+            "d2",
+            "--fractions",
+            "0.3",
+            "--mis-ratio",
+            "0.8",
+            "--out",
+            "G",
+        ],
+        "--mis-ratio must be in [0, 1 − fraction]",
     ),
     (
         [
@@ -318,3 +336,4 @@ def test_one_line_error(argv, message, capsys, tmp_path, monkeypatch):
     err = capsys.readouterr().err
     assert err.startswith("d2scale: error: ") and err.count("\n") == 1, err
     assert message in err, err
+    assert not os.listdir(tmp_path)  # refused before anything was written
