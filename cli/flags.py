@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from d2scale.params import PARAMS, Param, for_command
+from d2scale.params import PARAMS, TOO_LARGE, Param, for_command, too_large
 
 
 def add_flags(
@@ -88,6 +88,8 @@ def int_type(p: Param) -> Callable[[str], int]:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{what}, got {text!r}") from None
+        if too_large(value):
+            raise argparse.ArgumentTypeError(f"expected {TOO_LARGE}, got {value}")
         if not p._in_range(value):
             raise argparse.ArgumentTypeError(f"{what}, got {value}")
         return value

@@ -21,6 +21,15 @@ FEATURE_TYPES = ("image", "text", "image_text")
 SYNTH_MEMBERS = ("l14_img", "l14_txt", "b32_img", "b32_txt")
 SYNTH_LAYOUTS = ("f16-compressed", "f32-stored", "f16-stored", "f32-compressed")  # "mixed": in turn
 MAX_SEED = 2**32 - 1
+MAX_INT = 2**62  # no integer parameter means more; larger ones overflow int64 downstream
+TOO_LARGE = "an integer of at most 2^62 in size"
+
+
+def too_large(value: int) -> bool:
+    """Whether an integer is beyond any parameter's meaning (:data:`MAX_INT`)."""
+    return abs(value) > MAX_INT
+
+
 DEVICES = ("auto", "cpu", "cuda")  # every command's --device
 MIN_MEMORY_LIMIT = 64 * 2**20
 RANKING_FRACTION = 0.3  # kept when no fraction is given and the last step ranks (see chain.py)
@@ -85,6 +94,8 @@ class Param:
         elif self.kind in ("int", "bytes"):
             if isinstance(value, bool) or not isinstance(value, int) or not self._in_range(value):
                 self._fail(f"an integer {self.range_text()}".rstrip(), value)
+            if too_large(value):
+                self._fail(TOO_LARGE, value)
         elif self.kind == "float":
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not (ok and math.isfinite(value) and self._in_range(value)):
@@ -140,6 +151,8 @@ def check_option(p: Param, value: Any) -> Any:
         ok = number and p._in_range(value)
         kind = "an integer" if p.kind == "int" else "a finite number"
         what = rng if number else f"{kind} {rng}".rstrip()  # "≥ 1; got 0", "an integer ≥ 1; …"
+        if ok and p.kind == "int" and too_large(value):
+            ok, what = False, TOO_LARGE
     else:
         return p.check(value)
     if not ok:

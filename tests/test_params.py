@@ -116,3 +116,24 @@ def test_budget_check_accepts_numpy_integers():
     for bad in (6, -1, 2.0, True, "3"):
         with pytest.raises(D2ScaleError, match="'budget' parameter"):
             check_budget(bad, 5)
+
+
+def test_an_integer_beyond_2_62_is_refused_by_every_integer_parser():
+    """No integer parameter means more than 2^62; a larger one would overflow int64 (torch
+    thread counts, numpy sizes) as a traceback. Refused by the table's check, by the vision
+    and web commands' check and by their argparse type."""
+    import argparse
+    import re
+
+    from d2scale.cli.flags import int_type
+    from d2scale.params import PARAMS, TOO_LARGE, check_option
+    from d2scale.vision.params import VISION as V
+
+    huge = 10**23
+    with pytest.raises(D2ScaleError, match="at most 2\\^62"):
+        PARAMS["n_neighbors"].check(huge)
+    with pytest.raises(D2ScaleError, match="--threads must be an integer of at most 2\\^62"):
+        check_option(V["threads"], huge)
+    with pytest.raises(argparse.ArgumentTypeError, match=re.escape(f"expected {TOO_LARGE}")):
+        int_type(V["threads"])(str(huge))
+    assert PARAMS["n_neighbors"].check(2**62) == 2**62  # the bound itself is an integer
