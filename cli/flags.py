@@ -88,10 +88,10 @@ def int_type(p: Param) -> Callable[[str], int]:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{what}, got {text!r}") from None
-        if too_large(value):
-            raise argparse.ArgumentTypeError(f"expected {TOO_LARGE}, got {value}")
         if not p._in_range(value):
             raise argparse.ArgumentTypeError(f"{what}, got {value}")
+        if too_large(value):
+            raise argparse.ArgumentTypeError(f"expected {TOO_LARGE}, got {value}")
         return value
 
     return parse

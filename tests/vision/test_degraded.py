@@ -41,7 +41,7 @@ def test_quotas_that_empty_a_class_warn_once_and_say_so_in_the_json(capsys):
 
 
 def test_quotas_with_a_huge_count_is_one_line(capsys):
-    argv = ["vision", "quotas", "--counts", "12345678901234567890,5", "--fraction", "0.5"]
+    argv = ["vision", "quotas", "--counts", "4000000000000000000,5", "--fraction", "0.5"]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert (
