@@ -8,6 +8,9 @@ import pytest
 
 from d2scale.cli.main import main
 
+# a prune that trains no query model (random scores, no quotas)
+PRUNE_WITHOUT_QUERIES = ["prune", "--dataset", "digits", "--final-frac", "0.5", "--quoter", "none"]
+
 CASES = [
     (["train", "--dataset", "digits", "--seed", "-1", "--out", "R"], "in [0, 4294967295], got -1"),
     (["train", "--dataset", "digits", "--epochs", "0", "--out", "R"], "expected an integer ≥ 1"),
@@ -290,34 +293,11 @@ CASES = [
     ),
     (["prune", "--final_frac", "0.5", "--dropout", "1"], "--dropout must be in [0, 1)"),
     (  # random scores without DRoP quotas or an AUM cut train no query model: silently unused
-        [
-            "prune",
-            "--dataset",
-            "digits",
-            "--final-frac",
-            "0.5",
-            "--quoter",
-            "none",
-            "--num-inits",
-            "3",
-            "--out",
-            "P",
-        ],
+        [*PRUNE_WITHOUT_QUERIES, "--num-inits", "3", "--out", "P"],
         "--num-inits sets the query models, but --scorer random --quoter none trains none",
     ),
     (
-        [
-            "prune",
-            "--dataset",
-            "digits",
-            "--final-frac",
-            "0.5",
-            "--quoter",
-            "none",
-            "--cdbw-query",
-            "--out",
-            "P",
-        ],
+        [*PRUNE_WITHOUT_QUERIES, "--cdbw-query", "--out", "P"],
         "--cdbw-query sets the query models",
     ),
     (  # it was read by no scorer of dp: silently unused
