@@ -229,8 +229,6 @@ class _Build:
         params = {"index": kind, "n_neighbors": self.k, "recall": self.recall, "seed": self.seed,
                   "sizes": self.sizes, "dim": self.dim, "nlist": nlist, "nprobe": nprobe,
                   "pca": pca}  # fmt: skip
-        if kind == "exact":  # no recall target: a rerun with another --recall resumes
-            del params["recall"]
         with self.stage("sample"):
             fingerprint, manifest, model, sample = self.start(params, n_train, n_eval)
         x_eval, eval_ids = sample[1:]

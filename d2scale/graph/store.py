@@ -66,6 +66,7 @@ class GraphStore:
 
         A manifest from a different input or different parameters is refused.
         """
+        params = keyed_params(params)
         old = self.read_manifest()
         self.key = build_key(fingerprint, params)
         if old is not None and old.get("version") == MANIFEST_VERSION:
@@ -141,6 +142,13 @@ def local_dir(gdir: str) -> str:
             "memory-mapped on a local or shared filesystem."
         )
     return local_path(gdir)
+
+
+def keyed_params(params: dict) -> dict:
+    """The parameters a build's key and manifest hold: those given, less the recall of an
+    exact graph (it has no recall target: a rerun with another --recall resumes it)."""
+    exact = params.get("index") == "exact"
+    return {k: v for k, v in params.items() if not (exact and k == "recall")}
 
 
 def build_key(fingerprint: str, params: dict) -> str:

@@ -448,8 +448,6 @@ def build(blocks, *, k: int, kind: str, recall: float, seed: int, device: str, l
         params = {"engine": "torch", "device": device, "index": kind, "n_neighbors": k,
                   "recall": recall, "seed": seed, "sizes": sizes, "dim": dim, "nlist": nlist,
                   "nprobe": nprobe}  # fmt: skip
-        if kind == "exact":  # no recall target: a rerun with another --recall resumes
-            del params["recall"]
         if store is not None:
             store.begin(fingerprint, params)
         with stage("dedup"):
